@@ -1,0 +1,38 @@
+"""The ``casemate`` command: init, serve, user, cert, trust, shell."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import __version__
+from .cert import cert
+from .main import init, serve, trust, user
+from .shell import shell
+
+__all__ = ["main", "cli"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="casemate")
+def cli() -> None:
+    """Casemate: a client/server database for Python, with one-setting encryption.
+
+    \b
+    Quick start:
+      casemate init mydb                 create a database folder
+      casemate serve mydb                start its server
+      casemate shell casemate://admin@localhost
+    """
+
+
+for command in (init, serve, user, cert, trust, shell):
+    cli.add_command(command)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,161 @@
+"""``casemate cert DIR show|generate|request|install|reload``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import click
+from cryptography.hazmat.primitives import serialization
+
+from .. import tls
+from ..database import GENERATED_MARKER
+from .main import PID_FILE, fail, open_folder
+
+
+@click.group()
+def cert() -> None:
+    """Show, generate, request, install or reload the server's key and certificate."""
+
+
+def _describe(info: tls.CertInfo) -> list[str]:
+    return [
+        f"Subject:        {info.subject}",
+        f"Issuer:         {info.issuer}{'  (self-signed)' if info.self_signed else ''}",
+        f"SANs:           {', '.join(info.sans) or '-'}",
+        f"Valid:          {info.not_before:%Y-%m-%d} to {info.not_after:%Y-%m-%d} "
+        f"({info.days_left} days left)",
+        f"Key:            {info.key_type}",
+        f"SHA-256:        {info.sha256}",
+        f"Key SHA-256:    {info.spki_sha256}  (what clients pin)",
+    ]
+
+
+@cert.command("show")
+@click.argument("directory", type=click.Path(path_type=Path))
+def show(directory: Path) -> None:
+    """Describe Resources/cert.pem and check it against key.pem."""
+    folder = open_folder(directory)
+    try:
+        chain = tls.load_chain(folder.cert_path)
+    except tls.CertificateError as e:
+        fail(str(e))
+        return
+    for line in _describe(tls.inspect_cert(chain[0])):
+        click.echo(line)
+    if len(chain) > 1:
+        click.echo(f"Chain:          {len(chain) - 1} more certificate(s)")
+    try:
+        _, warnings = tls.check_pair(folder.key_path, folder.cert_path)
+    except tls.CertificateError as e:
+        click.echo(f"PROBLEM:        {e}")
+        raise SystemExit(1) from e
+    for w in warnings:
+        click.echo(f"Warning:        {w}")
+
+
+@cert.command("generate")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--days", type=int, default=365, show_default=True, help="Validity (at most 366).")
+@click.option("--san", multiple=True, help="Extra subject alternative name (repeatable).")
+@click.option("--force", is_flag=True, help="Replace the existing key and certificate.")
+def generate(directory: Path, days: int, san: tuple[str, ...], force: bool) -> None:
+    """Generate a new key pair and self-signed certificate for this database."""
+    folder = open_folder(directory)
+    settings = folder.settings()
+    if (folder.key_path.exists() or folder.cert_path.exists()) and not force:
+        fail("Resources/key.pem or cert.pem exists; pass --force to replace them "
+             "(clients that pinned the old key will refuse the new one until they run "
+             "'casemate trust forget')")
+    key = tls.generate_key()
+    try:
+        c = tls.make_self_signed(key, settings.network.publication_name,
+                                 tls.default_sans(settings.network.listen) + list(san), days)
+    except ValueError as e:
+        fail(str(e))
+        return
+    _install_files(folder.key_path, folder.cert_path, key, c)
+    (folder.resources / GENERATED_MARKER).write_text(tls.spki_fingerprint(c) + "\n")
+    click.echo("New self-signed certificate installed:")
+    for line in _describe(tls.inspect_cert(c)):
+        click.echo("  " + line)
+    click.echo("Reload a running server with: casemate cert reload " + str(directory))
+
+
+def _install_files(key_path: Path, cert_path: Path, key: tls.PrivateKey, c: object) -> None:
+    for p in (key_path, cert_path):
+        if p.exists():
+            os.replace(p, p.with_suffix(".pem.old"))
+    tls.write_key(key_path, key)
+    tls.write_cert(cert_path, c)  # type: ignore[arg-type]
+
+
+@cert.command("request")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--san", multiple=True, help="Subject alternative name (repeatable); default: "
+              "the host names and listen addresses.")
+@click.option("--out", type=click.Path(path_type=Path), help="Where to write (default: "
+              "Resources/request.key and request.csr).")
+def request(directory: Path, san: tuple[str, ...], out: Path | None) -> None:
+    """Make a new key and a CSR to send to a certificate authority."""
+    folder = open_folder(directory)
+    settings = folder.settings()
+    base = out or folder.resources
+    base.mkdir(parents=True, exist_ok=True)
+    key_path, csr_path = base / "request.key", base / "request.csr"
+    if key_path.exists():
+        fail(f"{key_path} exists; install or remove the pending request first")
+    key = tls.generate_key()
+    sans = list(san) or tls.default_sans(settings.network.listen)
+    csr = tls.make_csr(key, settings.network.publication_name, sans)
+    tls.write_key(key_path, key)
+    csr_path.write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+    click.echo(f"Private key: {key_path} (mode 0600; keep it on this server)")
+    click.echo(f"Request:     {csr_path} (send this to your certificate authority)")
+    click.echo(f"Then: casemate cert install {directory} --key {key_path} --cert SIGNED.pem")
+
+
+@cert.command("install")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--key", "key_file", required=True, type=click.Path(path_type=Path))
+@click.option("--cert", "cert_file", required=True, type=click.Path(path_type=Path),
+              help="PEM certificate, optionally followed by its chain.")
+def install(directory: Path, key_file: Path, cert_file: Path) -> None:
+    """Check KEY and CERT (PEM, matching, chain in order, not expired), then install them."""
+    folder = open_folder(directory)
+    try:
+        chain, warnings = tls.check_pair(key_file, cert_file)
+    except tls.CertificateError as e:
+        fail(f"not installed: {e}")
+        return
+    for p in (folder.key_path, folder.cert_path):
+        if p.exists():
+            os.replace(p, p.with_suffix(".pem.old"))
+    shutil.copyfile(cert_file, folder.cert_path)
+    fd = os.open(folder.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key_file.read_bytes())
+    (folder.resources / GENERATED_MARKER).unlink(missing_ok=True)
+    for w in warnings:
+        if "readable by group" not in w:
+            click.echo(f"warning: {w}")
+    click.echo("Installed:")
+    for line in _describe(tls.inspect_cert(chain[0])):
+        click.echo("  " + line)
+    click.echo("Reload a running server with: casemate cert reload " + str(directory))
+
+
+@cert.command("reload")
+@click.argument("directory", type=click.Path(path_type=Path))
+def reload(directory: Path) -> None:
+    """Ask the running server to load the current files (SIGHUP); bad files are refused."""
+    folder = open_folder(directory)
+    try:
+        pid = int((folder.logs_dir / PID_FILE).read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError):
+        fail(f"no running server found for {directory} (no live pid in Logs/{PID_FILE})")
+        return
+    click.echo(f"Sent SIGHUP to server pid {pid}; see Logs/server.log for the result.")

@@ -1,0 +1,237 @@
+"""``casemate init``, ``serve``, ``user`` and ``trust``."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from ..client.known import KnownServers
+from ..database import DatabaseError, DatabaseFolder, create_database, make_verifier
+from ..settings import SettingsError
+from ..storage import BUILTIN_GROUPS
+
+PID_FILE = "server.pid"
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def open_folder(path: Path) -> DatabaseFolder:
+    folder = DatabaseFolder(path)
+    try:
+        folder.check()
+    except DatabaseError as e:
+        fail(str(e))
+    return folder
+
+
+@click.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--name", help="Publication name (default: the folder's name).")
+@click.option("--admin-password", envvar="CASEMATE_ADMIN_PASSWORD",
+              help="Password of the 'admin' user (or CASEMATE_ADMIN_PASSWORD); generated and "
+                   "printed once if not given.")
+def init(directory: Path, name: str | None, admin_password: str | None) -> None:
+    """Create a new database folder DIRECTORY (settings, Resources/, Data/, Logs/)."""
+    try:
+        folder, generated = create_database(directory, name, admin_password)
+    except DatabaseError as e:
+        fail(str(e))
+        return
+    click.echo(f"Created Casemate database in {folder.path}")
+    click.echo(f"  settings:    {folder.settings_path}")
+    click.echo(f"  certificate: {folder.cert_path} (self-signed, unique to this database)")
+    if generated:
+        click.echo(f"  admin password (shown once, keep it safe): {generated}")
+    click.echo(f"Start it with: casemate serve {folder.path}")
+
+
+def _setup_logging(folder: DatabaseFolder, verbose: bool) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger("casemate")
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    err = logging.StreamHandler(sys.stderr)
+    err.setFormatter(fmt)
+    root.addHandler(err)
+    folder.logs_dir.mkdir(exist_ok=True)
+    f = logging.FileHandler(folder.logs_dir / "server.log", encoding="utf-8")
+    f.setFormatter(fmt)
+    root.addHandler(f)
+
+
+def _claim_pid(folder: DatabaseFolder) -> Path:
+    pid_path = folder.logs_dir / PID_FILE
+    try:
+        other = int(pid_path.read_text().strip())
+        os.kill(other, 0)
+    except (OSError, ValueError):
+        pass
+    else:
+        if other != os.getpid():
+            fail(f"another server (pid {other}) is already running on {folder.path}")
+    pid_path.write_text(f"{os.getpid()}\n")
+    return pid_path
+
+
+@click.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--host", multiple=True, help="Listen address (repeatable); overrides the settings.")
+@click.option("--port", type=int, help="TCP port; 0 picks a free one.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def serve(directory: Path, host: tuple[str, ...], port: int | None, verbose: bool) -> None:
+    """Run the server on database folder DIRECTORY until SIGINT/SIGTERM.
+
+    Prints the address it listens on and its mode (plain or encrypted).
+    SIGHUP reloads the certificate files.
+    """
+    from ..server import Server, ServerStartError
+    folder = open_folder(directory)
+    try:
+        file_settings = folder.settings()
+    except SettingsError as e:
+        fail(f"{e}\nThe server did not start.", 2)
+        return
+    settings = file_settings
+    if host:
+        settings = settings.replace_network(listen=tuple(host))
+    if port is not None:
+        settings = settings.replace_network(port=port)
+    _setup_logging(folder, verbose)
+    pid_path = _claim_pid(folder)
+    server = Server(folder, settings, file_settings)
+    try:
+        asyncio.run(_run(server))
+    except ServerStartError as e:
+        fail(f"{e}\nThe server did not start.", 2)
+    finally:
+        pid_path.unlink(missing_ok=True)
+
+
+async def _run(server: object) -> None:
+    from ..server import Server
+    assert isinstance(server, Server)
+    server.prepare()
+    await server.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, server.request_stop)
+    for h, p in server.addresses:
+        shown = f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+        click.echo(f"Casemate server listening on {shown}, {server.mode}")
+    if server.tls is not None:
+        click.echo(f"Certificate SHA-256 fingerprint: {server.tls.info.sha256}")
+        click.echo(f"Key fingerprint (pinned by clients): {server.tls.info.spki_sha256}")
+    sys.stdout.flush()
+    await server.wait_stopped()
+    click.echo("Shutting down: rolling back open transactions and telling clients.")
+    await server.shutdown()
+
+
+@click.group()
+def user() -> None:
+    """Manage users of a database folder (run while the server is stopped or running)."""
+
+
+def _backend(directory: Path):  # type: ignore[no-untyped-def]
+    folder = open_folder(directory)
+    try:
+        return folder.backend()
+    except SettingsError as e:
+        fail(str(e), 2)
+
+
+def _ask_password(password: str | None) -> str:
+    if password:
+        return password
+    if not sys.stdin.isatty():
+        line = sys.stdin.readline().rstrip("\n")
+        if not line:
+            fail("no password given (use --password or write it on standard input)")
+        return line
+    pw = getpass.getpass("Password: ")
+    if pw != getpass.getpass("Again: "):
+        fail("the two passwords differ")
+    return pw
+
+
+@user.command("add")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("name")
+@click.option("--group", type=click.Choice(BUILTIN_GROUPS), default="readwrite", show_default=True)
+@click.option("--password", help="The password (else asked, or read from standard input).")
+def user_add(directory: Path, name: str, group: str, password: str | None) -> None:
+    """Add user NAME."""
+    backend = _backend(directory)
+    try:
+        backend.add_user(make_verifier(name, _ask_password(password), group))
+    except KeyError:
+        fail(f"user {name!r} already exists; use 'casemate user passwd' to change its password")
+    except DatabaseError as e:
+        fail(str(e))
+    click.echo(f"User {name!r} added to group {group!r}.")
+
+
+@user.command("passwd")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("name")
+@click.option("--password", help="The new password (else asked, or read from standard input).")
+def user_passwd(directory: Path, name: str, password: str | None) -> None:
+    """Change the password of user NAME."""
+    backend = _backend(directory)
+    old = backend.get_user(name)
+    if old is None:
+        fail(f"no user {name!r}")
+        return
+    backend.update_user(make_verifier(name, _ask_password(password), old.group))
+    click.echo(f"Password of {name!r} changed.")
+
+
+@user.command("list")
+@click.argument("directory", type=click.Path(path_type=Path))
+def user_list(directory: Path) -> None:
+    """List users and their groups."""
+    for u in _backend(directory).list_users():
+        click.echo(f"{u.name:<24} {u.group:<10} created {u.created}")
+
+
+@user.command("remove")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("name")
+def user_remove(directory: Path, name: str) -> None:
+    """Remove user NAME."""
+    try:
+        _backend(directory).remove_user(name)
+    except KeyError:
+        fail(f"no user {name!r}")
+    click.echo(f"User {name!r} removed.")
+
+
+@click.group()
+def trust() -> None:
+    """Servers this client has met ($CASEMATE_HOME/known_servers)."""
+
+
+@trust.command("list")
+def trust_list() -> None:
+    """Show known servers, their mode and pinned key."""
+    for e in KnownServers().all():
+        click.echo(f"{e.key:<32} {e.mode:<10} {e.fingerprint or '-'}")
+
+
+@trust.command("forget")
+@click.argument("server")
+def trust_forget(server: str) -> None:
+    """Forget SERVER (host:port), to accept its new key or mode at the next connect."""
+    if not KnownServers().forget(server):
+        fail(f"{server} is not in {KnownServers().path}")
+    click.echo(f"Forgot {server}; the next connection records it afresh (after a "
+               "successful login).")

@@ -1,0 +1,220 @@
+"""Blocking I/O for the DB-API client: TCP or TLS socket, connect with fallback, login.
+
+Errors from ``socket`` and ``ssl`` are translated here, once, into
+OperationalError/SecurityError that say what happened and what to do.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from typing import Any
+
+from .. import tls
+from ..errors import Codes, Error, OperationalError, SecurityError
+from ..protocol import NEED_DATA, Message
+from .core import (
+    PLAIN,
+    TLS,
+    ClientCore,
+    LoginResult,
+    check_server_key,
+    downgrade_error,
+    login_flow,
+    plan_attempts,
+    record_trust,
+)
+from .known import KnownServer, KnownServers
+from .params import ConnectParams, Security
+
+__all__ = ["Channel", "open_channel"]
+
+READ_SIZE = 256 * 1024
+# One context (and the last TLS session, for resumption) per server and trust settings.
+_tls_cache: dict[tuple[Any, ...], list[Any]] = {}
+_cache_lock = threading.Lock()
+
+
+class _NotTLS(Exception):
+    """The TLS handshake failed in a way that a plaintext server would cause."""
+
+
+class Channel:
+    """A connected, logged-in socket with its protocol core."""
+
+    def __init__(self, sock: socket.socket, core: ClientCore, security: Security,
+                 login: LoginResult, cache_key: tuple[Any, ...] | None) -> None:
+        self.sock = sock
+        self.core = core
+        self.security = security
+        self.login = login
+        self.cache_key = cache_key
+        self.broken: Error | None = None
+
+    def send(self, data: bytes) -> None:
+        if self.broken:
+            raise self.broken
+        try:
+            self.sock.sendall(data)
+        except (OSError, ssl.SSLError) as e:
+            raise self._lost(str(e)) from e
+
+    def read_messages(self) -> None:
+        """Block until at least one message has been dispatched, then dispatch all buffered."""
+        self.core.dispatch(self.next_message())
+        proto = self.core.proto
+        while (ev := proto.next_event()) is not NEED_DATA:
+            assert isinstance(ev, Message)
+            self.core.dispatch(ev)
+
+    def next_message(self) -> Message:
+        """Block until the next message arrives and return it (not dispatched)."""
+        if self.broken:
+            raise self.broken
+        proto = self.core.proto
+        while True:
+            ev = proto.next_event()
+            if ev is not NEED_DATA:
+                assert isinstance(ev, Message)
+                return ev
+            try:
+                data = self.sock.recv(READ_SIZE)
+            except (OSError, ssl.SSLError) as e:
+                raise self._lost(str(e)) from e
+            if not data:
+                raise self._lost("the server closed the connection")
+            proto.receive_data(data)
+
+    def _lost(self, why: str) -> OperationalError:
+        self.broken = self.core.lost_error(why)
+        self.close()
+        return self.broken
+
+    def save_session(self) -> None:
+        if self.cache_key is not None and isinstance(self.sock, ssl.SSLSocket):
+            with _cache_lock:
+                entry = _tls_cache.get(self.cache_key)
+                if entry is not None and self.sock.session is not None:
+                    entry[1] = self.sock.session
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def _tcp(params: ConnectParams) -> socket.socket:
+    try:
+        sock = socket.create_connection((params.host, params.port), params.connect_timeout)
+    except TimeoutError as e:
+        raise OperationalError(
+            f"cannot connect to {params.server_key}: timed out after {params.connect_timeout} s",
+            Codes.CANNOT_CONNECT, "check the host, port and firewall") from e
+    except OSError as e:
+        raise OperationalError(
+            f"cannot connect to {params.server_key}: {e.strerror or e}", Codes.CANNOT_CONNECT,
+            "is the server running (casemate serve DIR) and is the port right?") from e
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _context(params: ConnectParams) -> tuple[tuple[Any, ...], ssl.SSLContext, Any]:
+    key = (params.host, params.port, params.tls_ca, params.tls_cert, params.tls_key)
+    with _cache_lock:
+        entry = _tls_cache.get(key)
+        if entry is None:
+            try:
+                ctx = tls.client_context(params.tls_ca, params.tls_cert, params.tls_key)
+            except (OSError, ssl.SSLError) as e:
+                raise SecurityError(f"cannot load the client's TLS files: {e}",
+                                    Codes.CANNOT_CONNECT) from e
+            entry = _tls_cache[key] = [ctx, None]
+        return key, entry[0], entry[1]
+
+
+def _tls_connect(params: ConnectParams, known: KnownServer | None
+                 ) -> tuple[ssl.SSLSocket, Security, bytes, tuple[Any, ...]]:
+    key, ctx, session = _context(params)
+    sock = _tcp(params)
+    try:
+        ssock = ctx.wrap_socket(sock, server_hostname=params.host, session=session)
+    except ssl.SSLCertVerificationError as e:
+        sock.close()
+        raise SecurityError(f"the certificate of {params.server_key} failed verification "
+                            f"against {params.tls_ca}: {e.verify_message}", Codes.NOT_ENCRYPTED,
+                            "check tls_ca and that the host name is in the certificate") from e
+    except (ssl.SSLError, ConnectionError, OSError) as e:
+        sock.close()
+        raise _NotTLS(getattr(e, "reason", None) or str(e)) from e
+    der = ssock.getpeercert(binary_form=True)
+    if der is None:
+        ssock.close()
+        raise SecurityError("the server sent no certificate", Codes.NOT_ENCRYPTED)
+    c = ssock.cipher()
+    try:
+        security = check_server_key(params, known, der, ssock.version(), c[0] if c else None)
+    except Error:
+        ssock.close()
+        raise
+    return ssock, security, tls.channel_binding_data(der), key
+
+
+def _login(sock: socket.socket, params: ConnectParams, cb: bytes | None) -> tuple[
+        ClientCore, LoginResult]:
+    core = ClientCore.new()
+    chan = Channel(sock, core, Security("plain"), LoginResult({}), None)
+    gen = login_flow(core.proto, params, cb)
+    try:
+        out = next(gen)
+        while True:
+            if out is None:
+                out = gen.send(chan.next_message())
+            else:
+                chan.send(out)
+                out = gen.send(None)
+    except StopIteration as stop:
+        return core, stop.value
+
+
+def open_channel(params: ConnectParams) -> Channel:
+    """Connect, choose plain or TLS as the server and the trust rules require, and log in."""
+    known = KnownServers().get(params.server_key)
+    attempts = plan_attempts(params, known)
+    tls_failure = ""
+    for i, mode in enumerate(attempts):
+        later = attempts[i + 1:]
+        if mode == TLS:
+            try:
+                sock, security, cb, key = _tls_connect(params, known)
+            except _NotTLS as e:
+                tls_failure = str(e)
+                if PLAIN not in later:
+                    raise downgrade_error(params, known, tls_failure) from None
+                continue
+        else:
+            sock, security, cb, key = _tcp(params), Security("plain"), None, None
+        sock.settimeout(params.connect_timeout)
+        try:
+            core, login = _login(sock, params, cb)
+        except SecurityError as e:
+            sock.close()
+            if e.code == Codes.ENCRYPTION_REQUIRED and TLS in later:
+                continue
+            if e.code == Codes.ENCRYPTION_REQUIRED and tls_failure:
+                e.message += f" (the TLS attempt failed: {tls_failure})"
+            raise
+        except Error:
+            sock.close()
+            raise
+        except TimeoutError as e:
+            sock.close()
+            raise OperationalError(f"{params.server_key} did not complete the login within "
+                                   f"{params.connect_timeout} s", Codes.CANNOT_CONNECT) from e
+        sock.settimeout(None)
+        record_trust(params, security)
+        chan = Channel(sock, core, security, login, key)
+        chan.save_session()  # TLS 1.3 tickets have arrived by now: next connect resumes
+        return chan
+    raise OperationalError(f"cannot connect to {params.server_key}", Codes.CANNOT_CONNECT)

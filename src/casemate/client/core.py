@@ -1,0 +1,281 @@
+"""Client logic shared by the blocking and asyncio clients, with no I/O.
+
+* :func:`plan_attempts` decides, from the parameters and known_servers,
+  whether to try TLS, plaintext, or both, and in which order (never plaintext
+  for a server once seen encrypted, or with ``encryption="required"``).
+* :func:`check_server_key` applies the trust rules right after the TLS
+  handshake, before any Casemate byte is sent.
+* :func:`login_flow` is the handshake + SCRAM exchange as a generator: it
+  yields bytes to send, or ``None`` to be sent the next message.
+* The ``*Request`` classes consume the replies of one request each; replies
+  arrive strictly in request order, so a FIFO of them allows pipelining.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Generator
+from typing import Any
+
+from scramp import ScramClient, ScramException
+
+from .. import tls
+from ..errors import (
+    Codes,
+    Error,
+    InterfaceError,
+    OperationalError,
+    ProtocolError,
+    SecurityError,
+    error_from_code,
+)
+from ..protocol import Message, Msg, ProtocolConnection, Role
+from .known import KnownServer, KnownServers
+from .params import ConnectParams, Security, client_hello
+
+__all__ = [
+    "plan_attempts",
+    "check_server_key",
+    "login_flow",
+    "LoginResult",
+    "ClientCore",
+    "ExecRequest",
+    "SimpleRequest",
+]
+
+TLS, PLAIN = "tls", "plain"
+CLIENT_MAX_FRAME = 256 * 1024 * 1024
+
+
+def plan_attempts(params: ConnectParams, known: KnownServer | None) -> list[str]:
+    """The transports to try, in order."""
+    if params.encryption == "required" or params.tls_ca is not None or (
+            known is not None and known.mode == "encrypted"):
+        return [TLS]
+    if known is not None and known.mode == "plain":
+        return [PLAIN, TLS]
+    return [TLS, PLAIN]
+
+
+def downgrade_error(params: ConnectParams, known: KnownServer | None, why: str) -> SecurityError:
+    """The error for a server that did not do TLS when the client requires it."""
+    key = params.server_key
+    if known is not None and known.mode == "encrypted":
+        return SecurityError(
+            f"possible downgrade attack: {key} was encrypted when last seen, but now it did not "
+            f"complete a TLS handshake ({why}); the client refuses to continue in plaintext",
+            Codes.NOT_ENCRYPTED,
+            f"if encryption was switched off on purpose, run: casemate trust forget {key}")
+    return SecurityError(
+        f"{key} did not complete a TLS handshake ({why}) and this connection requires "
+        "encryption", Codes.NOT_ENCRYPTED,
+        "switch on encrypt_client_server_connections on the server, or connect without "
+        "encryption='required' / tls_ca")
+
+
+def check_server_key(params: ConnectParams, known: KnownServer | None, der_cert: bytes,
+                     tls_version: str | None, cipher: str | None) -> Security:
+    """Apply the trust rules to the server's certificate; raises SecurityError on a mismatch."""
+    from cryptography import x509
+    fp = tls.spki_fingerprint(x509.load_der_x509_certificate(der_cert))
+    if params.tls_ca is not None:
+        return Security("encrypted-verified", tls_version, cipher, fp, "CA")
+    if known is not None and known.fingerprint is not None:
+        if known.fingerprint != fp:
+            raise SecurityError(
+                f"the server at {params.server_key} presented a different key than before: "
+                f"expected {known.fingerprint}, got {fp}. This can be a man-in-the-middle "
+                "attack; nothing was sent", Codes.NOT_ENCRYPTED,
+                "if the server's key was legitimately replaced, compare the new fingerprint "
+                "with the administrator's 'casemate cert DIR show' (key fingerprint) and run: "
+                f"casemate trust forget {params.server_key}")
+        return Security("encrypted-verified", tls_version, cipher, fp, "pinned key")
+    return Security("encrypted-unverified", tls_version, cipher, fp, None)
+
+
+class LoginResult:
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.session_id: int = body.get("session", 0)
+        self.server_version: str = body.get("server_version", "")
+        self.backend: str = body.get("backend", "")
+        self.publication: str = body.get("publication", "")
+        self.group: str = body.get("group", "")
+
+
+def _raise_error(m: Message) -> None:
+    body = m.body if isinstance(m.body, dict) else {}
+    raise error_from_code(str(body.get("code", Codes.INTERNAL)),
+                          str(body.get("message", "unknown error")), body.get("hint"))
+
+
+LoginGen = Generator[bytes | None, Message | None, LoginResult]
+
+
+def login_flow(proto: ProtocolConnection, params: ConnectParams,
+               cb_data: bytes | None) -> LoginGen:
+    """Handshake and SCRAM login.  With ``cb_data`` (TLS), SCRAM is channel-bound."""
+    mech = "SCRAM-SHA-256-PLUS" if cb_data is not None else "SCRAM-SHA-256"
+    binding = ("tls-server-end-point", cb_data) if cb_data is not None else None
+    try:
+        scram = ScramClient([mech], params.user, params.password, channel_binding=binding)
+    except ScramException as e:
+        raise InterfaceError(f"cannot start the login: {e}") from e
+    # Hello and client-first go together: one round trip saved on every connect.
+    out = proto.send(Msg.HELLO, client_hello(params))
+    out += proto.send(Msg.SASL_INITIAL, (mech, scram.get_client_first()))
+    yield out
+    m = yield None
+    hello = _expect(m, Msg.HELLO_OK)
+    if bool(hello.get("encrypted")) != (cb_data is not None) or mech not in hello.get(
+            "mechanisms", ()):
+        raise SecurityError(f"server offered {hello.get('mechanisms')} "
+                            f"(encrypted={hello.get('encrypted')}); the client requires {mech}",
+                            Codes.PROTOCOL_VIOLATION)
+    m = yield None
+    challenge = _expect(m, Msg.SASL_CHALLENGE)
+    try:
+        scram.set_server_first(challenge)
+        final = scram.get_client_final()
+    except ScramException as e:
+        raise ProtocolError(f"bad SCRAM challenge from server: {e}", Codes.PROTOCOL_VIOLATION)
+    yield proto.send(Msg.SASL_RESPONSE, final)
+    m = yield None
+    ok = _expect(m, Msg.AUTH_OK)
+    try:
+        scram.set_server_final(ok["server_final"])
+    except (ScramException, KeyError, TypeError) as e:
+        raise SecurityError(
+            "the server could not prove that it knows this user's password verifier: possible "
+            f"man-in-the-middle ({e}); nothing was recorded", Codes.INVALID_AUTHORIZATION)
+    return LoginResult(ok)
+
+
+def _expect(m: Message | None, kind: Msg) -> Any:
+    if m is None:
+        raise ProtocolError("no reply from server", Codes.CONNECTION_FAILURE)
+    if m.type is Msg.ERROR:
+        _raise_error(m)
+    if m.type is not kind:
+        raise ProtocolError(f"expected {kind.name}, got {m.type.name}", Codes.PROTOCOL_VIOLATION)
+    return m.body
+
+
+def record_trust(params: ConnectParams, security: Security) -> None:
+    """After a successful login: remember the server's mode (and key, if encrypted)."""
+    known = KnownServers()
+    if security.encrypted:
+        known.record(params.server_key, "encrypted", security.fingerprint)
+    else:
+        known.record(params.server_key, PLAIN, None)
+
+
+# -- requests ----------------------------------------------------------------
+
+class Request:
+    done = False
+    error: Error | None = None
+
+    def on_message(self, m: Message) -> bool:
+        """Consume one reply; return True when this request is complete."""
+        raise NotImplementedError
+
+    def _fail(self, m: Message) -> bool:
+        try:
+            _raise_error(m)
+        except Error as e:
+            self.error = e
+        self.done = True
+        return True
+
+
+class SimpleRequest(Request):
+    """A request answered by one COMPLETE (or ERROR)."""
+
+    def __init__(self) -> None:
+        self.rowcount = -1
+        self.lastrowid: int | None = None
+        self.in_transaction = False
+
+    def on_message(self, m: Message) -> bool:
+        if m.type is Msg.ERROR:
+            return self._fail(m)
+        if m.type is not Msg.COMPLETE:
+            raise ProtocolError(f"unexpected {m.type.name}", Codes.PROTOCOL_VIOLATION)
+        self.rowcount, self.lastrowid, self.in_transaction = m.body
+        self.done = True
+        return True
+
+
+class ExecRequest(SimpleRequest):
+    """QUERY or FETCH: optional DESCRIPTION, ROWS, then SUSPENDED or COMPLETE."""
+
+    def __init__(self, sink: Callable[[list[Any]], None]) -> None:
+        super().__init__()
+        self.sink = sink
+        self.description: list[tuple[str, str | None]] | None = None
+        self.suspended = False
+
+    def on_message(self, m: Message) -> bool:
+        if m.type is Msg.DESCRIPTION:
+            self.description = [(str(c[0]), c[1]) for c in m.body]
+            return False
+        if m.type is Msg.ROWS:
+            for chunk in m.body:
+                self.sink(chunk)
+            return False
+        if m.type is Msg.SUSPENDED:
+            self.suspended = True
+            self.done = True
+            return True
+        return super().on_message(m)
+
+
+class ClientCore:
+    """Protocol state + FIFO of requests awaiting replies + notice dispatch."""
+
+    def __init__(self, proto: ProtocolConnection) -> None:
+        self.proto = proto
+        self.pending: collections.deque[Request] = collections.deque()
+        self.notices: list[tuple[str, str]] = []
+        self.on_notice: Callable[[str, str], None] | None = None
+        self.shutdown_notice: str | None = None
+        self.in_transaction = False
+
+    @classmethod
+    def new(cls) -> ClientCore:
+        # The client accepts larger frames than it sends: it trusts the server it
+        # authenticated, and a row batch can hold one very wide row.
+        return cls(ProtocolConnection(Role.CLIENT, max_frame=CLIENT_MAX_FRAME))
+
+    def request(self, req: Request, msg: Msg, body: Any) -> bytes:
+        data = self.proto.send(msg, body)
+        self.pending.append(req)
+        return data
+
+    def dispatch(self, m: Message) -> None:
+        if m.type is Msg.NOTICE:
+            code, text = str(m.body.get("code", "")), str(m.body.get("message", ""))
+            if code == Codes.ADMIN_SHUTDOWN:
+                self.shutdown_notice = text
+            self.notices.append((code, text))
+            del self.notices[:-100]  # bounded: the last 100 notices
+            if self.on_notice is not None:
+                self.on_notice(code, text)
+            return
+        if not self.pending:
+            raise ProtocolError(f"unexpected {m.type.name} with no request pending",
+                                Codes.PROTOCOL_VIOLATION)
+        req = self.pending[0]
+        if req.on_message(m):
+            self.pending.popleft()
+            if isinstance(req, SimpleRequest) and req.error is None:
+                self.in_transaction = req.in_transaction
+
+    def lost_error(self, why: str) -> OperationalError:
+        reason = why
+        if self.shutdown_notice:
+            reason = f"{why}: the server said: {self.shutdown_notice}"
+        txn = (" The open transaction was rolled back by the server; nothing of it was "
+               "committed.") if self.in_transaction else ""
+        return OperationalError(f"connection to the server lost ({reason}).{txn}",
+                                Codes.CONNECTION_FAILURE)

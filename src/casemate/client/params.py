@@ -1,0 +1,147 @@
+"""Connection parameters: URL or keywords, passwords from env or file, and the security report."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ..errors import InterfaceError
+from ..settings import DEFAULT_PORT
+
+__all__ = ["ConnectParams", "Security", "casemate_home", "parse_params"]
+
+ENCRYPTION_MODES = ("auto", "required")
+
+
+def casemate_home() -> Path:
+    """``$CASEMATE_HOME``, default ``~/.casemate``: known servers, passwords, trusted CA."""
+    return Path(os.environ.get("CASEMATE_HOME") or Path.home() / ".casemate")
+
+
+@dataclass(frozen=True)
+class Security:
+    """How a connection is protected (``conn.security``).
+
+    ``level`` is one of ``"plain"`` (not encrypted), ``"encrypted-unverified"``
+    (encrypted; server key recorded on this first contact after the
+    channel-bound login proved the server knows the password verifier) and
+    ``"encrypted-verified"`` (key matched the pin, or chain and host name
+    verified against ``tls_ca``; ``verified_by`` says which).
+    """
+
+    level: str
+    tls_version: str | None = None
+    cipher: str | None = None
+    fingerprint: str | None = None
+    verified_by: str | None = None
+
+    @property
+    def encrypted(self) -> bool:
+        return self.level != "plain"
+
+    def __str__(self) -> str:
+        if not self.encrypted:
+            return "plain: NOT encrypted"
+        how = f" by {self.verified_by}" if self.verified_by else ""
+        state = "verified" + how if self.level == "encrypted-verified" else (
+            "unverified (first contact: key recorded)")
+        return f"encrypted ({self.tls_version}, {self.cipher}), server {state}, key {self.fingerprint}"
+
+
+@dataclass(frozen=True)
+class ConnectParams:
+    host: str
+    port: int
+    user: str
+    password: str
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    encryption: str = "auto"
+    connect_timeout: float = 10.0
+    program: str = ""
+
+    @property
+    def server_key(self) -> str:
+        """``host:port`` as recorded in known_servers (IPv6 in brackets)."""
+        h = self.host.lower()
+        return f"[{h}]:{self.port}" if ":" in h else f"{h}:{self.port}"
+
+
+def _password_from_file(host: str, port: int, user: str) -> str | None:
+    path = casemate_home() / "passwords"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.rsplit(":", 3)
+        if len(parts) != 4:
+            continue
+        h, p, u, pw = parts
+        if h in ("*", host) and p in ("*", str(port)) and u in ("*", user):
+            return pw
+    return None
+
+
+def parse_params(dsn: str | None = None, **kw: Any) -> ConnectParams:
+    """Merge a ``casemate://user:password@host:port?tls_ca=...`` URL with keywords.
+
+    Keywords win over the URL.  Raises InterfaceError for a malformed URL, an
+    unknown option or no password found.
+    """
+    opts: dict[str, Any] = {}
+    if dsn:
+        u = urlsplit(dsn)
+        if u.scheme != "casemate":
+            raise InterfaceError(f"not a casemate:// URL: {dsn!r}")
+        try:
+            port = u.port
+        except ValueError as e:
+            raise InterfaceError(f"bad port in URL {dsn!r}") from e
+        opts.update(host=u.hostname, port=port, user=unquote(u.username or "") or None,
+                    password=unquote(u.password) if u.password is not None else None)
+        for k, v in parse_qs(u.query).items():
+            opts[k] = v[-1]
+    opts.update({k: v for k, v in kw.items() if v is not None})
+    known = {"host", "port", "user", "password", "tls_ca", "tls_cert", "tls_key", "encryption",
+             "connect_timeout", "program"}
+    unknown = set(opts) - known
+    if unknown:
+        raise InterfaceError(f"unknown connection option(s): {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(sorted(known))}")
+    host = opts.get("host") or "localhost"
+    port = int(opts.get("port") or DEFAULT_PORT)
+    user = opts.get("user") or os.environ.get("CASEMATE_USER") or "admin"
+    password = (opts.get("password") or os.environ.get("CASEMATE_PASSWORD")
+                or _password_from_file(host, port, user))
+    if not password:
+        raise InterfaceError(
+            f"no password for user {user!r}: pass password=, set CASEMATE_PASSWORD, or add "
+            f"'{host}:{port}:{user}:PASSWORD' to {casemate_home() / 'passwords'}")
+    encryption = opts.get("encryption", "auto")
+    if encryption not in ENCRYPTION_MODES:
+        raise InterfaceError(f"encryption={encryption!r}: expected one of {ENCRYPTION_MODES}")
+    ca = opts.get("tls_ca")
+    if ca is None and (casemate_home() / "Resources" / "cert.pem").exists():
+        ca = casemate_home() / "Resources" / "cert.pem"
+    path = lambda v: Path(v) if v else None  # noqa: E731
+    return ConnectParams(
+        host=host, port=port, user=user, password=password, tls_ca=path(ca),
+        tls_cert=path(opts.get("tls_cert")), tls_key=path(opts.get("tls_key")),
+        encryption=encryption, connect_timeout=float(opts.get("connect_timeout", 10.0)),
+        program=opts.get("program") or Path(sys.argv[0]).name or "python",
+    )
+
+
+def client_hello(params: ConnectParams) -> dict[str, Any]:
+    from ..protocol import PROTOCOL_VERSION
+    return {"protocol": PROTOCOL_VERSION, "program": params.program[:200],
+            "host": socket.gethostname()[:200]}

@@ -1,0 +1,360 @@
+"""The PEP 249 (DB-API 2.0) client: :func:`connect`, :class:`Connection`, :class:`Cursor`.
+
+Results stream: ``execute`` returns after the first batch of rows; later
+batches are requested as the cursor is read (one batch is prefetched), so a
+result of any size is fetched in bounded memory.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import itertools
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from .client.blocking import Channel, open_channel
+from .client.core import ExecRequest, Request, SimpleRequest
+from .client.params import ConnectParams, Security, parse_params
+from .errors import Error, InterfaceError, ProgrammingError
+from .protocol import Msg
+
+__all__ = [
+    "apilevel", "threadsafety", "paramstyle", "connect", "Connection", "Cursor",
+    "Date", "Time", "Timestamp", "DateFromTicks", "TimeFromTicks", "TimestampFromTicks",
+    "Binary", "STRING", "BINARY", "NUMBER", "DATETIME", "ROWID",
+]
+
+apilevel = "2.0"
+threadsafety = 1  # threads may share the module, not connections
+paramstyle = "qmark"
+
+Date = dt.date
+Time = dt.time
+Timestamp = dt.datetime
+Binary = bytes
+
+
+def DateFromTicks(ticks: float) -> dt.date:  # noqa: N802 - PEP 249 name
+    return dt.date(*time.localtime(ticks)[:3])
+
+
+def TimeFromTicks(ticks: float) -> dt.time:  # noqa: N802
+    return dt.time(*time.localtime(ticks)[3:6])
+
+
+def TimestampFromTicks(ticks: float) -> dt.datetime:  # noqa: N802
+    return dt.datetime(*time.localtime(ticks)[:6])
+
+
+class _TypeObject:
+    def __init__(self, *codes: str) -> None:
+        self.codes = frozenset(codes)
+
+    def __eq__(self, other: object) -> bool:
+        return other in self.codes
+
+    def __hash__(self) -> int:
+        return hash(self.codes)
+
+
+STRING = _TypeObject("text")
+BINARY = _TypeObject("bytes")
+NUMBER = _TypeObject("integer", "float", "decimal", "bool")
+DATETIME = _TypeObject("date", "time", "datetime")
+ROWID = _TypeObject("integer")
+
+DEFAULT_BATCH_ROWS = 2000
+EXECUTEMANY_CHUNK = 2000
+_portal_ids = itertools.count(1)
+
+
+def connect(dsn: str | None = None, **kwargs: Any) -> Connection:
+    """Open a connection: ``connect("casemate://user:pw@host:port")`` or keywords.
+
+    Keywords: host, port, user, password, tls_ca, tls_cert, tls_key,
+    encryption ("auto" or "required"), connect_timeout, program.  Raises
+    OperationalError (cannot connect, bad password), SecurityError (certificate
+    or downgrade refused) or InterfaceError (bad parameters).
+    """
+    return Connection(parse_params(dsn, **kwargs))
+
+
+class Connection:
+    """A session on a Casemate server.  Autocommit is off, as PEP 249 says."""
+
+    Error = Error
+    from .errors import (  # noqa: E402 - PEP 249 optional extension: errors on the connection
+        DatabaseError,
+        DataError,
+        IntegrityError,
+        InterfaceError,
+        InternalError,
+        NotSupportedError,
+        OperationalError,
+        ProgrammingError,
+        Warning,
+    )
+
+    def __init__(self, params: ConnectParams) -> None:
+        self.params = params
+        self._chan: Channel | None = open_channel(params)
+        self.autocommit = False
+        self.on_notice: Callable[[str, str], None] | None = None
+        self._chan.core.on_notice = self._notice
+
+    def _notice(self, code: str, text: str) -> None:
+        if self.on_notice is not None:
+            self.on_notice(code, text)
+
+    # -- properties ---------------------------------------------------------
+    @property
+    def security(self) -> Security:
+        """How this connection is protected (plain / encrypted, verified or not)."""
+        return self._channel.security
+
+    @property
+    def session_id(self) -> int:
+        return self._channel.login.session_id
+
+    @property
+    def server_version(self) -> str:
+        return self._channel.login.server_version
+
+    @property
+    def backend(self) -> str:
+        return self._channel.login.backend
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._channel.core.in_transaction
+
+    @property
+    def notices(self) -> list[tuple[str, str]]:
+        return list(self._channel.core.notices)
+
+    @property
+    def closed(self) -> bool:
+        return self._chan is None
+
+    @property
+    def _channel(self) -> Channel:
+        if self._chan is None:
+            raise InterfaceError("connection is closed")
+        return self._chan
+
+    # -- requests -------------------------------------------------------------
+    def _send(self, req: Request, msg: Msg, body: Any) -> None:
+        chan = self._channel
+        chan.send(chan.core.request(req, msg, body))
+
+    def _wait(self, req: Request) -> None:
+        chan = self._channel
+        while not req.done:
+            chan.read_messages()
+        if req.error is not None:
+            raise req.error
+
+    def _simple(self, msg: Msg, body: Any = None) -> SimpleRequest:
+        req = SimpleRequest()
+        self._send(req, msg, body)
+        self._wait(req)
+        return req
+
+    # -- PEP 249 ------------------------------------------------------------
+    def cursor(self) -> Cursor:
+        self._channel
+        return Cursor(self)
+
+    def commit(self) -> None:
+        if self.in_transaction:
+            self._simple(Msg.COMMIT)
+
+    def rollback(self) -> None:
+        if self.in_transaction:
+            self._simple(Msg.ROLLBACK)
+
+    def ping(self) -> None:
+        """One round trip; raises OperationalError if the connection is gone."""
+        self._simple(Msg.SYNC)
+
+    def close(self) -> None:
+        """Close; an uncommitted transaction is rolled back by the server."""
+        chan, self._chan = self._chan, None
+        if chan is None:
+            return
+        if not chan.broken:
+            try:
+                chan.send(chan.core.proto.send(Msg.TERMINATE))
+            except Error:
+                pass
+        chan.close()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        """Shortcut: a new cursor, executed."""
+        cur = self.cursor()
+        cur.execute(sql, params)
+        return cur
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._chan is not None and not self._chan.broken:
+            if exc_type is None:
+                self.commit()
+            else:
+                self.rollback()
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_chan", None) is not None:
+            self._chan.close()  # type: ignore[union-attr]
+
+
+class Cursor:
+    """A PEP 249 cursor.  Rows arrive in batches as they are read."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.connection = conn
+        self.arraysize = 1
+        self.description: tuple[tuple[Any, ...], ...] | None = None
+        self.rowcount = -1
+        self.lastrowid: int | None = None
+        self._rows: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._portal = next(_portal_ids)
+        self._suspended = False
+        self._prefetch: ExecRequest | None = None
+        self._closed = False
+
+    def _check(self) -> Connection:
+        if self._closed:
+            raise InterfaceError("cursor is closed")
+        if self.connection.closed:
+            raise InterfaceError("connection is closed")
+        return self.connection
+
+    def _reset(self) -> None:
+        """Forget the current result, telling the server to drop it if still open."""
+        conn = self.connection
+        if self._prefetch is not None and not self._prefetch.done:
+            conn._wait(self._prefetch)
+        if self._suspended or (self._prefetch is not None and self._prefetch.suspended):
+            conn._send(SimpleRequest(), Msg.CLOSE_PORTAL, (self._portal,))
+        self._prefetch = None
+        self._suspended = False
+        self._rows.clear()
+        self.description = None
+        self.rowcount = -1
+
+    def _sink(self, chunk: Sequence[tuple[Any, ...]]) -> None:
+        self._rows.extend(chunk)
+
+    def execute(self, operation: str, parameters: Sequence[Any] | None = None) -> Cursor:
+        conn = self._check()
+        if isinstance(parameters, dict):
+            raise ProgrammingError("Casemate uses qmark parameters: pass a sequence, not a dict")
+        self._reset()
+        req = ExecRequest(self._sink)
+        params = tuple(parameters) if parameters is not None else ()
+        conn._send(req, Msg.QUERY, (self._portal, operation, params, not conn.autocommit,
+                                    max(self.arraysize, DEFAULT_BATCH_ROWS)))
+        conn._wait(req)
+        self._after(req)
+        if req.description is not None:
+            self.description = tuple((n, t, None, None, None, None, None)
+                                     for n, t in req.description)
+        else:
+            self.rowcount = req.rowcount
+            self.lastrowid = req.lastrowid
+        return self
+
+    def _after(self, req: ExecRequest) -> None:
+        self._suspended = req.suspended
+        if req.suspended:  # prefetch the next batch while the caller reads this one
+            self._prefetch = ExecRequest(self._sink)
+            self.connection._send(self._prefetch, Msg.FETCH,
+                                  (self._portal, max(self.arraysize, DEFAULT_BATCH_ROWS)))
+            self._suspended = False
+        elif not req.error:
+            self.rowcount = req.rowcount if req.description is None else self.rowcount
+
+    def executemany(self, operation: str, seq_of_parameters: Sequence[Sequence[Any]]) -> None:
+        conn = self._check()
+        self._reset()
+        total = 0
+        it = iter(seq_of_parameters)
+        while chunk := [tuple(p) for p in itertools.islice(it, EXECUTEMANY_CHUNK)]:
+            req = SimpleRequest()
+            conn._send(req, Msg.EXECUTE_MANY, (operation, chunk, not conn.autocommit))
+            conn._wait(req)
+            total += max(req.rowcount, 0)
+        self.rowcount = total
+
+    def _more(self) -> bool:
+        """Wait for the prefetched batch; return False when the result is exhausted."""
+        p = self._prefetch
+        if p is None:
+            return False
+        self.connection._wait(p)
+        self._prefetch = None
+        self._after(p)
+        return True
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        self._check()
+        if self.description is None and not self._rows:
+            raise ProgrammingError("no result set: the last statement returned no rows")
+        while not self._rows:
+            if not self._more():
+                return None
+        return self._rows.popleft()
+
+    def fetchmany(self, size: int | None = None) -> list[tuple[Any, ...]]:
+        n = self.arraysize if size is None else size
+        out = []
+        for _ in range(n):
+            row = self.fetchone()
+            if row is None:
+                break
+            out.append(row)
+        return out
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        out = []
+        while (row := self.fetchone()) is not None:
+            out.append(row)
+            if self._rows:
+                out.extend(self._rows)
+                self._rows.clear()
+        return out
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        while (row := self.fetchone()) is not None:
+            yield row
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        if not self.connection.closed:
+            try:
+                self._reset()
+            except Error:
+                pass
+        self._closed = True
+
+    def setinputsizes(self, sizes: Any) -> None:
+        pass
+
+    def setoutputsize(self, size: Any, column: Any = None) -> None:
+        pass
+
+    def callproc(self, procname: str, parameters: Sequence[Any] = ()) -> Sequence[Any]:
+        raise ProgrammingError("stored procedures are not supported yet")
+
+    def __enter__(self) -> Cursor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,109 @@
+"""Value codec: Python values <-> msgpack bytes, with extension types for SQL values.
+
+msgpack carries NULL, bool, 64-bit integers, float, text and bytes natively.
+The other SQL values travel as msgpack extension types:
+
+====  ==================  =============================================
+code  Python type         payload
+====  ==================  =============================================
+1     int beyond 64 bits  two's-complement big-endian bytes
+2     decimal.Decimal     ASCII text, ``str(value)`` (``NaN``, ``Infinity`` too)
+3     datetime.date       ISO 8601 text ``YYYY-MM-DD``
+4     datetime.time       ISO 8601 text, with ``+HH:MM`` offset if aware
+5     datetime.datetime   ISO 8601 text, with ``+HH:MM`` offset if aware
+====  ==================  =============================================
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+import msgpack
+
+__all__ = ["pack", "unpack", "pack_array_of_packed", "EXT_BIGINT", "EXT_DECIMAL", "EXT_DATE", "EXT_TIME", "EXT_DATETIME"]
+
+EXT_BIGINT = 1
+EXT_DECIMAL = 2
+EXT_DATE = 3
+EXT_TIME = 4
+EXT_DATETIME = 5
+
+_INT64_MIN = -(2**63)
+_UINT64_MAX = 2**64 - 1
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return msgpack.ExtType(EXT_DATETIME, value.isoformat().encode())
+    if isinstance(value, dt.date):
+        return msgpack.ExtType(EXT_DATE, value.isoformat().encode())
+    if isinstance(value, dt.time):
+        return msgpack.ExtType(EXT_TIME, value.isoformat().encode())
+    if isinstance(value, Decimal):
+        return msgpack.ExtType(EXT_DECIMAL, str(value).encode())
+    if isinstance(value, int):  # only reached for ints that msgpack cannot hold
+        return _bigint(value)
+    if isinstance(value, memoryview | bytearray):
+        return bytes(value)
+    raise TypeError(f"cannot send a value of type {type(value).__name__} to the server")
+
+
+def _bigint(value: int) -> msgpack.ExtType:
+    length = (value.bit_length() + 8) // 8
+    return msgpack.ExtType(EXT_BIGINT, value.to_bytes(length, "big", signed=True))
+
+
+def _replace_bigints(value: Any) -> Any:
+    """Slow path: wrap out-of-range ints, which msgpack refuses before calling ``default``."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and not _INT64_MIN <= value <= _UINT64_MAX:
+        return _bigint(value)
+    if isinstance(value, list | tuple):
+        return [_replace_bigints(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _replace_bigints(v) for k, v in value.items()}
+    return value
+
+
+def pack(value: Any) -> bytes:
+    """Encode ``value``; raises TypeError for a value with no wire representation."""
+    try:
+        return msgpack.packb(value, default=_default, use_bin_type=True)  # type: ignore[no-any-return]
+    except OverflowError:
+        return msgpack.packb(  # type: ignore[no-any-return]
+            _replace_bigints(value), default=_default, use_bin_type=True
+        )
+
+
+def pack_array_of_packed(items: list[bytes]) -> bytes:
+    """A msgpack array whose elements are already-encoded values."""
+    return msgpack.Packer().pack_array_header(len(items)) + b"".join(items)  # type: ignore[no-any-return]
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == EXT_BIGINT:
+        return int.from_bytes(data, "big", signed=True)
+    if code == EXT_DECIMAL:
+        return Decimal(data.decode())
+    if code == EXT_DATE:
+        return dt.date.fromisoformat(data.decode())
+    if code == EXT_TIME:
+        return dt.time.fromisoformat(data.decode())
+    if code == EXT_DATETIME:
+        return dt.datetime.fromisoformat(data.decode())
+    return msgpack.ExtType(code, data)
+
+
+def unpack(data: bytes) -> Any:
+    """Decode one value; arrays come back as tuples. Raises ValueError on malformed input."""
+    try:
+        return msgpack.unpackb(
+            data, ext_hook=_ext_hook, raw=False, use_list=False, strict_map_key=False
+        )
+    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, UnicodeDecodeError) as e:
+        raise ValueError(f"malformed value: {e}") from e
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ValueError(f"malformed value: {e}") from e

@@ -1,0 +1,246 @@
+"""The sans-I/O protocol core: bytes in, messages out; messages in, bytes out.
+
+Wire format (``docs/protocol.md`` has the full reference).  After TCP (and TLS,
+when the server is encrypted, which this module never knows) each side sends
+frames::
+
+    +--------+------------------+---------------------------+
+    | type   | length (uint32,  | body: one msgpack value   |
+    | 1 byte | big-endian)      | (``length`` bytes)        |
+    +--------+------------------+---------------------------+
+
+``type`` is an ASCII letter naming the message.  A frame longer than the
+negotiated maximum is a protocol error, so a peer can never make us buffer more
+than one maximum-size frame.
+
+Each direction has its own small state machine (:data:`CLIENT_TRANSITIONS`,
+:data:`SERVER_TRANSITIONS`): the handshake and SCRAM messages come first, in
+order, and nothing else is legal until the login has finished.  Sending or
+receiving a message that the table does not allow raises :class:`ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Any, NamedTuple
+
+from ..errors import Codes, ProtocolError
+from . import codec
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "DEFAULT_MAX_FRAME",
+    "Role",
+    "Msg",
+    "Message",
+    "NEED_DATA",
+    "ProtocolConnection",
+    "encode_frame",
+]
+
+PROTOCOL_VERSION = 1
+# 16 MiB: large enough for any reasonable statement or parameter set, small
+# enough that a hostile peer announcing a huge frame costs us little.
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+_HEADER = struct.Struct(">cI")
+HEADER_SIZE = _HEADER.size
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class Msg(bytes, enum.Enum):
+    """Message type letters.  Upper case mostly from clients, lower case replies."""
+
+    # client -> server
+    HELLO = b"H"
+    SASL_INITIAL = b"S"
+    SASL_RESPONSE = b"s"
+    QUERY = b"Q"
+    EXECUTE_MANY = b"M"
+    FETCH = b"F"
+    CLOSE_PORTAL = b"X"
+    COMMIT = b"C"
+    ROLLBACK = b"R"
+    SYNC = b"Y"
+    TERMINATE = b"T"
+    # server -> client
+    HELLO_OK = b"h"
+    SASL_CHALLENGE = b"A"
+    AUTH_OK = b"O"
+    DESCRIPTION = b"D"
+    ROWS = b"B"
+    SUSPENDED = b"P"
+    COMPLETE = b"Z"
+    ERROR = b"E"
+    NOTICE = b"N"
+
+
+class Message(NamedTuple):
+    type: Msg
+    body: Any
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = _NeedData()
+
+
+class State(enum.Enum):
+    HELLO = "hello"
+    SASL = "sasl"
+    SASL_RESPONSE = "sasl-response"
+    AUTH_OK = "auth-ok"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+_READY_CLIENT = {m: State.READY for m in (
+    Msg.QUERY, Msg.EXECUTE_MANY, Msg.FETCH, Msg.CLOSE_PORTAL, Msg.COMMIT, Msg.ROLLBACK, Msg.SYNC
+)}
+_READY_SERVER = {m: State.READY for m in (
+    Msg.DESCRIPTION, Msg.ROWS, Msg.SUSPENDED, Msg.COMPLETE, Msg.ERROR
+)}
+
+# What the client may send in each state, and the state that follows.
+CLIENT_TRANSITIONS: dict[State, dict[Msg, State]] = {
+    State.HELLO: {Msg.HELLO: State.SASL},
+    State.SASL: {Msg.SASL_INITIAL: State.SASL_RESPONSE},
+    State.SASL_RESPONSE: {Msg.SASL_RESPONSE: State.READY},
+    State.READY: _READY_CLIENT,
+    State.CLOSED: {},
+}
+# What the server may send in each state.  An error before login is fatal.
+SERVER_TRANSITIONS: dict[State, dict[Msg, State]] = {
+    State.HELLO: {Msg.HELLO_OK: State.SASL, Msg.ERROR: State.CLOSED},
+    State.SASL: {Msg.SASL_CHALLENGE: State.AUTH_OK, Msg.ERROR: State.CLOSED},
+    State.AUTH_OK: {Msg.AUTH_OK: State.READY, Msg.ERROR: State.CLOSED},
+    State.READY: _READY_SERVER,
+    State.CLOSED: {},
+}
+
+
+def encode_frame(msg: Msg, body: Any) -> bytes:
+    """Return the bytes of one frame (no state checks; see :meth:`ProtocolConnection.send`)."""
+    payload = codec.pack(body)
+    return _HEADER.pack(msg.value, len(payload)) + payload
+
+
+class ProtocolConnection:
+    """One end of a Casemate connection, with no I/O.
+
+    Feed received bytes to :meth:`receive_data`, then call :meth:`next_event`
+    until it returns :data:`NEED_DATA`.  :meth:`send` returns the bytes to write.
+    """
+
+    def __init__(self, role: Role, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.role = role
+        self.max_frame = max_frame
+        self.client_state = State.HELLO
+        self.server_state = State.HELLO
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+
+    # -- outgoing ---------------------------------------------------------
+    def send(self, msg: Msg, body: Any = None) -> bytes:
+        """Check that we may send ``msg`` now, advance our state, return its bytes."""
+        ours = self.role is Role.CLIENT
+        self._advance(msg, sender_is_client=ours)
+        data = encode_frame(msg, body)
+        if len(data) - HEADER_SIZE > self.max_frame:
+            raise ProtocolError(
+                f"message of {len(data) - HEADER_SIZE} bytes exceeds the limit of "
+                f"{self.max_frame} bytes", Codes.MESSAGE_TOO_LARGE,
+                "send smaller statements or parameter sets, or batch the work",
+            )
+        return data
+
+    def send_packed(self, msg: Msg, payload: bytes) -> bytes:
+        """Like :meth:`send`, for a body that is already msgpack-encoded (row batches)."""
+        self._advance(msg, sender_is_client=self.role is Role.CLIENT)
+        return _HEADER.pack(msg.value, len(payload)) + payload
+
+    def _advance(self, msg: Msg, sender_is_client: bool) -> None:
+        if msg is Msg.NOTICE and not sender_is_client:
+            return  # notices may arrive at any moment, in any state
+        if msg is Msg.TERMINATE and sender_is_client:
+            self.client_state = State.CLOSED
+            return
+        if sender_is_client:
+            table, state = CLIENT_TRANSITIONS, self.client_state
+        else:
+            table, state = SERVER_TRANSITIONS, self.server_state
+        nxt = table[state].get(msg)
+        if nxt is None:
+            who = "client" if sender_is_client else "server"
+            raise ProtocolError(
+                f"{who} message {msg.name} is not allowed in state {state.value}",
+                Codes.PROTOCOL_VIOLATION,
+            )
+        if sender_is_client:
+            self.client_state = nxt
+        else:
+            self.server_state = nxt
+
+    # -- incoming ---------------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        """Add received bytes; ``b""`` means the peer closed its side."""
+        if not data:
+            self._eof = True
+            return
+        if self._pos and self._pos > len(self._buf) // 2:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet turned into messages."""
+        return len(self._buf) - self._pos
+
+    @property
+    def eof(self) -> bool:
+        return self._eof
+
+    def next_event(self) -> Message | _NeedData:
+        """Return the next complete message, or NEED_DATA. Raises ProtocolError."""
+        avail = len(self._buf) - self._pos
+        if avail < HEADER_SIZE:
+            return self._need_data()
+        tbyte, length = _HEADER.unpack_from(self._buf, self._pos)
+        if length > self.max_frame:
+            raise ProtocolError(
+                f"peer announced a {length}-byte message; the limit is {self.max_frame} bytes",
+                Codes.MESSAGE_TOO_LARGE,
+            )
+        if avail < HEADER_SIZE + length:
+            return self._need_data()
+        start = self._pos + HEADER_SIZE
+        payload = bytes(self._buf[start : start + length])
+        self._pos = start + length
+        try:
+            msg = Msg(tbyte)
+        except ValueError:
+            raise ProtocolError(
+                f"unknown message type {tbyte!r}", Codes.PROTOCOL_VIOLATION
+            ) from None
+        self._advance(msg, sender_is_client=self.role is Role.SERVER)
+        try:
+            body = codec.unpack(payload)
+        except ValueError as e:
+            raise ProtocolError(f"malformed {msg.name} message: {e}", Codes.PROTOCOL_VIOLATION)
+        return Message(msg, body)
+
+    def _need_data(self) -> _NeedData:
+        if self._eof and self.buffered:
+            raise ProtocolError(
+                "connection closed in the middle of a message", Codes.CONNECTION_FAILURE
+            )
+        return NEED_DATA

@@ -1,0 +1,385 @@
+"""The server: listeners, TLS (or not), the session registry, shutdown and reloads.
+
+Accepting a connection: TCP accept -> peek at the first byte (never consuming
+it) -> in encrypted mode a TLS ClientHello (0x16) goes to the TLS handshake and
+anything else gets a plaintext "encryption required" refusal; in plain mode a
+ClientHello gets a TLS ``handshake_failure`` alert.  Then the :class:`Session`
+protocol runs on the (TLS) transport: the protocol never knows which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import logging
+import signal
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import __version__, tls
+from ..database import DatabaseFolder
+from ..errors import Codes, Error
+from ..protocol import Msg, encode_frame
+from ..settings import Settings, SettingsError, load_settings
+from ..storage import Backend, StorageConnection
+from .session import Session
+
+__all__ = ["Server", "ServerStartError", "TLSState"]
+
+log = logging.getLogger("casemate.server")
+TLS_RECORD_HANDSHAKE = 0x16
+# A fatal TLS alert (handshake_failure) in a TLS 1.0 record: what a TLS client
+# that reaches a plain server gets, so it fails at once with a TLS error.
+TLS_ALERT_HANDSHAKE_FAILURE = bytes([0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x28])
+
+
+class ServerStartError(Exception):
+    """The server cannot start (bad settings, bad key/certificate, port in use...)."""
+
+
+@dataclass(frozen=True)
+class TLSState:
+    """The certificate in service: the context for new connections and its channel binding."""
+
+    context: ssl.SSLContext
+    cb_data: bytes
+    info: tls.CertInfo
+    warnings: tuple[str, ...]
+
+
+class ConnectionPool:
+    """Idle storage connections, reused so a short session does not reopen the database."""
+
+    def __init__(self, backend: Backend, keep: int) -> None:
+        self.backend = backend
+        self.keep = keep
+        self._idle: list[StorageConnection] = []
+        self._lock = threading.Lock()
+
+    def acquire(self) -> StorageConnection:  # called from worker threads
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self.backend.connect()
+
+    def release(self, conn: StorageConnection) -> None:
+        with self._lock:
+            if len(self._idle) < self.keep:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for c in idle:
+            c.close()
+
+
+def load_tls(folder: DatabaseFolder, settings: Settings) -> TLSState:
+    """Check key.pem/cert.pem and build the server context; raises tls.CertificateError."""
+    chain, warnings = tls.check_pair(folder.key_path, folder.cert_path)
+    ca = None
+    if settings.network.require_client_certificate:
+        ca = folder.client_ca_path
+        if not ca.exists():
+            raise tls.CertificateError(
+                f"require_client_certificate is on but {ca} is missing; put the CA that signs "
+                "client certificates there")
+    try:
+        ctx = tls.server_context(folder.key_path, folder.cert_path,
+                                 settings.network.min_tls_version, ca)
+    except (ssl.SSLError, OSError) as e:
+        raise tls.CertificateError(f"cannot use {folder.cert_path} with {folder.key_path}: {e}"
+                                   ) from e
+    from cryptography.hazmat.primitives import serialization
+    der = chain[0].public_bytes(serialization.Encoding.DER)
+    return TLSState(ctx, tls.channel_binding_data(der), tls.inspect_cert(chain[0]),
+                    tuple(warnings))
+
+
+class Server:
+    """A Casemate server on one database folder."""
+
+    version = __version__
+
+    def __init__(self, folder: DatabaseFolder, settings: Settings,
+                 file_settings: Settings | None = None) -> None:
+        self.folder = folder
+        self.settings = settings
+        # What casemate.toml said at start (settings may carry --host/--port overrides).
+        self.file_settings = file_settings or settings
+        self.encrypted = settings.network.encrypt_client_server_connections
+        self.tls: TLSState | None = None
+        self.backend: Backend
+        self.pool: ConnectionPool
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            settings.storage.worker_threads, thread_name_prefix="casemate-storage")
+        self.sessions: dict[int, Session] = {}
+        self.statements = 0
+        self.started = time.time()
+        self.accepting = True
+        self.pending_settings_change = False
+        self.addresses: list[tuple[str, int]] = []
+        self._listeners: list[socket.socket] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping: asyncio.Event | None = None
+        self._settings_digest = self._digest()
+
+    # -- start ------------------------------------------------------------
+    def prepare(self) -> None:
+        """Everything that can fail before listening: TLS files, storage.  Raises ServerStartError."""
+        if self.encrypted:
+            fp = self.folder.ensure_certificate(self.settings)
+            if fp:
+                log.info("new certificate fingerprint (SHA-256): %s", fp)
+            try:
+                self.folder.renew_if_due(self.settings)
+                self.tls = load_tls(self.folder, self.settings)
+            except tls.CertificateError as e:
+                raise ServerStartError(f"encryption is on but {e}; the server will not start "
+                                       "(it never falls back to plaintext)") from e
+            for w in self.tls.warnings:
+                log.warning("%s", w)
+            log.info("certificate %s, SHA-256 fingerprint %s, expires %s",
+                     self.tls.info.subject, self.tls.info.sha256,
+                     self.tls.info.not_after.date())
+        try:
+            self.backend = self.folder.backend(self.settings)
+        except Exception as e:
+            raise ServerStartError(f"cannot open the storage: {e}") from e
+        self.pool = ConnectionPool(self.backend, self.settings.storage.worker_threads * 2)
+
+    def _bind(self) -> None:
+        net = self.settings.network
+        port = net.port
+        for host in net.listen:
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                           flags=socket.AI_PASSIVE)
+            except socket.gaierror as e:
+                raise ServerStartError(f"cannot resolve listen address {host!r}: {e}") from e
+            fam, _, _, _, addr = infos[0]
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if fam == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                s.bind(addr)
+            except OSError as e:
+                s.close()
+                raise ServerStartError(f"cannot listen on {host} port {port}: {e.strerror}"
+                                       ) from e
+            s.listen(1024)
+            s.setblocking(False)
+            self._listeners.append(s)
+            bound = s.getsockname()
+            self.addresses.append((bound[0], bound[1]))
+            port = port or bound[1]  # with port 0, every address gets the same free port
+
+    async def start(self) -> None:
+        self._stopping = asyncio.Event()
+        self._bind()
+        loop = asyncio.get_running_loop()
+        for s in self._listeners:
+            self._spawn(self._accept_loop(s))
+        self._spawn(self._watch_settings())
+        if self.encrypted:
+            self._spawn(self._renewal_loop())
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, self.reload_certificate)
+
+    def _spawn(self, coro: object) -> None:
+        t = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    @property
+    def mode(self) -> str:
+        if not self.encrypted:
+            return "plain (not encrypted)"
+        return f"encrypted (TLS {self.settings.network.min_tls_version} minimum)"
+
+    # -- accepting --------------------------------------------------------
+    async def _accept_loop(self, lsock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, addr = await loop.sock_accept(lsock)
+            except OSError as e:
+                if lsock.fileno() < 0:
+                    return
+                log.warning("accept failed: %s", e)
+                await asyncio.sleep(0.1)
+                continue
+            self._spawn(self._admit(sock, addr))
+
+    async def _admit(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        timeout = self.settings.limits.login_timeout_seconds
+        try:
+            first = await asyncio.wait_for(_peek(sock), timeout)
+        except (TimeoutError, OSError):
+            sock.close()
+            return
+        if not first:
+            sock.close()
+            return
+        is_tls = first[0] == TLS_RECORD_HANDSHAKE
+        if self.encrypted and not is_tls:
+            log.info("refused plaintext connection from %s: encryption required", addr[0])
+            await _refuse(sock, encode_frame(Msg.ERROR, {
+                "code": Codes.ENCRYPTION_REQUIRED,
+                "message": "this server requires encrypted connections (TLS)",
+                "hint": "use a Casemate client that supports encryption"}))
+            return
+        if not self.encrypted and is_tls:
+            log.info("refused TLS connection from %s: this server is not encrypted", addr[0])
+            await _refuse(sock, TLS_ALERT_HANDSHAKE_FAILURE)
+            return
+        state = self.tls
+        try:
+            await loop.connect_accepted_socket(
+                lambda: Session(self, state.cb_data if state else None), sock,
+                ssl=state.context if state else None,
+                ssl_handshake_timeout=timeout if state else None)
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as e:
+            log.info("TLS handshake with %s failed: %s", addr[0], e)
+            sock.close()
+
+    def admission_error(self, session: Session) -> Error | None:
+        if not self.accepting or (self._stopping and self._stopping.is_set()):
+            return Error("server is not accepting new connections", Codes.CANNOT_CONNECT)
+        limit = self.settings.limits.max_sessions
+        if len(self.sessions) >= limit:
+            return Error(f"server full: {limit} sessions are connected (limits.max_sessions)",
+                         Codes.TOO_MANY_CONNECTIONS, "try again later")
+        return None
+
+    def on_login(self, s: Session) -> None:
+        self.sessions[s.id] = s
+        enc = f"encrypted {s.tls_version} {s.cipher}" if s.tls_version else "plain"
+        log.info("session %s: user %s logged in from %s (%s), program %r",
+                 s.id, s.user, s.peer, enc, s.program)
+
+    def on_session_end(self, s: Session) -> None:
+        if self.sessions.pop(s.id, None) is not None:
+            log.info("session %s: user %s disconnected", s.id, s.user)
+
+    # -- certificates and settings ------------------------------------------
+    def reload_certificate(self) -> tuple[bool, str]:
+        """Load the rotated files for new connections; keep the old ones if they are bad."""
+        if not self.encrypted:
+            return False, "encryption is off; no certificate to reload"
+        try:
+            new = load_tls(self.folder, self.settings)
+        except tls.CertificateError as e:
+            msg = f"certificate reload failed, keeping the current certificate: {e}"
+            log.error("%s", msg)
+            return False, msg
+        self.tls = new
+        for w in new.warnings:
+            log.warning("%s", w)
+        msg = f"certificate reloaded: {new.info.subject}, SHA-256 {new.info.sha256}"
+        log.info("%s", msg)
+        return True, msg
+
+    async def _renewal_loop(self) -> None:
+        while True:
+            await asyncio.sleep(12 * 3600)
+            try:
+                if self.folder.renew_if_due(self.settings):
+                    self.reload_certificate()
+            except Exception as e:  # noqa: BLE001
+                log.error("certificate renewal failed: %s", e)
+
+    def _digest(self) -> str:
+        try:
+            return hashlib.sha256(self.folder.settings_path.read_bytes()).hexdigest()
+        except OSError:
+            return ""
+
+    def check_settings_change(self) -> bool:
+        """True (and a log line, once) when casemate.toml no longer matches the running settings."""
+        if self._digest() == self._settings_digest:
+            return self.pending_settings_change
+        try:
+            changed = load_settings(self.folder.settings_path) != self.file_settings
+        except SettingsError as e:
+            log.warning("settings file has an error (the running server is unaffected): %s", e)
+            changed = True
+        if changed and not self.pending_settings_change:
+            log.warning("settings changed: restart the server to apply")
+        self.pending_settings_change = changed
+        self._settings_digest = self._digest()
+        return changed
+
+    async def _watch_settings(self) -> None:
+        while True:
+            await asyncio.sleep(2)
+            self.check_settings_change()
+
+    # -- shutdown ---------------------------------------------------------
+    def request_stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def wait_stopped(self) -> None:
+        assert self._stopping is not None
+        await self._stopping.wait()
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """Stop accepting, tell clients, roll back open transactions, close everything."""
+        self.accepting = False
+        for s in self._listeners:
+            s.close()
+        for t in list(self._tasks):
+            t.cancel()
+        sessions = list(self.sessions.values())
+        for s in sessions:
+            s.notice(Codes.ADMIN_SHUTDOWN, "server is shutting down")
+            s.close()
+        tasks = [s.task for s in sessions if s.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        self.executor.shutdown(wait=True)
+        self.pool.close()
+        self.backend.close()
+        log.info("server stopped")
+
+
+async def _peek(sock: socket.socket) -> bytes:
+    """Wait until ``sock`` is readable and return its first byte without consuming it."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+    loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+    try:
+        await fut
+    finally:
+        loop.remove_reader(fd)
+    return sock.recv(1, socket.MSG_PEEK)
+
+
+async def _refuse(sock: socket.socket, data: bytes) -> None:
+    """Send a refusal, then drain what the client sent (briefly) so that closing
+    does not reset the connection and destroy the refusal before it is read."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(OSError, TimeoutError):
+        await loop.sock_sendall(sock, data)
+        sock.shutdown(socket.SHUT_WR)
+        async with asyncio.timeout(2):
+            while await loop.sock_recv(sock, 4096):
+                pass
+    sock.close()
+
+
+def default_log_file(folder: DatabaseFolder) -> Path:
+    return folder.logs_dir / "server.log"

@@ -1,0 +1,473 @@
+"""One client session: protocol events in, storage calls in worker threads, replies out.
+
+A :class:`Session` is the asyncio protocol of one accepted connection (plain
+TCP or TLS: it cannot tell and does not care, apart from reporting it).  Its
+task first runs the login (handshake + SCRAM) under a deadline, then serves
+requests strictly in order, which is what makes pipelining safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import sqlite3
+import ssl
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..errors import Codes, Error, ProtocolError
+from ..protocol import NEED_DATA, PROTOCOL_VERSION, Message, Msg, ProtocolConnection, Role, codec
+from ..storage import StorageConnection, StorageCursor
+from .auth import ScramException, ScramLogin, mechanism_for
+
+if TYPE_CHECKING:
+    from .app import Server
+
+__all__ = ["Session", "storage_error"]
+
+log = logging.getLogger("casemate.server")
+T = TypeVar("T")
+
+# Pause reading when this many requests wait: a pipelining client cannot make
+# us queue without limit (each request is itself bounded by the frame limit).
+MAX_INBOX = 64
+# A row batch stops growing at ~1 MiB or at the client's row count, whichever
+# comes first: server and client then hold at most about one batch each.
+BATCH_BYTES = 1024 * 1024
+SUBCHUNK_ROWS = 256
+MAX_BATCH_ROWS = 100_000
+MAX_PORTALS = 256
+
+_ids = itertools.count(1)
+
+
+def _type_code(v: Any) -> str | None:
+    return None if v is None else _TYPE_NAMES.get(type(v), type(v).__name__)
+
+
+_TYPE_NAMES = {int: "integer", float: "float", str: "text", bytes: "bytes", bool: "bool"}
+
+
+def fetch_batch(cur: StorageCursor, max_rows: int) -> tuple[bytes, int, bool, list[Any]]:
+    """Pull up to ``max_rows`` rows (or ~1 MiB); return (body, count, maybe_more, first_row)."""
+    chunks: list[bytes] = []
+    total = n = 0
+    first: list[Any] = []
+    while n < max_rows and total < BATCH_BYTES:
+        want = min(SUBCHUNK_ROWS, max_rows - n)
+        rows = cur.fetch(want)
+        if rows:
+            if not first:
+                first = list(rows[0])
+            packed = codec.pack(rows)
+            chunks.append(packed)
+            total += len(packed)
+            n += len(rows)
+        if len(rows) < want:
+            return codec.pack_array_of_packed(chunks), n, False, first
+    return codec.pack_array_of_packed(chunks), n, True, first
+
+
+def storage_error(e: BaseException, busy_timeout: float) -> Error:
+    """Translate a storage exception into a coded error (once, at this boundary)."""
+    msg = str(e)
+    if isinstance(e, sqlite3.IntegrityError):
+        return Error(msg, Codes.INTEGRITY)
+    if isinstance(e, sqlite3.DataError):
+        return Error(msg, Codes.DATA)
+    if isinstance(e, sqlite3.OperationalError):
+        low = msg.lower()
+        if "locked" in low or "busy" in low:
+            return Error(
+                f"database is busy: another session held the write lock for more than "
+                f"{busy_timeout:g} s", Codes.BUSY,
+                "roll back and retry the transaction, or raise storage.busy_timeout_seconds")
+        if "not authorized" in low:
+            return Error(msg, Codes.INSUFFICIENT_PRIVILEGE)
+        if "no such table" in low:
+            return Error(msg, Codes.UNDEFINED_TABLE)
+        if "syntax error" in low or "incomplete input" in low:
+            return Error(msg, Codes.SYNTAX_ERROR)
+        return Error(msg, Codes.PROGRAMMING)
+    if isinstance(e, sqlite3.ProgrammingError | sqlite3.Warning):
+        return Error(msg, Codes.PROGRAMMING)
+    if isinstance(e, sqlite3.NotSupportedError):
+        return Error(msg, Codes.NOT_SUPPORTED)
+    if isinstance(e, OverflowError | ValueError | TypeError):
+        return Error(msg, Codes.DATA)
+    if isinstance(e, sqlite3.Error):
+        return Error(msg, Codes.OPERATIONAL)
+    return Error(f"internal error: {type(e).__name__}: {msg}", Codes.INTERNAL)
+
+
+class _Closed(Exception):
+    """The peer went away or the session must end."""
+
+
+class Session(asyncio.Protocol):
+    """Protocol + task for one connection; the server keeps it in its registry."""
+
+    def __init__(self, server: Server, cb_data: bytes | None) -> None:
+        self.server = server
+        self.id = next(_ids)
+        self.cb_data = cb_data
+        self.proto = ProtocolConnection(Role.SERVER, server.settings.limits.max_message_bytes)
+        self.inbox: collections.deque[Message] = collections.deque()
+        self.wakeup = asyncio.Event()
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.paused = False
+        self.user = ""
+        self.group = ""
+        self.peer = ""
+        self.program = ""
+        self.client_host = ""
+        self.tls_version: str | None = None
+        self.cipher: str | None = None
+        self.client_cert_subject: str | None = None
+        self.connected_at = time.time()
+        self.last_active = time.monotonic()
+        self.statements = 0
+        self.storage: StorageConnection | None = None
+        self.portals: dict[int, StorageCursor] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    # -- asyncio.Protocol -------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        sslobj: ssl.SSLObject | None = transport.get_extra_info("ssl_object")
+        if sslobj is not None:
+            self.tls_version = sslobj.version()
+            c = sslobj.cipher()
+            self.cipher = c[0] if c else None
+            cert = sslobj.getpeercert()
+            if cert:
+                self.client_cert_subject = ",".join(
+                    f"{k}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)
+        self.task = asyncio.get_running_loop().create_task(self.run())
+
+    def data_received(self, data: bytes) -> None:
+        self.proto.receive_data(data)
+        try:
+            while (ev := self.proto.next_event()) is not NEED_DATA:
+                assert isinstance(ev, Message)
+                self.inbox.append(ev)
+        except ProtocolError as e:
+            self._fatal(e)
+            return
+        if len(self.inbox) >= MAX_INBOX and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+        self.wakeup.set()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.wakeup.set()
+        self.can_write.set()
+
+    def pause_writing(self) -> None:
+        self.can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.can_write.set()
+
+    # -- helpers ----------------------------------------------------------
+    def _write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def send(self, msg: Msg, body: Any = None) -> None:
+        self._write(self.proto.send(msg, body))
+
+    def send_error(self, err: Error) -> None:
+        body = {"code": err.code or Codes.INTERNAL, "message": err.message}
+        if err.hint:
+            body["hint"] = err.hint
+        self._write(self.proto.send(Msg.ERROR, body))
+
+    def notice(self, code: str, message: str) -> None:
+        self._write(self.proto.send(Msg.NOTICE, {"code": code, "message": message}))
+
+    def _fatal(self, e: Error) -> None:
+        log.warning("session %s from %s: %s; closing", self.id, self.peer, e.message)
+        try:
+            self.send_error(e)
+        except ProtocolError:
+            pass
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+        self.closed = True
+        self.wakeup.set()
+
+    async def next_message(self) -> Message:
+        while not self.inbox:
+            if self.closed:
+                raise _Closed
+            self.wakeup.clear()
+            await self.wakeup.wait()
+        if self.paused and len(self.inbox) < MAX_INBOX // 2 and self.transport:
+            self.paused = False
+            self.transport.resume_reading()
+        return self.inbox.popleft()
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking storage call in a worker thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.server.executor, fn, *args)
+
+    # -- main task --------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            try:
+                async with asyncio.timeout(self.server.settings.limits.login_timeout_seconds):
+                    ok = await self.login()
+            except TimeoutError:
+                self._fatal(Error("login not completed in time", Codes.PROTOCOL_VIOLATION))
+                return
+            if not ok:
+                return
+            self.server.on_login(self)
+            while True:
+                m = await self.next_message()
+                self.last_active = time.monotonic()
+                if m.type is Msg.TERMINATE:
+                    break
+                await self.handle(m)
+                await self.can_write.wait()
+        except _Closed:
+            pass
+        except ProtocolError as e:
+            self._fatal(e)
+        except Exception:  # a bug must not take the server down with it
+            log.exception("session %s: internal error", self.id)
+            self._fatal(Error("internal server error", Codes.INTERNAL))
+        finally:
+            await self.release_all()
+            self.close()
+            self.server.on_session_end(self)
+
+    async def login(self) -> bool:
+        m = await self.next_message()
+        body = m.body if isinstance(m.body, dict) else {}
+        if body.get("protocol") != PROTOCOL_VERSION:
+            self._fatal(Error(f"unsupported protocol version {body.get('protocol')!r}; this "
+                              f"server speaks version {PROTOCOL_VERSION}",
+                              Codes.UNSUPPORTED_VERSION, "upgrade the Casemate client"))
+            return False
+        self.program = str(body.get("program", ""))[:200]
+        self.client_host = str(body.get("host", ""))[:200]
+        if refusal := self.server.admission_error(self):
+            self._fatal(refusal)
+            return False
+        encrypted = self.tls_version is not None
+        mech = mechanism_for(encrypted)
+        self.send(Msg.HELLO_OK, {"protocol": PROTOCOL_VERSION, "encrypted": encrypted,
+                                 "mechanisms": [mech]})
+        m = await self.next_message()
+        if not (isinstance(m.body, tuple) and len(m.body) == 2 and m.body[0] == mech
+                and isinstance(m.body[1], str)):
+            self._fatal(Error(f"expected a {mech} login", Codes.INVALID_AUTHORIZATION,
+                              "connections to an encrypted server must use channel binding"
+                              if encrypted else None))
+            return False
+        scram = ScramLogin(self.server.backend, mech, self.cb_data)
+        try:
+            self.send(Msg.SASL_CHALLENGE, await self.call(scram.first, m.body[1]))
+            m = await self.next_message()
+            if not isinstance(m.body, str):
+                raise ScramException("malformed client-final message")
+            server_final = await self.call(scram.final, m.body)
+        except ScramException as e:
+            return self._login_failed(scram.username, str(e))
+        assert scram.user is not None
+        self.user, self.group = scram.user.name, scram.user.group
+        self.send(Msg.AUTH_OK, {"server_final": server_final, "session": self.id,
+                                "server_version": self.server.version,
+                                "backend": self.server.backend.name,
+                                "publication": self.server.settings.network.publication_name,
+                                "user": self.user, "group": self.group})
+        return True
+
+    def _login_failed(self, name: str, reason: str) -> bool:
+        log.warning("login failed for user %r from %s (%s)", name, self.peer, reason)
+        self._fatal(Error(f'password authentication failed for user "{name}"',
+                          Codes.INVALID_PASSWORD,
+                          "check the user name and password (user names are case-sensitive)"))
+        return False
+
+    # -- requests ---------------------------------------------------------
+    async def handle(self, m: Message) -> None:
+        handler = self._handlers.get(m.type)
+        if handler is None:
+            raise ProtocolError(f"unexpected {m.type.name} message", Codes.PROTOCOL_VIOLATION)
+        try:
+            await handler(self, m.body)
+        except Error as e:
+            self.send_error(e)
+        except (sqlite3.Error, ValueError, TypeError, OverflowError) as e:
+            self.send_error(storage_error(e, self.server.settings.storage.busy_timeout_seconds))
+        await self.maybe_release()
+
+    async def _storage(self) -> StorageConnection:
+        if self.storage is None:
+            self.storage = await self.call(self.server.pool.acquire)
+        return self.storage
+
+    def _complete(self, rowcount: int = -1, lastrowid: int | None = None) -> None:
+        in_txn = self.storage is not None and self.storage.in_transaction
+        self.send(Msg.COMPLETE, (rowcount, lastrowid, in_txn))
+
+    async def on_query(self, body: Any) -> None:
+        portal, sql, params, begin, batch = _query_args(body)
+        if portal in self.portals:
+            await self.call(self.portals.pop(portal).close)
+        if len(self.portals) >= MAX_PORTALS:
+            raise Error(f"too many open cursors (limit {MAX_PORTALS}); close some",
+                        Codes.PROGRAMMING)
+        conn = await self._storage()
+        self.statements += 1
+        self.server.statements += 1
+        cur, first = await self.call(_execute_first, conn, sql, params, begin, batch)
+        self._send_result(portal, cur, first, describe=True)
+        if first is not None and portal not in self.portals:
+            cur.close()  # exhausted: closing a finished cursor does no I/O
+
+    def _send_result(self, portal: int, cur: StorageCursor,
+                     first: tuple[bytes, int, bool, list[Any]] | None, describe: bool) -> None:
+        if first is None:  # statement without a result set
+            self._complete(cur.rowcount, cur.lastrowid)
+            return
+        body, _n, more, first_row = first
+        if describe:
+            desc = cur.description or ()
+            types = [_type_code(v) for v in first_row] or [None] * len(desc)
+            self.send(Msg.DESCRIPTION, [(d[0], t) for d, t in zip(desc, types, strict=False)])
+        self._write(self.proto.send_packed(Msg.ROWS, body))
+        if more:
+            self.portals[portal] = cur
+            self.send(Msg.SUSPENDED, portal)
+        else:
+            self._complete(cur.rowcount, cur.lastrowid)
+
+    async def on_fetch(self, body: Any) -> None:
+        portal, batch = int(body[0]), _batch(body[1])
+        cur = self.portals.pop(portal, None)
+        if cur is None:
+            raise Error(f"cursor {portal} has no pending result", Codes.INVALID_CURSOR)
+        first = await self.call(fetch_batch, cur, batch)
+        self._send_result(portal, cur, first, describe=False)
+        if portal not in self.portals:
+            cur.close()
+
+    async def on_close_portal(self, body: Any) -> None:
+        cur = self.portals.pop(int(body[0]), None)
+        if cur is not None:
+            await self.call(cur.close)
+        self._complete()
+
+    async def on_execute_many(self, body: Any) -> None:
+        sql, seq, begin = str(body[0]), body[1], bool(body[2])
+        conn = await self._storage()
+        self.statements += 1
+        self.server.statements += 1
+        n = await self.call(_execute_many, conn, sql, seq, begin)
+        self._complete(n, None)
+
+    async def on_commit(self, body: Any) -> None:
+        if self.storage is not None:
+            await self.call(self.storage.commit)
+        self._complete()
+
+    async def on_rollback(self, body: Any) -> None:
+        await self._close_portals()
+        if self.storage is not None:
+            await self.call(self.storage.rollback)
+        self._complete()
+
+    async def on_sync(self, body: Any) -> None:
+        self._complete()
+
+    async def _close_portals(self) -> None:
+        for cur in self.portals.values():
+            await self.call(cur.close)
+        self.portals.clear()
+
+    async def maybe_release(self) -> None:
+        """Give the storage connection back when no transaction or cursor needs it."""
+        s = self.storage
+        if s is not None and not self.portals and not s.in_transaction:
+            self.storage = None
+            self.server.pool.release(s)
+
+    async def release_all(self) -> None:
+        """End of session: close cursors, roll back an open transaction, return the connection."""
+        s, self.storage = self.storage, None
+        portals, self.portals = self.portals, {}
+        if s is None:
+            return
+        try:
+            for cur in portals.values():
+                await self.call(cur.close)
+            if s.in_transaction:
+                log.info("session %s: rolling back its open transaction", self.id)
+                await self.call(s.rollback)
+            self.server.pool.release(s)
+        except Exception as e:  # noqa: BLE001 - a broken connection is discarded, not reused
+            log.warning("session %s: could not release its storage connection: %s", self.id, e)
+
+    _handlers: dict[Msg, Callable[[Session, Any], Any]] = {
+        Msg.QUERY: on_query,
+        Msg.FETCH: on_fetch,
+        Msg.CLOSE_PORTAL: on_close_portal,
+        Msg.EXECUTE_MANY: on_execute_many,
+        Msg.COMMIT: on_commit,
+        Msg.ROLLBACK: on_rollback,
+        Msg.SYNC: on_sync,
+    }
+
+
+def _batch(v: Any) -> int:
+    n = int(v) if isinstance(v, int) and not isinstance(v, bool) else 1000
+    return max(1, min(n, MAX_BATCH_ROWS))
+
+
+def _query_args(body: Any) -> tuple[int, str, tuple[Any, ...], bool, int]:
+    if not (isinstance(body, tuple) and len(body) == 5 and isinstance(body[1], str)):
+        raise ProtocolError("malformed QUERY message", Codes.PROTOCOL_VIOLATION)
+    params = body[2] if body[2] is not None else ()
+    if not isinstance(params, tuple):
+        raise ProtocolError("QUERY parameters must be an array", Codes.PROTOCOL_VIOLATION)
+    return int(body[0]), body[1], params, bool(body[3]), _batch(body[4])
+
+
+def _execute_first(conn: StorageConnection, sql: str, params: tuple[Any, ...], begin: bool,
+                   batch: int) -> tuple[StorageCursor, tuple[bytes, int, bool, list[Any]] | None]:
+    if begin:
+        conn.begin()
+    cur = conn.execute(sql, params)
+    if cur.description is None:
+        cur.close()
+        return cur, None
+    return cur, fetch_batch(cur, batch)
+
+
+def _execute_many(conn: StorageConnection, sql: str, seq: Any, begin: bool) -> int:
+    if not isinstance(seq, tuple) or not all(isinstance(p, tuple) for p in seq):
+        raise Error("executemany parameters must be a sequence of sequences", Codes.PROGRAMMING)
+    if begin:
+        conn.begin()
+    return conn.executemany(sql, seq)

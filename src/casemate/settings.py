@@ -1,0 +1,246 @@
+"""``casemate.toml`` -> frozen :class:`Settings`, with an error naming key, value and what is allowed.
+
+The schema below is the single source of truth: it validates the file, it
+gives defaults for missing keys, and :func:`render_default_toml` writes the
+commented file that ``casemate init`` creates.  Settings are read once, at
+server start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEFAULT_PORT",
+    "SettingsError",
+    "Settings",
+    "NetworkSettings",
+    "StorageSettings",
+    "LimitsSettings",
+    "load_settings",
+    "parse_settings",
+    "render_default_toml",
+]
+
+DEFAULT_PORT = 19812
+
+
+class SettingsError(ValueError):
+    """A setting is unknown, of the wrong type or out of range; the message says which."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Field:
+    name: str
+    default: Any
+    kind: type | tuple[type, ...]
+    comment: str
+    check: Callable[[Any], str | None] | None = None  # returns "what is allowed" on failure
+
+
+def _range(lo: float, hi: float) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if lo <= v <= hi else f"a number from {lo} to {hi}"
+    return check
+
+
+def _choice(*options: str) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in options else "one of " + ", ".join(repr(o) for o in options)
+    return check
+
+
+def _listen_list(v: Any) -> str | None:
+    if not v or not all(isinstance(x, str) and x for x in v):
+        return "a non-empty list of host names or IP addresses, e.g. [\"127.0.0.1\", \"::1\"]"
+    return None
+
+
+def _nonempty(v: Any) -> str | None:
+    return None if v.strip() else "a non-empty string"
+
+
+_SCHEMA: dict[str, list[_Field]] = {
+    "network": [
+        _Field("publication_name", "Casemate", str,
+               "Name under which the server publishes this database (also the certificate subject).",
+               _nonempty),
+        _Field("listen", ["127.0.0.1"], list,
+               "Addresses to listen on; use [\"0.0.0.0\", \"::\"] to accept remote workstations.",
+               _listen_list),
+        _Field("port", DEFAULT_PORT, int,
+               f"TCP port (Casemate's default is {DEFAULT_PORT}; 0 picks a free port).",
+               _range(0, 65535)),
+        _Field("encrypt_client_server_connections", False, bool,
+               "Encrypt all client/server connections with TLS (takes effect at the next start)."),
+        _Field("min_tls_version", "1.2", str,
+               "Lowest TLS version accepted when encryption is on: \"1.2\" or \"1.3\".",
+               _choice("1.2", "1.3")),
+        _Field("require_client_certificate", False, bool,
+               "When encrypted, also require a client certificate signed by Resources/client-ca.pem."),
+    ],
+    "storage": [
+        _Field("backend", "sqlite", str,
+               "Storage engine: \"sqlite\" (embedded, data in Data/).", _choice("sqlite")),
+        _Field("busy_timeout_seconds", 5.0, (int, float),
+               "How long a writer waits for another session's write lock before \"database is busy\".",
+               _range(0, 600)),
+        _Field("worker_threads", 16, int,
+               "Threads that run storage calls, so no session stalls the others.", _range(1, 256)),
+    ],
+    "limits": [
+        _Field("max_sessions", 1000, int, "Most sessions connected at once.", _range(1, 100000)),
+        _Field("max_message_bytes", 16 * 1024 * 1024, int,
+               "Largest protocol message accepted (statement plus parameters).",
+               _range(4096, 1024 * 1024 * 1024)),
+        _Field("login_timeout_seconds", 10.0, (int, float),
+               "A client must finish TLS, handshake and login within this time.", _range(0.1, 600)),
+    ],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkSettings:
+    publication_name: str
+    listen: tuple[str, ...]
+    port: int
+    encrypt_client_server_connections: bool
+    min_tls_version: str
+    require_client_certificate: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class StorageSettings:
+    backend: str
+    busy_timeout_seconds: float
+    worker_threads: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitsSettings:
+    max_sessions: int
+    max_message_bytes: int
+    login_timeout_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    network: NetworkSettings
+    storage: StorageSettings
+    limits: LimitsSettings
+
+    def replace_network(self, **changes: Any) -> Settings:
+        """Return a copy with network settings overridden (``serve --host/--port``)."""
+        return dataclasses.replace(self, network=dataclasses.replace(self.network, **changes))
+
+
+_SECTION_CLASSES = {"network": NetworkSettings, "storage": StorageSettings, "limits": LimitsSettings}
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             list: "a list"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _check_value(section: str, f: _Field, value: Any, source: str) -> Any:
+    key = f"{section}.{f.name}"
+    bad_bool = isinstance(value, bool) and f.kind is not bool
+    if bad_bool or not isinstance(value, f.kind):
+        raise SettingsError(
+            f"{source}: {key} = {value!r} is not valid: expected {_type_name(f.kind)}"
+        )
+    if f.check is not None and (allowed := f.check(value)) is not None:
+        raise SettingsError(f"{source}: {key} = {value!r} is not valid: expected {allowed}")
+    if isinstance(value, list):
+        return tuple(value)
+    if f.kind == (int, float):
+        return float(value)
+    return value
+
+
+def parse_settings(data: dict[str, Any], source: str = "casemate.toml") -> Settings:
+    """Validate a parsed TOML document; raises SettingsError naming the bad key."""
+    for section, body in data.items():
+        if section not in _SCHEMA:
+            raise SettingsError(
+                f"{source}: unknown section [{section}]; known sections: " + ", ".join(_SCHEMA)
+            )
+        if not isinstance(body, dict):
+            raise SettingsError(f"{source}: {section} must be a [{section}] table")
+    sections = {}
+    for section, fields in _SCHEMA.items():
+        body = dict(data.get(section, {}))
+        known = {f.name for f in fields}
+        for key in body:
+            if key not in known:
+                raise SettingsError(
+                    f"{source}: unknown setting {section}.{key}; known settings in "
+                    f"[{section}]: " + ", ".join(sorted(known))
+                )
+        values = {f.name: _check_value(section, f, body.get(f.name, f.default), source)
+                  for f in fields}
+        sections[section] = _SECTION_CLASSES[section](**values)
+    _check_listen(sections["network"].listen, source)
+    return Settings(**sections)
+
+
+def _check_listen(addresses: tuple[str, ...], source: str) -> None:
+    for a in addresses:
+        if a.startswith("[") or " " in a:
+            raise SettingsError(
+                f"{source}: network.listen entry {a!r} is not valid: expected a host name or an "
+                "IP address without brackets or spaces"
+            )
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate ``path``; raises SettingsError (also for a TOML syntax error)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SettingsError(f"cannot read {path}: {e.strerror}") from e
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SettingsError(f"{path}: not valid TOML: {e}") from e
+    return parse_settings(data, str(path))
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(type(v))
+
+
+def render_default_toml(**overrides: Any) -> str:
+    """The commented settings file with every key at its default (``overrides`` by name)."""
+    lines = ["# Casemate database settings. Read once at server start:",
+             "# restart the server after changing them.", ""]
+    for section, fields in _SCHEMA.items():
+        lines.append(f"[{section}]")
+        for f in fields:
+            lines.append(f"# {f.comment}")
+            lines.append(f"{f.name} = {_toml_value(overrides.get(f.name, f.default))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,111 @@
+"""The storage backend interface: everything the server stores goes through it.
+
+A backend stores the data and the users.  The server calls these methods from
+worker threads (they may block); one :class:`StorageConnection` is used by one
+session at a time.  SQLite implements it today; the interface leaves room for
+PostgreSQL (transactions map one to one, users live in the same database).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["BUILTIN_GROUPS", "UserRecord", "StorageCursor", "StorageConnection", "Backend"]
+
+BUILTIN_GROUPS = ("admin", "readwrite", "readonly")
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """A user and its SCRAM-SHA-256 verifier (never the password)."""
+
+    name: str
+    group: str
+    salt: bytes
+    stored_key: bytes
+    server_key: bytes
+    iterations: int
+    created: str = ""
+
+
+class StorageCursor(abc.ABC):
+    """The result of one statement; rows are pulled in batches, never all at once."""
+
+    description: Sequence[tuple[str, str | None]] | None
+    rowcount: int
+    lastrowid: int | None
+
+    @abc.abstractmethod
+    def fetch(self, n: int) -> list[tuple[Any, ...]]:
+        """Up to ``n`` more rows; fewer (possibly none) when the result is exhausted."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class StorageConnection(abc.ABC):
+    """One session's handle on the data, with at most one open transaction."""
+
+    @property
+    @abc.abstractmethod
+    def in_transaction(self) -> bool: ...
+
+    @abc.abstractmethod
+    def begin(self) -> None: ...
+
+    @abc.abstractmethod
+    def execute(self, sql: str, params: Sequence[Any]) -> StorageCursor: ...
+
+    @abc.abstractmethod
+    def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
+        """Run ``sql`` once per parameter set; return the total row count."""
+
+    @abc.abstractmethod
+    def commit(self) -> None: ...
+
+    @abc.abstractmethod
+    def rollback(self) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class Backend(abc.ABC):
+    """A storage engine: data connections plus the user store."""
+
+    name: str
+
+    @abc.abstractmethod
+    def connect(self) -> StorageConnection: ...
+
+    @abc.abstractmethod
+    def get_user(self, name: str) -> UserRecord | None: ...
+
+    @abc.abstractmethod
+    def add_user(self, record: UserRecord) -> None:
+        """Raises KeyError if the user exists."""
+
+    @abc.abstractmethod
+    def update_user(self, record: UserRecord) -> None:
+        """Raises KeyError if the user does not exist."""
+
+    @abc.abstractmethod
+    def remove_user(self, name: str) -> None:
+        """Raises KeyError if the user does not exist."""
+
+    @abc.abstractmethod
+    def list_users(self) -> list[UserRecord]: ...
+
+    @abc.abstractmethod
+    def data_size(self) -> int:
+        """Bytes used by the data on disk."""
+
+    @abc.abstractmethod
+    def integrity_check(self) -> str:
+        """``"ok"`` or a description of the damage."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...

@@ -1,0 +1,203 @@
+"""The embedded storage backend: SQLite files in the database's ``Data/`` folder.
+
+``Data/data.sqlite`` holds the user's tables (WAL journal, ``synchronous=FULL``
+so an acknowledged commit survives a kill -9 or a power cut);
+``Data/system.sqlite`` holds users and password verifiers, out of reach of
+user SQL (ATTACH is refused by the authorizer).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import threading
+from collections.abc import Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from .base import Backend, StorageConnection, StorageCursor, UserRecord
+
+__all__ = ["SQLiteBackend", "DATA_FILE", "SYSTEM_FILE"]
+
+DATA_FILE = "data.sqlite"
+SYSTEM_FILE = "system.sqlite"
+
+
+def _register_types() -> None:
+    # Values without a native SQLite type are stored as ISO/decimal text and
+    # read back typed when the column's declared type names them.
+    sqlite3.register_adapter(Decimal, str)
+    sqlite3.register_adapter(dt.date, lambda v: v.isoformat())
+    sqlite3.register_adapter(dt.datetime, lambda v: v.isoformat())
+    sqlite3.register_adapter(dt.time, lambda v: v.isoformat())
+    conv_dt = lambda b: dt.datetime.fromisoformat(b.decode())  # noqa: E731
+    for name, fn in {
+        "DATE": lambda b: dt.date.fromisoformat(b.decode()),
+        "TIME": lambda b: dt.time.fromisoformat(b.decode()),
+        "DATETIME": conv_dt, "TIMESTAMP": conv_dt, "TIMESTAMPTZ": conv_dt,
+        "DECIMAL": lambda b: Decimal(b.decode()), "NUMERIC": lambda b: Decimal(b.decode()),
+        "BOOLEAN": lambda b: b not in (b"0", b""), "BOOL": lambda b: b not in (b"0", b""),
+    }.items():
+        sqlite3.register_converter(name, fn)
+
+
+_register_types()
+
+
+def _big_ints(params: Sequence[Any]) -> Sequence[Any]:
+    # SQLite integers are 64-bit; larger ones are stored as their decimal text.
+    if any(type(p) is int and not -(2**63) <= p < 2**63 for p in params):
+        return [str(p) if type(p) is int and not -(2**63) <= p < 2**63 else p for p in params]
+    return params
+
+
+_DENIED = {sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH}
+
+
+def _authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None,
+                trigger: str | None) -> int:
+    if action in _DENIED:
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+class _Cursor(StorageCursor):
+    def __init__(self, cur: sqlite3.Cursor) -> None:
+        self._cur = cur
+        d = cur.description
+        self.description = [(c[0], None) for c in d] if d else None
+        self.rowcount = cur.rowcount
+        self.lastrowid = cur.lastrowid
+
+    def fetch(self, n: int) -> list[tuple[Any, ...]]:
+        return self._cur.fetchmany(n)
+
+    def close(self) -> None:
+        self._cur.close()
+
+
+class _Connection(StorageConnection):
+    def __init__(self, path: Path, busy_timeout: float) -> None:
+        self._db = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False,
+            detect_types=sqlite3.PARSE_DECLTYPES | sqlite3.PARSE_COLNAMES,
+        )
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.set_authorizer(_authorizer)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._db.in_transaction
+
+    def begin(self) -> None:
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN")
+
+    def execute(self, sql: str, params: Sequence[Any]) -> StorageCursor:
+        return _Cursor(self._db.execute(sql, _big_ints(params)))
+
+    def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
+        cur = self._db.executemany(sql, (_big_ints(p) for p in seq))
+        n = cur.rowcount
+        cur.close()
+        return n
+
+    def commit(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class SQLiteBackend(Backend):
+    name = "sqlite"
+
+    def __init__(self, data_dir: Path, busy_timeout: float = 5.0) -> None:
+        self.data_dir = data_dir
+        self.data_path = data_dir / DATA_FILE
+        self.system_path = data_dir / SYSTEM_FILE
+        self.busy_timeout = busy_timeout
+        self._lock = threading.Lock()
+        self._sys = self._open_system()
+        with sqlite3.connect(self.data_path) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+
+    @classmethod
+    def create(cls, data_dir: Path) -> SQLiteBackend:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(data_dir)
+
+    def _open_system(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.system_path, isolation_level=None, check_same_thread=False,
+                             timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, grp TEXT NOT NULL, "
+            "salt BLOB NOT NULL, stored_key BLOB NOT NULL, server_key BLOB NOT NULL, "
+            "iterations INTEGER NOT NULL, created TEXT NOT NULL)")
+        return db
+
+    def connect(self) -> StorageConnection:
+        return _Connection(self.data_path, self.busy_timeout)
+
+    def _row(self, r: tuple[Any, ...]) -> UserRecord:
+        return UserRecord(r[0], r[1], bytes(r[2]), bytes(r[3]), bytes(r[4]), r[5], r[6])
+
+    _COLS = "name, grp, salt, stored_key, server_key, iterations, created"
+
+    def get_user(self, name: str) -> UserRecord | None:
+        with self._lock:
+            r = self._sys.execute(f"SELECT {self._COLS} FROM users WHERE name=?", (name,)
+                                  ).fetchone()
+        return self._row(r) if r else None
+
+    def add_user(self, record: UserRecord) -> None:
+        created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        with self._lock:
+            try:
+                self._sys.execute(
+                    f"INSERT INTO users ({self._COLS}) VALUES (?,?,?,?,?,?,?)",
+                    (record.name, record.group, record.salt, record.stored_key,
+                     record.server_key, record.iterations, created))
+            except sqlite3.IntegrityError:
+                raise KeyError(record.name) from None
+
+    def update_user(self, record: UserRecord) -> None:
+        with self._lock:
+            cur = self._sys.execute(
+                "UPDATE users SET grp=?, salt=?, stored_key=?, server_key=?, iterations=? "
+                "WHERE name=?", (record.group, record.salt, record.stored_key,
+                                 record.server_key, record.iterations, record.name))
+        if cur.rowcount == 0:
+            raise KeyError(record.name)
+
+    def remove_user(self, name: str) -> None:
+        with self._lock:
+            cur = self._sys.execute("DELETE FROM users WHERE name=?", (name,))
+        if cur.rowcount == 0:
+            raise KeyError(name)
+
+    def list_users(self) -> list[UserRecord]:
+        with self._lock:
+            rows = self._sys.execute(f"SELECT {self._COLS} FROM users ORDER BY name").fetchall()
+        return [self._row(r) for r in rows]
+
+    def data_size(self) -> int:
+        return sum(p.stat().st_size for p in self.data_dir.glob(DATA_FILE + "*"))
+
+    def integrity_check(self) -> str:
+        with sqlite3.connect(self.data_path) as db:
+            rows = db.execute("PRAGMA integrity_check").fetchall()
+        return "; ".join(r[0] for r in rows)
+
+    def close(self) -> None:
+        with self._lock:
+            self._sys.close()
