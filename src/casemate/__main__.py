@@ -1,0 +1,5 @@
+"""``python -m casemate`` = the ``casemate`` command."""
+
+from .cli import main
+
+main()
