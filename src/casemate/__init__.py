@@ -11,20 +11,7 @@ This package is a PEP 249 (DB-API 2.0) module::
 
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402
-    DatabaseError,
-    DataError,
-    Error,
-    IntegrityError,
-    InterfaceError,
-    InternalError,
-    NotSupportedError,
-    OperationalError,
-    ProgrammingError,
-    ProtocolError,
-    SecurityError,
-    Warning,
-)
+from .client.params import Security  # noqa: E402
 from .dbapi import (  # noqa: E402
     BINARY,
     DATETIME,
@@ -45,7 +32,20 @@ from .dbapi import (  # noqa: E402
     paramstyle,
     threadsafety,
 )
-from .client.params import Security  # noqa: E402
+from .errors import (  # noqa: E402
+    DatabaseError,
+    DataError,
+    Error,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+    ProtocolError,
+    SecurityError,
+    Warning,
+)
 
 __all__ = [
     "__version__",

@@ -164,7 +164,8 @@ class Connection:
 
     # -- PEP 249 ------------------------------------------------------------
     def cursor(self) -> Cursor:
-        self._channel
+        if self._chan is None:
+            raise InterfaceError("connection is closed")
         return Cursor(self)
 
     def commit(self) -> None:

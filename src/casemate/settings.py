@@ -161,7 +161,7 @@ def _check_value(section: str, f: _Field, value: Any, source: str) -> Any:
     if isinstance(value, list):
         return tuple(value)
     if f.kind == (int, float):
-        return float(value)
+        return float(value)  # type: ignore[arg-type]
     return value
 
 

@@ -8,6 +8,7 @@ import click
 
 from .. import __version__
 from .cert import cert
+from .demo import demo
 from .main import init, serve, trust, user
 from .shell import shell
 
@@ -21,13 +22,14 @@ def cli() -> None:
 
     \b
     Quick start:
+      casemate demo                      create and serve a demo database
       casemate init mydb                 create a database folder
       casemate serve mydb                start its server
       casemate shell casemate://admin@localhost
     """
 
 
-for command in (init, serve, user, cert, trust, shell):
+for command in (demo, init, serve, user, cert, trust, shell):
     cli.add_command(command)
 
 

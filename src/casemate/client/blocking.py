@@ -183,6 +183,9 @@ def open_channel(params: ConnectParams) -> Channel:
     known = KnownServers().get(params.server_key)
     attempts = plan_attempts(params, known)
     tls_failure = ""
+    sock: socket.socket
+    cb: bytes | None
+    key: tuple[Any, ...] | None
     for i, mode in enumerate(attempts):
         later = attempts[i + 1:]
         if mode == TLS:

@@ -137,7 +137,8 @@ def login_flow(proto: ProtocolConnection, params: ConnectParams,
         scram.set_server_first(challenge)
         final = scram.get_client_final()
     except ScramException as e:
-        raise ProtocolError(f"bad SCRAM challenge from server: {e}", Codes.PROTOCOL_VIOLATION)
+        raise ProtocolError(f"bad SCRAM challenge from server: {e}",
+                            Codes.PROTOCOL_VIOLATION) from e
     yield proto.send(Msg.SASL_RESPONSE, final)
     m = yield None
     ok = _expect(m, Msg.AUTH_OK)
@@ -146,7 +147,7 @@ def login_flow(proto: ProtocolConnection, params: ConnectParams,
     except (ScramException, KeyError, TypeError) as e:
         raise SecurityError(
             "the server could not prove that it knows this user's password verifier: possible "
-            f"man-in-the-middle ({e}); nothing was recorded", Codes.INVALID_AUTHORIZATION)
+            f"man-in-the-middle ({e}); nothing was recorded", Codes.INVALID_AUTHORIZATION) from e
     return LoginResult(ok)
 
 

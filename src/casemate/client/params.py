@@ -132,7 +132,8 @@ def parse_params(dsn: str | None = None, **kw: Any) -> ConnectParams:
     ca = opts.get("tls_ca")
     if ca is None and (casemate_home() / "Resources" / "cert.pem").exists():
         ca = casemate_home() / "Resources" / "cert.pem"
-    path = lambda v: Path(v) if v else None  # noqa: E731
+    def path(v: Any) -> Path | None:
+        return Path(v) if v else None
     return ConnectParams(
         host=host, port=port, user=user, password=password, tls_ca=path(ca),
         tls_cert=path(opts.get("tls_cert")), tls_key=path(opts.get("tls_key")),

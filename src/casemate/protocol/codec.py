@@ -22,7 +22,10 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["pack", "unpack", "pack_array_of_packed", "EXT_BIGINT", "EXT_DECIMAL", "EXT_DATE", "EXT_TIME", "EXT_DATETIME"]
+__all__ = [
+    "pack", "unpack", "pack_array_of_packed",
+    "EXT_BIGINT", "EXT_DECIMAL", "EXT_DATE", "EXT_TIME", "EXT_DATETIME",
+]
 
 EXT_BIGINT = 1
 EXT_DECIMAL = 2

@@ -235,7 +235,8 @@ class ProtocolConnection:
         try:
             body = codec.unpack(payload)
         except ValueError as e:
-            raise ProtocolError(f"malformed {msg.name} message: {e}", Codes.PROTOCOL_VIOLATION)
+            raise ProtocolError(f"malformed {msg.name} message: {e}",
+                                Codes.PROTOCOL_VIOLATION) from e
         return Message(msg, body)
 
     def _need_data(self) -> _NeedData:

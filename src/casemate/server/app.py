@@ -19,8 +19,10 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .. import __version__, tls
 from ..database import DatabaseFolder
@@ -195,8 +197,8 @@ class Server:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, self.reload_certificate)
 
-    def _spawn(self, coro: object) -> None:
-        t = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
@@ -338,8 +340,8 @@ class Server:
     async def shutdown(self, grace: float = 10.0) -> None:
         """Stop accepting, tell clients, roll back open transactions, close everything."""
         self.accepting = False
-        for s in self._listeners:
-            s.close()
+        for lsock in self._listeners:
+            lsock.close()
         for t in list(self._tasks):
             t.cancel()
         sessions = list(self.sessions.values())
@@ -360,7 +362,10 @@ async def _peek(sock: socket.socket) -> bytes:
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
     fd = sock.fileno()
-    loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+    loop.add_reader(fd, ready)
     try:
         await fut
     finally:

@@ -150,8 +150,8 @@ class Session(asyncio.Protocol):
             self.cipher = c[0] if c else None
             cert = sslobj.getpeercert()
             if cert:
-                self.client_cert_subject = ",".join(
-                    f"{k}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)
+                subject: Any = cert.get("subject", ())
+                self.client_cert_subject = ",".join(f"{k}={v}" for rdn in subject for k, v in rdn)
         self.task = asyncio.get_running_loop().create_task(self.run())
 
     def data_received(self, data: bytes) -> None:

@@ -1,0 +1,393 @@
+"""The asyncio client: the same operations as the DB-API module, awaitable.
+
+::
+
+    conn = await casemate.aio.connect("casemate://admin:pw@localhost")
+    cur = await conn.execute("SELECT id, name FROM t WHERE id > ?", (10,))
+    async for row in cur:
+        ...
+    await conn.commit()
+    await conn.close()
+
+Several tasks may share one connection: their requests are pipelined and the
+replies dispatched in order.  Trust rules, fallback and errors are those of
+the blocking client (they share :mod:`casemate.client.core`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import ssl
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from . import tls
+from .client.blocking import _context
+from .client.core import (
+    PLAIN,
+    TLS,
+    ClientCore,
+    ExecRequest,
+    LoginResult,
+    Request,
+    SimpleRequest,
+    check_server_key,
+    downgrade_error,
+    login_flow,
+    plan_attempts,
+    record_trust,
+)
+from .client.known import KnownServer, KnownServers
+from .client.params import ConnectParams, Security, parse_params
+from .errors import Codes, Error, InterfaceError, OperationalError, ProgrammingError, SecurityError
+from .protocol import NEED_DATA, Message, Msg
+
+__all__ = ["connect", "AsyncConnection", "AsyncCursor"]
+
+READ_SIZE = 256 * 1024
+_portal_ids = itertools.count(1_000_000_000)
+
+
+class _NotTLS(Exception):
+    pass
+
+
+async def connect(dsn: str | None = None, **kwargs: Any) -> AsyncConnection:
+    """Open a connection (same parameters and errors as :func:`casemate.connect`)."""
+    conn = AsyncConnection(parse_params(dsn, **kwargs))
+    await conn._open()
+    return conn
+
+
+class AsyncConnection:
+    def __init__(self, params: ConnectParams) -> None:
+        self.params = params
+        self.autocommit = False
+        self.on_notice: Callable[[str, str], None] | None = None
+        self.security = Security("plain")
+        self.login = LoginResult({})
+        self._core = ClientCore.new()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._read_lock = asyncio.Lock()
+        self._broken: Error | None = None
+
+    # -- connecting -----------------------------------------------------------
+    async def _tcp(self, ctx: ssl.SSLContext | None) -> tuple[asyncio.StreamReader,
+                                                                 asyncio.StreamWriter]:
+        p = self.params
+        try:
+            async with asyncio.timeout(p.connect_timeout):
+                return await asyncio.open_connection(
+                    p.host, p.port, ssl=ctx, server_hostname=p.host if ctx else None)
+        except ssl.SSLCertVerificationError as e:
+            raise SecurityError(f"the certificate of {p.server_key} failed verification "
+                                f"against {p.tls_ca}: {e.verify_message}",
+                                Codes.NOT_ENCRYPTED) from e
+        except ssl.SSLError as e:
+            raise _NotTLS(e.reason or str(e)) from e
+        except TimeoutError as e:
+            raise OperationalError(f"cannot connect to {p.server_key}: timed out",
+                                   Codes.CANNOT_CONNECT) from e
+        except (ConnectionResetError, asyncio.IncompleteReadError) as e:
+            if ctx is not None:
+                raise _NotTLS(str(e)) from e
+            raise OperationalError(f"cannot connect to {p.server_key}: {e}",
+                                   Codes.CANNOT_CONNECT) from e
+        except OSError as e:
+            raise OperationalError(f"cannot connect to {p.server_key}: {e.strerror or e}",
+                                   Codes.CANNOT_CONNECT,
+                                   "is the server running and is the port right?") from e
+
+    async def _attempt_tls(self, known: KnownServer | None) -> bytes:
+        _key, ctx, _session = _context(self.params)
+        self._reader, self._writer = await self._tcp(ctx)
+        sslobj = self._writer.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True)
+        c = sslobj.cipher()
+        try:
+            self.security = check_server_key(self.params, known, der, sslobj.version(),
+                                             c[0] if c else None)
+        except Error:
+            self._writer.close()
+            raise
+        return tls.channel_binding_data(der)
+
+    async def _open(self) -> None:
+        p = self.params
+        known = KnownServers().get(p.server_key)
+        attempts = plan_attempts(p, known)
+        tls_failure = ""
+        for i, mode in enumerate(attempts):
+            later = attempts[i + 1:]
+            cb: bytes | None = None
+            if mode == TLS:
+                try:
+                    cb = await self._attempt_tls(known)
+                except _NotTLS as e:
+                    tls_failure = str(e)
+                    if PLAIN not in later:
+                        raise downgrade_error(p, known, tls_failure) from None
+                    continue
+            else:
+                self._reader, self._writer = await self._tcp(None)
+                self.security = Security("plain")
+            self._core = ClientCore.new()
+            try:
+                async with asyncio.timeout(p.connect_timeout):
+                    self.login = await self._login(cb)
+            except SecurityError as e:
+                self._close_transport()
+                if e.code == Codes.ENCRYPTION_REQUIRED and TLS in later:
+                    continue
+                raise
+            except TimeoutError as e:
+                self._close_transport()
+                raise OperationalError(f"{p.server_key} did not complete the login in time",
+                                       Codes.CANNOT_CONNECT) from e
+            except BaseException:
+                self._close_transport()
+                raise
+            record_trust(p, self.security)
+            self._core.on_notice = self._notice
+            return
+        raise OperationalError(f"cannot connect to {p.server_key}", Codes.CANNOT_CONNECT)
+
+    async def _login(self, cb: bytes | None) -> LoginResult:
+        gen = login_flow(self._core.proto, self.params, cb)
+        try:
+            out = next(gen)
+            while True:
+                if out is None:
+                    out = gen.send(await self._next_message())
+                else:
+                    await self._send_bytes(out)
+                    out = gen.send(None)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    def _notice(self, code: str, text: str) -> None:
+        if self.on_notice is not None:
+            self.on_notice(code, text)
+
+    # -- I/O ----------------------------------------------------------------------
+    async def _send_bytes(self, data: bytes) -> None:
+        if self._broken:
+            raise self._broken
+        assert self._writer is not None
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except (OSError, ssl.SSLError) as e:
+            raise self._lost(str(e)) from e
+
+    async def _next_message(self) -> Message:
+        if self._broken:
+            raise self._broken
+        proto = self._core.proto
+        assert self._reader is not None
+        while (ev := proto.next_event()) is NEED_DATA:
+            try:
+                data = await self._reader.read(READ_SIZE)
+            except (OSError, ssl.SSLError) as e:
+                raise self._lost(str(e)) from e
+            if not data:
+                raise self._lost("the server closed the connection")
+            proto.receive_data(data)
+        assert isinstance(ev, Message)
+        return ev
+
+    def _lost(self, why: str) -> OperationalError:
+        self._broken = self._core.lost_error(why)
+        self._close_transport()
+        return self._broken
+
+    def _close_transport(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    async def _request(self, req: Request, msg: Msg, body: Any) -> None:
+        if self._writer is None and self._broken is None:
+            raise InterfaceError("connection is closed")
+        await self._send_bytes(self._core.request(req, msg, body))
+
+    async def _wait(self, req: Request) -> None:
+        while not req.done:
+            async with self._read_lock:
+                if req.done:
+                    break
+                self._core.dispatch(await self._next_message())
+        if req.error is not None:
+            raise req.error
+
+    async def _simple(self, msg: Msg, body: Any = None) -> SimpleRequest:
+        req = SimpleRequest()
+        await self._request(req, msg, body)
+        await self._wait(req)
+        return req
+
+    # -- public API -------------------------------------------------------------
+    @property
+    def in_transaction(self) -> bool:
+        return self._core.in_transaction
+
+    @property
+    def closed(self) -> bool:
+        return self._writer is None
+
+    def cursor(self) -> AsyncCursor:
+        return AsyncCursor(self)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> AsyncCursor:
+        cur = self.cursor()
+        await cur.execute(sql, params)
+        return cur
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a query and return all its rows."""
+        cur = await self.execute(sql, params)
+        return await cur.fetchall()
+
+    async def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
+        cur = self.cursor()
+        await cur.executemany(sql, seq)
+        return cur.rowcount
+
+    async def commit(self) -> None:
+        if self.in_transaction:
+            await self._simple(Msg.COMMIT)
+
+    async def rollback(self) -> None:
+        if self.in_transaction:
+            await self._simple(Msg.ROLLBACK)
+
+    async def ping(self) -> None:
+        await self._simple(Msg.SYNC)
+
+    async def close(self) -> None:
+        if self._writer is None:
+            return
+        if not self._broken:
+            try:
+                self._writer.write(self._core.proto.send(Msg.TERMINATE))
+            except (OSError, Error):
+                pass
+        w, self._writer = self._writer, None
+        w.close()
+        try:
+            await w.wait_closed()
+        except (OSError, ssl.SSLError):
+            pass
+
+    async def __aenter__(self) -> AsyncConnection:
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if not self._broken and self._writer is not None:
+            await (self.commit() if exc_type is None else self.rollback())
+        await self.close()
+
+
+class AsyncCursor:
+    """An asyncio cursor; rows stream in batches, one batch prefetched."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.connection = conn
+        self.arraysize = 1
+        self.description: tuple[tuple[Any, ...], ...] | None = None
+        self.rowcount = -1
+        self.lastrowid: int | None = None
+        self._rows: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._portal = next(_portal_ids)
+        self._prefetch: ExecRequest | None = None
+        self._open_portal = False
+
+    def _sink(self, chunk: Sequence[tuple[Any, ...]]) -> None:
+        self._rows.extend(chunk)
+
+    async def _reset(self) -> None:
+        conn = self.connection
+        if self._prefetch is not None:
+            await conn._wait(self._prefetch)
+            self._open_portal = self._prefetch.suspended
+            self._prefetch = None
+        if self._open_portal:
+            await conn._request(SimpleRequest(), Msg.CLOSE_PORTAL, (self._portal,))
+        self._open_portal = False
+        self._rows.clear()
+        self.description = None
+        self.rowcount = -1
+
+    async def execute(self, sql: str, params: Sequence[Any] | None = None) -> AsyncCursor:
+        conn = self.connection
+        if isinstance(params, dict):
+            raise ProgrammingError("Casemate uses qmark parameters: pass a sequence, not a dict")
+        await self._reset()
+        req = ExecRequest(self._sink)
+        await conn._request(req, Msg.QUERY, (self._portal, sql, tuple(params or ()),
+                                              not conn.autocommit, max(self.arraysize, 2000)))
+        await conn._wait(req)
+        if req.description is not None:
+            self.description = tuple((n, t, None, None, None, None, None)
+                                     for n, t in req.description)
+        else:
+            self.rowcount, self.lastrowid = req.rowcount, req.lastrowid
+        await self._after(req)
+        return self
+
+    async def _after(self, req: ExecRequest) -> None:
+        if req.suspended:
+            self._prefetch = ExecRequest(self._sink)
+            await self.connection._request(self._prefetch, Msg.FETCH,
+                                           (self._portal, max(self.arraysize, 2000)))
+
+    async def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> None:
+        conn = self.connection
+        await self._reset()
+        total = 0
+        it = iter(seq)
+        while chunk := [tuple(p) for p in itertools.islice(it, 2000)]:
+            req = await conn._simple(Msg.EXECUTE_MANY, (sql, chunk, not conn.autocommit))
+            total += max(req.rowcount, 0)
+        self.rowcount = total
+
+    async def fetchone(self) -> tuple[Any, ...] | None:
+        while not self._rows:
+            p = self._prefetch
+            if p is None:
+                return None
+            await self.connection._wait(p)
+            self._prefetch = None
+            await self._after(p)
+        return self._rows.popleft()
+
+    async def fetchmany(self, size: int | None = None) -> list[tuple[Any, ...]]:
+        out = []
+        for _ in range(self.arraysize if size is None else size):
+            row = await self.fetchone()
+            if row is None:
+                break
+            out.append(row)
+        return out
+
+    async def fetchall(self) -> list[tuple[Any, ...]]:
+        out = []
+        while (row := await self.fetchone()) is not None:
+            out.append(row)
+            out.extend(self._rows)
+            self._rows.clear()
+        return out
+
+    def __aiter__(self) -> AsyncIterator[tuple[Any, ...]]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[tuple[Any, ...]]:
+        while (row := await self.fetchone()) is not None:
+            yield row
+
+    async def close(self) -> None:
+        if not self.connection.closed:
+            await self._reset()
