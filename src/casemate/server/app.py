@@ -268,6 +268,8 @@ class Server:
     def on_login(self, s: Session) -> None:
         self.sessions[s.id] = s
         enc = f"encrypted {s.tls_version} {s.cipher}" if s.tls_version else "plain"
+        if s.client_cert_subject:
+            enc += f", client certificate {s.client_cert_subject}"
         log.info("session %s: user %s logged in from %s (%s), program %r",
                  s.id, s.user, s.peer, enc, s.program)
 

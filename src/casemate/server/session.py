@@ -42,6 +42,8 @@ MAX_BATCH_ROWS = 100_000
 MAX_PORTALS = 256
 
 _ids = itertools.count(1)
+_RDN_NAMES = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
+              "countryName": "C", "localityName": "L", "stateOrProvinceName": "ST"}
 
 
 def _type_code(v: Any) -> str | None:
@@ -151,7 +153,8 @@ class Session(asyncio.Protocol):
             cert = sslobj.getpeercert()
             if cert:
                 subject: Any = cert.get("subject", ())
-                self.client_cert_subject = ",".join(f"{k}={v}" for rdn in subject for k, v in rdn)
+                self.client_cert_subject = ",".join(
+                    f"{_RDN_NAMES.get(k, k)}={v}" for rdn in subject for k, v in rdn)
         self.task = asyncio.get_running_loop().create_task(self.run())
 
     def data_received(self, data: bytes) -> None:
