@@ -22,6 +22,8 @@ __all__ = [
     "NetworkSettings",
     "StorageSettings",
     "LimitsSettings",
+    "AccessSettings",
+    "AccessRule",
     "load_settings",
     "parse_settings",
     "render_default_toml",
@@ -41,6 +43,7 @@ class _Field:
     kind: type | tuple[type, ...]
     comment: str
     check: Callable[[Any], str | None] | None = None  # returns "what is allowed" on failure
+    example: tuple[str, ...] = ()  # rendered commented out instead of "key = default"
 
 
 def _range(lo: float, hi: float) -> Callable[[Any], str | None]:
@@ -63,6 +66,24 @@ def _listen_list(v: Any) -> str | None:
 
 def _nonempty(v: Any) -> str | None:
     return None if v.strip() else "a non-empty string"
+
+
+_RULES_HELP = ('a list of [[access.rules]] tables, each with action = "allow" or "deny" and '
+               'from = an address, a CIDR such as "10.0.0.0/8" or "::1/128", or "*"')
+
+
+def _rules(v: Any) -> str | None:
+    for r in v:
+        if not isinstance(r, dict) or set(r) != {"action", "from"}:
+            return _RULES_HELP
+        if r["action"] not in ("allow", "deny") or not isinstance(r["from"], str):
+            return _RULES_HELP
+        if r["from"] != "*":
+            try:
+                ipaddress.ip_network(r["from"], strict=False)
+            except ValueError:
+                return _RULES_HELP + f" (not an address or CIDR: {r['from']!r})"
+    return None
 
 
 _SCHEMA: dict[str, list[_Field]] = {
@@ -100,6 +121,33 @@ _SCHEMA: dict[str, list[_Field]] = {
                _range(4096, 1024 * 1024 * 1024)),
         _Field("login_timeout_seconds", 10.0, (int, float),
                "A client must finish TLS, handshake and login within this time.", _range(0.1, 600)),
+        _Field("idle_timeout_seconds", 0.0, (int, float),
+               "Close sessions idle this long, rolling back their transaction (0 = never).",
+               _range(0, 30 * 86400)),
+        _Field("max_statement_bytes", 1024 * 1024, int,
+               "Longest SQL statement text accepted.", _range(64, 1024 * 1024 * 1024)),
+        _Field("max_result_buffer_bytes", 4 * 1024 * 1024, int,
+               "Result bytes the server buffers for one slow-reading session before pausing.",
+               _range(64 * 1024, 1024 * 1024 * 1024)),
+    ],
+    "access": [
+        _Field("max_sessions_per_address", 100, int,
+               "Most sessions from one client IP address.", _range(1, 100000)),
+        _Field("throttle_after_failures", 3, int,
+               "Failed logins (per address and per user) before each new attempt is delayed.",
+               _range(1, 1000)),
+        _Field("throttle_base_delay_seconds", 0.5, (int, float),
+               "First delay; it doubles with each further failure.", _range(0, 60)),
+        _Field("throttle_max_delay_seconds", 5.0, (int, float),
+               "Cap of the delay (keep it below limits.login_timeout_seconds).", _range(0, 60)),
+        _Field("throttle_forget_seconds", 600.0, (int, float),
+               "Failures older than this are forgotten, so nobody is locked out for good.",
+               _range(1, 86400)),
+        _Field("rules", [], list,
+               "Ordered IP rules, first match wins; no rule matching = allowed. Checked before "
+               "TLS or any protocol byte.", _rules,
+               example=("[[access.rules]]", 'action = "allow"', 'from = "127.0.0.1"',
+                        "[[access.rules]]", 'action = "deny"', 'from = "*"')),
     ],
 }
 
@@ -126,6 +174,41 @@ class LimitsSettings:
     max_sessions: int
     max_message_bytes: int
     login_timeout_seconds: float
+    idle_timeout_seconds: float
+    max_statement_bytes: int
+    max_result_buffer_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class AccessRule:
+    action: str
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None  # None = any address
+    text: str
+
+    def matches(self, address: str) -> bool:
+        if self.network is None:
+            return True
+        try:
+            return ipaddress.ip_address(address.split("%")[0]) in self.network
+        except ValueError:
+            return False
+
+
+@dataclasses.dataclass(frozen=True)
+class AccessSettings:
+    max_sessions_per_address: int
+    throttle_after_failures: int
+    throttle_base_delay_seconds: float
+    throttle_max_delay_seconds: float
+    throttle_forget_seconds: float
+    rules: tuple[AccessRule, ...]
+
+    def check_address(self, address: str) -> AccessRule | None:
+        """The first rule matching ``address``, or None (no rule: allowed)."""
+        for rule in self.rules:
+            if rule.matches(address):
+                return rule
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,13 +216,20 @@ class Settings:
     network: NetworkSettings
     storage: StorageSettings
     limits: LimitsSettings
+    access: AccessSettings
 
     def replace_network(self, **changes: Any) -> Settings:
         """Return a copy with network settings overridden (``serve --host/--port``)."""
         return dataclasses.replace(self, network=dataclasses.replace(self.network, **changes))
 
 
-_SECTION_CLASSES = {"network": NetworkSettings, "storage": StorageSettings, "limits": LimitsSettings}
+def _rule(r: dict[str, str]) -> AccessRule:
+    net = None if r["from"] == "*" else ipaddress.ip_network(r["from"], strict=False)
+    return AccessRule(r["action"], net, r["from"])
+
+
+_SECTION_CLASSES = {"access": AccessSettings, "network": NetworkSettings,
+                    "storage": StorageSettings, "limits": LimitsSettings}
 
 
 def _type_name(kind: type | tuple[type, ...]) -> str:
@@ -186,6 +276,8 @@ def parse_settings(data: dict[str, Any], source: str = "casemate.toml") -> Setti
                 )
         values = {f.name: _check_value(section, f, body.get(f.name, f.default), source)
                   for f in fields}
+        if section == "access":
+            values["rules"] = tuple(_rule(r) for r in values["rules"])
         sections[section] = _SECTION_CLASSES[section](**values)
     _check_listen(sections["network"].listen, source)
     return Settings(**sections)
@@ -233,6 +325,10 @@ def render_default_toml(**overrides: Any) -> str:
         lines.append(f"[{section}]")
         for f in fields:
             lines.append(f"# {f.comment}")
+            if f.example:
+                lines.append("# For example:")
+                lines.extend(f"# {e}" for e in f.example)
+                continue
             lines.append(f"{f.name} = {_toml_value(overrides.get(f.name, f.default))}")
         lines.append("")
     return "\n".join(lines)

@@ -30,6 +30,7 @@ from ..errors import Codes, Error
 from ..protocol import Msg, encode_frame
 from ..settings import Settings, SettingsError, load_settings
 from ..storage import Backend, StorageConnection
+from .audit import AuditLog, Throttle
 from .session import Session
 
 __all__ = ["Server", "ServerStartError", "TLSState"]
@@ -39,6 +40,11 @@ TLS_RECORD_HANDSHAKE = 0x16
 # A fatal TLS alert (handshake_failure) in a TLS 1.0 record: what a TLS client
 # that reaches a plain server gets, so it fails at once with a TLS error.
 TLS_ALERT_HANDSHAKE_FAILURE = bytes([0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x28])
+
+
+_DENIED_FRAME = encode_frame(Msg.ERROR, {
+    "code": Codes.INVALID_AUTHORIZATION,
+    "message": "connections from this address are refused by the server's access rules"})
 
 
 class ServerStartError(Exception):
@@ -133,6 +139,10 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping: asyncio.Event | None = None
         self._settings_digest = self._digest()
+        a = settings.access
+        self.throttle = Throttle(a.throttle_after_failures, a.throttle_base_delay_seconds,
+                                 a.throttle_max_delay_seconds, a.throttle_forget_seconds)
+        self.audit = AuditLog(folder.logs_dir / "audit.jsonl")
 
     # -- start ------------------------------------------------------------
     def prepare(self) -> None:
@@ -222,8 +232,18 @@ class Server:
                 continue
             self._spawn(self._admit(sock, addr))
 
-    async def _admit(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+    async def _admit(self, sock: socket.socket, addr: tuple[str, ...]) -> None:
         loop = asyncio.get_running_loop()
+        rule = self.settings.access.check_address(addr[0])
+        if rule is not None and rule.action == "deny":
+            # Before TLS or any protocol byte: a short plaintext refusal, no reading.
+            self.audit.event("connection_refused", address=addr[0], rule=rule.text)
+            with contextlib.suppress(OSError):
+                sock.send(_DENIED_FRAME)
+            sock.close()
+            return
+        self.audit.event("connection_accepted", address=addr[0],
+                         rule=rule.text if rule else None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         timeout = self.settings.limits.login_timeout_seconds
         try:
@@ -263,10 +283,18 @@ class Server:
         if len(self.sessions) >= limit:
             return Error(f"server full: {limit} sessions are connected (limits.max_sessions)",
                          Codes.TOO_MANY_CONNECTIONS, "try again later")
+        per = self.settings.access.max_sessions_per_address
+        if sum(1 for s in self.sessions.values() if s.peer_ip == session.peer_ip) >= per:
+            return Error(f"too many sessions from {session.peer_ip}: the limit is {per} "
+                         "(access.max_sessions_per_address)", Codes.TOO_MANY_CONNECTIONS)
         return None
 
     def on_login(self, s: Session) -> None:
         self.sessions[s.id] = s
+        self.audit.event("login_ok", session=s.id, user=s.user, address=s.peer_ip,
+                         encrypted=s.tls_version is not None, tls_version=s.tls_version,
+                         cipher=s.cipher, client_certificate=s.client_cert_subject,
+                         program=s.program)
         enc = f"encrypted {s.tls_version} {s.cipher}" if s.tls_version else "plain"
         if s.client_cert_subject:
             enc += f", client certificate {s.client_cert_subject}"
@@ -275,7 +303,10 @@ class Server:
 
     def on_session_end(self, s: Session) -> None:
         if self.sessions.pop(s.id, None) is not None:
-            log.info("session %s: user %s disconnected", s.id, s.user)
+            log.info("session %s: user %s disconnected (%s)", s.id, s.user, s.end_reason)
+            self.audit.event("disconnect", session=s.id, user=s.user, address=s.peer_ip,
+                             duration=round(time.time() - s.connected_at, 3),
+                             reason=s.end_reason)
 
     # -- certificates and settings ------------------------------------------
     def reload_certificate(self) -> tuple[bool, str]:
@@ -349,6 +380,7 @@ class Server:
         sessions = list(self.sessions.values())
         for s in sessions:
             s.notice(Codes.ADMIN_SHUTDOWN, "server is shutting down")
+            s.end_reason = "server shutdown"
             s.close()
         tasks = [s.task for s in sessions if s.task is not None]
         if tasks:
@@ -356,6 +388,7 @@ class Server:
         self.executor.shutdown(wait=True)
         self.pool.close()
         self.backend.close()
+        self.audit.close()
         log.info("server stopped")
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..errors import Codes, Error, ProtocolError
 from ..protocol import NEED_DATA, PROTOCOL_VERSION, Message, Msg, ProtocolConnection, Role, codec
 from ..storage import StorageConnection, StorageCursor
+from ..storage.access import PermissionDenied, Policy
 from .auth import ScramException, ScramLogin, mechanism_for
 
 if TYPE_CHECKING:
@@ -76,6 +77,9 @@ def fetch_batch(cur: StorageCursor, max_rows: int) -> tuple[bytes, int, bool, li
 def storage_error(e: BaseException, busy_timeout: float) -> Error:
     """Translate a storage exception into a coded error (once, at this boundary)."""
     msg = str(e)
+    if isinstance(e, PermissionDenied):
+        return Error(msg, Codes.INSUFFICIENT_PRIVILEGE,
+                     "ask an administrator for the right (casemate group grant ...)")
     if isinstance(e, sqlite3.IntegrityError):
         return Error(msg, Codes.INTEGRITY)
     if isinstance(e, sqlite3.DataError):
@@ -127,6 +131,8 @@ class Session(asyncio.Protocol):
         self.user = ""
         self.group = ""
         self.peer = ""
+        self.peer_ip = ""
+        self.end_reason = "client disconnected"
         self.program = ""
         self.client_host = ""
         self.tls_version: str | None = None
@@ -145,6 +151,9 @@ class Session(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.peer_ip = peer[0] if peer else "?"
+        limit = self.server.settings.limits.max_result_buffer_bytes
+        transport.set_write_buffer_limits(high=limit)
         sslobj: ssl.SSLObject | None = transport.get_extra_info("ssl_object")
         if sslobj is not None:
             self.tls_version = sslobj.version()
@@ -204,6 +213,7 @@ class Session(asyncio.Protocol):
 
     def _fatal(self, e: Error) -> None:
         log.warning("session %s from %s: %s; closing", self.id, self.peer, e.message)
+        self.end_reason = e.message
         try:
             self.send_error(e)
         except ProtocolError:
@@ -244,10 +254,16 @@ class Session(asyncio.Protocol):
             if not ok:
                 return
             self.server.on_login(self)
+            idle = self.server.settings.limits.idle_timeout_seconds or None
             while True:
-                m = await self.next_message()
+                try:
+                    m = await asyncio.wait_for(self.next_message(), idle)
+                except TimeoutError:
+                    self._idle_timeout(idle or 0)
+                    break
                 self.last_active = time.monotonic()
                 if m.type is Msg.TERMINATE:
+                    self.end_reason = "client closed the session"
                     break
                 await self.handle(m)
                 await self.can_write.wait()
@@ -262,6 +278,14 @@ class Session(asyncio.Protocol):
             await self.release_all()
             self.close()
             self.server.on_session_end(self)
+
+    def _idle_timeout(self, seconds: float) -> None:
+        txn = self.storage is not None and self.storage.in_transaction
+        self.notice(Codes.IDLE_TIMEOUT, f"session closed after {seconds:g} s without activity "
+                    "(limits.idle_timeout_seconds)" +
+                    ("; its open transaction was rolled back" if txn else ""))
+        self.end_reason = "idle timeout"
+        self.close()
 
     async def login(self) -> bool:
         m = await self.next_message()
@@ -288,14 +312,20 @@ class Session(asyncio.Protocol):
                               if encrypted else None))
             return False
         scram = ScramLogin(self.server.backend, mech, self.cb_data)
+        throttle = self.server.throttle
         try:
             self.send(Msg.SASL_CHALLENGE, await self.call(scram.first, m.body[1]))
             m = await self.next_message()
             if not isinstance(m.body, str):
                 raise ScramException("malformed client-final message")
+            delay = throttle.delay(self.peer_ip, scram.username, time.monotonic())
+            if delay:
+                await asyncio.sleep(delay)  # slows guessing; the verdict comes after the wait
             server_final = await self.call(scram.final, m.body)
         except ScramException as e:
+            throttle.failed(self.peer_ip, scram.username, time.monotonic())
             return self._login_failed(scram.username, str(e))
+        throttle.succeeded(self.peer_ip, scram.username)
         assert scram.user is not None
         self.user, self.group = scram.user.name, scram.user.group
         self.send(Msg.AUTH_OK, {"server_final": server_final, "session": self.id,
@@ -307,6 +337,10 @@ class Session(asyncio.Protocol):
 
     def _login_failed(self, name: str, reason: str) -> bool:
         log.warning("login failed for user %r from %s (%s)", name, self.peer, reason)
+        self.server.audit.event("login_failed", user=name, address=self.peer_ip,
+                                encrypted=self.tls_version is not None,
+                                tls_version=self.tls_version, cipher=self.cipher,
+                                client_certificate=self.client_cert_subject)
         self._fatal(Error(f'password authentication failed for user "{name}"',
                           Codes.INVALID_PASSWORD,
                           "check the user name and password (user names are case-sensitive)"))
@@ -321,21 +355,40 @@ class Session(asyncio.Protocol):
             await handler(self, m.body)
         except Error as e:
             self.send_error(e)
-        except (sqlite3.Error, ValueError, TypeError, OverflowError) as e:
-            self.send_error(storage_error(e, self.server.settings.storage.busy_timeout_seconds))
+        except (sqlite3.Error, PermissionDenied, ValueError, TypeError, OverflowError) as e:
+            err = storage_error(e, self.server.settings.storage.busy_timeout_seconds)
+            if err.code == Codes.INSUFFICIENT_PRIVILEGE:
+                self.server.audit.event("permission_refused", session=self.id, user=self.user,
+                                        address=self.peer_ip, detail=err.message)
+            self.send_error(err)
         await self.maybe_release()
 
     async def _storage(self) -> StorageConnection:
         if self.storage is None:
-            self.storage = await self.call(self.server.pool.acquire)
+            self.storage = await self.call(self._acquire)
         return self.storage
+
+    def _acquire(self) -> StorageConnection:
+        # Grants are read at every acquisition, so a change applies from the next transaction.
+        backend = self.server.backend
+        conn = self.server.pool.acquire()
+        conn.set_policy(Policy(self.group, backend.grants_for(self.group)))
+        return conn
 
     def _complete(self, rowcount: int = -1, lastrowid: int | None = None) -> None:
         in_txn = self.storage is not None and self.storage.in_transaction
         self.send(Msg.COMPLETE, (rowcount, lastrowid, in_txn))
 
+    def _check_statement(self, sql: str) -> None:
+        limit = self.server.settings.limits.max_statement_bytes
+        if len(sql) > limit // 4 and len(sql.encode()) > limit:
+            raise Error(f"statement of {len(sql.encode())} bytes exceeds the limit of {limit} "
+                        "bytes (limits.max_statement_bytes)", Codes.MESSAGE_TOO_LARGE,
+                        "pass large values as parameters")
+
     async def on_query(self, body: Any) -> None:
         portal, sql, params, begin, batch = _query_args(body)
+        self._check_statement(sql)
         if portal in self.portals:
             await self.call(self.portals.pop(portal).close)
         if len(self.portals) >= MAX_PORTALS:
@@ -384,6 +437,7 @@ class Session(asyncio.Protocol):
 
     async def on_execute_many(self, body: Any) -> None:
         sql, seq, begin = str(body[0]), body[1], bool(body[2])
+        self._check_statement(sql)
         conn = await self._storage()
         self.statements += 1
         self.server.statements += 1

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .access import Policy
+
 __all__ = ["BUILTIN_GROUPS", "UserRecord", "StorageCursor", "StorageConnection", "Backend"]
 
 BUILTIN_GROUPS = ("admin", "readwrite", "readonly")
@@ -64,6 +66,10 @@ class StorageConnection(abc.ABC):
         """Run ``sql`` once per parameter set; return the total row count."""
 
     @abc.abstractmethod
+    def set_policy(self, policy: Policy) -> None:
+        """Enforce ``policy`` (the session's rights) on every following statement."""
+
+    @abc.abstractmethod
     def commit(self) -> None: ...
 
     @abc.abstractmethod
@@ -98,6 +104,25 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def list_users(self) -> list[UserRecord]: ...
+
+    @abc.abstractmethod
+    def add_group(self, name: str) -> None:
+        """Create a custom group; raises KeyError if it exists."""
+
+    @abc.abstractmethod
+    def remove_group(self, name: str) -> None:
+        """Remove a custom group and its grants; raises KeyError if unknown, ValueError if in use."""
+
+    @abc.abstractmethod
+    def list_groups(self) -> dict[str, dict[str, frozenset[str]]]:
+        """Every group (built-in ones included) with its per-table grants."""
+
+    @abc.abstractmethod
+    def set_grants(self, group: str, table: str, privileges: frozenset[str]) -> None:
+        """Replace the grants of a custom ``group`` on ``table``; raises KeyError if unknown."""
+
+    def grants_for(self, group: str) -> dict[str, frozenset[str]]:
+        return self.list_groups().get(group, {})
 
     @abc.abstractmethod
     def data_size(self) -> int:

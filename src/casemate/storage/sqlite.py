@@ -16,7 +16,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .base import Backend, StorageConnection, StorageCursor, UserRecord
+from .access import PermissionDenied, Policy, authorizer_for
+from .base import BUILTIN_GROUPS, Backend, StorageConnection, StorageCursor, UserRecord
 
 __all__ = ["SQLiteBackend", "DATA_FILE", "SYSTEM_FILE"]
 
@@ -52,16 +53,6 @@ def _big_ints(params: Sequence[Any]) -> Sequence[Any]:
     return params
 
 
-_DENIED = {sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH}
-
-
-def _authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None,
-                trigger: str | None) -> int:
-    if action in _DENIED:
-        return sqlite3.SQLITE_DENY
-    return sqlite3.SQLITE_OK
-
-
 class _Cursor(StorageCursor):
     def __init__(self, cur: sqlite3.Cursor) -> None:
         self._cur = cur
@@ -85,7 +76,18 @@ class _Connection(StorageConnection):
         )
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.set_authorizer(_authorizer)
+        self.policy = Policy("readonly")
+        self._db.set_authorizer(authorizer_for(self.policy))
+
+    def set_policy(self, policy: Policy) -> None:
+        self.policy = policy
+        self._db.set_authorizer(authorizer_for(policy))
+
+    def _denied(self, e: sqlite3.DatabaseError) -> Exception:
+        if "not authorized" in str(e) and self.policy.last_denied:
+            what, self.policy.last_denied = self.policy.last_denied, ""
+            return PermissionDenied(f"permission denied for group {self.policy.group!r}: {what}")
+        return e
 
     @property
     def in_transaction(self) -> bool:
@@ -96,10 +98,16 @@ class _Connection(StorageConnection):
             self._db.execute("BEGIN")
 
     def execute(self, sql: str, params: Sequence[Any]) -> StorageCursor:
-        return _Cursor(self._db.execute(sql, _big_ints(params)))
+        try:
+            return _Cursor(self._db.execute(sql, _big_ints(params)))
+        except sqlite3.DatabaseError as e:
+            raise self._denied(e) from e
 
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
-        cur = self._db.executemany(sql, (_big_ints(p) for p in seq))
+        try:
+            cur = self._db.executemany(sql, (_big_ints(p) for p in seq))
+        except sqlite3.DatabaseError as e:
+            raise self._denied(e) from e
         n = cur.rowcount
         cur.close()
         return n
@@ -126,8 +134,11 @@ class SQLiteBackend(Backend):
         self.busy_timeout = busy_timeout
         self._lock = threading.Lock()
         self._sys = self._open_system()
-        with sqlite3.connect(self.data_path) as db:
+        db = sqlite3.connect(self.data_path)
+        try:
             db.execute("PRAGMA journal_mode=WAL")
+        finally:
+            db.close()
 
     @classmethod
     def create(cls, data_dir: Path) -> SQLiteBackend:
@@ -143,6 +154,9 @@ class SQLiteBackend(Backend):
             "CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, grp TEXT NOT NULL, "
             "salt BLOB NOT NULL, stored_key BLOB NOT NULL, server_key BLOB NOT NULL, "
             "iterations INTEGER NOT NULL, created TEXT NOT NULL)")
+        db.execute("CREATE TABLE IF NOT EXISTS groups (name TEXT PRIMARY KEY)")
+        db.execute("CREATE TABLE IF NOT EXISTS grants (grp TEXT NOT NULL REFERENCES groups(name),"
+                   " tbl TEXT NOT NULL, privileges TEXT NOT NULL, PRIMARY KEY (grp, tbl))")
         return db
 
     def connect(self) -> StorageConnection:
@@ -190,12 +204,62 @@ class SQLiteBackend(Backend):
             rows = self._sys.execute(f"SELECT {self._COLS} FROM users ORDER BY name").fetchall()
         return [self._row(r) for r in rows]
 
+    def add_group(self, name: str) -> None:
+        if name in BUILTIN_GROUPS:
+            raise KeyError(name)
+        with self._lock:
+            try:
+                self._sys.execute("INSERT INTO groups (name) VALUES (?)", (name,))
+            except sqlite3.IntegrityError:
+                raise KeyError(name) from None
+
+    def remove_group(self, name: str) -> None:
+        with self._lock:
+            if self._sys.execute("SELECT 1 FROM users WHERE grp=?", (name,)).fetchone():
+                raise ValueError(f"group {name!r} still has users")
+            self._sys.execute("DELETE FROM grants WHERE grp=?", (name,))
+            if self._sys.execute("DELETE FROM groups WHERE name=?", (name,)).rowcount == 0:
+                raise KeyError(name)
+
+    def list_groups(self) -> dict[str, dict[str, frozenset[str]]]:
+        out: dict[str, dict[str, frozenset[str]]] = {g: {} for g in BUILTIN_GROUPS}
+        with self._lock:
+            for (g,) in self._sys.execute("SELECT name FROM groups ORDER BY name"):
+                out[g] = {}
+            for g, t, privs in self._sys.execute("SELECT grp, tbl, privileges FROM grants"):
+                out.setdefault(g, {})[t] = frozenset(privs.split(","))
+        return out
+
+    def grants_for(self, group: str) -> dict[str, frozenset[str]]:
+        if group in BUILTIN_GROUPS:
+            return {}
+        with self._lock:
+            rows = self._sys.execute("SELECT tbl, privileges FROM grants WHERE grp=?", (group,))
+            return {t: frozenset(p.split(",")) for t, p in rows}
+
+    def set_grants(self, group: str, table: str, privileges: frozenset[str]) -> None:
+        with self._lock:
+            if not self._sys.execute("SELECT 1 FROM groups WHERE name=?", (group,)).fetchone():
+                raise KeyError(group)
+            if privileges:
+                self._sys.execute("INSERT OR REPLACE INTO grants VALUES (?,?,?)",
+                                  (group, table.lower(), ",".join(sorted(privileges))))
+            else:
+                self._sys.execute("DELETE FROM grants WHERE grp=? AND tbl=?",
+                                  (group, table.lower()))
+
+    def group_exists(self, name: str) -> bool:
+        return name in self.list_groups()
+
     def data_size(self) -> int:
         return sum(p.stat().st_size for p in self.data_dir.glob(DATA_FILE + "*"))
 
     def integrity_check(self) -> str:
-        with sqlite3.connect(self.data_path) as db:
+        db = sqlite3.connect(self.data_path)
+        try:
             rows = db.execute("PRAGMA integrity_check").fetchall()
+        finally:
+            db.close()
         return "; ".join(r[0] for r in rows)
 
     def close(self) -> None:
