@@ -180,6 +180,14 @@ class Connection:
         """One round trip; raises OperationalError if the connection is gone."""
         self._simple(Msg.SYNC)
 
+    def admin(self, command: str, **args: Any) -> list[tuple[Any, ...]]:
+        """Run an administration command (admin group only); see :mod:`casemate.admin`."""
+        rows: list[tuple[Any, ...]] = []
+        req = ExecRequest(rows.extend)
+        self._send(req, Msg.ADMIN, (command, args))
+        self._wait(req)
+        return rows
+
     def close(self) -> None:
         """Close; an uncommitted transaction is rolled back by the server."""
         chan, self._chan = self._chan, None

@@ -9,7 +9,7 @@ import click
 from .. import __version__
 from .cert import cert
 from .demo import demo
-from .main import init, serve, trust, user
+from .main import group, init, serve, trust, user
 from .shell import shell
 
 __all__ = ["main", "cli"]
@@ -29,7 +29,7 @@ def cli() -> None:
     """
 
 
-for command in (demo, init, serve, user, cert, trust, shell):
+for command in (demo, init, serve, user, group, cert, trust, shell):
     cli.add_command(command)
 
 

@@ -1,4 +1,4 @@
-"""``casemate init``, ``serve``, ``user`` and ``trust``."""
+"""``casemate init``, ``serve``, ``user``, ``group`` and ``trust``."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
+from ..admin import Admin, LocalAdmin, RemoteAdmin
 from ..client.known import KnownServers
 from ..database import DatabaseError, DatabaseFolder, create_database, make_verifier
+from ..errors import Error
 from ..settings import SettingsError
-from ..storage import BUILTIN_GROUPS
 
 PID_FILE = "server.pid"
 
@@ -138,15 +140,43 @@ async def _run(server: object) -> None:
 
 @click.group()
 def user() -> None:
-    """Manage users of a database folder (run while the server is stopped or running)."""
+    """Manage users.  TARGET is a database folder, or casemate://admin@host:port for a
+    running server (as an admin user; the password never crosses the wire)."""
 
 
-def _backend(directory: Path):  # type: ignore[no-untyped-def]
-    folder = open_folder(directory)
+@click.group()
+def group() -> None:
+    """Manage custom groups and their per-table grants (TARGET: folder or casemate:// URL).
+
+    Built-in groups: admin (everything), readwrite (read and write all tables),
+    readonly (read all tables).  Custom groups get SELECT/INSERT/UPDATE/DELETE per table.
+    """
+
+
+def _admin(target: str) -> Admin:
+    if target.startswith("casemate://"):
+        import casemate
+        try:
+            return RemoteAdmin(casemate.connect(target, program="casemate admin"))
+        except Error as e:
+            fail(str(e), 2)
+    folder = open_folder(Path(target))
     try:
-        return folder.backend()
+        return LocalAdmin(folder.backend())
     except SettingsError as e:
         fail(str(e), 2)
+    raise AssertionError("unreachable")
+
+
+def _admin_run(target: str, command: str, **args: Any) -> list[tuple[Any, ...]]:
+    admin = _admin(target)
+    try:
+        return admin.run(command, **args)
+    except Error as e:
+        fail(e.message)
+        return []
+    finally:
+        admin.close()
 
 
 def _ask_password(password: str | None) -> str:
@@ -163,56 +193,110 @@ def _ask_password(password: str | None) -> str:
     return pw
 
 
-@user.command("add")
-@click.argument("directory", type=click.Path(path_type=Path))
-@click.argument("name")
-@click.option("--group", type=click.Choice(BUILTIN_GROUPS), default="readwrite", show_default=True)
-@click.option("--password", help="The password (else asked, or read from standard input).")
-def user_add(directory: Path, name: str, group: str, password: str | None) -> None:
-    """Add user NAME."""
-    backend = _backend(directory)
+def _verifier(name: str, password: str | None) -> list[Any]:
     try:
-        backend.add_user(make_verifier(name, _ask_password(password), group))
-    except KeyError:
-        fail(f"user {name!r} already exists; use 'casemate user passwd' to change its password")
+        rec = make_verifier(name, _ask_password(password), "-")
     except DatabaseError as e:
         fail(str(e))
-    click.echo(f"User {name!r} added to group {group!r}.")
+        raise
+    return [rec.salt, rec.stored_key, rec.server_key, rec.iterations]
+
+
+@user.command("add")
+@click.argument("target")
+@click.argument("name")
+@click.option("--group", "group_name", default="readwrite", show_default=True,
+              help="admin, readwrite, readonly, or a custom group.")
+@click.option("--password", help="The password (else asked, or read from standard input).")
+def user_add(target: str, name: str, group_name: str, password: str | None) -> None:
+    """Add user NAME."""
+    _admin_run(target, "user_add", name=name, group=group_name, verifier=_verifier(name, password))
+    click.echo(f"User {name!r} added to group {group_name!r}.")
 
 
 @user.command("passwd")
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("target")
 @click.argument("name")
 @click.option("--password", help="The new password (else asked, or read from standard input).")
-def user_passwd(directory: Path, name: str, password: str | None) -> None:
+def user_passwd(target: str, name: str, password: str | None) -> None:
     """Change the password of user NAME."""
-    backend = _backend(directory)
-    old = backend.get_user(name)
-    if old is None:
-        fail(f"no user {name!r}")
-        return
-    backend.update_user(make_verifier(name, _ask_password(password), old.group))
+    _admin_run(target, "user_passwd", name=name, verifier=_verifier(name, password))
     click.echo(f"Password of {name!r} changed.")
 
 
+@user.command("group")
+@click.argument("target")
+@click.argument("name")
+@click.argument("group_name")
+def user_group(target: str, name: str, group_name: str) -> None:
+    """Move user NAME into GROUP_NAME."""
+    _admin_run(target, "user_group", name=name, group=group_name)
+    click.echo(f"User {name!r} is now in group {group_name!r}.")
+
+
 @user.command("list")
-@click.argument("directory", type=click.Path(path_type=Path))
-def user_list(directory: Path) -> None:
+@click.argument("target")
+def user_list(target: str) -> None:
     """List users and their groups."""
-    for u in _backend(directory).list_users():
-        click.echo(f"{u.name:<24} {u.group:<10} created {u.created}")
+    for name, grp, created in _admin_run(target, "user_list"):
+        click.echo(f"{name:<24} {grp:<12} created {created}")
 
 
 @user.command("remove")
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("target")
 @click.argument("name")
-def user_remove(directory: Path, name: str) -> None:
+def user_remove(target: str, name: str) -> None:
     """Remove user NAME."""
-    try:
-        _backend(directory).remove_user(name)
-    except KeyError:
-        fail(f"no user {name!r}")
+    _admin_run(target, "user_remove", name=name)
     click.echo(f"User {name!r} removed.")
+
+
+@group.command("add")
+@click.argument("target")
+@click.argument("name")
+def group_add(target: str, name: str) -> None:
+    """Create custom group NAME (no rights until granted)."""
+    _admin_run(target, "group_add", name=name)
+    click.echo(f"Group {name!r} created.")
+
+
+@group.command("remove")
+@click.argument("target")
+@click.argument("name")
+def group_remove(target: str, name: str) -> None:
+    """Remove custom group NAME (it must have no users)."""
+    _admin_run(target, "group_remove", name=name)
+    click.echo(f"Group {name!r} removed.")
+
+
+@group.command("list")
+@click.argument("target")
+def group_list(target: str) -> None:
+    """List groups and their grants."""
+    for g, table, privs in _admin_run(target, "group_list"):
+        click.echo(f"{g:<16} {table or '-':<24} {privs or '-'}")
+
+
+@group.command("grant")
+@click.argument("target")
+@click.argument("group_name")
+@click.argument("table")
+@click.argument("privileges", nargs=-1, required=True)
+def group_grant(target: str, group_name: str, table: str, privileges: tuple[str, ...]) -> None:
+    """Grant PRIVILEGES (SELECT INSERT UPDATE DELETE, or ALL) on TABLE to GROUP_NAME."""
+    _admin_run(target, "grant", group=group_name, table=table, privileges=list(privileges))
+    click.echo(f"Granted {' '.join(privileges).upper()} on {table} to {group_name!r}.")
+
+
+@group.command("revoke")
+@click.argument("target")
+@click.argument("group_name")
+@click.argument("table")
+@click.argument("privileges", nargs=-1, required=True)
+def group_revoke(target: str, group_name: str, table: str, privileges: tuple[str, ...]) -> None:
+    """Revoke PRIVILEGES on TABLE from GROUP_NAME."""
+    _admin_run(target, "revoke", group=group_name, table=table, privileges=list(privileges))
+    click.echo(f"Revoked {' '.join(privileges).upper()} on {table} from {group_name!r}.")
 
 
 @click.group()

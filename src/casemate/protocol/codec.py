@@ -17,7 +17,7 @@ code  Python type         payload
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgpack
@@ -97,7 +97,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
         return dt.time.fromisoformat(data.decode())
     if code == EXT_DATETIME:
         return dt.datetime.fromisoformat(data.decode())
-    return msgpack.ExtType(code, data)
+    raise ValueError(f"unknown extension type {code}")
 
 
 def unpack(data: bytes) -> Any:
@@ -108,5 +108,6 @@ def unpack(data: bytes) -> Any:
         )
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, UnicodeDecodeError) as e:
         raise ValueError(f"malformed value: {e}") from e
-    except (ValueError, TypeError, OverflowError) as e:
+    except (ValueError, TypeError, OverflowError, InvalidOperation) as e:
+        # InvalidOperation (an ArithmeticError): a DECIMAL extension that is not a number.
         raise ValueError(f"malformed value: {e}") from e

@@ -66,6 +66,7 @@ class Msg(bytes, enum.Enum):
     COMMIT = b"C"
     ROLLBACK = b"R"
     SYNC = b"Y"
+    ADMIN = b"W"
     TERMINATE = b"T"
     # server -> client
     HELLO_OK = b"h"
@@ -102,7 +103,8 @@ class State(enum.Enum):
 
 
 _READY_CLIENT = {m: State.READY for m in (
-    Msg.QUERY, Msg.EXECUTE_MANY, Msg.FETCH, Msg.CLOSE_PORTAL, Msg.COMMIT, Msg.ROLLBACK, Msg.SYNC
+    Msg.QUERY, Msg.EXECUTE_MANY, Msg.FETCH, Msg.CLOSE_PORTAL, Msg.COMMIT, Msg.ROLLBACK, Msg.SYNC,
+    Msg.ADMIN,
 )}
 _READY_SERVER = {m: State.READY for m in (
     Msg.DESCRIPTION, Msg.ROWS, Msg.SUSPENDED, Msg.COMPLETE, Msg.ERROR
@@ -151,8 +153,7 @@ class ProtocolConnection:
     # -- outgoing ---------------------------------------------------------
     def send(self, msg: Msg, body: Any = None) -> bytes:
         """Check that we may send ``msg`` now, advance our state, return its bytes."""
-        ours = self.role is Role.CLIENT
-        self._advance(msg, sender_is_client=ours)
+        # Encode and check the size first: a message that cannot be sent leaves the state as is.
         data = encode_frame(msg, body)
         if len(data) - HEADER_SIZE > self.max_frame:
             raise ProtocolError(
@@ -160,6 +161,7 @@ class ProtocolConnection:
                 f"{self.max_frame} bytes", Codes.MESSAGE_TOO_LARGE,
                 "send smaller statements or parameter sets, or batch the work",
             )
+        self._advance(msg, sender_is_client=self.role is Role.CLIENT)
         return data
 
     def send_packed(self, msg: Msg, payload: bytes) -> bytes:
@@ -212,9 +214,19 @@ class ProtocolConnection:
     def next_event(self) -> Message | _NeedData:
         """Return the next complete message, or NEED_DATA. Raises ProtocolError."""
         avail = len(self._buf) - self._pos
+        if avail == 0:
+            return self._need_data()
+        # Check the type byte at once: no waiting for the body of a frame we cannot use.
+        tbyte = bytes(self._buf[self._pos : self._pos + 1])
+        try:
+            msg = Msg(tbyte)
+        except ValueError:
+            raise ProtocolError(
+                f"unknown message type {tbyte!r}", Codes.PROTOCOL_VIOLATION
+            ) from None
         if avail < HEADER_SIZE:
             return self._need_data()
-        tbyte, length = _HEADER.unpack_from(self._buf, self._pos)
+        _, length = _HEADER.unpack_from(self._buf, self._pos)
         if length > self.max_frame:
             raise ProtocolError(
                 f"peer announced a {length}-byte message; the limit is {self.max_frame} bytes",
@@ -225,12 +237,6 @@ class ProtocolConnection:
         start = self._pos + HEADER_SIZE
         payload = bytes(self._buf[start : start + length])
         self._pos = start + length
-        try:
-            msg = Msg(tbyte)
-        except ValueError:
-            raise ProtocolError(
-                f"unknown message type {tbyte!r}", Codes.PROTOCOL_VIOLATION
-            ) from None
         self._advance(msg, sender_is_client=self.role is Role.SERVER)
         try:
             body = codec.unpack(payload)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..admin import run_admin_command
 from ..errors import Codes, Error, ProtocolError
 from ..protocol import NEED_DATA, PROTOCOL_VERSION, Message, Msg, ProtocolConnection, Role, codec
 from ..storage import StorageConnection, StorageCursor
@@ -78,8 +79,9 @@ def storage_error(e: BaseException, busy_timeout: float) -> Error:
     """Translate a storage exception into a coded error (once, at this boundary)."""
     msg = str(e)
     if isinstance(e, PermissionDenied):
-        return Error(msg, Codes.INSUFFICIENT_PRIVILEGE,
-                     "ask an administrator for the right (casemate group grant ...)")
+        hint = ("an administrator can grant it: casemate group grant TARGET GROUP TABLE RIGHT"
+                if " on table " in msg else None)
+        return Error(msg, Codes.INSUFFICIENT_PRIVILEGE, hint)
     if isinstance(e, sqlite3.IntegrityError):
         return Error(msg, Codes.INTEGRITY)
     if isinstance(e, sqlite3.DataError):
@@ -458,6 +460,24 @@ class Session(asyncio.Protocol):
     async def on_sync(self, body: Any) -> None:
         self._complete()
 
+    async def on_admin(self, body: Any) -> None:
+        if not (isinstance(body, tuple) and len(body) == 2 and isinstance(body[0], str)
+                and isinstance(body[1], dict)):
+            raise ProtocolError("malformed ADMIN message", Codes.PROTOCOL_VIOLATION)
+        command, args = body
+        if self.group != "admin":
+            self.server.audit.event("permission_refused", session=self.id, user=self.user,
+                                    address=self.peer_ip, detail=f"admin command {command}")
+            raise Error(f"admin command {command!r} needs the admin group; user {self.user!r} "
+                        f"is in {self.group!r}", Codes.INSUFFICIENT_PRIVILEGE)
+        rows = await self.call(run_admin_command, self.server.backend, command, args)
+        target = args.get("name") or args.get("group")
+        self.server.audit.event("admin", session=self.id, user=self.user, address=self.peer_ip,
+                                command=command, target=target)
+        self.send(Msg.DESCRIPTION, [("result", None)] * (len(rows[0]) if rows else 0))
+        self._write(self.proto.send(Msg.ROWS, [rows]))
+        self._complete(len(rows))
+
     async def _close_portals(self) -> None:
         for cur in self.portals.values():
             await self.call(cur.close)
@@ -494,6 +514,7 @@ class Session(asyncio.Protocol):
         Msg.COMMIT: on_commit,
         Msg.ROLLBACK: on_rollback,
         Msg.SYNC: on_sync,
+        Msg.ADMIN: on_admin,
     }
 
 

@@ -84,7 +84,7 @@ class _Connection(StorageConnection):
         self._db.set_authorizer(authorizer_for(policy))
 
     def _denied(self, e: sqlite3.DatabaseError) -> Exception:
-        if "not authorized" in str(e) and self.policy.last_denied:
+        if self.policy.last_denied:  # the authorizer refused: say what, not SQLite's wording
             what, self.policy.last_denied = self.policy.last_denied, ""
             return PermissionDenied(f"permission denied for group {self.policy.group!r}: {what}")
         return e
@@ -98,12 +98,14 @@ class _Connection(StorageConnection):
             self._db.execute("BEGIN")
 
     def execute(self, sql: str, params: Sequence[Any]) -> StorageCursor:
+        self.policy.last_denied = ""
         try:
             return _Cursor(self._db.execute(sql, _big_ints(params)))
         except sqlite3.DatabaseError as e:
             raise self._denied(e) from e
 
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
+        self.policy.last_denied = ""
         try:
             cur = self._db.executemany(sql, (_big_ints(p) for p in seq))
         except sqlite3.DatabaseError as e:
