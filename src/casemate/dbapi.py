@@ -17,7 +17,7 @@ from typing import Any
 from .client.blocking import Channel, open_channel
 from .client.core import ExecRequest, Request, SimpleRequest
 from .client.params import ConnectParams, Security, parse_params
-from .errors import Error, InterfaceError, ProgrammingError
+from .errors import Codes, Error, InterfaceError, OperationalError, ProgrammingError
 from .protocol import Msg
 
 __all__ = [
@@ -103,6 +103,7 @@ class Connection:
         self.autocommit = False
         self.on_notice: Callable[[str, str], None] | None = None
         self._chan.core.on_notice = self._notice
+        self.generation = 0  # bumped at each automatic reconnection
 
     def _notice(self, code: str, text: str) -> None:
         if self.on_notice is not None:
@@ -147,7 +148,34 @@ class Connection:
     # -- requests -------------------------------------------------------------
     def _send(self, req: Request, msg: Msg, body: Any) -> None:
         chan = self._channel
+        if not chan.core.pending and not chan.poll_alive():
+            chan = self._recover(chan)
         chan.send(chan.core.request(req, msg, body))
+
+    def _recover(self, chan: Channel) -> Channel:
+        """The idle connection is gone: report a lost transaction, else reconnect."""
+        assert chan.broken is not None
+        chan.core.fail_pending(chan.broken)
+        if chan.core.in_transaction:
+            chan.core.in_transaction = False  # reported once; the next call reconnects
+            raise chan.broken
+        if self.params.reconnect_attempts <= 0:
+            raise chan.broken
+        delay = self.params.reconnect_delay
+        for attempt in range(self.params.reconnect_attempts):
+            try:
+                new = open_channel(self.params)
+            except OperationalError as e:
+                if e.code != Codes.CANNOT_CONNECT or attempt + 1 == self.params.reconnect_attempts:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            new.core.on_notice = self._notice
+            self._chan = new
+            self.generation += 1
+            return new
+        raise chan.broken
 
     def _wait(self, req: Request) -> None:
         chan = self._channel
@@ -233,6 +261,7 @@ class Cursor:
         self.lastrowid: int | None = None
         self._rows: collections.deque[tuple[Any, ...]] = collections.deque()
         self._portal = next(_portal_ids)
+        self._generation = conn.generation
         self._suspended = False
         self._prefetch: ExecRequest | None = None
         self._closed = False
@@ -247,10 +276,16 @@ class Cursor:
     def _reset(self) -> None:
         """Forget the current result, telling the server to drop it if still open."""
         conn = self.connection
-        if self._prefetch is not None and not self._prefetch.done:
-            conn._wait(self._prefetch)
-        if self._suspended or (self._prefetch is not None and self._prefetch.suspended):
+        same = self._generation == conn.generation  # else the result died with the old link
+        if same and self._prefetch is not None and not self._prefetch.done:
+            try:
+                conn._wait(self._prefetch)
+            except Error:
+                same = False
+        if same and (self._suspended or (self._prefetch is not None and
+                                         self._prefetch.suspended)):
             conn._send(SimpleRequest(), Msg.CLOSE_PORTAL, (self._portal,))
+        self._generation = conn.generation
         self._prefetch = None
         self._suspended = False
         self._rows.clear()

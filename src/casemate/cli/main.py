@@ -84,6 +84,14 @@ def _claim_pid(folder: DatabaseFolder) -> Path:
     return pid_path
 
 
+def _release_pid(pid_path: Path) -> None:
+    try:
+        if int(pid_path.read_text().strip()) == os.getpid():
+            pid_path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
 @click.command()
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--host", multiple=True, help="Listen address (repeatable); overrides the settings.")
@@ -115,7 +123,7 @@ def serve(directory: Path, host: tuple[str, ...], port: int | None, verbose: boo
     except ServerStartError as e:
         fail(f"{e}\nThe server did not start.", 2)
     finally:
-        pid_path.unlink(missing_ok=True)
+        _release_pid(pid_path)
 
 
 async def _run(server: object) -> None:

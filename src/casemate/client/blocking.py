@@ -6,6 +6,7 @@ OperationalError/SecurityError that say what happened and what to do.
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 import threading
@@ -85,6 +86,45 @@ class Channel:
             if not data:
                 raise self._lost("the server closed the connection")
             proto.receive_data(data)
+
+    def poll_alive(self) -> bool:
+        """Without blocking, take in what the server sent while we were idle (a shutdown
+        notice, end of file); return False if the connection is gone."""
+        if self.broken:
+            return False
+        while True:
+            try:
+                data = self._recv_nowait()
+            except (OSError, ssl.SSLError, ValueError) as e:
+                self._lost(str(e))
+                return False
+            if data is None:
+                break
+            if not data:
+                self._lost("the server closed the connection")
+                return False
+            self.core.proto.receive_data(data)
+            while (ev := self.core.proto.next_event()) is not NEED_DATA:
+                assert isinstance(ev, Message)
+                self.core.dispatch(ev)
+        if self.core.shutdown_notice:  # the server said it is going away: do not wait for EOF
+            self._lost("the server is shutting down")
+            return False
+        return True
+
+    def _recv_nowait(self) -> bytes | None:
+        """Bytes already received, b"" at end of file, None if nothing is waiting."""
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        if not readable and not (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
+            return None
+        self.sock.setblocking(False)
+        try:
+            return self.sock.recv(READ_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return None
+        finally:
+            if self.sock.fileno() >= 0:
+                self.sock.setblocking(True)
 
     def _lost(self, why: str) -> OperationalError:
         self.broken = self.core.lost_error(why)

@@ -272,6 +272,12 @@ class ClientCore:
             if isinstance(req, SimpleRequest) and req.error is None:
                 self.in_transaction = req.in_transaction
 
+    def fail_pending(self, err: Error) -> None:
+        """The connection is gone: every request still waiting gets ``err``."""
+        while self.pending:
+            req = self.pending.popleft()
+            req.error, req.done = err, True
+
     def lost_error(self, why: str) -> OperationalError:
         reason = why
         if self.shutdown_notice:

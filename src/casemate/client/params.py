@@ -65,6 +65,8 @@ class ConnectParams:
     encryption: str = "auto"
     connect_timeout: float = 10.0
     program: str = ""
+    reconnect_attempts: int = 10
+    reconnect_delay: float = 0.2
 
     @property
     def server_key(self) -> str:
@@ -112,7 +114,7 @@ def parse_params(dsn: str | None = None, **kw: Any) -> ConnectParams:
             opts[k] = v[-1]
     opts.update({k: v for k, v in kw.items() if v is not None})
     known = {"host", "port", "user", "password", "tls_ca", "tls_cert", "tls_key", "encryption",
-             "connect_timeout", "program"}
+             "connect_timeout", "program", "reconnect_attempts", "reconnect_delay"}
     unknown = set(opts) - known
     if unknown:
         raise InterfaceError(f"unknown connection option(s): {', '.join(sorted(unknown))}; "
@@ -139,6 +141,8 @@ def parse_params(dsn: str | None = None, **kw: Any) -> ConnectParams:
         tls_cert=path(opts.get("tls_cert")), tls_key=path(opts.get("tls_key")),
         encryption=encryption, connect_timeout=float(opts.get("connect_timeout", 10.0)),
         program=opts.get("program") or Path(sys.argv[0]).name or "python",
+        reconnect_attempts=int(opts.get("reconnect_attempts", 10)),
+        reconnect_delay=float(opts.get("reconnect_delay", 0.2)),
     )
 
 
