@@ -236,6 +236,8 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
              list: "a list"}
     kinds = kind if isinstance(kind, tuple) else (kind,)
+    if set(kinds) == {int, float}:
+        return "a number"  # not "an integer or a number"
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 

@@ -7,6 +7,7 @@ import sys
 import click
 
 from .. import __version__
+from .backup import backup, restore
 from .cert import cert
 from .demo import demo
 from .main import group, init, serve, trust, user
@@ -29,7 +30,7 @@ def cli() -> None:
     """
 
 
-for command in (demo, init, serve, user, group, cert, trust, shell):
+for command in (demo, init, serve, user, group, cert, trust, shell, backup, restore):
     cli.add_command(command)
 
 

@@ -107,7 +107,7 @@ def unpack(data: bytes) -> Any:
             data, ext_hook=_ext_hook, raw=False, use_list=False, strict_map_key=False
         )
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, UnicodeDecodeError) as e:
-        raise ValueError(f"malformed value: {e}") from e
+        raise ValueError(f"malformed value: {str(e) or type(e).__name__}") from e
     except (ValueError, TypeError, OverflowError, InvalidOperation) as e:
         # InvalidOperation (an ArithmeticError): a DECIMAL extension that is not a number.
-        raise ValueError(f"malformed value: {e}") from e
+        raise ValueError(f"malformed value: {str(e) or type(e).__name__}") from e

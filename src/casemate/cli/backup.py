@@ -1,0 +1,143 @@
+"""``casemate backup DIR DEST`` and ``casemate restore BACKUP DIR``.
+
+A backup is a folder: ``casemate.toml``, ``Data/data.sqlite``,
+``Data/system.sqlite`` (users, groups, grants) and ``BACKUP_INFO.json``.  It
+never contains ``Resources/`` (the private key stays on the server).  The copy
+is taken with SQLite's online backup API inside one read transaction, so it
+is a consistent snapshot while clients keep reading and writing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..storage.sqlite import DATA_FILE, SYSTEM_FILE
+from .main import PID_FILE, fail, open_folder
+
+INFO_FILE = "BACKUP_INFO.json"
+PAGES_PER_STEP = 256
+
+
+def _copy_db(src_path: Path, dst_path: Path, label: str) -> int:
+    """Online, consistent copy of one SQLite file; returns its page count."""
+    src = sqlite3.connect(src_path, isolation_level=None, timeout=30)
+    dst = sqlite3.connect(dst_path)
+    try:
+        src.execute("BEGIN")  # one snapshot for the whole copy: writers never restart it
+        src.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        total = src.execute("PRAGMA page_count").fetchone()[0]
+        show = sys.stdout.isatty()
+        with click.progressbar(length=max(total, 1), label=f"Copying {label}",
+                               file=None if show else open(os.devnull, "w")) as bar:  # noqa: SIM115
+            done = [0]
+
+            def progress(status: int, remaining: int, pages: int) -> None:
+                now = pages - remaining
+                bar.update(now - done[0])
+                done[0] = now
+            src.backup(dst, pages=PAGES_PER_STEP, progress=progress)
+        src.execute("COMMIT")
+        return int(total)
+    finally:
+        src.close()
+        dst.close()
+
+
+def _integrity(path: Path) -> str:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return "; ".join(r[0] for r in db.execute("PRAGMA integrity_check").fetchall())
+    except sqlite3.DatabaseError as e:
+        return str(e)
+    finally:
+        db.close()
+
+
+@click.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path))
+def backup(directory: Path, dest: Path) -> None:
+    """Copy database DIRECTORY to DEST, consistently, while the server keeps running.
+
+    The private key (Resources/) is NOT copied: keep it safe separately.
+    """
+    folder = open_folder(directory)
+    if dest.exists() and any(dest.iterdir()):
+        fail(f"{dest} is not empty; choose a new folder for the backup")
+    (dest / "Data").mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    pages = {name: _copy_db(folder.data_dir / name, dest / "Data" / name, name)
+             for name in (DATA_FILE, SYSTEM_FILE)}
+    shutil.copyfile(folder.settings_path, dest / "casemate.toml")
+    check = _integrity(dest / "Data" / DATA_FILE)
+    info: dict[str, Any] = {
+        "source": str(folder.path.resolve()),
+        "taken_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "pages": pages, "integrity_check": check,
+        "note": "Resources/ (key.pem, cert.pem) is not included; back it up separately",
+    }
+    (dest / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    if check != "ok":
+        fail(f"the copy failed its integrity check: {check}")
+    size = sum(p.stat().st_size for p in (dest / "Data").iterdir())
+    click.echo(f"Backup of {directory} written to {dest} ({size / 1e6:.1f} MB, "
+               f"{time.monotonic() - t0:.1f} s); integrity check: ok")
+    click.echo("Resources/ (the private key) was not copied: keep it safe separately.")
+
+
+def _running_pid(folder_path: Path) -> int | None:
+    try:
+        pid = int((folder_path / "Logs" / PID_FILE).read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+@click.command()
+@click.argument("backup_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("directory", type=click.Path(path_type=Path))
+def restore(backup_dir: Path, directory: Path) -> None:
+    """Check BACKUP_DIR's integrity, then put it in place as database DIRECTORY.
+
+    Refuses while a server runs on DIRECTORY.  An existing database's data files
+    are kept in Data/before-restore-TIMESTAMP/.
+    """
+    if not (backup_dir / INFO_FILE).exists():
+        fail(f"{backup_dir} is not a Casemate backup (no {INFO_FILE})")
+    for name in (DATA_FILE, SYSTEM_FILE):
+        check = _integrity(backup_dir / "Data" / name)
+        if check != "ok":
+            fail(f"backup file {backup_dir / 'Data' / name} fails its integrity check: "
+                 f"{check}; nothing was changed")
+    if (pid := _running_pid(directory)) is not None:
+        fail(f"a server (pid {pid}) is running on {directory}; stop it before restoring")
+    data = directory / "Data"
+    if data.exists():
+        keep = data / f"before-restore-{dt.datetime.now():%Y%m%d-%H%M%S}"
+        keep.mkdir()
+        for p in data.iterdir():
+            if p.is_file():
+                shutil.move(p, keep / p.name)
+        click.echo(f"Previous data files kept in {keep}")
+    else:
+        for sub in ("Data", "Resources", "Logs"):
+            (directory / sub).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(backup_dir / "casemate.toml", directory / "casemate.toml")
+    for name in (DATA_FILE, SYSTEM_FILE):
+        shutil.copyfile(backup_dir / "Data" / name, data / name)
+    click.echo(f"Restored {backup_dir} into {directory}; integrity check: ok")
+    if not (directory / "Resources" / "key.pem").exists():
+        click.echo("Resources/ has no key: put the original key.pem/cert.pem back, or the "
+                   "server generates a new pair (clients that pinned the old key will refuse "
+                   "it until 'casemate trust forget').")
