@@ -247,6 +247,10 @@ def check_pair(key_path: Path, cert_path: Path) -> tuple[list[x509.Certificate],
     chain = load_chain(cert_path)
     leaf = chain[0]
     if _public_der(key.public_key()) != _public_der(leaf.public_key()):
+        if any(_public_der(key.public_key()) == _public_der(c.public_key()) for c in chain[1:]):
+            raise CertificateError(
+                f"chain in {cert_path} is out of order: the certificate for {key_path} must "
+                "come first, followed by its issuers")
         raise CertificateError(
             f"private key {key_path} does not match certificate {cert_path} "
             "(they are from different key pairs)")
@@ -297,6 +301,10 @@ def server_context(key_path: Path, cert_path: Path, min_version: str = "1.2",
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _VERSIONS[min_version]
     ctx.set_ciphers(TLS12_CIPHERS)
+    # Python 3.11 can set one group only; P-256 is in Mozilla's intermediate profile and
+    # every TLS 1.2/1.3 client has it (OpenSSL's default list adds X448 and P-521, which the
+    # profile rejects).
+    ctx.set_ecdh_curve("prime256v1")
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     ctx.set_alpn_protocols([ALPN])
     ctx.load_cert_chain(str(cert_path), str(key_path))

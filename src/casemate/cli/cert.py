@@ -16,8 +16,14 @@ from .main import PID_FILE, fail, open_folder
 
 
 @click.group()
-def cert() -> None:
-    """Show, generate, request, install or reload the server's key and certificate."""
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.pass_context
+def cert(ctx: click.Context, directory: Path) -> None:
+    """Show, generate, request, install or reload DIRECTORY's key and certificate.
+
+    Usage: casemate cert DIRECTORY show|generate|request|install|reload
+    """
+    ctx.obj = directory
 
 
 def _describe(info: tls.CertInfo) -> list[str]:
@@ -34,7 +40,7 @@ def _describe(info: tls.CertInfo) -> list[str]:
 
 
 @cert.command("show")
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.pass_obj
 def show(directory: Path) -> None:
     """Describe Resources/cert.pem and check it against key.pem."""
     folder = open_folder(directory)
@@ -57,7 +63,7 @@ def show(directory: Path) -> None:
 
 
 @cert.command("generate")
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.pass_obj
 @click.option("--days", type=int, default=365, show_default=True, help="Validity (at most 366).")
 @click.option("--san", multiple=True, help="Extra subject alternative name (repeatable).")
 @click.option("--force", is_flag=True, help="Replace the existing key and certificate.")
@@ -81,7 +87,7 @@ def generate(directory: Path, days: int, san: tuple[str, ...], force: bool) -> N
     click.echo("New self-signed certificate installed:")
     for line in _describe(tls.inspect_cert(c)):
         click.echo("  " + line)
-    click.echo("Reload a running server with: casemate cert reload " + str(directory))
+    click.echo(f"Reload a running server with: casemate cert {directory} reload")
 
 
 def _install_files(key_path: Path, cert_path: Path, key: tls.PrivateKey, c: object) -> None:
@@ -93,7 +99,7 @@ def _install_files(key_path: Path, cert_path: Path, key: tls.PrivateKey, c: obje
 
 
 @cert.command("request")
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.pass_obj
 @click.option("--san", multiple=True, help="Subject alternative name (repeatable); default: "
               "the host names and listen addresses.")
 @click.option("--out", type=click.Path(path_type=Path), help="Where to write (default: "
@@ -114,11 +120,11 @@ def request(directory: Path, san: tuple[str, ...], out: Path | None) -> None:
     csr_path.write_bytes(csr.public_bytes(serialization.Encoding.PEM))
     click.echo(f"Private key: {key_path} (mode 0600; keep it on this server)")
     click.echo(f"Request:     {csr_path} (send this to your certificate authority)")
-    click.echo(f"Then: casemate cert install {directory} --key {key_path} --cert SIGNED.pem")
+    click.echo(f"Then: casemate cert {directory} install --key {key_path} --cert SIGNED.pem")
 
 
 @cert.command("install")
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.pass_obj
 @click.option("--key", "key_file", required=True, type=click.Path(path_type=Path))
 @click.option("--cert", "cert_file", required=True, type=click.Path(path_type=Path),
               help="PEM certificate, optionally followed by its chain.")
@@ -144,11 +150,11 @@ def install(directory: Path, key_file: Path, cert_file: Path) -> None:
     click.echo("Installed:")
     for line in _describe(tls.inspect_cert(chain[0])):
         click.echo("  " + line)
-    click.echo("Reload a running server with: casemate cert reload " + str(directory))
+    click.echo(f"Reload a running server with: casemate cert {directory} reload")
 
 
 @cert.command("reload")
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.pass_obj
 def reload(directory: Path) -> None:
     """Ask the running server to load the current files (SIGHUP); bad files are refused."""
     folder = open_folder(directory)
