@@ -36,6 +36,7 @@ def split_statements(text: str) -> Iterator[str]:
         elif text.startswith("/*", i):
             end = text.find("*/", i + 2)
             i = n if end < 0 else end + 2
+            buf.append(" ")  # a comment separates tokens: SELECT/**/1 is SELECT 1
             continue
         elif ch == ";":
             if stmt := "".join(buf).strip():
@@ -60,8 +61,9 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Rows as an aligned text table (numbers right-aligned)."""
     cells = [[_cell(v) for v in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    right = [bool(rows) and all(isinstance(r[i], int | float) and not isinstance(r[i], bool)
-                                for r in rows if r[i] is not None) for i in range(len(headers))]
+    right = [any(r[i] is not None for r in rows) and
+             all(isinstance(r[i], int | float) and not isinstance(r[i], bool)
+                 for r in rows if r[i] is not None) for i in range(len(headers))]
 
     def line(vals: Sequence[str]) -> str:
         return " | ".join(v.rjust(w) if r else v.ljust(w)

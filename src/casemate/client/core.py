@@ -25,6 +25,7 @@ from ..errors import (
     Error,
     InterfaceError,
     OperationalError,
+    ProgrammingError,
     ProtocolError,
     SecurityError,
     error_from_code,
@@ -126,6 +127,9 @@ def login_flow(proto: ProtocolConnection, params: ConnectParams,
     yield out
     m = yield None
     hello = _expect(m, Msg.HELLO_OK)
+    limit = hello.get("max_message_bytes")
+    if isinstance(limit, int) and limit > 0:
+        proto.max_send = limit  # refuse oversized requests here, before they cost a connection
     if bool(hello.get("encrypted")) != (cb_data is not None) or mech not in hello.get(
             "mechanisms", ()):
         raise SecurityError(f"server offered {hello.get('mechanisms')} "
@@ -249,12 +253,22 @@ class ClientCore:
         return cls(ProtocolConnection(Role.CLIENT, max_frame=CLIENT_MAX_FRAME))
 
     def request(self, req: Request, msg: Msg, body: Any) -> bytes:
-        data = self.proto.send(msg, body)
+        """Encode a request and queue its reply handler.  Nothing is sent on error."""
+        try:
+            data = self.proto.send(msg, body)
+        except ProtocolError as e:
+            if e.code == Codes.MESSAGE_TOO_LARGE:  # refused locally: the connection is fine
+                raise ProgrammingError(e.message, e.code, e.hint) from None
+            raise
+        except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
+            raise InterfaceError(f"cannot send this parameter: {e}") from None
         self.pending.append(req)
         return data
 
     def dispatch(self, m: Message) -> None:
         if m.type is Msg.NOTICE:
+            if not isinstance(m.body, dict):
+                raise ProtocolError("malformed NOTICE from server", Codes.PROTOCOL_VIOLATION)
             code, text = str(m.body.get("code", "")), str(m.body.get("message", ""))
             if code == Codes.ADMIN_SHUTDOWN:
                 self.shutdown_notice = text

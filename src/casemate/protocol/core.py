@@ -141,9 +141,11 @@ class ProtocolConnection:
     until it returns :data:`NEED_DATA`.  :meth:`send` returns the bytes to write.
     """
 
-    def __init__(self, role: Role, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, role: Role, max_frame: int = DEFAULT_MAX_FRAME,
+                 max_send: int | None = None) -> None:
         self.role = role
-        self.max_frame = max_frame
+        self.max_frame = max_frame  # largest frame we accept
+        self.max_send = max_send or max_frame  # largest frame the peer accepts
         self.client_state = State.HELLO
         self.server_state = State.HELLO
         self._buf = bytearray()
@@ -155,10 +157,10 @@ class ProtocolConnection:
         """Check that we may send ``msg`` now, advance our state, return its bytes."""
         # Encode and check the size first: a message that cannot be sent leaves the state as is.
         data = encode_frame(msg, body)
-        if len(data) - HEADER_SIZE > self.max_frame:
+        if len(data) - HEADER_SIZE > self.max_send:
             raise ProtocolError(
                 f"message of {len(data) - HEADER_SIZE} bytes exceeds the limit of "
-                f"{self.max_frame} bytes", Codes.MESSAGE_TOO_LARGE,
+                f"{self.max_send} bytes", Codes.MESSAGE_TOO_LARGE,
                 "send smaller statements or parameter sets, or batch the work",
             )
         self._advance(msg, sender_is_client=self.role is Role.CLIENT)

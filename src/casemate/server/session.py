@@ -122,7 +122,9 @@ class Session(asyncio.Protocol):
         self.server = server
         self.id = next(_ids)
         self.cb_data = cb_data
-        self.proto = ProtocolConnection(Role.SERVER, server.settings.limits.max_message_bytes)
+        # Incoming frames are bounded by the setting; outgoing ones by what clients accept.
+        self.proto = ProtocolConnection(Role.SERVER, server.settings.limits.max_message_bytes,
+                                        max_send=256 * 1024 * 1024)
         self.inbox: collections.deque[Message] = collections.deque()
         self.wakeup = asyncio.Event()
         self.can_write = asyncio.Event()
@@ -305,7 +307,8 @@ class Session(asyncio.Protocol):
         encrypted = self.tls_version is not None
         mech = mechanism_for(encrypted)
         self.send(Msg.HELLO_OK, {"protocol": PROTOCOL_VERSION, "encrypted": encrypted,
-                                 "mechanisms": [mech]})
+                                 "mechanisms": [mech],
+                                 "max_message_bytes": self.proto.max_frame})
         m = await self.next_message()
         if not (isinstance(m.body, tuple) and len(m.body) == 2 and m.body[0] == mech
                 and isinstance(m.body[1], str)):
