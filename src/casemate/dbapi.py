@@ -209,12 +209,20 @@ class Connection:
         self._simple(Msg.SYNC)
 
     def admin(self, command: str, **args: Any) -> list[tuple[Any, ...]]:
-        """Run an administration command (admin group only); see :mod:`casemate.admin`."""
+        """Run an administration command (admin group only); return its rows.
+
+        Commands: status, sessions, drop, message, accept, reject (the running
+        server) and user_*/group_*/grant/revoke (see :mod:`casemate.admin`).
+        """
+        return self.admin_table(command, **args)[1]
+
+    def admin_table(self, command: str, **args: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Like :meth:`admin`, with the column names."""
         rows: list[tuple[Any, ...]] = []
         req = ExecRequest(rows.extend)
         self._send(req, Msg.ADMIN, (command, args))
         self._wait(req)
-        return rows
+        return [c[0] for c in req.description or ()], rows
 
     def close(self) -> None:
         """Close; an uncommitted transaction is rolled back by the server."""

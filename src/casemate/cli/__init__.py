@@ -11,6 +11,7 @@ from .backup import backup, restore
 from .cert import cert
 from .demo import demo
 from .main import group, init, serve, trust, user
+from .monitor import accept, drop, message, reject, sessions, status
 from .shell import shell
 
 __all__ = ["main", "cli"]
@@ -30,7 +31,8 @@ def cli() -> None:
     """
 
 
-for command in (demo, init, serve, user, group, cert, trust, shell, backup, restore):
+for command in (demo, init, serve, user, group, cert, trust, shell, backup, restore, status,
+                sessions, drop, message, accept, reject):
     cli.add_command(command)
 
 

@@ -10,6 +10,7 @@ protocol runs on the (TLS) transport: the protocol never knows which.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import hashlib
@@ -132,6 +133,8 @@ class Server:
         self.sessions: dict[int, Session] = {}
         self.statements = 0
         self.started = time.time()
+        self._started_mono = time.monotonic()
+        self._rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=40)
         self.accepting = True
         self.pending_settings_change = False
         self.addresses: list[tuple[str, int]] = []
@@ -360,6 +363,15 @@ class Server:
         while True:
             await asyncio.sleep(2)
             self.check_settings_change()
+            self._rate_samples.append((time.monotonic(), self.statements))
+
+    def statement_rate(self) -> float:
+        """Statements per second over the last minute (or since start)."""
+        now = time.monotonic()
+        samples = [s for s in self._rate_samples if now - s[0] <= 60] or [
+            (self._started_mono, 0)]
+        t0, n0 = samples[0]
+        return (self.statements - n0) / max(now - t0, 1e-3)
 
     # -- shutdown ---------------------------------------------------------
     def request_stop(self) -> None:

@@ -24,6 +24,7 @@ from ..protocol import NEED_DATA, PROTOCOL_VERSION, Message, Msg, ProtocolConnec
 from ..storage import StorageConnection, StorageCursor
 from ..storage.access import PermissionDenied, Policy
 from .auth import ScramException, ScramLogin, mechanism_for
+from .monitor import SERVER_COMMANDS, run_server_command
 
 if TYPE_CHECKING:
     from .app import Server
@@ -473,13 +474,27 @@ class Session(asyncio.Protocol):
                                     address=self.peer_ip, detail=f"admin command {command}")
             raise Error(f"admin command {command!r} needs the admin group; user {self.user!r} "
                         f"is in {self.group!r}", Codes.INSUFFICIENT_PRIVILEGE)
-        rows = await self.call(run_admin_command, self.server.backend, command, args)
-        target = args.get("name") or args.get("group")
-        self.server.audit.event("admin", session=self.id, user=self.user, address=self.peer_ip,
-                                command=command, target=target)
-        self.send(Msg.DESCRIPTION, [("result", None)] * (len(rows[0]) if rows else 0))
+        if command in SERVER_COMMANDS:
+            # In the event loop: these touch the session registry and its transports.
+            columns, rows = run_server_command(self.server, self, command, args)
+        else:
+            rows = await self.call(run_admin_command, self.server.backend, command, args)
+            columns = [f"column{i + 1}" for i in range(len(rows[0]) if rows else 0)]
+        if command not in ("status", "sessions"):
+            target = args.get("name") or args.get("group") or args.get("session")
+            self.server.audit.event("admin", session=self.id, user=self.user,
+                                    address=self.peer_ip, command=command, target=target)
+        self.send(Msg.DESCRIPTION, [(c, None) for c in columns])
         self._write(self.proto.send(Msg.ROWS, [rows]))
         self._complete(len(rows))
+
+    def drop(self, reason: str) -> None:
+        """End this session at an administrator's request; its transaction is rolled back."""
+        txn = self.storage is not None and self.storage.in_transaction
+        self.notice(Codes.SESSION_DROPPED, reason + ("; its open transaction was rolled back"
+                                                     if txn else ""))
+        self.end_reason = reason
+        self.close()
 
     async def _close_portals(self) -> None:
         for cur in self.portals.values():
