@@ -92,7 +92,7 @@ def test_drop_message_accept_reject(plain_server) -> None:  # type: ignore[no-un
 
 
 def test_non_admin_refused(plain_server) -> None:  # type: ignore[no-untyped-def]
-    assert cli("user", "add", plain_server.url, "clerk", "--group", "readwrite",
+    assert cli("user", "add", str(plain_server.db), "clerk", "--group", "readwrite",
                "--password", "clerk-pw").returncode == 0
     url = plain_server.url.replace("admin:admin-secret-pw", "clerk:clerk-pw")
     for args in (["status", url], ["sessions", url], ["drop", url, "1"],

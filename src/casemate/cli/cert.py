@@ -144,6 +144,10 @@ def install(directory: Path, key_file: Path, cert_file: Path) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(key_file.read_bytes())
     (folder.resources / GENERATED_MARKER).unlink(missing_ok=True)
+    pending = folder.resources / "request.key"
+    if pending.exists() and pending.resolve() == key_file.resolve():
+        pending.unlink()  # the request is fulfilled: its key now lives in key.pem
+        (folder.resources / "request.csr").unlink(missing_ok=True)
     for w in warnings:
         if "readable by group" not in w:
             click.echo(f"warning: {w}")

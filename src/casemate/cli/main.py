@@ -201,6 +201,22 @@ def _ask_password(password: str | None) -> str:
     return pw
 
 
+def _check_secure(target: str) -> None:
+    """A password verifier lets its holder impersonate the server: never send it in clear."""
+    if target.startswith("casemate://"):
+        import casemate
+        try:
+            conn = casemate.connect(target, program="casemate admin", reconnect_attempts=0)
+        except Error as e:
+            fail(str(e), 2)
+            return
+        encrypted = conn.security.encrypted
+        conn.close()
+        if not encrypted:
+            fail("refusing to send a password verifier over an unencrypted connection; run "
+                 "the command on the database folder, or switch encryption on")
+
+
 def _verifier(name: str, password: str | None) -> list[Any]:
     try:
         rec = make_verifier(name, _ask_password(password), "-")
@@ -218,6 +234,7 @@ def _verifier(name: str, password: str | None) -> list[Any]:
 @click.option("--password", help="The password (else asked, or read from standard input).")
 def user_add(target: str, name: str, group_name: str, password: str | None) -> None:
     """Add user NAME."""
+    _check_secure(target)
     _admin_run(target, "user_add", name=name, group=group_name, verifier=_verifier(name, password))
     click.echo(f"User {name!r} added to group {group_name!r}.")
 
@@ -228,6 +245,7 @@ def user_add(target: str, name: str, group_name: str, password: str | None) -> N
 @click.option("--password", help="The new password (else asked, or read from standard input).")
 def user_passwd(target: str, name: str, password: str | None) -> None:
     """Change the password of user NAME."""
+    _check_secure(target)
     _admin_run(target, "user_passwd", name=name, verifier=_verifier(name, password))
     click.echo(f"Password of {name!r} changed.")
 

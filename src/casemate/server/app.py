@@ -158,7 +158,7 @@ class Server:
                 self.folder.renew_if_due(self.settings)
                 self.tls = load_tls(self.folder, self.settings)
             except tls.CertificateError as e:
-                raise ServerStartError(f"encryption is on but {e}; the server will not start "
+                raise ServerStartError(f"cannot start encrypted: {e}; the server will not start "
                                        "(it never falls back to plaintext)") from e
             for w in self.tls.warnings:
                 log.warning("%s", w)

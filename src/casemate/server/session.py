@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime as dt
 import itertools
 import logging
 import sqlite3
 import ssl
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..admin import run_admin_command
@@ -53,7 +55,8 @@ def _type_code(v: Any) -> str | None:
     return None if v is None else _TYPE_NAMES.get(type(v), type(v).__name__)
 
 
-_TYPE_NAMES = {int: "integer", float: "float", str: "text", bytes: "bytes", bool: "bool"}
+_TYPE_NAMES = {int: "integer", float: "float", str: "text", bytes: "bytes", bool: "bool",
+               Decimal: "decimal", dt.date: "date", dt.time: "time", dt.datetime: "datetime"}
 
 
 def fetch_batch(cur: StorageCursor, max_rows: int) -> tuple[bytes, int, bool, list[Any]]:
@@ -105,8 +108,11 @@ def storage_error(e: BaseException, busy_timeout: float) -> Error:
         return Error(msg, Codes.PROGRAMMING)
     if isinstance(e, sqlite3.NotSupportedError):
         return Error(msg, Codes.NOT_SUPPORTED)
-    if isinstance(e, OverflowError | ValueError | TypeError):
-        return Error(msg, Codes.DATA)
+    if isinstance(e, OverflowError | ValueError):
+        return Error(msg, Codes.NUMERIC_OUT_OF_RANGE if isinstance(e, OverflowError) or
+                     "64 bits" in msg else Codes.DATA)
+    if isinstance(e, TypeError):
+        return Error(f"malformed request: {msg}", Codes.PROTOCOL_VIOLATION)
     if isinstance(e, sqlite3.Error):
         return Error(msg, Codes.OPERATIONAL)
     return Error(f"internal error: {type(e).__name__}: {msg}", Codes.INTERNAL)
@@ -359,6 +365,8 @@ class Session(asyncio.Protocol):
             raise ProtocolError(f"unexpected {m.type.name} message", Codes.PROTOCOL_VIOLATION)
         try:
             await handler(self, m.body)
+        except ProtocolError:
+            raise  # a malformed request ends the session (run() reports it and closes)
         except Error as e:
             self.send_error(e)
         except (sqlite3.Error, PermissionDenied, ValueError, TypeError, OverflowError) as e:
@@ -426,7 +434,8 @@ class Session(asyncio.Protocol):
             self._complete(cur.rowcount, cur.lastrowid)
 
     async def on_fetch(self, body: Any) -> None:
-        portal, batch = int(body[0]), _batch(body[1])
+        portal, batch = _shape(body, "FETCH", int, int)
+        batch = _batch(batch)
         cur = self.portals.pop(portal, None)
         if cur is None:
             raise Error(f"cursor {portal} has no pending result", Codes.INVALID_CURSOR)
@@ -436,13 +445,14 @@ class Session(asyncio.Protocol):
             cur.close()
 
     async def on_close_portal(self, body: Any) -> None:
-        cur = self.portals.pop(int(body[0]), None)
+        (portal,) = _shape(body, "CLOSE_PORTAL", int)
+        cur = self.portals.pop(portal, None)
         if cur is not None:
             await self.call(cur.close)
         self._complete()
 
     async def on_execute_many(self, body: Any) -> None:
-        sql, seq, begin = str(body[0]), body[1], bool(body[2])
+        sql, seq, begin = _shape(body, "EXECUTE_MANY", str, tuple, bool)
         self._check_statement(sql)
         conn = await self._storage()
         self.statements += 1
@@ -534,6 +544,15 @@ class Session(asyncio.Protocol):
         Msg.SYNC: on_sync,
         Msg.ADMIN: on_admin,
     }
+
+
+def _shape(body: Any, name: str, *types: type) -> tuple[Any, ...]:
+    """Check a request body's layout; a malformed one is a protocol error (session ends)."""
+    if not (isinstance(body, tuple) and len(body) == len(types) and all(
+            isinstance(v, t) and (t is bool or not isinstance(v, bool))
+            for v, t in zip(body, types, strict=True))):
+        raise ProtocolError(f"malformed {name} message", Codes.PROTOCOL_VIOLATION)
+    return body
 
 
 def _batch(v: Any) -> int:

@@ -46,10 +46,17 @@ def _register_types() -> None:
 _register_types()
 
 
+class OutOfRange(ValueError):
+    """An integer SQLite cannot store (beyond 64 bits)."""
+
+
 def _big_ints(params: Sequence[Any]) -> Sequence[Any]:
-    # SQLite integers are 64-bit; larger ones are stored as their decimal text.
-    if any(type(p) is int and not -(2**63) <= p < 2**63 for p in params):
-        return [str(p) if type(p) is int and not -(2**63) <= p < 2**63 else p for p in params]
+    # SQLite integers are 64-bit, and it silently turns larger ones into lossy floats:
+    # refuse them instead of changing the value.
+    for p in params:
+        if type(p) is int and not -(2**63) <= p < 2**63:
+            raise OutOfRange(f"integer {p} does not fit in 64 bits, the largest integer the "
+                             "SQLite storage holds; store it as text (str(value))")
     return params
 
 
