@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -23,10 +24,12 @@ __all__ = [
     "StorageSettings",
     "LimitsSettings",
     "AccessSettings",
+    "AdminWebSettings",
     "AccessRule",
     "load_settings",
     "parse_settings",
     "render_default_toml",
+    "set_toml_value",
 ]
 
 DEFAULT_PORT = 19812
@@ -130,6 +133,15 @@ _SCHEMA: dict[str, list[_Field]] = {
                "Result bytes the server buffers for one slow-reading session before pausing.",
                _range(64 * 1024, 1024 * 1024 * 1024)),
     ],
+    "admin_web": [
+        _Field("enabled", False, bool,
+               "Serve the web administration page (admin users only)."),
+        _Field("listen", ["127.0.0.1"], list,
+               "Addresses of the web page; beyond loopback it is always HTTPS.", _listen_list),
+        _Field("port", DEFAULT_PORT + 1, int, "TCP port of the web page (0 picks a free port).",
+               _range(0, 65535)),
+        _Field("session_minutes", 30, int, "Web login lifetime.", _range(1, 24 * 60)),
+    ],
     "access": [
         _Field("max_sessions_per_address", 100, int,
                "Most sessions from one client IP address.", _range(1, 100000)),
@@ -180,6 +192,19 @@ class LimitsSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class AdminWebSettings:
+    enabled: bool
+    listen: tuple[str, ...]
+    port: int
+    session_minutes: int
+
+    def needs_https(self, encrypted: bool) -> bool:
+        """HTTPS when connections are encrypted, and always beyond loopback."""
+        loopback = {"127.0.0.1", "::1", "localhost"}
+        return encrypted or any(a not in loopback for a in self.listen)
+
+
+@dataclasses.dataclass(frozen=True)
 class AccessRule:
     action: str
     network: ipaddress.IPv4Network | ipaddress.IPv6Network | None  # None = any address
@@ -216,6 +241,7 @@ class Settings:
     network: NetworkSettings
     storage: StorageSettings
     limits: LimitsSettings
+    admin_web: AdminWebSettings
     access: AccessSettings
 
     def replace_network(self, **changes: Any) -> Settings:
@@ -228,7 +254,8 @@ def _rule(r: dict[str, str]) -> AccessRule:
     return AccessRule(r["action"], net, r["from"])
 
 
-_SECTION_CLASSES = {"access": AccessSettings, "network": NetworkSettings,
+_SECTION_CLASSES = {"access": AccessSettings, "admin_web": AdminWebSettings,
+                    "network": NetworkSettings,
                     "storage": StorageSettings, "limits": LimitsSettings}
 
 
@@ -338,6 +365,24 @@ def render_default_toml(**overrides: Any) -> str:
             lines.append(f"{f.name} = {_toml_value(overrides.get(f.name, f.default))}")
         lines.append("")
     return "\n".join(lines)
+
+
+def set_toml_value(text: str, section: str, key: str, value: Any) -> str:
+    """Return ``text`` with ``key`` in ``[section]`` set to ``value`` (comments kept).
+
+    Raises SettingsError if the key is not in the file (every key is, in a
+    file that ``casemate init`` wrote).
+    """
+    lines = text.splitlines()
+    current = None
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("[") and not stripped.startswith("[["):
+            current = stripped.strip("[] ")
+        elif current == section and re.match(rf"{re.escape(key)}\s*=", stripped):
+            lines[i] = f"{key} = {_toml_value(value)}"
+            return "\n".join(lines) + "\n"
+    raise SettingsError(f"{section}.{key} is not in the settings file; add it under [{section}]")
 
 
 def is_ip_address(host: str) -> bool:

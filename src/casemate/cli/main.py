@@ -137,6 +137,8 @@ async def _run(server: object) -> None:
     for h, p in server.addresses:
         shown = f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
         click.echo(f"Casemate server listening on {shown}, {server.mode}")
+    if server.web is not None:
+        click.echo(f"Web administration on {server.web.url}")
     if server.tls is not None:
         click.echo(f"Certificate SHA-256 fingerprint: {server.tls.info.sha256}")
         click.echo(f"Key fingerprint (pinned by clients): {server.tls.info.spki_sha256}")

@@ -141,6 +141,7 @@ class Server:
         self._listeners: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping: asyncio.Event | None = None
+        self.web: Any = None  # the web administration page, when enabled
         self._settings_digest = self._digest()
         a = settings.access
         self.throttle = Throttle(a.throttle_after_failures, a.throttle_base_delay_seconds,
@@ -209,6 +210,9 @@ class Server:
             self._spawn(self._renewal_loop())
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, self.reload_certificate)
+        if self.settings.admin_web.enabled:
+            from .web import start_web
+            self.web = await start_web(self)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         t = asyncio.get_running_loop().create_task(coro)
@@ -389,6 +393,8 @@ class Server:
             lsock.close()
         for t in list(self._tasks):
             t.cancel()
+        if self.web is not None:
+            await self.web.close()
         sessions = list(self.sessions.values())
         for s in sessions:
             s.notice(Codes.ADMIN_SHUTDOWN, "server is shutting down")

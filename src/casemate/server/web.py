@@ -1,0 +1,429 @@
+"""The web administration page, served by the Casemate server in its own event loop (aiohttp).
+
+Off by default (``[admin_web] enabled``).  HTTPS with the database's
+certificate when connections are encrypted, and always when it listens
+beyond loopback.  Only users of the ``admin`` group log in (same users and
+password verifiers as the wire protocol, throttled like it).  The session
+cookie is HttpOnly, SameSite=Strict and, over HTTPS, Secure; every action is
+a POST carrying the login's CSRF token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import html
+import json
+import os
+import secrets
+import ssl
+import time
+import tomllib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+
+from .. import tls
+from ..database import GENERATED_MARKER
+from ..errors import Codes
+from ..settings import SettingsError, parse_settings, set_toml_value
+from .monitor import SESSION_COLUMNS, session_rows, status
+
+if TYPE_CHECKING:
+    from .app import Server
+
+__all__ = ["WebAdmin", "start_web"]
+
+COOKIE = "casemate_admin"
+MAX_WEB_LOGINS = 1000  # bounded: old logins are dropped first
+
+
+@dataclass
+class WebLogin:
+    user: str
+    csrf: str
+    expires: float
+
+
+def verify_password(record: Any, password: str) -> bool:
+    """Check a password against a SCRAM-SHA-256 verifier (RFC 5802), in constant time."""
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), record.salt, record.iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    return hmac.compare_digest(hashlib.sha256(client_key).digest(), record.stored_key)
+
+
+def _esc(v: Any) -> str:
+    return html.escape("" if v is None else str(v))
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:0;background:#f5f6f8;color:#222}
+nav{background:#1f2d3d;padding:.6em 1em}nav a{color:#fff;margin-right:1.2em;text-decoration:none}
+nav form{display:inline;float:right}main{padding:1em 1.5em}
+table{border-collapse:collapse;background:#fff}td,th{border:1px solid #ccd;padding:.3em .6em}
+th{background:#e8ebf0;text-align:left}.banner{background:#ffe08a;padding:.6em 1em;font-weight:bold}
+.enc{color:#17703a;font-weight:bold}.plain{color:#b3261e;font-weight:bold}.err{color:#b3261e}
+label{display:block;margin:.5em 0}"""
+
+_LIVE_JS = """<script>
+setInterval(async () => {
+  const r = await fetch(location.pathname + '?fragment=1');
+  if (r.ok) document.getElementById('live').innerHTML = await r.text();
+}, 2000);
+</script>"""
+
+
+class WebAdmin:
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.settings = server.settings.admin_web
+        self.logins: dict[str, WebLogin] = {}
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+        self.https = self.settings.needs_https(server.encrypted)
+
+    # -- lifecycle ----------------------------------------------------------------
+    def _ssl(self) -> ssl.SSLContext | None:
+        if not self.https:
+            return None
+        folder = self.server.folder
+        folder.ensure_certificate(self.server.settings)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(folder.cert_path), str(folder.key_path))
+        return ctx
+
+    async def start(self) -> None:
+        app = web.Application(middlewares=[self._headers], client_max_size=64 * 1024)
+        app.add_routes([
+            web.get("/login", self.login_page), web.post("/login", self.login),
+            web.post("/logout", self.logout), web.get("/", self.dashboard),
+            web.get("/sessions", self.sessions_page),
+            web.post("/sessions/{id}/drop", self.drop), web.post("/message", self.message),
+            web.get("/settings", self.settings_page), web.post("/settings", self.save_settings),
+            web.get("/certificate", self.cert_page),
+            web.post("/certificate/generate", self.cert_generate),
+            web.post("/certificate/csr", self.cert_csr),
+            web.get("/api/status", self.api_status), web.get("/api/sessions", self.api_sessions),
+        ])
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        ctx = self._ssl()
+        port = self.settings.port
+        for host in self.settings.listen:
+            site = web.TCPSite(self.runner, host, port, ssl_context=ctx)
+            await site.start()
+            if not port:
+                server = site._server
+                assert server is not None
+                port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        host = self.settings.listen[0]
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"{'https' if ctx else 'http'}://{shown}:{port}/"
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    @web.middleware
+    async def _headers(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        resp: web.StreamResponse = await handler(request)
+        resp.headers["X-Frame-Options"] = "DENY"
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["Referrer-Policy"] = "no-referrer"
+        resp.headers["Content-Security-Policy"] = (
+            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'")
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    # -- authentication -----------------------------------------------------------
+    def _login_of(self, request: web.Request) -> WebLogin | None:
+        token = request.cookies.get(COOKIE, "")
+        login = self.logins.get(token)
+        if login is None or login.expires < time.time():
+            self.logins.pop(token, None)
+            return None
+        return login
+
+    def _require(self, request: web.Request) -> WebLogin:
+        login = self._login_of(request)
+        if login is None:
+            raise web.HTTPSeeOther("/login")
+        return login
+
+    async def _require_post(self, request: web.Request) -> tuple[WebLogin, Any]:
+        login = self._require(request)
+        form = await request.post()
+        if not hmac.compare_digest(str(form.get("csrf", "")), login.csrf):
+            raise web.HTTPForbidden(text="invalid or missing CSRF token; reload the page")
+        return login, form
+
+    async def login_page(self, request: web.Request, error: str = "") -> web.Response:
+        body = (f"<h1>{_esc(self.server.settings.network.publication_name)}: administration"
+                f"</h1>{f'<p class=err id=error>{_esc(error)}</p>' if error else ''}"
+                "<form method=post action=/login><label>User <input name=user "
+                "autocomplete=username></label><label>Password <input name=password "
+                "type=password autocomplete=current-password></label>"
+                "<button type=submit>Log in</button></form>")
+        return self._page("Log in", body, None, status=401 if error else 200)
+
+    async def login(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        user, password = str(form.get("user", "")), str(form.get("password", ""))
+        address = request.remote or "?"
+        server = self.server
+        delay = server.throttle.delay(address, user, time.monotonic())
+        if delay:
+            await asyncio.sleep(delay)
+        record = await asyncio.get_running_loop().run_in_executor(
+            server.executor, server.backend.get_user, user)
+        ok = record is not None and await asyncio.get_running_loop().run_in_executor(
+            server.executor, verify_password, record, password)
+        if not ok:
+            server.throttle.failed(address, user, time.monotonic())
+            server.audit.event("login_failed", user=user, address=address, channel="web")
+            return await self.login_page(request, "Wrong user name or password.")
+        assert record is not None
+        server.throttle.succeeded(address, user)
+        if record.group != "admin":
+            server.audit.event("permission_refused", user=user, address=address,
+                               detail="web administration needs the admin group")
+            return await self.login_page(
+                request, f"User {user!r} is not in the admin group: administration refused.")
+        token = secrets.token_urlsafe(32)
+        if len(self.logins) >= MAX_WEB_LOGINS:
+            self.logins.pop(next(iter(self.logins)))
+        self.logins[token] = WebLogin(user, secrets.token_urlsafe(32),
+                                      time.time() + 60 * self.settings.session_minutes)
+        server.audit.event("login_ok", user=user, address=address, channel="web",
+                           encrypted=self.https)
+        resp = web.HTTPSeeOther("/")
+        resp.set_cookie(COOKIE, token, httponly=True, secure=self.https, samesite="Strict",
+                        path="/", max_age=60 * self.settings.session_minutes)
+        raise resp
+
+    async def logout(self, request: web.Request) -> web.Response:
+        await self._require_post(request)
+        self.logins.pop(request.cookies.get(COOKIE, ""), None)
+        resp = web.HTTPSeeOther("/login")
+        resp.del_cookie(COOKIE, path="/")
+        raise resp
+
+    # -- rendering ------------------------------------------------------------------
+    def _page(self, title: str, body: str, login: WebLogin | None, status: int = 200,
+              live: bool = False) -> web.Response:
+        nav = ""
+        if login is not None:
+            nav = ("<nav><a href=/>Dashboard</a><a href=/sessions>Sessions</a>"
+                   "<a href=/settings>Settings</a><a href=/certificate>Certificate</a>"
+                   f"<form method=post action=/logout><input type=hidden name=csrf "
+                   f"value={login.csrf}><button>Log out {_esc(login.user)}</button></form></nav>")
+            if self.server.check_settings_change():
+                nav += ("<div class=banner id=restart-banner>Settings changed: restart the "
+                        "server to apply them.</div>")
+        text = (f"<!doctype html><html><head><meta charset=utf-8><title>{_esc(title)} - "
+                f"Casemate</title><style>{_CSS}</style></head><body>{nav}<main>{body}</main>"
+                f"{_LIVE_JS if live else ''}</body></html>")
+        return web.Response(text=text, content_type="text/html", status=status)
+
+    def _status_html(self) -> str:
+        st = status(self.server)
+        mode = st["mode"]
+        rows = [("Mode", f"<span class={'enc' if mode == 'encrypted' else 'plain'}>{mode}"
+                 + (f" (TLS {st['min_tls_version']} minimum)" if st["min_tls_version"] else "")
+                 + "</span>")]
+        for key in ("version", "publication", "uptime_seconds", "certificate_subject",
+                    "certificate_sha256", "certificate_days_left", "restart_pending",
+                    "accepting", "sessions", "statements_per_second", "data_bytes"):
+            rows.append((key.replace("_", " ").capitalize(), _esc(st[key])))
+        return "<table id=status>" + "".join(
+            f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+    async def dashboard(self, request: web.Request) -> web.Response:
+        login = self._require(request)
+        if request.query.get("fragment"):
+            return web.Response(text=self._status_html(), content_type="text/html")
+        return self._page("Dashboard", f"<h1>Dashboard</h1><div id=live>"
+                          f"{self._status_html()}</div>", login, live=True)
+
+    def _sessions_html(self, login: WebLogin) -> str:
+        head = "".join(f"<th>{c}</th>" for c in SESSION_COLUMNS) + "<th></th>"
+        body = []
+        for row in session_rows(self.server):
+            cells = []
+            for c, v in zip(SESSION_COLUMNS, row, strict=True):
+                if c == "encrypted":
+                    cells.append(f"<td class={'enc' if v else 'plain'}>"
+                                 f"{'encrypted' if v else 'plain'}</td>")
+                else:
+                    cells.append(f"<td>{_esc(v)}</td>")
+            drop = (f"<form method=post action=/sessions/{row[0]}/drop><input type=hidden "
+                    f"name=csrf value={login.csrf}><button>Drop</button></form>")
+            body.append(f"<tr data-session={row[0]}>{''.join(cells)}<td>{drop}</td></tr>")
+        return f"<table id=sessions><tr>{head}</tr>{''.join(body)}</table>"
+
+    async def sessions_page(self, request: web.Request) -> web.Response:
+        login = self._require(request)
+        if request.query.get("fragment"):
+            return web.Response(text=self._sessions_html(login), content_type="text/html")
+        msg = (f"<h2>Message to all sessions</h2><form method=post action=/message>"
+               f"<input type=hidden name=csrf value={login.csrf}><input name=text size=60>"
+               "<button>Send</button></form>")
+        return self._page("Sessions", f"<h1>Sessions</h1><div id=live>"
+                          f"{self._sessions_html(login)}</div>{msg}", login, live=True)
+
+    async def drop(self, request: web.Request) -> web.Response:
+        login, _ = await self._require_post(request)
+        s = self.server.sessions.get(int(request.match_info["id"]))
+        if s is not None:
+            s.drop(f"session dropped by administrator {login.user!r} (web)")
+            self.server.audit.event("admin", user=login.user, channel="web", command="drop",
+                                    target=s.id)
+        raise web.HTTPSeeOther("/sessions")
+
+    async def message(self, request: web.Request) -> web.Response:
+        login, form = await self._require_post(request)
+        text = str(form.get("text", ""))[:2000]
+        if text:
+            for s in list(self.server.sessions.values()):
+                s.notice(Codes.ADMIN_MESSAGE, f"message from {login.user}: {text}")
+            self.server.audit.event("admin", user=login.user, channel="web", command="message")
+        raise web.HTTPSeeOther("/sessions")
+
+    # -- settings -------------------------------------------------------------------
+    def _file_network(self) -> dict[str, Any]:
+        data = tomllib.loads(self.server.folder.settings_path.read_text(encoding="utf-8"))
+        s = parse_settings(data, str(self.server.folder.settings_path))
+        return {f: getattr(s.network, f) for f in s.network.__dataclass_fields__}
+
+    async def settings_page(self, request: web.Request, error: str = "") -> web.Response:
+        login = self._require(request)
+        try:
+            net = self._file_network()
+        except SettingsError as e:
+            return self._page("Settings", f"<p class=err>{_esc(e)}</p>", login)
+
+        def check(name: str) -> str:
+            return " checked" if net[name] else ""
+        tls_opts = "".join(f"<option{' selected' if net['min_tls_version'] == v else ''}>{v}"
+                           "</option>" for v in ("1.2", "1.3"))
+        body = (f"<h1>Network settings</h1>{f'<p class=err id=error>{_esc(error)}</p>' if error else ''}"
+                f"<form method=post action=/settings><input type=hidden name=csrf "
+                f"value={login.csrf}>"
+                f"<label>Publication name <input name=publication_name value="
+                f"\"{_esc(net['publication_name'])}\"></label>"
+                f"<label>Listen addresses (comma-separated) <input name=listen value="
+                f"\"{_esc(', '.join(net['listen']))}\"></label>"
+                f"<label>Port <input name=port type=number value={net['port']}></label>"
+                f"<label><input type=checkbox name=encrypt_client_server_connections "
+                f"id=encrypt{check('encrypt_client_server_connections')}> Encrypt "
+                f"Client/Server Connections</label>"
+                f"<label>Minimum TLS version <select name=min_tls_version>{tls_opts}</select>"
+                f"</label><label><input type=checkbox name=require_client_certificate"
+                f"{check('require_client_certificate')}> Require client certificates</label>"
+                "<button type=submit id=save>Save</button></form>"
+                "<p>Settings are read when the server starts: restart it to apply a change.</p>")
+        return self._page("Settings", body, login, status=400 if error else 200)
+
+    async def save_settings(self, request: web.Request) -> web.Response:
+        login, form = await self._require_post(request)
+        path = self.server.folder.settings_path
+        text = path.read_text(encoding="utf-8")
+        try:
+            values = {
+                "publication_name": str(form.get("publication_name", "")).strip(),
+                "listen": [a.strip() for a in str(form.get("listen", "")).split(",")
+                           if a.strip()],
+                "port": int(str(form.get("port", "0"))),
+                "encrypt_client_server_connections": "encrypt_client_server_connections" in form,
+                "min_tls_version": str(form.get("min_tls_version", "1.2")),
+                "require_client_certificate": "require_client_certificate" in form,
+            }
+            for key, value in values.items():
+                text = set_toml_value(text, "network", key, value)
+            parse_settings(tomllib.loads(text), str(path))
+        except (SettingsError, ValueError) as e:
+            return await self.settings_page(request, str(e))
+        tmp = path.with_suffix(".toml.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+        self.server.audit.event("admin", user=login.user, channel="web",
+                                command="settings", target="network")
+        raise web.HTTPSeeOther("/settings")
+
+    # -- certificate ----------------------------------------------------------------
+    async def cert_page(self, request: web.Request) -> web.Response:
+        login = self._require(request)
+        folder = self.server.folder
+        try:
+            info = tls.inspect_cert(tls.load_chain(folder.cert_path)[0])
+            rows = [("Subject", info.subject), ("Issuer", info.issuer + (
+                " (self-signed)" if info.self_signed else "")), ("SANs", ", ".join(info.sans)),
+                ("Valid", f"{info.not_before:%Y-%m-%d} to {info.not_after:%Y-%m-%d} "
+                          f"({info.days_left} days left)"), ("Key", info.key_type),
+                ("SHA-256", info.sha256), ("Key SHA-256", info.spki_sha256)]
+            table = "<table id=certificate>" + "".join(
+                f"<tr><th>{k}</th><td>{_esc(v)}</td></tr>" for k, v in rows) + "</table>"
+        except tls.CertificateError as e:
+            table = f"<p class=err>{_esc(e)}</p>"
+        hidden = f"<input type=hidden name=csrf value={login.csrf}>"
+        body = (f"<h1>Certificate</h1>{table}<h2>Replace it</h2>"
+                f"<form method=post action=/certificate/generate>{hidden}<button>Generate a "
+                "new self-signed pair</button> (clients that pinned the old key must run "
+                "casemate trust forget)</form>"
+                f"<form method=post action=/certificate/csr>{hidden}<button>Download a "
+                "certificate signing request</button> (new key kept in Resources/request.key;"
+                " install the signed certificate with casemate cert DIR install)</form>")
+        return self._page("Certificate", body, login)
+
+    async def cert_generate(self, request: web.Request) -> web.Response:
+        login, _ = await self._require_post(request)
+        folder, settings = self.server.folder, self.server.settings
+        key = tls.generate_key()
+        cert = tls.make_self_signed(key, settings.network.publication_name,
+                                    tls.default_sans(settings.network.listen))
+        for p in (folder.key_path, folder.cert_path):
+            if p.exists():
+                os.replace(p, p.with_suffix(".pem.old"))
+        tls.write_key(folder.key_path, key)
+        tls.write_cert(folder.cert_path, cert)
+        (folder.resources / GENERATED_MARKER).write_text(tls.spki_fingerprint(cert) + "\n")
+        self.server.reload_certificate()
+        self.server.audit.event("admin", user=login.user, channel="web",
+                                command="certificate generate")
+        raise web.HTTPSeeOther("/certificate")
+
+    async def cert_csr(self, request: web.Request) -> web.Response:
+        login, _ = await self._require_post(request)
+        folder, settings = self.server.folder, self.server.settings
+        key_path = folder.resources / "request.key"
+        if key_path.exists():
+            os.replace(key_path, key_path.with_suffix(".key.old"))
+        key = tls.generate_key()
+        tls.write_key(key_path, key)
+        csr = tls.make_csr(key, settings.network.publication_name,
+                           tls.default_sans(settings.network.listen))
+        pem = csr.public_bytes(serialization.Encoding.PEM)
+        (folder.resources / "request.csr").write_bytes(pem)
+        self.server.audit.event("admin", user=login.user, channel="web", command="certificate csr")
+        return web.Response(body=pem, content_type="application/pkcs10", headers={
+            "Content-Disposition": "attachment; filename=request.csr"})
+
+    # -- JSON -------------------------------------------------------------------------
+    async def api_status(self, request: web.Request) -> web.Response:
+        self._require(request)
+        return web.json_response(status(self.server), dumps=lambda o: json.dumps(o, default=str))
+
+    async def api_sessions(self, request: web.Request) -> web.Response:
+        self._require(request)
+        rows = [dict(zip(SESSION_COLUMNS, r, strict=True)) for r in session_rows(self.server)]
+        return web.json_response(rows, dumps=lambda o: json.dumps(o, default=str))
+
+
+async def start_web(server: Server) -> WebAdmin:
+    """Start the web administration page on the server's event loop."""
+    w = WebAdmin(server)
+    await w.start()
+    return w

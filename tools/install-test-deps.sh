@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# System packages the test suite needs (idempotent): openssl for the TLS tool tests and
+# Debian's chromium for the browser tests of the web administration page.
+set -euo pipefail
+need=()
+command -v openssl >/dev/null || need+=(openssl)
+command -v chromium >/dev/null || need+=(chromium)
+if ((${#need[@]})); then
+    if [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
