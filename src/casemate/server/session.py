@@ -13,6 +13,7 @@ import collections
 import datetime as dt
 import itertools
 import logging
+import random
 import sqlite3
 import ssl
 import time
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..admin import run_admin_command
 from ..errors import Codes, Error, ProtocolError
 from ..protocol import NEED_DATA, PROTOCOL_VERSION, Message, Msg, ProtocolConnection, Role, codec
-from ..storage import StorageConnection, StorageCursor
+from ..storage import Busy, StorageConnection, StorageCursor
 from ..storage.access import PermissionDenied, Policy
 from .auth import ScramException, ScramLogin, mechanism_for
 from .monitor import SERVER_COMMANDS, run_server_command
@@ -253,6 +254,28 @@ class Session(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.server.executor, fn, *args)
 
+    async def call_retrying(self, fn: Callable[..., T], *args: Any) -> T:
+        """Like :meth:`call`, retrying while the write lock is busy, up to the busy timeout.
+
+        The wait happens here, in the event loop, so a blocked writer never holds a
+        worker thread that the lock's holder needs to commit.
+        """
+        timeout = self.server.settings.storage.busy_timeout_seconds
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while True:
+            try:
+                return await self.call(fn, *args)
+            except Busy as e:
+                if time.monotonic() + delay > deadline:
+                    raise Error(
+                        f"database is busy: another session held the write lock for more than "
+                        f"{timeout:g} s", Codes.BUSY,
+                        "roll back and retry the transaction, or raise "
+                        "storage.busy_timeout_seconds") from e
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.1)
+
     # -- main task --------------------------------------------------------
     async def run(self) -> None:
         try:
@@ -411,7 +434,7 @@ class Session(asyncio.Protocol):
         conn = await self._storage()
         self.statements += 1
         self.server.statements += 1
-        cur, first = await self.call(_execute_first, conn, sql, params, begin, batch)
+        cur, first = await self.call_retrying(_execute_first, conn, sql, params, begin, batch)
         self._send_result(portal, cur, first, describe=True)
         if first is not None and portal not in self.portals:
             cur.close()  # exhausted: closing a finished cursor does no I/O
@@ -457,12 +480,12 @@ class Session(asyncio.Protocol):
         conn = await self._storage()
         self.statements += 1
         self.server.statements += 1
-        n = await self.call(_execute_many, conn, sql, seq, begin)
+        n = await self.call_retrying(_execute_many, conn, sql, seq, begin)
         self._complete(n, None)
 
     async def on_commit(self, body: Any) -> None:
         if self.storage is not None:
-            await self.call(self.storage.commit)
+            await self.call_retrying(self.storage.commit)
         self._complete()
 
     async def on_rollback(self, body: Any) -> None:
@@ -581,8 +604,10 @@ def _execute_first(conn: StorageConnection, sql: str, params: tuple[Any, ...], b
 
 
 def _execute_many(conn: StorageConnection, sql: str, seq: Any, begin: bool) -> int:
-    if not isinstance(seq, tuple) or not all(isinstance(p, tuple) for p in seq):
+    if not all(isinstance(p, tuple) for p in seq):
         raise Error("executemany parameters must be a sequence of sequences", Codes.PROGRAMMING)
     if begin:
         conn.begin()
+    if not conn.in_transaction:
+        return conn.atomic_many(sql, seq)  # autocommit: each request is all or nothing
     return conn.executemany(sql, seq)

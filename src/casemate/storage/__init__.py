@@ -2,12 +2,13 @@
 
 from pathlib import Path
 
-from .base import BUILTIN_GROUPS, Backend, StorageConnection, StorageCursor, UserRecord
+from .base import BUILTIN_GROUPS, Backend, Busy, StorageConnection, StorageCursor, UserRecord
 from .sqlite import SQLiteBackend
 
 __all__ = [
     "BUILTIN_GROUPS",
     "Backend",
+    "Busy",
     "StorageConnection",
     "StorageCursor",
     "UserRecord",

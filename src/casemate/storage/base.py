@@ -15,7 +15,15 @@ from typing import Any
 
 from .access import Policy
 
-__all__ = ["BUILTIN_GROUPS", "UserRecord", "StorageCursor", "StorageConnection", "Backend"]
+__all__ = ["BUILTIN_GROUPS", "Busy", "UserRecord", "StorageCursor", "StorageConnection", "Backend"]
+
+
+class Busy(Exception):
+    """Another session holds the write lock; the statement changed nothing and may be retried.
+
+    Backends raise it at once instead of blocking a worker thread: the session
+    waits (without holding a thread) and retries until the busy timeout.
+    """
 
 BUILTIN_GROUPS = ("admin", "readwrite", "readonly")
 
@@ -64,6 +72,17 @@ class StorageConnection(abc.ABC):
     @abc.abstractmethod
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
         """Run ``sql`` once per parameter set; return the total row count."""
+
+    def atomic_many(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
+        """executemany outside a transaction, all rows or none (autocommit mode)."""
+        self.begin()
+        try:
+            n = self.executemany(sql, seq)
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+        return n
 
     @abc.abstractmethod
     def set_policy(self, policy: Policy) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .access import PermissionDenied, Policy, authorizer_for
-from .base import BUILTIN_GROUPS, Backend, StorageConnection, StorageCursor, UserRecord
+from .base import BUILTIN_GROUPS, Backend, Busy, StorageConnection, StorageCursor, UserRecord
 
 __all__ = ["SQLiteBackend", "DATA_FILE", "SYSTEM_FILE"]
 
@@ -44,6 +44,10 @@ def _register_types() -> None:
 
 
 _register_types()
+
+
+def _is_busy(e: sqlite3.OperationalError) -> bool:
+    return getattr(e, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 class OutOfRange(ValueError):
@@ -78,7 +82,9 @@ class _Cursor(StorageCursor):
 class _Connection(StorageConnection):
     def __init__(self, path: Path, busy_timeout: float) -> None:
         self._db = sqlite3.connect(
-            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False,
+            # No busy handler: a blocked writer must not hold a worker thread while it waits
+            # (the session retries without one; see Busy).
+            path, timeout=0, isolation_level=None, check_same_thread=False,
             detect_types=sqlite3.PARSE_DECLTYPES | sqlite3.PARSE_COLNAMES,
         )
         self._db.execute("PRAGMA synchronous=FULL")
@@ -91,6 +97,8 @@ class _Connection(StorageConnection):
         self._db.set_authorizer(authorizer_for(policy))
 
     def _denied(self, e: sqlite3.DatabaseError) -> Exception:
+        if isinstance(e, sqlite3.OperationalError) and _is_busy(e):
+            return Busy(str(e))
         if self.policy.last_denied:  # the authorizer refused: say what, not SQLite's wording
             what, self.policy.last_denied = self.policy.last_denied, ""
             return PermissionDenied(f"permission denied for group {self.policy.group!r}: {what}")
@@ -103,6 +111,17 @@ class _Connection(StorageConnection):
     def begin(self) -> None:
         if not self._db.in_transaction:
             self._db.execute("BEGIN")
+
+    def atomic_many(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
+        """executemany outside a transaction: all rows or none."""
+        self._db.execute("BEGIN")
+        try:
+            n = self.executemany(sql, seq)
+            self.commit()
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return n
 
     def execute(self, sql: str, params: Sequence[Any]) -> StorageCursor:
         self.policy.last_denied = ""
@@ -123,7 +142,10 @@ class _Connection(StorageConnection):
 
     def commit(self) -> None:
         if self._db.in_transaction:
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                raise self._denied(e) from e
 
     def rollback(self) -> None:
         if self._db.in_transaction:
