@@ -35,6 +35,7 @@ from .client.core import (
     SimpleRequest,
     check_server_key,
     downgrade_error,
+    explain_login_failure,
     login_flow,
     plan_attempts,
     record_trust,
@@ -147,6 +148,10 @@ class AsyncConnection:
                 self._close_transport()
                 raise OperationalError(f"{p.server_key} did not complete the login in time",
                                        Codes.CANNOT_CONNECT) from e
+            except Error as e:
+                self._close_transport()
+                explain_login_failure(e, self.security)
+                raise
             except BaseException:
                 self._close_transport()
                 raise

@@ -286,7 +286,7 @@ def test_bad_key_or_certificate_fails_closed(make_db, damage: Callable[[Path], s
     before = {p.name: p.read_bytes() for p in (db / "Resources").iterdir() if p.is_file()}
     proc = _serve_fails(db)
     assert expected in proc.stderr
-    assert proc.stderr.startswith("error: encryption is on but ")
+    assert proc.stderr.startswith("error: cannot start encrypted: ")
     # Nothing was generated or rewritten to "repair" the folder.
     after = {p.name: p.read_bytes() for p in (db / "Resources").iterdir() if p.is_file()}
     assert after == before

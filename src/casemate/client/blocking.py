@@ -22,6 +22,7 @@ from .core import (
     LoginResult,
     check_server_key,
     downgrade_error,
+    explain_login_failure,
     login_flow,
     plan_attempts,
     record_trust,
@@ -248,8 +249,9 @@ def open_channel(params: ConnectParams) -> Channel:
             if e.code == Codes.ENCRYPTION_REQUIRED and tls_failure:
                 e.message += f" (the TLS attempt failed: {tls_failure})"
             raise
-        except Error:
+        except Error as e:
             sock.close()
+            explain_login_failure(e, security)
             raise
         except TimeoutError as e:
             sock.close()

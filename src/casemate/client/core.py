@@ -165,6 +165,15 @@ def _expect(m: Message | None, kind: Msg) -> Any:
     return m.body
 
 
+def explain_login_failure(err: Error, security: Security) -> None:
+    """On first encrypted contact a failed login may also mean an interceptor: say so."""
+    if err.code == Codes.INVALID_PASSWORD and security.level == "encrypted-unverified":
+        err.hint = ((err.hint + "; ") if err.hint else "") + (
+            "this was the first contact with this server: if the password is right, the "
+            "connection may have been intercepted (the server key presented was "
+            f"{security.fingerprint}; compare it with 'casemate cert DIR show' on the server)")
+
+
 def record_trust(params: ConnectParams, security: Security) -> None:
     """After a successful login: remember the server's mode (and key, if encrypted)."""
     known = KnownServers()
