@@ -14,17 +14,23 @@ from typing import Any
 
 from .errors import Codes, Error
 from .storage import BUILTIN_GROUPS, Backend, UserRecord
-from .storage.access import PRIVILEGES
+from .storage.access import METHOD_PREFIX, PRIVILEGES
 
 __all__ = ["Admin", "LocalAdmin", "RemoteAdmin", "run_admin_command", "parse_privileges"]
 
 
-def parse_privileges(words: Iterable[str]) -> frozenset[str]:
-    """``["select", "insert"]`` or ``["ALL"]`` -> privileges; raises Error for others."""
+def parse_privileges(words: Iterable[str], method: bool = False) -> frozenset[str]:
+    """``["select", "insert"]`` or ``["ALL"]`` -> privileges (``EXECUTE`` for a
+    ``method:NAME`` target); raises Error for others."""
     out: set[str] = set()
     for w in words:
         for p in w.upper().replace(",", " ").split():
-            if p == "ALL":
+            if method:
+                if p not in ("EXECUTE", "ALL"):
+                    raise Error(f"a server method takes the EXECUTE right, not {p!r}",
+                                Codes.PROGRAMMING)
+                out.add("EXECUTE")
+            elif p == "ALL":
                 out.update(PRIVILEGES)
             elif p in PRIVILEGES:
                 out.add(p)
@@ -88,10 +94,11 @@ def _user_group(b: Backend, a: dict[str, Any]) -> list[tuple[Any, ...]]:
 
 def _grant(b: Backend, a: dict[str, Any], add: bool) -> list[tuple[Any, ...]]:
     group, table = str(a["group"]), str(a["table"]).lower()
-    if group in BUILTIN_GROUPS:
-        raise Error(f"built-in group {group!r} has fixed rights; grant to a custom group",
-                    Codes.PROGRAMMING)
-    privs = parse_privileges(a["privileges"])
+    is_method = table.startswith(METHOD_PREFIX)
+    if group in BUILTIN_GROUPS and not is_method:
+        raise Error(f"built-in group {group!r} has fixed rights on tables; grant to a custom "
+                    "group", Codes.PROGRAMMING)
+    privs = parse_privileges(a["privileges"], is_method)
     current = b.grants_for(group).get(table, frozenset())
     b.set_grants(group, table, current | privs if add else current - privs)
     return []

@@ -256,6 +256,20 @@ class AsyncConnection:
         cur = await self.execute(sql, params)
         return await cur.fetchall()
 
+    async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Run server method ``name`` (see :meth:`casemate.Connection.call`)."""
+        cur = self.cursor()
+        req = ExecRequest(cur._sink)
+        await self._request(req, Msg.CALL, (cur._portal, name, tuple(args), kwargs,
+                                             not self.autocommit, 2000))
+        await self._wait(req)
+        await cur._after(req)
+        desc = req.description or []
+        if len(desc) == 1 and desc[0][0] == "__result__":
+            row = await cur.fetchone()
+            return row[0] if row else None
+        return await cur.fetchall()
+
     async def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
         cur = self.cursor()
         await cur.executemany(sql, seq)

@@ -149,7 +149,7 @@ def create_database(path: Path, name: str | None, admin_password: str | None) ->
     if not admin_password:
         admin_password = generated = secrets.token_urlsafe(15)
     db = DatabaseFolder(path)
-    for d in (path, db.resources, db.data_dir, db.logs_dir):
+    for d in (path, db.resources, db.data_dir, db.logs_dir, path / "Methods"):
         d.mkdir(parents=True, exist_ok=True)
     pub = name or path.resolve().name or "Casemate"
     db.settings_path.write_text(render_default_toml(publication_name=pub), encoding="utf-8")

@@ -20,6 +20,8 @@ from .client.params import ConnectParams, Security, parse_params
 from .errors import Codes, Error, InterfaceError, OperationalError, ProgrammingError
 from .protocol import Msg
 
+RESULT_COLUMN = "__result__"  # a server method's single-value result (see server/calls.py)
+
 __all__ = [
     "apilevel", "threadsafety", "paramstyle", "connect", "Connection", "Cursor",
     "Date", "Time", "Timestamp", "DateFromTicks", "TimeFromTicks", "TimestampFromTicks",
@@ -236,6 +238,24 @@ class Connection:
                 pass
         chan.close()
 
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Run server method ``name`` in this session and transaction; return its result.
+
+        A method declared ``-> Rows`` returns a list of rows here (iterate
+        ``cursor.callproc`` to stream them instead).  Raises ProgrammingError for
+        an unknown method or wrong arguments, DatabaseError (code P0001) when the
+        method raised, OperationalError (57014) when it ran over its time limit.
+        """
+        cur = self.cursor()
+        try:
+            cur._call(name, args, kwargs)
+            if cur._scalar:
+                row = cur.fetchone()
+                return row[0] if row else None
+            return cur.fetchall()
+        finally:
+            cur.close()
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         """Shortcut: a new cursor, executed."""
         cur = self.cursor()
@@ -273,6 +293,7 @@ class Cursor:
         self._suspended = False
         self._prefetch: ExecRequest | None = None
         self._closed = False
+        self._scalar = False
 
     def _check(self) -> Connection:
         if self._closed:
@@ -403,7 +424,22 @@ class Cursor:
         pass
 
     def callproc(self, procname: str, parameters: Sequence[Any] = ()) -> Sequence[Any]:
-        raise ProgrammingError("stored procedures are not supported yet")
+        """PEP 249: call server method ``procname``; its result rows (or its single value,
+        as one row) are then read with fetch*/iteration.  Returns ``parameters``."""
+        self._call(procname, tuple(parameters), {})
+        return parameters
+
+    def _call(self, name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        conn = self._check()
+        self._reset()
+        req = ExecRequest(self._sink)
+        conn._send(req, Msg.CALL, (self._portal, name, tuple(args), kwargs, not conn.autocommit,
+                                   max(self.arraysize, DEFAULT_BATCH_ROWS)))
+        conn._wait(req)
+        self._after(req)
+        desc = req.description or []
+        self._scalar = len(desc) == 1 and desc[0][0] == RESULT_COLUMN
+        self.description = tuple((n, t, None, None, None, None, None) for n, t in desc)
 
     def __enter__(self) -> Cursor:
         return self

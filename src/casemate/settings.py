@@ -133,6 +133,11 @@ _SCHEMA: dict[str, list[_Field]] = {
                "Result bytes the server buffers for one slow-reading session before pausing.",
                _range(64 * 1024, 1024 * 1024 * 1024)),
     ],
+    "methods": [
+        _Field("time_limit_seconds", 30.0, (int, float),
+               "A server method running longer is stopped and its changes undone.",
+               _range(0.01, 86400)),
+    ],
     "admin_web": [
         _Field("enabled", False, bool,
                "Serve the web administration page (admin users only)."),
@@ -192,6 +197,11 @@ class LimitsSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class MethodsSettings:
+    time_limit_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
 class AdminWebSettings:
     enabled: bool
     listen: tuple[str, ...]
@@ -241,6 +251,7 @@ class Settings:
     network: NetworkSettings
     storage: StorageSettings
     limits: LimitsSettings
+    methods: MethodsSettings
     admin_web: AdminWebSettings
     access: AccessSettings
 
@@ -255,6 +266,7 @@ def _rule(r: dict[str, str]) -> AccessRule:
 
 
 _SECTION_CLASSES = {"access": AccessSettings, "admin_web": AdminWebSettings,
+                    "methods": MethodsSettings,
                     "network": NetworkSettings,
                     "storage": StorageSettings, "limits": LimitsSettings}
 

@@ -10,7 +10,7 @@ from .. import __version__
 from .backup import backup, restore
 from .cert import cert
 from .demo import demo
-from .main import group, init, serve, trust, user
+from .main import group, init, methods, serve, trust, user
 from .monitor import accept, drop, message, reject, sessions, status
 from .shell import shell
 
@@ -32,7 +32,7 @@ def cli() -> None:
 
 
 for command in (demo, init, serve, user, group, cert, trust, shell, backup, restore, status,
-                sessions, drop, message, accept, reject):
+                sessions, drop, message, accept, reject, methods):
     cli.add_command(command)
 
 

@@ -23,8 +23,32 @@ _ORDERS = [(1, 1, "120.50", "2024-01-05T10:00:00+00:00"), (2, 1, "75.00",
            "2024-02-11T15:30:00+00:00"), (3, 2, "310.25", "2024-03-01T09:15:00+00:00")]
 
 
+_METHODS = '''"""Server methods of the demo database (see docs/methods.md)."""
+
+from decimal import Decimal
+
+from casemate.methods import Rows, method
+
+
+@method
+def customer_total(db, customer_id: int) -> Decimal:
+    """Total amount of a customer's orders, computed next to the data."""
+    row = db.execute("SELECT coalesce(sum(amount), 0) FROM orders WHERE customer_id = ?",
+                     (customer_id,)).fetchone()
+    return Decimal(str(row[0]))
+
+
+@method
+def orders_of(db, customer_id: int) -> Rows:
+    """Stream a customer's orders."""
+    return db.rows("SELECT id, amount, placed FROM orders WHERE customer_id = ? ORDER BY id",
+                   (customer_id,))
+'''
+
+
 def create_demo(path: Path) -> DatabaseFolder:
     folder, _ = create_database(path, "Casemate Demo", DEMO_PASSWORD)
+    (path / "Methods" / "demo.py").write_text(_METHODS)
     with sqlite3.connect(folder.data_dir / DATA_FILE) as db:
         db.executescript(_SCHEMA)
         db.executemany("INSERT INTO customers VALUES (?,?,?,?)", _CUSTOMERS)

@@ -347,3 +347,22 @@ def trust_forget(server: str) -> None:
         fail(f"{server} is not in {KnownServers().path}")
     click.echo(f"Forgot {server}; the next connection records it afresh (after a "
                "successful login).")
+
+
+@click.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+def methods(directory: Path) -> None:
+    """List the server methods in DIRECTORY/Methods with their signatures and docs."""
+    from ..methods import MethodLoadError, load_methods
+    folder = open_folder(directory)
+    try:
+        found = load_methods(folder.path / "Methods")
+    except MethodLoadError as e:
+        fail(str(e), 2)
+        return
+    if not found:
+        click.echo(f"No server methods in {folder.path / 'Methods'} (see docs/methods.md).")
+    for m in sorted(found.values(), key=lambda m: m.name):
+        click.echo(f"{m.describe()}    [{m.source}]")
+        for line in (m.doc or "(no docstring)").splitlines():
+            click.echo(f"    {line}")

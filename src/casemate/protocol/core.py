@@ -67,6 +67,7 @@ class Msg(bytes, enum.Enum):
     ROLLBACK = b"R"
     SYNC = b"Y"
     ADMIN = b"W"
+    CALL = b"K"
     TERMINATE = b"T"
     # server -> client
     HELLO_OK = b"h"
@@ -104,7 +105,7 @@ class State(enum.Enum):
 
 _READY_CLIENT = {m: State.READY for m in (
     Msg.QUERY, Msg.EXECUTE_MANY, Msg.FETCH, Msg.CLOSE_PORTAL, Msg.COMMIT, Msg.ROLLBACK, Msg.SYNC,
-    Msg.ADMIN,
+    Msg.ADMIN, Msg.CALL,
 )}
 _READY_SERVER = {m: State.READY for m in (
     Msg.DESCRIPTION, Msg.ROWS, Msg.SUSPENDED, Msg.COMPLETE, Msg.ERROR

@@ -28,6 +28,7 @@ from typing import Any
 from .. import __version__, tls
 from ..database import DatabaseFolder
 from ..errors import Codes, Error
+from ..methods import MethodLoadError, ServerMethod, load_methods
 from ..protocol import Msg, encode_frame
 from ..settings import Settings, SettingsError, load_settings
 from ..storage import Backend, StorageConnection
@@ -131,6 +132,7 @@ class Server:
         self.executor = concurrent.futures.ThreadPoolExecutor(
             settings.storage.worker_threads, thread_name_prefix="casemate-storage")
         self.sessions: dict[int, Session] = {}
+        self.methods: dict[str, ServerMethod] = {}
         self.statements = 0
         self.started = time.time()
         self._started_mono = time.monotonic()
@@ -166,6 +168,12 @@ class Server:
             log.info("certificate %s, SHA-256 fingerprint %s, expires %s",
                      self.tls.info.subject, self.tls.info.sha256,
                      self.tls.info.not_after.date())
+        try:
+            self.methods = load_methods(self.folder.path / "Methods")
+        except MethodLoadError as e:
+            raise ServerStartError(f"cannot load server methods: {e}") from e
+        if self.methods:
+            log.info("server methods: %s", ", ".join(sorted(self.methods)))
         try:
             self.backend = self.folder.backend(self.settings)
         except Exception as e:

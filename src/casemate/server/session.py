@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..admin import run_admin_command
 from ..errors import Codes, Error, ProtocolError
+from ..methods import MethodContext
 from ..protocol import NEED_DATA, PROTOCOL_VERSION, Message, Msg, ProtocolConnection, Role, codec
 from ..storage import Busy, StorageConnection, StorageCursor
 from ..storage.access import PermissionDenied, Policy
 from .auth import ScramException, ScramLogin, mechanism_for
+from .calls import guarded, method_error, run_method
 from .monitor import SERVER_COMMANDS, run_server_command
 
 if TYPE_CHECKING:
@@ -154,6 +156,7 @@ class Session(asyncio.Protocol):
         self.last_active = time.monotonic()
         self.statements = 0
         self.storage: StorageConnection | None = None
+        self.policy = Policy("readonly")  # replaced by the user's at each storage acquisition
         self.portals: dict[int, StorageCursor] = {}
         self.task: asyncio.Task[None] | None = None
 
@@ -409,7 +412,8 @@ class Session(asyncio.Protocol):
         # Grants are read at every acquisition, so a change applies from the next transaction.
         backend = self.server.backend
         conn = self.server.pool.acquire()
-        conn.set_policy(Policy(self.group, backend.grants_for(self.group)))
+        self.policy = Policy(self.group, backend.grants_for(self.group))
+        conn.set_policy(self.policy)
         return conn
 
     def _complete(self, rowcount: int = -1, lastrowid: int | None = None) -> None:
@@ -455,6 +459,43 @@ class Session(asyncio.Protocol):
             self.send(Msg.SUSPENDED, portal)
         else:
             self._complete(cur.rowcount, cur.lastrowid)
+
+    async def on_call(self, body: Any) -> None:
+        portal, name, args, kwargs, begin, batch = _shape(
+            body, "CALL", int, str, tuple, dict, bool, int)
+        m = self.server.methods.get(name)
+        if m is None:
+            raise Error(f"no server method {name!r}; see casemate methods DIR",
+                        Codes.UNDEFINED_METHOD)
+        conn = await self._storage()
+        if not self.policy.may_call(name):
+            raise Error(f"permission denied for group {self.group!r}: EXECUTE on method "
+                        f"{name}", Codes.INSUFFICIENT_PRIVILEGE,
+                        f"an administrator can grant it: casemate group grant TARGET "
+                        f"{self.group} method:{name} EXECUTE")
+        if portal in self.portals:
+            self.portals.pop(portal).close()
+        self.statements += 1
+        self.server.statements += 1
+        ctx = MethodContext(conn, self.user, self.group, self.id)
+        holder: dict[str, int] = {}
+        limit = self.server.settings.methods.time_limit_seconds
+
+        def work() -> Any:
+            return self.call(run_method, conn, m, ctx, args, dict(kwargs), begin, holder)
+        try:
+            cur = await guarded(work, conn, holder, limit, name)
+            first = await guarded(lambda: self.call(fetch_batch, cur, _batch(batch)), conn,
+                                  holder, limit, name)
+        except (Error, PermissionDenied, Busy, sqlite3.Error):
+            raise
+        except BaseException as e:  # the method's own exception: type and message only
+            if isinstance(e, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+                raise
+            raise method_error(e, name) from None
+        self._send_result(portal, cur, first, describe=True)
+        if portal not in self.portals:
+            cur.close()
 
     async def on_fetch(self, body: Any) -> None:
         portal, batch = _shape(body, "FETCH", int, int)
@@ -566,6 +607,7 @@ class Session(asyncio.Protocol):
         Msg.ROLLBACK: on_rollback,
         Msg.SYNC: on_sync,
         Msg.ADMIN: on_admin,
+        Msg.CALL: on_call,
     }
 
 

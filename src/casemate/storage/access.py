@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 __all__ = ["PRIVILEGES", "Policy", "PermissionDenied", "authorizer_for"]
 
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+METHOD_PREFIX = "method:"  # grants on "method:NAME" with EXECUTE allow calling a server method
 
 _S = sqlite3
 _TEMP_DDL = {_S.SQLITE_CREATE_TEMP_INDEX, _S.SQLITE_CREATE_TEMP_TABLE, _S.SQLITE_CREATE_TEMP_TRIGGER,
@@ -66,11 +67,18 @@ class Policy:
         return self.group == "admin"
 
     def allows(self, table: str, privilege: str) -> bool:
+        if table.startswith(METHOD_PREFIX):
+            return False
         if self.group in ("admin", "readwrite"):
             return True
         if self.group == "readonly":
             return privilege == "SELECT"
         return privilege in self.grants.get(table.lower(), frozenset())
+
+    def may_call(self, method: str) -> bool:
+        """Server methods: admin always; any other group needs EXECUTE on method:NAME."""
+        return self.is_admin or "EXECUTE" in self.grants.get(METHOD_PREFIX + method.lower(),
+                                                               frozenset())
 
     def deny(self, what: str) -> int:
         self.last_denied = what

@@ -85,6 +85,18 @@ class StorageConnection(abc.ABC):
         return n
 
     @abc.abstractmethod
+    def savepoint(self, name: str) -> None:
+        """Start a savepoint (and a transaction, if none is open)."""
+
+    @abc.abstractmethod
+    def release(self, name: str, undo: bool) -> None:
+        """End a savepoint, undoing its changes first if ``undo``."""
+
+    @abc.abstractmethod
+    def interrupt(self) -> None:
+        """Abort the statement running in another thread (thread-safe)."""
+
+    @abc.abstractmethod
     def set_policy(self, policy: Policy) -> None:
         """Enforce ``policy`` (the session's rights) on every following statement."""
 

@@ -151,6 +151,17 @@ class _Connection(StorageConnection):
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
 
+    def savepoint(self, name: str) -> None:
+        self._db.execute(f'SAVEPOINT "{name}"')
+
+    def release(self, name: str, undo: bool) -> None:
+        if undo:
+            self._db.execute(f'ROLLBACK TO "{name}"')
+        self._db.execute(f'RELEASE "{name}"')
+
+    def interrupt(self) -> None:
+        self._db.interrupt()
+
     def close(self) -> None:
         self._db.close()
 
@@ -188,6 +199,9 @@ class SQLiteBackend(Backend):
         db.execute("CREATE TABLE IF NOT EXISTS groups (name TEXT PRIMARY KEY)")
         db.execute("CREATE TABLE IF NOT EXISTS grants (grp TEXT NOT NULL REFERENCES groups(name),"
                    " tbl TEXT NOT NULL, privileges TEXT NOT NULL, PRIMARY KEY (grp, tbl))")
+        db.execute("CREATE TABLE IF NOT EXISTS builtin_groups (name TEXT PRIMARY KEY)")
+        db.executemany("INSERT OR IGNORE INTO builtin_groups VALUES (?)",
+                       [(g,) for g in BUILTIN_GROUPS])
         return db
 
     def connect(self) -> StorageConnection:
@@ -262,15 +276,14 @@ class SQLiteBackend(Backend):
         return out
 
     def grants_for(self, group: str) -> dict[str, frozenset[str]]:
-        if group in BUILTIN_GROUPS:
-            return {}
         with self._lock:
             rows = self._sys.execute("SELECT tbl, privileges FROM grants WHERE grp=?", (group,))
             return {t: frozenset(p.split(",")) for t, p in rows}
 
     def set_grants(self, group: str, table: str, privileges: frozenset[str]) -> None:
         with self._lock:
-            if not self._sys.execute("SELECT 1 FROM groups WHERE name=?", (group,)).fetchone():
+            if group not in BUILTIN_GROUPS and not self._sys.execute(
+                    "SELECT 1 FROM groups WHERE name=?", (group,)).fetchone():
                 raise KeyError(group)
             if privileges:
                 self._sys.execute("INSERT OR REPLACE INTO grants VALUES (?,?,?)",
