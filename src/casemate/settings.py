@@ -321,6 +321,13 @@ def parse_settings(data: dict[str, Any], source: str = "casemate.toml") -> Setti
             values["rules"] = tuple(_rule(r) for r in values["rules"])
         sections[section] = _SECTION_CLASSES[section](**values)
     _check_listen(sections["network"].listen, source)
+    delay, login = (sections["access"].throttle_max_delay_seconds,
+                    sections["limits"].login_timeout_seconds)
+    if delay >= login:
+        raise SettingsError(
+            f"{source}: access.throttle_max_delay_seconds = {delay:g} is not valid: it must be "
+            f"below limits.login_timeout_seconds ({login:g}), or every throttled login would "
+            "time out and a user could be locked out")
     return Settings(**sections)
 
 

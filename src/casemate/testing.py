@@ -47,6 +47,7 @@ class ServerProcess:
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
+                self.stop()
                 raise RuntimeError("server exited:\n" + "".join(self.output))
             self.output.append(line)
             m = re.search(r"listening on (\S+):(\d+), (\w+)", line)
@@ -55,6 +56,7 @@ class ServerProcess:
                 self.mode = m.group(3)
                 self._drain()
                 return self
+        self.stop()
         raise RuntimeError("server did not start:\n" + "".join(self.output))
 
     def _drain(self) -> None:

@@ -261,6 +261,7 @@ class Server:
                          rule=rule.text if rule else None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         timeout = self.settings.limits.login_timeout_seconds
+        deadline = loop.time() + timeout  # one deadline from accept to logged in
         try:
             first = await asyncio.wait_for(_peek(sock), timeout)
         except (TimeoutError, OSError):
@@ -284,9 +285,9 @@ class Server:
         state = self.tls
         try:
             await loop.connect_accepted_socket(
-                lambda: Session(self, state.cb_data if state else None), sock,
+                lambda: Session(self, state.cb_data if state else None, deadline), sock,
                 ssl=state.context if state else None,
-                ssl_handshake_timeout=timeout if state else None)
+                ssl_handshake_timeout=max(deadline - loop.time(), 0.01) if state else None)
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as e:
             log.info("TLS handshake with %s failed: %s", addr[0], e)
             sock.close()

@@ -128,8 +128,9 @@ class _Closed(Exception):
 class Session(asyncio.Protocol):
     """Protocol + task for one connection; the server keeps it in its registry."""
 
-    def __init__(self, server: Server, cb_data: bytes | None) -> None:
+    def __init__(self, server: Server, cb_data: bytes | None, deadline: float) -> None:
         self.server = server
+        self.deadline = deadline  # loop time by which TLS, handshake and login must be done
         self.id = next(_ids)
         self.cb_data = cb_data
         # Incoming frames are bounded by the setting; outgoing ones by what clients accept.
@@ -242,6 +243,8 @@ class Session(asyncio.Protocol):
         self.wakeup.set()
 
     async def next_message(self) -> Message:
+        if self.closed:
+            raise _Closed  # messages still queued from a closed peer are not served
         while not self.inbox:
             if self.closed:
                 raise _Closed
@@ -283,7 +286,7 @@ class Session(asyncio.Protocol):
     async def run(self) -> None:
         try:
             try:
-                async with asyncio.timeout(self.server.settings.limits.login_timeout_seconds):
+                async with asyncio.timeout_at(self.deadline):
                     ok = await self.login()
             except TimeoutError:
                 self._fatal(Error("login not completed in time", Codes.PROTOCOL_VIOLATION))
@@ -636,20 +639,31 @@ def _query_args(body: Any) -> tuple[int, str, tuple[Any, ...], bool, int]:
 
 def _execute_first(conn: StorageConnection, sql: str, params: tuple[Any, ...], begin: bool,
                    batch: int) -> tuple[StorageCursor, tuple[bytes, int, bool, list[Any]] | None]:
+    opened = begin and not conn.in_transaction
     if begin:
         conn.begin()
-    cur = conn.execute(sql, params)
-    if cur.description is None:
-        cur.close()
-        return cur, None
-    return cur, fetch_batch(cur, batch)
+    try:
+        cur = conn.execute(sql, params)
+        if cur.description is None:
+            cur.close()
+            return cur, None
+        return cur, fetch_batch(cur, batch)
+    except BaseException:
+        if opened:  # the client never saw this transaction start: do not leave it open
+            conn.rollback()
+        raise
 
 
 def _execute_many(conn: StorageConnection, sql: str, seq: Any, begin: bool) -> int:
     if not all(isinstance(p, tuple) for p in seq):
         raise Error("executemany parameters must be a sequence of sequences", Codes.PROGRAMMING)
-    if begin:
-        conn.begin()
-    if not conn.in_transaction:
+    if not begin and not conn.in_transaction:
         return conn.atomic_many(sql, seq)  # autocommit: each request is all or nothing
-    return conn.executemany(sql, seq)
+    opened = not conn.in_transaction
+    conn.begin()
+    try:
+        return conn.executemany(sql, seq)
+    except BaseException:
+        if opened:
+            conn.rollback()
+        raise

@@ -11,6 +11,7 @@ layout (they would persist on a pooled connection).
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from dataclasses import dataclass, field
 
@@ -61,6 +62,7 @@ class Policy:
     group: str
     grants: dict[str, frozenset[str]] = field(default_factory=dict)
     last_denied: str = ""
+    replace_conflict: bool = False  # the statement being prepared uses OR REPLACE
 
     @property
     def is_admin(self) -> bool:
@@ -116,8 +118,21 @@ def _check(p: Policy, action: int, a1: str | None, a2: str | None, db: str | Non
     if action in _WRITE:
         priv = _WRITE[action]
         if table in _SCHEMA_TABLES or table.startswith("sqlite_"):
-            return sqlite3.SQLITE_OK if p.is_admin else p.deny(f"{priv} on table {a1}")
-        return sqlite3.SQLITE_OK if p.allows(table, priv) else p.deny(f"{priv} on table {a1}")
+            if p.is_admin:
+                return sqlite3.SQLITE_OK
+            if "temp" in table:
+                return p.deny("temporary tables, views, indexes and triggers are not supported")
+            return p.deny(f"changing the schema (group {p.group!r} is not admin)")
+        if not p.allows(table, priv):
+            return p.deny(f"{priv} on table {a1}")
+        if p.replace_conflict and action != _S.SQLITE_DELETE:
+            # OR REPLACE deletes the conflicting rows, and SQLite reports only the INSERT or
+            # UPDATE: the group needs UPDATE and DELETE too.
+            for extra in ("UPDATE", "DELETE"):
+                if not p.allows(table, extra):
+                    return p.deny(f"{extra} on table {a1} (needed by REPLACE, which "
+                                  "overwrites existing rows)")
+        return sqlite3.SQLITE_OK
     return sqlite3.SQLITE_OK if p.is_admin else p.deny(f"operation {action}")
 
 
@@ -130,6 +145,15 @@ def _pragma(p: Policy, name: str, arg: str | None) -> int:
            if name in _LOCKED_PRAGMAS else f" (group {p.group!r} may only run introspection "
            "pragmas)")
     return p.deny(f"PRAGMA {name}{why}")
+
+
+_STRINGS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/", re.S)
+_REPLACE = re.compile(r"\bREPLACE\b(?!\s*\()", re.I)
+
+
+def uses_replace(sql: str) -> bool:
+    """True if ``sql`` has a REPLACE conflict clause (not the replace() function)."""
+    return "replace" in sql.lower() and bool(_REPLACE.search(_STRINGS.sub(" ", sql)))
 
 
 def authorizer_for(policy: Policy):  # type: ignore[no-untyped-def]

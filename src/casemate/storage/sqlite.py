@@ -16,7 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .access import PermissionDenied, Policy, authorizer_for
+from .access import PermissionDenied, Policy, authorizer_for, uses_replace
 from .base import BUILTIN_GROUPS, Backend, Busy, StorageConnection, StorageCursor, UserRecord
 
 __all__ = ["SQLiteBackend", "DATA_FILE", "SYSTEM_FILE"]
@@ -125,6 +125,7 @@ class _Connection(StorageConnection):
 
     def execute(self, sql: str, params: Sequence[Any]) -> StorageCursor:
         self.policy.last_denied = ""
+        self.policy.replace_conflict = uses_replace(sql)
         try:
             return _Cursor(self._db.execute(sql, _big_ints(params)))
         except sqlite3.DatabaseError as e:
@@ -132,6 +133,7 @@ class _Connection(StorageConnection):
 
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
         self.policy.last_denied = ""
+        self.policy.replace_conflict = uses_replace(sql)
         try:
             cur = self._db.executemany(sql, (_big_ints(p) for p in seq))
         except sqlite3.DatabaseError as e:
