@@ -84,7 +84,7 @@ class DatabaseFolder:
 
     def backend(self, settings: Settings | None = None) -> Backend:
         s = settings or self.settings()
-        return open_backend(s.storage.backend, self.data_dir, s.storage.busy_timeout_seconds)
+        return open_backend(s.storage, self.data_dir)
 
     # -- certificates -----------------------------------------------------
     def ensure_certificate(self, settings: Settings) -> str | None:
@@ -135,8 +135,8 @@ class DatabaseFolder:
         return True
 
 
-def create_database(path: Path, name: str | None, admin_password: str | None) -> tuple[
-        DatabaseFolder, str | None]:
+def create_database(path: Path, name: str | None, admin_password: str | None,
+                    storage: str = "sqlite", dsn: str = "") -> tuple[DatabaseFolder, str | None]:
     """Create a new database folder; return it and the generated admin password, if any.
 
     Raises DatabaseError if ``path`` already holds a database or is a non-empty folder.
@@ -152,12 +152,19 @@ def create_database(path: Path, name: str | None, admin_password: str | None) ->
     for d in (path, db.resources, db.data_dir, db.logs_dir, path / "Methods"):
         d.mkdir(parents=True, exist_ok=True)
     pub = name or path.resolve().name or "Casemate"
-    db.settings_path.write_text(render_default_toml(publication_name=pub), encoding="utf-8")
+    db.settings_path.write_text(render_default_toml(publication_name=pub, backend=storage,
+                                                    dsn=dsn), encoding="utf-8")
     settings = db.settings()
     db.ensure_certificate(settings)
     backend = db.backend(settings)
     try:
-        backend.add_user(make_verifier("admin", admin_password, "admin"))
+        backend.initialize()
+        try:
+            backend.add_user(make_verifier("admin", admin_password, "admin"))
+        except KeyError:
+            if storage == "sqlite":
+                raise
+            # A shared PostgreSQL database already has its users: keep them.
     finally:
         backend.close()
     return db, generated

@@ -104,10 +104,13 @@ class Connection:
         self._chan: Channel | None = open_channel(params)
         self.autocommit = False
         self.on_notice: Callable[[str, str], None] | None = None
+        self._notices: list[tuple[str, str]] = []
         self._chan.core.on_notice = self._notice
         self.generation = 0  # bumped at each automatic reconnection
 
     def _notice(self, code: str, text: str) -> None:
+        self._notices.append((code, text))
+        del self._notices[:-100]  # bounded: the last 100, kept across reconnections
         if self.on_notice is not None:
             self.on_notice(code, text)
 
@@ -135,7 +138,8 @@ class Connection:
 
     @property
     def notices(self) -> list[tuple[str, str]]:
-        return list(self._channel.core.notices)
+        """The last 100 notices (code, text), including those that preceded a reconnection."""
+        return list(self._notices)
 
     @property
     def closed(self) -> bool:

@@ -110,7 +110,18 @@ _SCHEMA: dict[str, list[_Field]] = {
     ],
     "storage": [
         _Field("backend", "sqlite", str,
-               "Storage engine: \"sqlite\" (embedded, data in Data/).", _choice("sqlite")),
+               "Storage engine: \"sqlite\" (embedded, data in Data/) or \"postgresql\".",
+               _choice("sqlite", "postgresql")),
+        _Field("dsn", "", str,
+               "PostgreSQL connection string (libpq), without the password; sslmode=require "
+               "or verify-full for TLS to PostgreSQL."),
+        _Field("password_env", "CASEMATE_PG_PASSWORD", str,
+               "Environment variable holding the PostgreSQL password (if any)."),
+        _Field("password_file", "", str,
+               "File holding the PostgreSQL password (first line), if not in the environment."),
+        _Field("pool_size", 20, int,
+               "Most PostgreSQL connections this server opens (sessions in a transaction "
+               "each hold one).", _range(1, 10000)),
         _Field("busy_timeout_seconds", 5.0, (int, float),
                "How long a writer waits for another session's write lock before \"database is busy\".",
                _range(0, 600)),
@@ -182,6 +193,10 @@ class NetworkSettings:
 @dataclasses.dataclass(frozen=True)
 class StorageSettings:
     backend: str
+    dsn: str
+    password_env: str
+    password_file: str
+    pool_size: int
     busy_timeout_seconds: float
     worker_threads: int
 
@@ -321,6 +336,10 @@ def parse_settings(data: dict[str, Any], source: str = "casemate.toml") -> Setti
             values["rules"] = tuple(_rule(r) for r in values["rules"])
         sections[section] = _SECTION_CLASSES[section](**values)
     _check_listen(sections["network"].listen, source)
+    if sections["storage"].backend == "postgresql" and not sections["storage"].dsn.strip():
+        raise SettingsError(f"{source}: storage.dsn = '' is not valid: the postgresql backend "
+                            "needs a libpq connection string, e.g. \"host=db.example.com "
+                            "dbname=casemate user=casemate sslmode=verify-full\"")
     delay, login = (sections["access"].throttle_max_delay_seconds,
                     sections["limits"].login_timeout_seconds)
     if delay >= login:

@@ -10,6 +10,7 @@ is a consistent snapshot while clients keep reading and writing.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -47,14 +48,24 @@ def _copy_db(src_path: Path, dst_path: Path, label: str) -> int:
                 done[0] = now
             src.backup(dst, pages=PAGES_PER_STEP, progress=progress)
         src.execute("COMMIT")
+        dst.execute("PRAGMA journal_mode=DELETE")  # a backup is one self-contained file
         return int(total)
     finally:
         src.close()
         dst.close()
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _integrity(path: Path) -> str:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    # immutable: read the file as it is, creating no -wal/-shm files beside it
+    db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
     try:
         return "; ".join(r[0] for r in db.execute("PRAGMA integrity_check").fetchall())
     except sqlite3.DatabaseError as e:
@@ -84,6 +95,7 @@ def backup(directory: Path, dest: Path) -> None:
         "source": str(folder.path.resolve()),
         "taken_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "pages": pages, "integrity_check": check,
+        "sha256": {name: _sha256(dest / "Data" / name) for name in (DATA_FILE, SYSTEM_FILE)},
         "note": "Resources/ (key.pem, cert.pem) is not included; back it up separately",
     }
     (dest / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
@@ -115,8 +127,15 @@ def restore(backup_dir: Path, directory: Path) -> None:
     """
     if not (backup_dir / INFO_FILE).exists():
         fail(f"{backup_dir} is not a Casemate backup (no {INFO_FILE})")
+    sums = json.loads((backup_dir / INFO_FILE).read_text()).get("sha256", {})
     for name in (DATA_FILE, SYSTEM_FILE):
-        check = _integrity(backup_dir / "Data" / name)
+        path = backup_dir / "Data" / name
+        if not path.is_file():
+            fail(f"backup file {path} is missing; nothing was changed")
+        if name in sums and _sha256(path) != sums[name]:
+            fail(f"backup file {path} fails its integrity check: it changed since the "
+                 "backup was taken (SHA-256 mismatch); nothing was changed")
+        check = _integrity(path)
         if check != "ok":
             fail(f"backup file {backup_dir / 'Data' / name} fails its integrity check: "
                  f"{check}; nothing was changed")

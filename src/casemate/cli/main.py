@@ -18,6 +18,7 @@ from ..client.known import KnownServers
 from ..database import DatabaseError, DatabaseFolder, create_database, make_verifier
 from ..errors import Error
 from ..settings import SettingsError
+from ..storage import StorageError
 
 PID_FILE = "server.pid"
 
@@ -42,12 +43,25 @@ def open_folder(path: Path) -> DatabaseFolder:
 @click.option("--admin-password", envvar="CASEMATE_ADMIN_PASSWORD",
               help="Password of the 'admin' user (or CASEMATE_ADMIN_PASSWORD); generated and "
                    "printed once if not given.")
-def init(directory: Path, name: str | None, admin_password: str | None) -> None:
-    """Create a new database folder DIRECTORY (settings, Resources/, Data/, Logs/)."""
+@click.option("--storage", type=click.Choice(["sqlite", "postgresql"]), default="sqlite",
+              show_default=True, help="Storage backend.")
+@click.option("--dsn", default="", help="PostgreSQL connection string (libpq) for "
+              "--storage postgresql; the password comes from CASEMATE_PG_PASSWORD.")
+def init(directory: Path, name: str | None, admin_password: str | None, storage: str,
+         dsn: str) -> None:
+    """Create a new database folder DIRECTORY (settings, Resources/, Data/, Logs/, Methods/).
+
+    With --storage postgresql the data, users, groups and grants live in the
+    PostgreSQL database named by --dsn (its schema is created if missing), so
+    several Casemate servers can serve one database.
+    """
     try:
-        folder, generated = create_database(directory, name, admin_password)
-    except DatabaseError as e:
+        folder, generated = create_database(directory, name, admin_password, storage, dsn)
+    except (DatabaseError, SettingsError) as e:
         fail(str(e))
+        return
+    except StorageError as e:
+        fail(f"{e.message}" + (f"\nHint: {e.hint}" if e.hint else ""))
         return
     click.echo(f"Created Casemate database in {folder.path}")
     click.echo(f"  settings:    {folder.settings_path}")

@@ -134,10 +134,11 @@ class Channel:
 
     def save_session(self) -> None:
         if self.cache_key is not None and isinstance(self.sock, ssl.SSLSocket):
+            session = self.sock.session  # costly to read (it serialises the session)
             with _cache_lock:
                 entry = _tls_cache.get(self.cache_key)
-                if entry is not None and self.sock.session is not None:
-                    entry[1] = self.sock.session
+                if entry is not None and session is not None:
+                    entry[1] = session
 
     def close(self) -> None:
         try:

@@ -72,6 +72,8 @@ class KnownServers:
 
     def record(self, key: str, mode: str, fingerprint: str | None) -> None:
         """Remember a server; never turns an ``encrypted`` entry back into ``plain``."""
+        if self.get(key) == KnownServer(key, mode, fingerprint):
+            return  # nothing new: no rewrite (and no lock) on every connect
         with self._locked() as entries:
             old = entries.get(key)
             if mode == "plain" and old is not None and old.mode == "encrypted":

@@ -34,6 +34,7 @@ from ..settings import Settings, SettingsError, load_settings
 from ..storage import Backend, StorageConnection
 from .audit import AuditLog, Throttle
 from .session import Session
+from .tlsproto import TLSServerProtocol
 
 __all__ = ["Server", "ServerStartError", "TLSState"]
 
@@ -133,6 +134,7 @@ class Server:
             settings.storage.worker_threads, thread_name_prefix="casemate-storage")
         self.sessions: dict[int, Session] = {}
         self.methods: dict[str, ServerMethod] = {}
+        self._lock_waiters: list[asyncio.Future[None]] = []
         self.statements = 0
         self.started = time.time()
         self._started_mono = time.monotonic()
@@ -283,14 +285,32 @@ class Server:
             await _refuse(sock, TLS_ALERT_HANDSHAKE_FAILURE)
             return
         state = self.tls
+        if state is None:
+            factory: Any = lambda: Session(self, None, deadline)  # noqa: E731
+        else:
+            def factory() -> TLSServerProtocol:
+                return TLSServerProtocol(state.context,
+                                         lambda: Session(self, state.cb_data, deadline), deadline)
         try:
-            await loop.connect_accepted_socket(
-                lambda: Session(self, state.cb_data if state else None, deadline), sock,
-                ssl=state.context if state else None,
-                ssl_handshake_timeout=max(deadline - loop.time(), 0.01) if state else None)
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as e:
-            log.info("TLS handshake with %s failed: %s", addr[0], e)
+            await loop.connect_accepted_socket(factory, sock)
+        except (OSError, ConnectionError) as e:
+            log.info("connection from %s failed: %s", addr[0], e)
             sock.close()
+
+    def lock_released(self) -> None:
+        """A transaction ended: wake the sessions waiting for the write lock."""
+        waiters, self._lock_waiters = self._lock_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait_lock_released(self, timeout: float) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._lock_waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            pass
 
     def admission_error(self, session: Session) -> Error | None:
         if not self.accepting or (self._stopping and self._stopping.is_set()):

@@ -25,7 +25,7 @@ from ..admin import run_admin_command
 from ..errors import Codes, Error, ProtocolError
 from ..methods import MethodContext
 from ..protocol import NEED_DATA, PROTOCOL_VERSION, Message, Msg, ProtocolConnection, Role, codec
-from ..storage import Busy, StorageConnection, StorageCursor
+from ..storage import Busy, StorageConnection, StorageCursor, StorageError
 from ..storage.access import PermissionDenied, Policy
 from .auth import ScramException, ScramLogin, mechanism_for
 from .calls import guarded, method_error, run_method
@@ -85,6 +85,8 @@ def fetch_batch(cur: StorageCursor, max_rows: int) -> tuple[bytes, int, bool, li
 def storage_error(e: BaseException, busy_timeout: float) -> Error:
     """Translate a storage exception into a coded error (once, at this boundary)."""
     msg = str(e)
+    if isinstance(e, StorageError):
+        return Error(e.message, e.code, e.hint)
     if isinstance(e, PermissionDenied):
         hint = ("an administrator can grant it: casemate group grant TARGET GROUP TABLE RIGHT"
                 if " on table " in msg else None)
@@ -141,6 +143,7 @@ class Session(asyncio.Protocol):
         self.can_write = asyncio.Event()
         self.can_write.set()
         self.transport: asyncio.Transport | None = None
+        self._out: list[bytes] = []
         self.closed = False
         self.paused = False
         self.user = ""
@@ -212,8 +215,18 @@ class Session(asyncio.Protocol):
 
     # -- helpers ----------------------------------------------------------
     def _write(self, data: bytes) -> None:
-        if not self.closed and self.transport is not None:
-            self.transport.write(data)
+        # Frames of one reply are gathered and written once, at the end of this loop
+        # iteration: one send (and, under TLS, about one record) per reply, not per frame.
+        if self.closed or self.transport is None:
+            return
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(data)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def send(self, msg: Msg, body: Any = None) -> None:
         self._write(self.proto.send(msg, body))
@@ -238,6 +251,7 @@ class Session(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
+            self._flush()
             self.transport.close()
         self.closed = True
         self.wakeup.set()
@@ -273,14 +287,17 @@ class Session(asyncio.Protocol):
             try:
                 return await self.call(fn, *args)
             except Busy as e:
-                if time.monotonic() + delay > deadline:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     raise Error(
-                        f"database is busy: another session held the write lock for more than "
-                        f"{timeout:g} s", Codes.BUSY,
+                        f"database is busy: waited more than {timeout:g} s for the write lock "
+                        "that other sessions' transactions hold", Codes.BUSY,
                         "roll back and retry the transaction, or raise "
                         "storage.busy_timeout_seconds") from e
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 0.1)
+                # Woken as soon as any session commits or rolls back; the timeout covers
+                # other processes (a backup) and lost wake-ups.
+                await self.server.wait_lock_released(min(delay * (0.5 + random.random()), left))
+                delay = min(delay * 2, 0.05)
 
     # -- main task --------------------------------------------------------
     async def run(self) -> None:
@@ -398,7 +415,8 @@ class Session(asyncio.Protocol):
             raise  # a malformed request ends the session (run() reports it and closes)
         except Error as e:
             self.send_error(e)
-        except (sqlite3.Error, PermissionDenied, ValueError, TypeError, OverflowError) as e:
+        except (sqlite3.Error, StorageError, PermissionDenied, ValueError, TypeError,
+                OverflowError) as e:
             err = storage_error(e, self.server.settings.storage.busy_timeout_seconds)
             if err.code == Codes.INSUFFICIENT_PRIVILEGE:
                 self.server.audit.event("permission_refused", session=self.id, user=self.user,
@@ -442,6 +460,8 @@ class Session(asyncio.Protocol):
         self.statements += 1
         self.server.statements += 1
         cur, first = await self.call_retrying(_execute_first, conn, sql, params, begin, batch)
+        if not conn.in_transaction:
+            self.server.lock_released()  # an autocommit write just ended
         self._send_result(portal, cur, first, describe=True)
         if first is not None and portal not in self.portals:
             cur.close()  # exhausted: closing a finished cursor does no I/O
@@ -490,7 +510,7 @@ class Session(asyncio.Protocol):
             cur = await guarded(work, conn, holder, limit, name)
             first = await guarded(lambda: self.call(fetch_batch, cur, _batch(batch)), conn,
                                   holder, limit, name)
-        except (Error, PermissionDenied, Busy, sqlite3.Error):
+        except (Error, PermissionDenied, Busy, StorageError, sqlite3.Error):
             raise
         except BaseException as e:  # the method's own exception: type and message only
             if isinstance(e, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
@@ -525,17 +545,21 @@ class Session(asyncio.Protocol):
         self.statements += 1
         self.server.statements += 1
         n = await self.call_retrying(_execute_many, conn, sql, seq, begin)
+        if not conn.in_transaction:
+            self.server.lock_released()
         self._complete(n, None)
 
     async def on_commit(self, body: Any) -> None:
         if self.storage is not None:
             await self.call_retrying(self.storage.commit)
+            self.server.lock_released()
         self._complete()
 
     async def on_rollback(self, body: Any) -> None:
         await self._close_portals()
         if self.storage is not None:
             await self.call(self.storage.rollback)
+            self.server.lock_released()
         self._complete()
 
     async def on_sync(self, body: Any) -> None:
@@ -597,6 +621,7 @@ class Session(asyncio.Protocol):
             if s.in_transaction:
                 log.info("session %s: rolling back its open transaction", self.id)
                 await self.call(s.rollback)
+                self.server.lock_released()
             self.server.pool.release(s)
         except Exception as e:  # noqa: BLE001 - a broken connection is discarded, not reused
             log.warning("session %s: could not release its storage connection: %s", self.id, e)

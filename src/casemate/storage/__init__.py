@@ -2,13 +2,23 @@
 
 from pathlib import Path
 
-from .base import BUILTIN_GROUPS, Backend, Busy, StorageConnection, StorageCursor, UserRecord
+from ..settings import StorageSettings
+from .base import (
+    BUILTIN_GROUPS,
+    Backend,
+    Busy,
+    StorageConnection,
+    StorageCursor,
+    StorageError,
+    UserRecord,
+)
 from .sqlite import SQLiteBackend
 
 __all__ = [
     "BUILTIN_GROUPS",
     "Backend",
     "Busy",
+    "StorageError",
     "StorageConnection",
     "StorageCursor",
     "UserRecord",
@@ -17,8 +27,11 @@ __all__ = [
 ]
 
 
-def open_backend(kind: str, data_dir: Path, busy_timeout: float = 5.0) -> Backend:
-    """Open the backend named in ``[storage] backend``."""
-    if kind == "sqlite":
-        return SQLiteBackend(data_dir, busy_timeout)
-    raise ValueError(f"unknown storage backend {kind!r}")
+def open_backend(settings: StorageSettings, data_dir: Path) -> Backend:
+    """Open the backend named in ``[storage] backend``; raises StorageError if it cannot."""
+    if settings.backend == "sqlite":
+        return SQLiteBackend(data_dir, settings.busy_timeout_seconds)
+    if settings.backend == "postgresql":
+        from .postgresql import PostgreSQLBackend
+        return PostgreSQLBackend(settings)
+    raise ValueError(f"unknown storage backend {settings.backend!r}")

@@ -15,7 +15,21 @@ from typing import Any
 
 from .access import Policy
 
-__all__ = ["BUILTIN_GROUPS", "Busy", "UserRecord", "StorageCursor", "StorageConnection", "Backend"]
+__all__ = ["BUILTIN_GROUPS", "Busy", "StorageError", "UserRecord", "StorageCursor",
+           "StorageConnection", "Backend"]
+
+
+class StorageError(Exception):
+    """An error from a backend, already carrying its stable code (SQLSTATE style).
+
+    Backends other than SQLite translate their driver's errors into this (the
+    PostgreSQL backend passes PostgreSQL's own SQLSTATE through), so nothing
+    above the storage layer knows the driver.
+    """
+
+    def __init__(self, message: str, code: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.code, self.hint = message, code, hint
 
 
 class Busy(Exception):
@@ -114,6 +128,9 @@ class Backend(abc.ABC):
     """A storage engine: data connections plus the user store."""
 
     name: str
+
+    def initialize(self) -> None:  # noqa: B027 - optional hook; SQLite needs nothing more
+        """Create what the backend needs in a new database (``casemate init``)."""
 
     @abc.abstractmethod
     def connect(self) -> StorageConnection: ...
