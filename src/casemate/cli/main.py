@@ -98,6 +98,17 @@ def _claim_pid(folder: DatabaseFolder) -> Path:
     return pid_path
 
 
+def _raise_file_limit() -> None:
+    """One socket per session: lift the soft open-files limit to the hard one."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def _release_pid(pid_path: Path) -> None:
     try:
         if int(pid_path.read_text().strip()) == os.getpid():
@@ -130,6 +141,7 @@ def serve(directory: Path, host: tuple[str, ...], port: int | None, verbose: boo
     if port is not None:
         settings = settings.replace_network(port=port)
     _setup_logging(folder, verbose)
+    _raise_file_limit()
     pid_path = _claim_pid(folder)
     server = Server(folder, settings, file_settings)
     try:
