@@ -109,6 +109,7 @@ class Codes:
     DATA = "22000"
     NUMERIC_OUT_OF_RANGE = "22003"
     BUSY = "55P03"
+    SERIALIZATION_FAILURE = "40001"
     ADMIN_SHUTDOWN = "57P01"
     IDLE_TIMEOUT = "57P05"
     ADMIN_MESSAGE = "01M00"
@@ -139,6 +140,7 @@ _CLASS_BY_PREFIX: dict[str, type[Error]] = {
     "34": ProgrammingError,
     "25": ProgrammingError,
     "XX": InternalError,
+    "40": OperationalError,
 }
 
 

@@ -134,7 +134,7 @@ class Server:
             settings.storage.worker_threads, thread_name_prefix="casemate-storage")
         self.sessions: dict[int, Session] = {}
         self.methods: dict[str, ServerMethod] = {}
-        self._lock_waiters: list[asyncio.Future[None]] = []
+        self._lock_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.statements = 0
         self.started = time.time()
         self._started_mono = time.monotonic()
@@ -298,15 +298,22 @@ class Server:
             sock.close()
 
     def lock_released(self) -> None:
-        """A transaction ended: wake the sessions waiting for the write lock."""
-        waiters, self._lock_waiters = self._lock_waiters, []
-        for fut in waiters:
+        """A transaction ended: wake the longest-waiting writer (one, not all: a herd of
+        retries would queue ahead of the new lock holder's own statements)."""
+        while self._lock_waiters:
+            fut = self._lock_waiters.popleft()
             if not fut.done():
                 fut.set_result(None)
+                return
 
-    async def wait_lock_released(self, timeout: float) -> None:
+    async def wait_lock_released(self, timeout: float, first: bool = False) -> None:
+        """Wait (FIFO) until a transaction ends, or ``timeout``; ``first`` keeps a waiter
+        that was woken but lost the race at the head of the queue."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._lock_waiters.append(fut)
+        if first:
+            self._lock_waiters.appendleft(fut)
+        else:
+            self._lock_waiters.append(fut)
         try:
             await asyncio.wait_for(fut, timeout)
         except TimeoutError:

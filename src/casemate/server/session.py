@@ -282,7 +282,8 @@ class Session(asyncio.Protocol):
         """
         timeout = self.server.settings.storage.busy_timeout_seconds
         deadline = time.monotonic() + timeout
-        delay = 0.002
+        delay = 0.05
+        waited = False
         while True:
             try:
                 return await self.call(fn, *args)
@@ -294,10 +295,11 @@ class Session(asyncio.Protocol):
                         "that other sessions' transactions hold", Codes.BUSY,
                         "roll back and retry the transaction, or raise "
                         "storage.busy_timeout_seconds") from e
-                # Woken as soon as any session commits or rolls back; the timeout covers
-                # other processes (a backup) and lost wake-ups.
-                await self.server.wait_lock_released(min(delay * (0.5 + random.random()), left))
-                delay = min(delay * 2, 0.05)
+                # Woken (in turn) when a session's transaction ends; the timeout covers
+                # writers in other processes (a backup) and lost wake-ups.
+                await self.server.wait_lock_released(min(delay * (0.5 + random.random()), left),
+                                                     first=waited)
+                waited = True
 
     # -- main task --------------------------------------------------------
     async def run(self) -> None:

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from .access import PermissionDenied, Policy, authorizer_for, uses_replace
-from .base import BUILTIN_GROUPS, Backend, Busy, StorageConnection, StorageCursor, UserRecord
+from .base import (
+    BUILTIN_GROUPS,
+    Backend,
+    Busy,
+    StorageConnection,
+    StorageCursor,
+    StorageError,
+    UserRecord,
+)
 
 __all__ = ["SQLiteBackend", "DATA_FILE", "SYSTEM_FILE"]
 
@@ -44,6 +52,9 @@ def _register_types() -> None:
 
 
 _register_types()
+
+
+_BUSY_SNAPSHOT = 517  # SQLITE_BUSY_SNAPSHOT (not exported by Python 3.11's sqlite3)
 
 
 def _is_busy(e: sqlite3.OperationalError) -> bool:
@@ -97,6 +108,12 @@ class _Connection(StorageConnection):
         self._db.set_authorizer(authorizer_for(policy))
 
     def _denied(self, e: sqlite3.DatabaseError) -> Exception:
+        if getattr(e, "sqlite_errorcode", 0) == _BUSY_SNAPSHOT:
+            # Waiting cannot help: this transaction's snapshot predates another commit.
+            return StorageError(
+                "could not serialize access: another session committed a write after this "
+                "transaction started reading", "40001",
+                "roll back and run the transaction again")
         if isinstance(e, sqlite3.OperationalError) and _is_busy(e):
             return Busy(str(e))
         if self.policy.last_denied:  # the authorizer refused: say what, not SQLite's wording
