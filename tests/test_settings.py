@@ -66,6 +66,7 @@ def test_values_are_read_and_normalised() -> None:
         "encrypt_client_server_connections = true\n"
         "[storage]\nbusy_timeout_seconds = 2\n"
         "[limits]\nlogin_timeout_seconds = 0.5\n"
+        "[access]\nthrottle_max_delay_seconds = 0.25\n"
     )
     assert s.network.listen == ("0.0.0.0", "::")  # list -> tuple
     assert s.network.port == 0
@@ -321,3 +322,16 @@ def test_parsing_does_not_share_mutable_defaults() -> None:
     data["network"]["listen"].append("10.0.0.2")
     assert s.network.listen == ("10.0.0.1",)
     assert parse_settings({}).network.listen == ("127.0.0.1",)
+
+
+def test_throttle_delay_must_stay_below_the_login_timeout() -> None:
+    with pytest.raises(SettingsError) as e:
+        parse_toml("[limits]\nlogin_timeout_seconds = 2\n[access]\nthrottle_max_delay_seconds = 3\n")
+    assert "access.throttle_max_delay_seconds = 3" in str(e.value)
+    assert "limits.login_timeout_seconds (2)" in str(e.value)
+
+
+def test_postgresql_backend_needs_a_dsn() -> None:
+    with pytest.raises(SettingsError) as e:
+        parse_toml('[storage]\nbackend = "postgresql"\n')
+    assert "storage.dsn" in str(e.value)
