@@ -1,5 +1,6 @@
 """Storage backends behind one interface (:class:`Backend`)."""
 
+import importlib
 from pathlib import Path
 
 from ..settings import StorageSettings
@@ -32,6 +33,12 @@ def open_backend(settings: StorageSettings, data_dir: Path) -> Backend:
     if settings.backend == "sqlite":
         return SQLiteBackend(data_dir, settings.busy_timeout_seconds)
     if settings.backend == "postgresql":
-        from .postgresql import PostgreSQLBackend
-        return PostgreSQLBackend(settings)
+        try:
+            module = importlib.import_module("casemate.storage.postgresql")
+        except ImportError as e:
+            raise StorageError(f"the postgresql storage backend is not available: {e}",
+                               "0A000", "install it with: pip install 'casemate[postgresql]'"
+                               ) from e
+        backend: Backend = module.PostgreSQLBackend(settings)
+        return backend
     raise ValueError(f"unknown storage backend {settings.backend!r}")
