@@ -102,7 +102,7 @@ class Connection:
     def __init__(self, params: ConnectParams) -> None:
         self.params = params
         self._chan: Channel | None = open_channel(params)
-        self.autocommit = False
+        self._autocommit = False
         self.on_notice: Callable[[str, str], None] | None = None
         self._notices: list[tuple[str, str]] = []
         self._chan.core.on_notice = self._notice
@@ -115,6 +115,18 @@ class Connection:
             self.on_notice(code, text)
 
     # -- properties ---------------------------------------------------------
+    @property
+    def autocommit(self) -> bool:
+        """Off by default (PEP 249).  Switching it on commits an open transaction first,
+        as the standard library's sqlite3 does, so no statement is left in limbo."""
+        return self._autocommit
+
+    @autocommit.setter
+    def autocommit(self, value: bool) -> None:
+        if value and not self._autocommit and self._chan is not None and self.in_transaction:
+            self.commit()
+        self._autocommit = bool(value)
+
     @property
     def security(self) -> Security:
         """How this connection is protected (plain / encrypted, verified or not)."""
