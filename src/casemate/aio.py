@@ -410,3 +410,19 @@ class AsyncCursor:
     async def close(self) -> None:
         if not self.connection.closed:
             await self._reset()
+
+    async def __aenter__(self) -> AsyncCursor:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def nextset(self) -> None:
+        return None
+
+    async def setinputsizes(self, *sizes: Any) -> None:
+        return None
+
+    @property
+    def lastrowid_value(self) -> int | None:
+        return self.lastrowid
