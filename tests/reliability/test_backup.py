@@ -13,8 +13,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 import casemate
 from casemate.storage.sqlite import DATA_FILE, SYSTEM_FILE
 from tests.conftest import ServerProcess

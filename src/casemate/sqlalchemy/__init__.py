@@ -21,12 +21,12 @@ from typing import Any
 
 from sqlalchemy import exc, pool
 from sqlalchemy import types as sqltypes
-from sqlalchemy.dialects.sqlite import base as sqlite_types
 from sqlalchemy.connectors.asyncio import (
     AsyncAdapt_dbapi_connection,
     AsyncAdapt_dbapi_cursor,
     AsyncAdapt_dbapi_module,
 )
+from sqlalchemy.dialects.sqlite import base as sqlite_types
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.util.concurrency import await_
