@@ -43,8 +43,9 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self, ssl: bool = True) -> None:
+    def __init__(self, ssl: bool = True, prefix: tuple[str, ...] = ()) -> None:
         self.ssl = ssl
+        self.prefix = prefix  # e.g. ("taskset", "-c", "0"): the server inherits the pinning
         self.password = secrets.token_urlsafe(16)
         self.port = _free_port()
         self.base = Path(tempfile.mkdtemp(prefix="casemate-pg-"))
@@ -60,6 +61,13 @@ class PostgresServer:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if r.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} failed: {r.stdout}{r.stderr}")
+
+    def pids(self) -> list[int]:
+        """The postmaster and its children (for memory measurements)."""
+        import psutil  # type: ignore[import-untyped]
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        main = psutil.Process(pid)
+        return [pid] + [c.pid for c in main.children(recursive=True)]
 
     def _chown(self, path: Path) -> None:
         if self._as_root:
@@ -86,7 +94,7 @@ class PostgresServer:
             f.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
                     f"unix_socket_directories = '{self.base}'\n"
                     f"ssl = {'on' if self.ssl else 'off'}\nmax_connections = 300\n")
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l",
+        self._run(*self.prefix, str(self.bin / "pg_ctl"), "-D", str(self.data), "-l",
                   str(self.base / "postgres.log"), "-w", "start")
         self.started = True
         return self
