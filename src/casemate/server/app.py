@@ -31,7 +31,7 @@ from ..errors import Codes, Error
 from ..methods import MethodLoadError, ServerMethod, load_methods
 from ..protocol import Msg, encode_frame
 from ..settings import Settings, SettingsError, load_settings
-from ..storage import Backend, StorageConnection
+from ..storage import Backend, StorageConnection, StorageError
 from .audit import AuditLog, Throttle
 from .session import Session
 from .tlsproto import TLSServerProtocol
@@ -178,6 +178,10 @@ class Server:
             log.info("server methods: %s", ", ".join(sorted(self.methods)))
         try:
             self.backend = self.folder.backend(self.settings)
+            self.backend.check()
+        except StorageError as e:
+            raise ServerStartError(f"cannot open the storage: {e.message}"
+                                   + (f" ({e.hint})" if e.hint else "")) from e
         except Exception as e:
             raise ServerStartError(f"cannot open the storage: {e}") from e
         self.pool = ConnectionPool(self.backend, self.settings.storage.worker_threads * 2)

@@ -132,6 +132,9 @@ class Backend(abc.ABC):
     def initialize(self) -> None:  # noqa: B027 - optional hook; SQLite needs nothing more
         """Create what the backend needs in a new database (``casemate init``)."""
 
+    def check(self) -> None:  # noqa: B027 - optional hook
+        """At server start: raise StorageError if the database is not usable by this version."""
+
     @abc.abstractmethod
     def connect(self) -> StorageConnection: ...
 
