@@ -367,6 +367,8 @@ class Server:
             log.error("%s", msg)
             return False, msg
         self.tls = new
+        if self.web is not None:
+            self.web.reload_certificate()
         for w in new.warnings:
             log.warning("%s", w)
         msg = f"certificate reloaded: {new.info.subject}, SHA-256 {new.info.sha256}"

@@ -373,17 +373,24 @@ class Session(asyncio.Protocol):
             return False
         scram = ScramLogin(self.server.backend, mech, self.cb_data)
         throttle = self.server.throttle
+        counted = False
         try:
             self.send(Msg.SASL_CHALLENGE, await self.call(scram.first, m.body[1]))
             m = await self.next_message()
             if not isinstance(m.body, str):
                 raise ScramException("malformed client-final message")
-            delay = throttle.delay(self.peer_ip, scram.username, time.monotonic())
+            now = time.monotonic()
+            delay = throttle.delay(self.peer_ip, scram.username, now)
+            # Counted as a failure before the verdict, so parallel guesses see it too;
+            # a success clears it.
+            throttle.failed(self.peer_ip, scram.username, now)
+            counted = True
             if delay:
                 await asyncio.sleep(delay)  # slows guessing; the verdict comes after the wait
             server_final = await self.call(scram.final, m.body)
         except ScramException as e:
-            throttle.failed(self.peer_ip, scram.username, time.monotonic())
+            if not counted:
+                throttle.failed(self.peer_ip, scram.username, time.monotonic())
             return self._login_failed(scram.username, str(e))
         throttle.succeeded(self.peer_ip, scram.username)
         assert scram.user is not None

@@ -55,6 +55,14 @@ def verify_password(record: Any, password: str) -> bool:
     return hmac.compare_digest(hashlib.sha256(client_key).digest(), record.stored_key)
 
 
+def _dummy_record(user: str) -> Any:
+    from types import SimpleNamespace
+
+    from .auth import _fake
+    salt, stored, _server, iterations = _fake(user)
+    return SimpleNamespace(salt=salt, stored_key=stored, iterations=iterations)
+
+
 def _esc(v: Any) -> str:
     return html.escape("" if v is None else str(v))
 
@@ -93,7 +101,15 @@ class WebAdmin:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(str(folder.cert_path), str(folder.key_path))
+        self._ctx = ctx
         return ctx
+
+    def reload_certificate(self) -> None:
+        """Serve the current key.pem/cert.pem to new HTTPS connections too."""
+        ctx = getattr(self, "_ctx", None)
+        if ctx is not None:
+            folder = self.server.folder
+            ctx.load_cert_chain(str(folder.cert_path), str(folder.key_path))
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._headers], client_max_size=64 * 1024)
@@ -101,7 +117,8 @@ class WebAdmin:
             web.get("/login", self.login_page), web.post("/login", self.login),
             web.post("/logout", self.logout), web.get("/", self.dashboard),
             web.get("/sessions", self.sessions_page),
-            web.post("/sessions/{id}/drop", self.drop), web.post("/message", self.message),
+            web.post(r"/sessions/{id:\d+}/drop", self.drop),
+            web.post("/message", self.message),
             web.get("/settings", self.settings_page), web.post("/settings", self.save_settings),
             web.get("/certificate", self.cert_page),
             web.post("/certificate/generate", self.cert_generate),
@@ -174,15 +191,18 @@ class WebAdmin:
         user, password = str(form.get("user", "")), str(form.get("password", ""))
         address = request.remote or "?"
         server = self.server
-        delay = server.throttle.delay(address, user, time.monotonic())
+        now = time.monotonic()
+        delay = server.throttle.delay(address, user, now)
+        server.throttle.failed(address, user, now)  # counted now: parallel guesses see it
         if delay:
             await asyncio.sleep(delay)
-        record = await asyncio.get_running_loop().run_in_executor(
-            server.executor, server.backend.get_user, user)
-        ok = record is not None and await asyncio.get_running_loop().run_in_executor(
-            server.executor, verify_password, record, password)
+        loop = asyncio.get_running_loop()
+        record = await loop.run_in_executor(server.executor, server.backend.get_user, user)
+        # An unknown user costs the same hashing as a known one: timing reveals nothing.
+        check = record if record is not None else _dummy_record(user)
+        ok = await loop.run_in_executor(server.executor, verify_password, check, password)
+        ok = ok and record is not None
         if not ok:
-            server.throttle.failed(address, user, time.monotonic())
             server.audit.event("login_failed", user=user, address=address, channel="web")
             return await self.login_page(request, "Wrong user name or password.")
         assert record is not None
@@ -391,6 +411,7 @@ class WebAdmin:
         tls.write_cert(folder.cert_path, cert)
         (folder.resources / GENERATED_MARKER).write_text(tls.spki_fingerprint(cert) + "\n")
         self.server.reload_certificate()
+        self.reload_certificate()
         self.server.audit.event("admin", user=login.user, channel="web",
                                 command="certificate generate")
         raise web.HTTPSeeOther("/certificate")
