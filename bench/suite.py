@@ -472,6 +472,22 @@ def write_docs(lines: list[str]) -> None:
     doc.write_text(text)
 
 
+def machine() -> str:
+    import platform
+    import ssl
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import psycopg
+    return (f"{os.cpu_count()} vCPUs ({cpu}), Python {platform.python_version()}, "
+            f"{ssl.OPENSSL_VERSION}, psycopg {psycopg.__version__}")
+
+
 def main(argv: list[str] | None = None) -> Results:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -489,7 +505,8 @@ def main(argv: list[str] | None = None) -> Results:
     res, info = run(sizes, pin)
     lines = [f"Run {time.strftime('%Y-%m-%d %H:%M', time.gmtime(started))} UTC, "
              f"{'quick' if args.quick else 'full'} sizes, {sizes.rounds} round(s), "
-             f"{info['pinned']}; medians (spread min-max).", "", *table(res), "",
+             f"{info['pinned']}; medians (spread min-max).", "", f"Machine: {machine()}.", "",
+             *table(res), "",
              "Targets:", "", *targets(res)]
     print("\n".join(lines))
     if args.write_docs:
