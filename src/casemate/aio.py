@@ -256,7 +256,7 @@ class AsyncConnection:
         cur = await self.execute(sql, params)
         return await cur.fetchall()
 
-    async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+    async def call(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run server method ``name`` (see :meth:`casemate.Connection.call`)."""
         cur = self.cursor()
         req = ExecRequest(cur._sink)

@@ -254,7 +254,7 @@ class Connection:
                 pass
         chan.close()
 
-    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+    def call(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run server method ``name`` in this session and transaction; return its result.
 
         A method declared ``-> Rows`` returns a list of rows here (iterate

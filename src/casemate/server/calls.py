@@ -25,6 +25,9 @@ __all__ = ["MethodTimeout", "RESULT_COLUMN", "IterCursor", "run_method", "stop_t
 
 RESULT_COLUMN = "__result__"  # DESCRIPTION of a single-value result (not rows)
 _savepoints = itertools.count(1)
+# Held while a method thread is marked as running and while it is being stopped, so the
+# timeout exception never lands in a thread that has moved on to other work.
+_stop_lock = threading.Lock()
 
 
 class MethodTimeout(BaseException):
@@ -35,9 +38,14 @@ class MethodTimeout(BaseException):
 
 
 class IterCursor(StorageCursor):
-    """Rows produced by a method, pulled in batches like a query's."""
+    """Rows produced by a method, pulled in batches like a query's (each pull time-limited
+    and with the method's errors reported as the method's)."""
 
-    def __init__(self, rows: Iterator[Any], columns: list[str] | None) -> None:
+    def __init__(self, rows: Iterator[Any], columns: list[str] | None, name: str = "",
+                 conn: StorageConnection | None = None) -> None:
+        self.name = name
+        self.conn = conn
+        self.holder: dict[str, int] = {}
         self._rows = iter(rows)
         self._pending: list[tuple[Any, ...]] = []
         self.rowcount = -1
@@ -50,7 +58,22 @@ class IterCursor(StorageCursor):
 
     def fetch(self, n: int) -> list[tuple[Any, ...]]:
         out, self._pending = self._pending[:n], self._pending[n:]
-        out += [tuple(r) for r in itertools.islice(self._rows, n - len(out))]
+        with _stop_lock:
+            self.holder["thread"] = threading.get_ident()
+        policy = getattr(self.conn, "policy", None)
+        if policy is not None:
+            policy.in_method = True
+        try:
+            out += [tuple(r) for r in itertools.islice(self._rows, n - len(out))]
+        except (MethodTimeout, Error):
+            raise
+        except Exception as e:  # noqa: BLE001 - the method's own error, reported as such
+            raise method_error(e, self.name) from None
+        finally:
+            if policy is not None:
+                policy.in_method = False
+            with _stop_lock:
+                self.holder.pop("thread", None)
         return out
 
     def close(self) -> None:
@@ -79,21 +102,29 @@ class ValueCursor(StorageCursor):
 def run_method(conn: StorageConnection, m: ServerMethod, ctx: MethodContext, args: tuple[Any, ...],
                kwargs: dict[str, Any], begin: bool, holder: dict[str, int]) -> StorageCursor:
     """Blocking: run ``m`` in a savepoint on ``conn``; return its result as a cursor."""
-    holder["thread"] = threading.get_ident()
+    with _stop_lock:
+        holder["thread"] = threading.get_ident()
     if begin:
         conn.begin()
     sp = f"casemate_call_{next(_savepoints)}"
     conn.savepoint(sp)
+    policy = getattr(conn, "policy", None)
     try:
         bound = m.bind(args, kwargs)
         bound.arguments[next(iter(bound.arguments))] = ctx
-        result = m.fn(*bound.args, **bound.kwargs)
+        if policy is not None:
+            policy.in_method = True
+        try:
+            result = m.fn(*bound.args, **bound.kwargs)
+        finally:
+            if policy is not None:
+                policy.in_method = False
         cursor: StorageCursor
         if m.streams:
             if isinstance(result, RowStream):
-                cursor = IterCursor(iter(result), result.columns)
+                cursor = IterCursor(iter(result), result.columns, m.name, conn)
             else:
-                cursor = IterCursor(iter(result), None)
+                cursor = IterCursor(iter(result), None, m.name, conn)
         else:
             m.check_result(result)
             cursor = ValueCursor(result)
@@ -103,7 +134,8 @@ def run_method(conn: StorageConnection, m: ServerMethod, ctx: MethodContext, arg
         conn.release(sp, undo=True)
         raise
     finally:
-        holder.pop("thread", None)
+        with _stop_lock:
+            holder.pop("thread", None)
 
 
 def stop_thread(ident: int) -> None:
@@ -129,8 +161,9 @@ async def guarded(coro_factory: Any, conn: StorageConnection, holder: dict[str, 
     except TimeoutError:
         pass
     for _ in range(50):  # ask repeatedly: the thread may be inside a C call
-        if "thread" in holder:
-            stop_thread(holder["thread"])
+        with _stop_lock:
+            if "thread" in holder:
+                stop_thread(holder["thread"])
         conn.interrupt()
         done, _ = await asyncio.wait({fut}, timeout=0.1)
         if done:

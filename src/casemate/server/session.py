@@ -28,7 +28,7 @@ from ..protocol import NEED_DATA, PROTOCOL_VERSION, Message, Msg, ProtocolConnec
 from ..storage import Busy, StorageConnection, StorageCursor, StorageError
 from ..storage.access import PermissionDenied, Policy
 from .auth import ScramException, ScramLogin, mechanism_for
-from .calls import guarded, method_error, run_method
+from .calls import IterCursor, guarded, method_error, run_method
 from .monitor import SERVER_COMMANDS, run_server_command
 
 if TYPE_CHECKING:
@@ -535,7 +535,12 @@ class Session(asyncio.Protocol):
         cur = self.portals.pop(portal, None)
         if cur is None:
             raise Error(f"cursor {portal} has no pending result", Codes.INVALID_CURSOR)
-        first = await self.call(fetch_batch, cur, batch)
+        if isinstance(cur, IterCursor) and self.storage is not None:  # a method's rows
+            conn, limit = self.storage, self.server.settings.methods.time_limit_seconds
+            first = await guarded(lambda: self.call(fetch_batch, cur, batch), conn,
+                                  cur.holder, limit, cur.name)
+        else:
+            first = await self.call(fetch_batch, cur, batch)
         self._send_result(portal, cur, first, describe=False)
         if portal not in self.portals:
             cur.close()

@@ -63,6 +63,7 @@ class Policy:
     grants: dict[str, frozenset[str]] = field(default_factory=dict)
     last_denied: str = ""
     replace_conflict: bool = False  # the statement being prepared uses OR REPLACE
+    in_method: bool = False  # a server method is running: it may not end the caller's transaction
 
     @property
     def is_admin(self) -> bool:
@@ -88,6 +89,9 @@ class Policy:
 
 
 def _check(p: Policy, action: int, a1: str | None, a2: str | None, db: str | None) -> int:
+    if action == _S.SQLITE_TRANSACTION and p.in_method:
+        return p.deny("BEGIN/COMMIT/ROLLBACK inside a server method (it runs in the caller's "
+                      "transaction, which only the caller ends)")
     if action in _ALWAYS_OK:
         return sqlite3.SQLITE_OK
     if action == _S.SQLITE_ATTACH:
