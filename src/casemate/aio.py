@@ -408,8 +408,10 @@ class AsyncCursor:
             yield row
 
     async def close(self) -> None:
+        rowcount = self.rowcount
         if not self.connection.closed:
             await self._reset()
+        self.rowcount = rowcount  # still readable after close, as in sqlite3
 
     async def __aenter__(self) -> AsyncCursor:
         return self

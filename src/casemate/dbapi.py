@@ -426,11 +426,13 @@ class Cursor:
     def close(self) -> None:
         if self._closed:
             return
+        rowcount, lastrowid = self.rowcount, self.lastrowid
         if not self.connection.closed:
             try:
                 self._reset()
             except Error:
                 pass
+        self.rowcount, self.lastrowid = rowcount, lastrowid  # still readable, as in sqlite3
         self._closed = True
 
     def setinputsizes(self, sizes: Any) -> None:

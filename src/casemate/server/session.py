@@ -113,7 +113,7 @@ def storage_error(e: BaseException, busy_timeout: float) -> Error:
         return Error(msg, Codes.PROGRAMMING)
     if isinstance(e, sqlite3.NotSupportedError):
         return Error(msg, Codes.NOT_SUPPORTED)
-    if isinstance(e, OverflowError | ValueError):
+    if isinstance(e, ArithmeticError | ValueError):
         return Error(msg, Codes.NUMERIC_OUT_OF_RANGE if isinstance(e, OverflowError) or
                      "64 bits" in msg else Codes.DATA)
     if isinstance(e, TypeError):
@@ -425,7 +425,7 @@ class Session(asyncio.Protocol):
         except Error as e:
             self.send_error(e)
         except (sqlite3.Error, StorageError, PermissionDenied, ValueError, TypeError,
-                OverflowError) as e:
+                ArithmeticError) as e:
             err = storage_error(e, self.server.settings.storage.busy_timeout_seconds)
             if err.code == Codes.INSUFFICIENT_PRIVILEGE:
                 self.server.audit.event("permission_refused", session=self.id, user=self.user,

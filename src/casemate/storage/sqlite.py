@@ -33,6 +33,17 @@ DATA_FILE = "data.sqlite"
 SYSTEM_FILE = "system.sqlite"
 
 
+def _lenient(parse: Any) -> Any:
+    """A converter that hands back the stored text when it is not in the expected format
+    (a column's declared type does not guarantee its contents in SQLite)."""
+    def convert(b: bytes) -> Any:
+        try:
+            return parse(b)
+        except (ValueError, ArithmeticError):
+            return b.decode(errors="replace")
+    return convert
+
+
 def _register_types() -> None:
     # Values without a native SQLite type are stored as ISO/decimal text and
     # read back typed when the column's declared type names them.
@@ -41,14 +52,14 @@ def _register_types() -> None:
     sqlite3.register_adapter(dt.datetime, lambda v: v.isoformat())
     sqlite3.register_adapter(dt.time, lambda v: v.isoformat())
     conv_dt = lambda b: dt.datetime.fromisoformat(b.decode())  # noqa: E731
-    for name, fn in {
+    for name, parse in {
         "DATE": lambda b: dt.date.fromisoformat(b.decode()),
         "TIME": lambda b: dt.time.fromisoformat(b.decode()),
         "DATETIME": conv_dt, "TIMESTAMP": conv_dt, "TIMESTAMPTZ": conv_dt,
         "DECIMAL": lambda b: Decimal(b.decode()), "NUMERIC": lambda b: Decimal(b.decode()),
         "BOOLEAN": lambda b: b not in (b"0", b""), "BOOL": lambda b: b not in (b"0", b""),
     }.items():
-        sqlite3.register_converter(name, fn)
+        sqlite3.register_converter(name, _lenient(parse))
 
 
 _register_types()
