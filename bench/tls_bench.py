@@ -32,8 +32,6 @@ import gc
 import os
 import platform
 import random
-import re
-import shutil
 import ssl
 import statistics
 import sys
@@ -46,11 +44,22 @@ from pathlib import Path
 
 import msgpack
 
+from ._common import (
+    Meter,
+    choose_cpu,
+    cpu_model,
+    pin_client,
+    pin_note,
+    process_cpu,
+    set_setting,
+    summary,
+    taskset_prefix,
+)
+
 MODES = ("plain", "encrypted")
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 DOC_START = "<!-- tls-bench:start -->"
 DOC_END = "<!-- tls-bench:end -->"
-CPU_CLOCK = os.sysconf("SC_CLK_TCK")
 Row = tuple[object, ...]
 
 
@@ -115,6 +124,10 @@ class Target:
     url: str
     pid: int
 
+    def cpu(self) -> float:
+        """The server's CPU seconds so far (all its threads)."""
+        return process_cpu(self.pid)
+
 
 @dataclass
 class Results:
@@ -130,57 +143,7 @@ class Results:
             self.samples.setdefault((mode, name), []).append(value)
 
 
-class Meter:
-    """Wall-clock and CPU seconds (this process + the server process) of a ``with`` block."""
-
-    def __init__(self, server_pid: int) -> None:
-        self.pid = server_pid
-        self.wall = self.cpu = 0.0
-
-    def _cpu(self) -> float:
-        # /proc/PID/stat: after the ")" closing the command name, utime and stime are
-        # the 12th and 13th fields, in clock ticks; they cover all the server's threads.
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CPU_CLOCK + time.process_time()
-
-    def __enter__(self) -> Meter:
-        self._cpu0, self._wall0 = self._cpu(), time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall = time.perf_counter() - self._wall0
-        self.cpu = self._cpu() - self._cpu0
-
-
 # -- setup -------------------------------------------------------------------------------
-
-def choose_cpu(pin: bool) -> int | None:
-    """The CPU to pin the servers and the client to, or None (not asked, or no taskset)."""
-    if not pin or shutil.which("taskset") is None:
-        return None
-    return min(os.sched_getaffinity(0))
-
-
-def pin_client(cpu: int | None) -> None:
-    """Pin this process to ``cpu`` (where the servers run), if any."""
-    if cpu is not None:
-        os.sched_setaffinity(0, {cpu})
-
-
-def pin_note(cpu: int | None, asked: bool) -> str:
-    if cpu is not None:
-        return f"servers and client pinned to CPU {cpu}"
-    return "none (taskset not found)" if asked else "none (--no-pin)"
-
-
-def set_setting(db: Path, key: str, value: str) -> None:
-    """Rewrite ``key = ...`` in casemate.toml (``value`` is TOML text)."""
-    toml = db / "casemate.toml"
-    text, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", toml.read_text())
-    if n != 1:
-        raise RuntimeError(f"{toml}: no single line for {key}")
-    toml.write_text(text)
-
 
 def create_databases(root: Path) -> dict[str, Path]:
     """A plain and an encrypted database folder under ``root``."""
@@ -202,7 +165,7 @@ def running_servers(dbs: dict[str, Path], cpu: int | None) -> Iterator[dict[str,
     """Start one ``casemate serve`` per database; SIGTERM and wait for them at the end."""
     from casemate.testing import ServerProcess
 
-    prefix = ("taskset", "-c", str(cpu)) if cpu is not None else ()  # execs: same pid
+    prefix = taskset_prefix(cpu)
     servers = []
     try:
         for db in dbs.values():
@@ -236,7 +199,7 @@ def lookups(target: Target, n: int, key_range: int) -> dict[str, float]:
     clock = time.perf_counter
     with casemate.connect(target.url) as conn:
         cur = conn.cursor()
-        with Meter(target.pid) as m:
+        with Meter(target.cpu) as m:
             for k in keys:
                 t0 = clock()
                 cur.execute("SELECT name, qty, price FROM t WHERE id = ?", (k,))
@@ -254,7 +217,7 @@ def fetch_rows(target: Target, n: int, on_chunk: Callable[[list[Row]], None]) ->
 
     with casemate.connect(target.url) as conn:
         cur = conn.cursor()
-        with Meter(target.pid) as m:
+        with Meter(target.cpu) as m:
             cur.execute("SELECT id, name, qty, price FROM t WHERE id <= ?", (n,))
             got = 0
             while chunk := cur.fetchmany(10_000):
@@ -310,7 +273,7 @@ def connect_once(url: str, fresh_tls: bool) -> bool:
 def connects(target: Target, n: int, fresh_tls: bool, resumed: list[bool]) -> tuple[float, float]:
     """New connections (+ login + first query): per second and CPU seconds per connect."""
     connect_once(target.url, fresh_tls)  # warm: the resumed case then starts with a session
-    with Meter(target.pid) as m:
+    with Meter(target.cpu) as m:
         for _ in range(n):
             resumed.append(connect_once(target.url, fresh_tls))
     return n / m.wall, m.cpu / n
@@ -362,12 +325,6 @@ def run(sizes: Sizes, cpu: int | None, log: Callable[[str], None]) -> Results:
 
 # -- report ------------------------------------------------------------------------------
 
-def summary(values: list[float], scale: float, fmt: str) -> str:
-    """``median (min-max)`` in the metric's unit."""
-    med, lo, hi = (scale * v for v in (statistics.median(values), min(values), max(values)))
-    return f"{fmt.format(med)} ({fmt.format(lo)}–{fmt.format(hi)})"
-
-
 def ratio(res: Results, m: Metric) -> float:
     """Median encrypted / median plain."""
     enc = statistics.median(res.samples[("encrypted", m.encrypted)])
@@ -393,15 +350,6 @@ def table(res: Results) -> list[str]:
         r = ratio(res, m)
         lines.append(f"| {m.workload} | {m.label} | {p} | {e} | {r:.2f}x | {verdict(m, r)} |")
     return lines
-
-
-def cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown"
-    m = re.search(r"(?m)^model name\s*:\s*(.+)$", text)
-    return m.group(1).strip() if m else "unknown"
 
 
 def facts(sizes: Sizes, pinning: str, quick: bool, res: Results) -> list[str]:

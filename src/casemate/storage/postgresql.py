@@ -1,184 +1,693 @@
 """The PostgreSQL storage backend: several Casemate servers over one PostgreSQL database.
 
-Data, users, groups and grants live in PostgreSQL (users, groups and grant
-rows in the ``casemate`` schema, which no Casemate session can reach), so
-every Casemate server over the same database agrees on them.  Grants are
-enforced by PostgreSQL itself: one NOLOGIN role per Casemate group, and each
-session's connection does ``SET ROLE`` to its group's role.  Each Casemate
-transaction is one PostgreSQL transaction on one pooled connection.
+Data, users, groups and grants live in PostgreSQL: users, groups and grant
+rows in the ``casemate`` schema, which no Casemate session can reach, so
+every Casemate server over the same database agrees on them.
 
-Clients send PostgreSQL's SQL; their ``?`` parameters are translated to
-``%s`` here (outside string literals, quoted identifiers, comments and
-dollar-quoted strings).
+Grants are enforced by PostgreSQL itself.  Each Casemate group has its own
+PostgreSQL *login* role (``casemate_<db>_admin``, ``..._readwrite``,
+``..._readonly``, ``..._g_<name>``) with a generated password kept in the
+``casemate`` schema, and a session's statements run on a connection opened
+*as its group's role*.  (A ``SET ROLE`` on a shared login role would not be
+strict: any statement could undo it with ``RESET ROLE`` or
+``set_config('role', ...)``.)  Tables belong to the admin role; default
+privileges give readwrite and readonly their rights; a custom group's grants
+are ``GRANT ... ON TABLE`` to its role.  The role of the DSN (the *service*
+role) reads users and grants and manages the group roles; it never runs a
+client's SQL.
+
+Each Casemate transaction is one PostgreSQL transaction on one pooled
+connection.  Query results come through server-side cursors (``DECLARE ...
+WITH HOLD``), so a large result never sits whole in the Casemate server.
+Clients' ``?`` parameters are translated to psycopg's ``%s``
+(see :mod:`casemate.storage.pg_sql`).
 """
 
 from __future__ import annotations
 
+import collections
+import datetime as dt
+import hashlib
 import itertools
+import logging
 import os
 import re
+import secrets
+import select
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
+from psycopg import ClientCursor
 from psycopg import sql as pgsql
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import TransactionStatus
+from psycopg.types.json import JsonbDumper
+from psycopg.types.numeric import FloatDumper
+from psycopg.types.string import TextLoader
 
 from ..settings import StorageSettings
 from .access import METHOD_PREFIX, Policy
 from .base import BUILTIN_GROUPS, Backend, StorageConnection, StorageCursor, StorageError, UserRecord
+from .pg_sql import classify, translate_qmarks
 
-__all__ = ["PostgreSQLBackend", "translate_qmarks", "SCHEMA_VERSION"]
+__all__ = ["PostgreSQLBackend", "SCHEMA_VERSION", "translate_qmarks"]
+
+log = logging.getLogger("casemate.storage.postgresql")
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
-_TOKENS = re.compile(r"""('(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|/\*.*?\*/|"""
-                     r"""\$([A-Za-z_]\w*|)\$.*?\$\2\$|\?|%)""", re.S)
-_ROWS = re.compile(r"^\s*(\(\s*)*(SELECT|WITH|VALUES|TABLE)\b", re.I)
-_ids = itertools.count(1)
+FIRST_FETCH = 256          # rows fetched with the DECLARE, in the same round trip
+GRANTS_CACHE_SECONDS = 1.0  # how stale another server's method grants may be seen
+IDLE_LIFETIME = 300.0      # idle pooled connections older than this are closed
+_INIT_LOCK = 0x6361736D    # pg_advisory_xact_lock key serializing `casemate init`s
+_cursor_ids = itertools.count(1)
+_IDLE, _INTRANS, _INERROR = (TransactionStatus.IDLE, TransactionStatus.INTRANS,
+                             TransactionStatus.INERROR)
+
+# Values psycopg would load as Python types the Casemate wire format has no
+# encoding for: they arrive as PostgreSQL's text form instead.
+_TEXT_TYPES = ("uuid", "interval", "inet", "cidr", "macaddr", "macaddr8", "int4range",
+               "int8range", "numrange", "daterange", "tsrange", "tstzrange", "int4multirange",
+               "int8multirange", "nummultirange", "datemultirange", "tsmultirange",
+               "tstzmultirange")
 
 
-def translate_qmarks(sql: str) -> str:
-    """``?`` -> ``%s`` and ``%`` -> ``%%`` outside literals, identifiers, comments."""
-    def sub(m: re.Match[str]) -> str:
-        tok = m.group(1)
-        return "%s" if tok == "?" else "%%" if tok == "%" else tok
-    return _TOKENS.sub(sub, sql)
-
-
-def role_for(group: str) -> str:
-    if group in BUILTIN_GROUPS:
-        return f"casemate_{group}"
-    return "casemate_g_" + re.sub(r"[^a-z0-9_]", "_", group.lower())
-
-
+# -- errors -------------------------------------------------------------------
 def _error(e: psycopg.Error) -> StorageError:
-    code = e.sqlstate or "58000"
-    msg = (e.diag.message_primary or str(e)).strip()
-    hint = e.diag.message_hint
-    if code == "42501":
+    """psycopg's error -> StorageError carrying PostgreSQL's own SQLSTATE."""
+    code = e.sqlstate
+    diag = e.diag
+    msg = (diag.message_primary or str(e)).strip()
+    if diag.message_detail:
+        msg += f" ({diag.message_detail.strip()})"
+    hint = diag.message_hint
+    if code is None:  # raised by psycopg itself, not by the server
+        if isinstance(e, psycopg.OperationalError | psycopg.InterfaceError):
+            code = "08006"
+            msg = f"lost the connection to PostgreSQL: {msg}"
+        elif isinstance(e, psycopg.DataError):
+            code = "22000"
+        elif isinstance(e, psycopg.ProgrammingError | psycopg.NotSupportedError):
+            code = "42000"
+        else:
+            code = "58000"
+    elif code == "42501":
         hint = hint or "an administrator can grant it: casemate group grant TARGET GROUP TABLE RIGHT"
+    elif code == "55P03":
+        hint = hint or ("another session holds a lock for longer than "
+                        "storage.busy_timeout_seconds; roll back and retry")
+    elif code == "25P02":
+        hint = hint or "roll back: in PostgreSQL a failed statement ends the transaction"
     return StorageError(msg, code, hint)
 
 
-class _Cursor(StorageCursor):
-    def __init__(self, cur: Any, named: bool) -> None:
+def _safe_dsn(dsn: str) -> str:
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "(unparsable dsn)"
+    parts.pop("password", None)
+    return " ".join(f"{k}={v}" for k, v in parts.items())
+
+
+def _connect_error(e: psycopg.Error, dsn: str, who: str, password_hint: str) -> StorageError:
+    text = " ".join(str(e).split())
+    low = text.lower()
+    if "password authentication failed" in low or "no password supplied" in low:
+        return StorageError(f"PostgreSQL refused the password of role {who}: {text}", "28P01",
+                            password_hint)
+    if "does not exist" in low and "database" in low:
+        return StorageError(f"cannot connect to PostgreSQL ({_safe_dsn(dsn)}): {text}", "3D000",
+                            "create the database first (createdb), or fix dbname in "
+                            "storage.dsn")
+    if "role" in low and "does not exist" in low:
+        return StorageError(f"cannot connect to PostgreSQL ({_safe_dsn(dsn)}): {text}", "28000",
+                            "fix user in storage.dsn")
+    if "no pg_hba.conf entry" in low:
+        return StorageError(f"PostgreSQL refuses connections of role {who}: {text}", "28000",
+                            "allow the role in PostgreSQL's pg_hba.conf (Casemate's group roles "
+                            "log in too: see docs/postgresql.md)")
+    return StorageError(f"cannot connect to PostgreSQL ({_safe_dsn(dsn)}): {text}", "08001",
+                        "check that PostgreSQL runs and storage.dsn (host, port, sslmode)")
+
+
+# -- the connection pool --------------------------------------------------------
+class _Phys:
+    """One PostgreSQL connection, opened as one role."""
+
+    __slots__ = ("conn", "mog", "key", "state", "close_all", "idle_since")
+
+    def __init__(self, conn: psycopg.Connection[Any], key: str) -> None:
+        self.conn = conn
+        self.mog = ClientCursor(conn)  # binds parameters client-side (libpq's escaping)
+        self.key = key            # the Casemate group ("" for the service role)
+        self.state = False        # a statement may have left session state behind
+        self.close_all = False    # exhausted cursors wait for a CLOSE ALL
+        self.idle_since = time.monotonic()
+
+    @property
+    def usable(self) -> bool:
+        return not self.conn.closed and not self.conn.broken
+
+    def alive(self) -> bool:
+        """Usable, and no unread data while idle: a restarted or stopped PostgreSQL sends a
+        goodbye (and closes), which would otherwise fail the next statement."""
+        if not self.usable:
+            return False
+        try:
+            readable, _, _ = select.select([self.conn.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
+
+
+class _Pool:
+    """Connections for several roles under one limit, reused per role.
+
+    ``psycopg_pool`` keeps one pool per connection string; here each Casemate
+    group logs in as its own role, and ``storage.pool_size`` bounds them all
+    together: an idle connection of one role is closed to open one for
+    another when the limit is reached.
+    """
+
+    def __init__(self, limit: int, timeout: float, connect: Callable[[str], psycopg.Connection[Any]],
+                 what: str) -> None:
+        self.limit = limit
+        self.timeout = timeout
+        self._connect = connect
+        self._what = what
+        self._idle: collections.OrderedDict[int, _Phys] = collections.OrderedDict()
+        self._open = 0
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def get(self, key: str) -> _Phys:
+        deadline = time.monotonic() + self.timeout
+        victim: _Phys | None = None
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise StorageError("the storage is closed", "08003")
+                found = self._take_idle(key)
+                if found is not None:
+                    return found
+                if self._open < self.limit:
+                    self._open += 1
+                    break
+                if self._idle:  # replace another role's idle connection
+                    _, victim = self._idle.popitem(last=False)
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StorageError(
+                        f"all {self.limit} PostgreSQL connections of this Casemate server "
+                        f"are in use ({self._what}); waited {self.timeout:g} s", "53300",
+                        "raise storage.pool_size (and PostgreSQL's max_connections), or end "
+                        "long transactions sooner")
+                self._cond.wait(left)
+        if victim is not None:
+            victim.conn.close()
+        try:
+            return _Phys(self._connect(key), key)
+        except BaseException:
+            with self._cond:
+                self._open -= 1
+                self._cond.notify()
+            raise
+
+    def _take_idle(self, key: str) -> _Phys | None:
+        now = time.monotonic()
+        for ident, p in list(self._idle.items()):
+            if now - p.idle_since > IDLE_LIFETIME or not p.usable:
+                del self._idle[ident]
+                self._open -= 1
+                p.conn.close()
+        for ident, p in reversed(self._idle.items()):  # most recently used first
+            if p.key == key:
+                del self._idle[ident]
+                if p.alive():
+                    return p
+                self._open -= 1
+                p.conn.close()
+                return self._take_idle(key)
+        return None
+
+    def put(self, p: _Phys) -> None:
+        ok = p.usable and p.conn.info.transaction_status == _IDLE
+        if ok and p.state:
+            try:
+                p.conn.execute("DISCARD ALL")  # settings, temp tables, cursors, locks...
+                p.state = p.close_all = False
+            except psycopg.Error:
+                ok = False
+        if not ok:
+            self.discard(p)
+            return
+        p.idle_since = time.monotonic()
+        with self._cond:
+            if self._closed:
+                self._open -= 1
+                p.conn.close()
+                return
+            self._idle[id(p)] = p
+            self._cond.notify()
+
+    def discard(self, p: _Phys) -> None:
+        try:
+            p.conn.close()
+        finally:
+            with self._cond:
+                self._open -= 1
+                self._cond.notify()
+
+    def drop_key(self, key: str) -> None:
+        with self._cond:
+            for ident, p in list(self._idle.items()):
+                if p.key == key:
+                    del self._idle[ident]
+                    self._open -= 1
+                    p.conn.close()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            idle, self._idle = list(self._idle.values()), collections.OrderedDict()
+            self._open -= len(idle)
+            self._cond.notify_all()
+        for p in idle:
+            p.conn.close()
+
+
+# -- cursors --------------------------------------------------------------------
+class _PlainCursor(StorageCursor):
+    """A statement without a server-side cursor: its rows (RETURNING...) came at once."""
+
+    def __init__(self, cur: psycopg.Cursor[Any]) -> None:
         self._cur = cur
-        self._named = named
         d = cur.description
         self.description = [(c.name, None) for c in d] if d else None
-        self.rowcount = cur.rowcount if not named else -1
+        self.rowcount = cur.rowcount
         self.lastrowid = None
 
     def fetch(self, n: int) -> list[tuple[Any, ...]]:
-        try:
-            return list(self._cur.fetchmany(n))
-        except psycopg.Error as e:
-            raise _error(e) from e
+        if self.description is None:
+            return []
+        return list(self._cur.fetchmany(n))
 
     def close(self) -> None:
-        try:
-            self._cur.close()
-        except psycopg.Error:
-            pass
+        self._cur.close()
 
 
+class _ServerCursor(StorageCursor):
+    """A ``DECLARE ... WITH HOLD`` cursor: rows come ``FETCH`` by ``FETCH``."""
+
+    def __init__(self, owner: _Connection, phys: _Phys, name: str, depth: int,
+                 first: psycopg.Cursor[Any]) -> None:
+        self._owner = owner
+        self.phys = phys
+        self.name = name
+        self.depth = depth          # savepoints open when it was declared (-1: outside a txn)
+        d = first.description
+        self.description = [(c.name, None) for c in d] if d else []
+        self.rowcount = -1          # like SQLite: unknown for a query
+        self.lastrowid = None
+        self._buf: list[tuple[Any, ...]] = list(first.fetchall())
+        self.exhausted = len(self._buf) < FIRST_FETCH
+        self.closed = False
+        self.gone = False           # PostgreSQL already dropped it (rollback)
+        self.uncertain = False      # a ROLLBACK TO in SQL may have dropped it
+
+    def fetch(self, n: int) -> list[tuple[Any, ...]]:
+        if self._buf:
+            out, self._buf = self._buf[:n], self._buf[n:]
+            if len(out) == n or self.exhausted:
+                return out
+            n -= len(out)
+        else:
+            out = []
+        if self.exhausted or self.closed:
+            return out
+        rows = self._owner._fetch(self, n)
+        if len(rows) < n:
+            self.exhausted = True
+            self._owner._cursor_done(self)
+        return out + rows
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._owner._cursor_closed(self)
+
+
+# -- one session's connection ---------------------------------------------------------
 class _Connection(StorageConnection):
-    def __init__(self, backend: PostgreSQLBackend, conn: psycopg.Connection[Any]) -> None:
-        self._b = backend
-        self._db = conn
-        self._in_txn = False
+    """A session's handle: a PostgreSQL connection of its group's role, taken from the
+    pool for a transaction or while cursors are open, and given back in between.
 
+    Statements go out with client-side parameter binding over the simple query
+    protocol, so what is owed to the connection (a deferred ``BEGIN``, a
+    ``CLOSE ALL``) and a cursor's ``DECLARE`` and first ``FETCH`` travel in the
+    same round trip as the statement.
+    """
+
+    def __init__(self, backend: PostgreSQLBackend) -> None:
+        self._b = backend
+        self.policy = Policy("readonly")
+        self._phys: _Phys | None = None
+        self._begin_pending = False
+        self._lost: StorageError | None = None   # the connection died inside a transaction
+        self._cursors: dict[str, _ServerCursor] = {}
+        self._savepoints: list[str] = []
+        self._cancelling = threading.Lock()
+
+    # -- state --
     @property
     def in_transaction(self) -> bool:
-        return self._in_txn
-
-    def _run(self, sql: str | pgsql.Composable, params: Sequence[Any] | None = None) -> Any:
-        try:
-            return self._db.execute(sql, params)  # type: ignore[arg-type]
-        except psycopg.Error as e:
-            raise _error(e) from e
-
-    def begin(self) -> None:
-        if not self._in_txn:
-            self._run("BEGIN")
-            self._in_txn = True
-
-    def execute(self, sql: str, params: Sequence[Any]) -> StorageCursor:
-        text = translate_qmarks(sql)
-        try:
-            if _ROWS.match(sql):
-                # A server-side cursor: a big result never sits whole in this server.
-                cur = self._db.cursor(name=f"casemate_{next(_ids)}",
-                                      withhold=not self._in_txn)
-                cur.execute(text, tuple(params))
-                return _Cursor(cur, True)
-            cur2 = self._db.cursor()
-            cur2.execute(text, tuple(params))
-            return _Cursor(cur2, False)
-        except psycopg.Error as e:
-            raise _error(e) from e
-
-    def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
-        try:
-            with self._db.cursor() as cur:
-                cur.executemany(translate_qmarks(sql), [tuple(p) for p in seq])
-                return max(cur.rowcount, 0)
-        except psycopg.Error as e:
-            raise _error(e) from e
-
-    def commit(self) -> None:
-        if self._in_txn:
-            self._in_txn = False
-            self._run("COMMIT")
-
-    def rollback(self) -> None:
-        if self._in_txn:
-            self._in_txn = False
-            self._run("ROLLBACK")
-
-    def savepoint(self, name: str) -> None:
-        self.begin()
-        self._run(pgsql.SQL("SAVEPOINT {}").format(pgsql.Identifier(name)))
-
-    def release(self, name: str, undo: bool) -> None:
-        ident = pgsql.Identifier(name)
-        if undo:
-            self._run(pgsql.SQL("ROLLBACK TO SAVEPOINT {}").format(ident))
-        self._run(pgsql.SQL("RELEASE SAVEPOINT {}").format(ident))
-
-    def interrupt(self) -> None:
-        try:
-            self._db.cancel()
-        except psycopg.Error:
-            pass
+        if self._begin_pending or self._lost is not None:
+            return True
+        p = self._phys
+        return p is not None and p.conn.info.transaction_status in (_INTRANS, _INERROR)
 
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy
-        self._run(pgsql.SQL("SET ROLE {}").format(pgsql.Identifier(role_for(policy.group))))
+        p = self._phys
+        if p is not None and p.key != policy.group and not self.in_transaction:
+            self._close_cursors()
+            self._give_back(force=True)
+
+    def _take(self) -> _Phys:
+        if self._lost is not None:
+            raise self._lost
+        if self._phys is None:
+            self._phys = self._b._pool.get(self.policy.group)
+        return self._phys
+
+    def _give_back(self, force: bool = False) -> None:
+        p = self._phys
+        if p is None or (not force and (self._cursors or self.in_transaction)):
+            return
+        self._phys = None
+        self._savepoints.clear()
+        self._b._pool.put(p)
+
+    def _broken(self, p: _Phys) -> None:
+        """The connection is unusable: drop it; an open transaction is lost."""
+        was_txn = self._begin_pending or p.conn.info.transaction_status != _IDLE
+        self._phys = None
+        for c in self._cursors.values():
+            c.gone = c.closed = True
+        self._cursors.clear()
+        self._b._pool.discard(p)
+        self._begin_pending = False
+        if was_txn:
+            self._lost = StorageError(
+                "the connection to PostgreSQL was lost; the transaction was rolled back",
+                "08006", "roll back, then run the transaction again")
+
+    def _prefix(self, p: _Phys) -> list[str]:
+        """Statements owed to the connection, sent ahead of the next one (same round trip)."""
+        pre = []
+        if p.close_all and not self._cursors:
+            pre.append("CLOSE ALL")
+            p.close_all = False
+        if self._begin_pending:
+            pre.append("BEGIN")
+            self._begin_pending = False
+        return pre
+
+    def _guard(self, p: _Phys, work: Callable[[], T]) -> T:
+        try:
+            return work()
+        except psycopg.Error as e:
+            err = _error(e)
+            if not p.usable or err.code.startswith("08"):
+                self._broken(p)
+            raise err from e
+        except BaseException:
+            if not p.usable or p.conn.info.transaction_status == TransactionStatus.ACTIVE:
+                self._broken(p)  # interrupted mid round trip (a method over its time limit)
+            raise
+
+    def _send(self, statements: list[str], prefix: bool = True) -> psycopg.Cursor[Any]:
+        """Run ``statements`` in one round trip; return the cursor at the last result."""
+        p = self._take()
+        pre = self._prefix(p) if prefix else []
+        query = "\n;".join(pre + statements)  # "\n": a statement may end in a -- comment
+
+        def run() -> psycopg.Cursor[Any]:
+            cur = p.conn.cursor()
+            cur.execute(query)  # no parameters: the simple query protocol
+            while cur.nextset():
+                pass
+            return cur
+        return self._guard(p, run)
+
+    def _bind(self, p: _Phys, sql: str, params: Sequence[Any]) -> str:
+        text = translate_qmarks(sql)
+        return self._guard(p, lambda: p.mog.mogrify(text, _params(params)))
+
+    # -- transactions --
+    def begin(self) -> None:
+        if not self.in_transaction:
+            self._begin_pending = True
+
+    def commit(self) -> None:
+        self._end("COMMIT")
+
+    def rollback(self) -> None:
+        self._end("ROLLBACK")
+
+    def _end(self, what: str) -> None:
+        if self._lost is not None:
+            err, self._lost = self._lost, None
+            if what == "COMMIT":
+                raise err
+            return
+        if self._begin_pending:  # BEGIN goes out with the first statement: none was sent
+            self._begin_pending = False
+            self._give_back()
+            return
+        p = self._phys
+        if p is None or p.conn.info.transaction_status == _IDLE:
+            return
+        cur = self._send([what])
+        self._savepoints.clear()
+        if what == "ROLLBACK":
+            for c in list(self._cursors.values()):
+                if c.depth >= 0:  # declared in the transaction: PostgreSQL dropped it
+                    c.gone = True
+                    self._cursors.pop(c.name, None)
+        self._give_back()
+        if what == "COMMIT" and cur.statusmessage == "ROLLBACK":
+            raise StorageError("the transaction was rolled back, not committed: a statement "
+                               "in it had failed", "25P02",
+                               "in PostgreSQL a failed statement ends the transaction; roll "
+                               "back after an error and run the transaction again")
+
+    def savepoint(self, name: str) -> None:
+        self.begin()
+        self._send([f"SAVEPOINT {_ident(name)}"])
+        self._savepoints.append(name)
+
+    def release(self, name: str, undo: bool) -> None:
+        ident = _ident(name)
+        self._send(([f"ROLLBACK TO SAVEPOINT {ident}"] if undo else [])
+                   + [f"RELEASE SAVEPOINT {ident}"], prefix=False)
+        depth = self._savepoints.index(name) if name in self._savepoints else len(self._savepoints)
+        del self._savepoints[depth:]
+        if undo:  # cursors opened since the savepoint are gone with it
+            for c in list(self._cursors.values()):
+                if c.depth > depth:
+                    c.gone = True
+                    self._cursors.pop(c.name, None)
+
+    # -- statements --
+    def execute(self, sql: str, params: Sequence[Any]) -> StorageCursor:
+        kind = classify(sql)
+        if kind.several:
+            raise StorageError("cannot run several statements at once: send one statement per "
+                               "execute", "42601")
+        p = self._take()
+        bound = self._bind(p, sql, params)
+        if kind.session_state:
+            p.state = True
+        if kind.cursor:
+            cursor = self._declare(p, bound)
+            self._give_back()
+            return cursor
+        if kind.no_transaction_block:  # VACUUM & co. must be alone in their query
+            owed = self._prefix(p)
+            if owed:
+                self._send(owed, prefix=False)
+        result = _PlainCursor(self._send([bound]))
+        if kind.undoes_savepoint:  # a ROLLBACK TO in SQL: cursors since the savepoint are gone
+            for c in self._cursors.values():
+                if c.depth >= 0:
+                    c.uncertain = True
+        self._give_back()
+        return result
+
+    def _declare(self, p: _Phys, bound: str) -> _ServerCursor:
+        name = f"casemate_{next(_cursor_ids)}"
+        in_txn = self.in_transaction
+        first = self._send([f'DECLARE "{name}" NO SCROLL CURSOR WITH HOLD FOR {bound}',
+                            f'FETCH FORWARD {FIRST_FETCH} FROM "{name}"'])
+        cursor = _ServerCursor(self, p, name, len(self._savepoints) if in_txn else -1, first)
+        if cursor.exhausted:
+            cursor.closed = True
+            p.close_all = True  # closed later with others, in a round trip made anyway
+        else:
+            self._cursors[name] = cursor
+        return cursor
+
+    def _fetch(self, cursor: _ServerCursor, n: int) -> list[tuple[Any, ...]]:
+        if cursor.uncertain:  # FETCH on a dropped cursor would abort the transaction
+            found = self._send([f"SELECT 1 FROM pg_cursors WHERE name = '{cursor.name}'"],
+                               prefix=False).fetchall()
+            cursor.uncertain, cursor.gone = False, not found
+        if cursor.gone:
+            raise StorageError(f"cursor {cursor.name} no longer exists (its transaction or "
+                               "savepoint was rolled back)", "34000")
+        cur = self._send([f'FETCH FORWARD {int(n)} FROM "{cursor.name}"'], prefix=False)
+        return list(cur.fetchall())
+
+    def _cursor_done(self, cursor: _ServerCursor) -> None:
+        """Exhausted: it stays declared until a CLOSE ALL rides along with a later statement."""
+        if self._cursors.pop(cursor.name, None) is not None and self._phys is not None:
+            self._phys.close_all = True
+        self._give_back()
+
+    def _cursor_closed(self, cursor: _ServerCursor) -> None:
+        if self._cursors.pop(cursor.name, None) is None:
+            return
+        if not cursor.exhausted and not cursor.gone and self._phys is not None:
+            q = f'CLOSE "{cursor.name}"'
+            if self.in_transaction:
+                # A failed CLOSE would abort the session's transaction: never let it fail.
+                q = (f"DO $casemate$DECLARE c refcursor := '{cursor.name}'; BEGIN CLOSE c; "
+                     "EXCEPTION WHEN invalid_cursor_name THEN NULL; END$casemate$")
+            try:
+                self._send([q], prefix=False)
+            except StorageError as e:
+                if self.in_transaction:
+                    raise
+                log.debug("closing cursor %s: %s", cursor.name, e.message)
+        elif self._phys is not None:
+            self._phys.close_all = True
+        self._give_back()
+
+    def _close_cursors(self) -> None:
+        for c in list(self._cursors.values()):
+            c.closed = True
+        self._cursors.clear()
+        if self._phys is not None:
+            self._phys.close_all = True
+
+    def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
+        kind = classify(sql)
+        if kind.several:
+            raise StorageError("cannot run several statements at once", "42601")
+        text = translate_qmarks(sql)
+        rows = [_params(p) for p in seq]
+        if not rows:
+            return 0
+        p = self._take()
+        if kind.session_state:
+            p.state = True
+        owed = self._prefix(p)
+
+        def run() -> int:
+            with p.conn.cursor() as cur:  # server-side binding, pipelined by psycopg
+                if owed:
+                    with p.conn.pipeline():
+                        for s in owed:
+                            p.conn.execute(s)
+                        cur.executemany(text, rows)
+                else:
+                    cur.executemany(text, rows)
+                return max(cur.rowcount, 0)
+        n = self._guard(p, run)
+        self._give_back()
+        return n
+
+    def interrupt(self) -> None:
+        """Cancel the running statement (from another thread; never blocks the caller)."""
+        p = self._phys
+        if p is None or not self._cancelling.acquire(blocking=False):
+            return
+
+        def cancel() -> None:
+            try:
+                p.conn.cancel_safe(timeout=5)
+            except (psycopg.Error, OSError):
+                pass
+            finally:
+                self._cancelling.release()
+        threading.Thread(target=cancel, name="casemate-pg-cancel", daemon=True).start()
 
     def close(self) -> None:
+        self._close_cursors()
+        self._lost = None
+        p = self._phys
+        if p is None:
+            self._begin_pending = False
+            return
         try:
-            if self._in_txn:
-                self._db.execute("ROLLBACK")
-            self._db.execute("RESET ROLE")
+            if self.in_transaction and not self._begin_pending:
+                p.conn.execute("ROLLBACK")
         except psycopg.Error:
             pass
-        self._b.pool.putconn(self._db)
+        self._begin_pending = False
+        self._give_back(force=True)
 
 
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class _Float8Dumper(FloatDumper):
+    """Floats bound client-side as float8, as server-side binding types them (not numeric)."""
+
+    def quote(self, obj: float) -> bytes:
+        return b"'" + bytes(self.dump(obj) or b"") + b"'::float8"
+
+
+def _param(v: Any) -> Any:
+    if isinstance(v, tuple | list):  # the wire's arrays arrive as tuples: PostgreSQL arrays
+        return [_param(x) for x in v]
+    return v
+
+
+def _params(params: Sequence[Any]) -> list[Any]:
+    return [_param(v) for v in params]
+
+
+# -- schema ----------------------------------------------------------------------
 _SCHEMA = [
     "CREATE SCHEMA IF NOT EXISTS casemate",
     "REVOKE ALL ON SCHEMA casemate FROM PUBLIC",
-    "CREATE TABLE IF NOT EXISTS casemate.meta (schema_version integer NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS casemate.meta (schema_version integer NOT NULL, "
+    "role_prefix text NOT NULL)",
     "CREATE TABLE IF NOT EXISTS casemate.users (name text PRIMARY KEY, grp text NOT NULL, "
     "salt bytea NOT NULL, stored_key bytea NOT NULL, server_key bytea NOT NULL, "
     "iterations integer NOT NULL, created text NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS casemate.groups (name text PRIMARY KEY)",
-    "CREATE TABLE IF NOT EXISTS casemate.grants (grp text NOT NULL, tbl text NOT NULL, "
-    "privileges text NOT NULL, PRIMARY KEY (grp, tbl))",
+    "CREATE TABLE IF NOT EXISTS casemate.groups (name text PRIMARY KEY, role text UNIQUE NOT "
+    "NULL, password text NOT NULL, builtin boolean NOT NULL DEFAULT false)",
+    "CREATE TABLE IF NOT EXISTS casemate.grants (grp text NOT NULL REFERENCES casemate.groups "
+    "(name) ON DELETE CASCADE, tbl text NOT NULL, privileges text NOT NULL, "
+    "PRIMARY KEY (grp, tbl))",
 ]
+_ROLE_ATTRS = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT"
+_NO_SCHEMA_HINT = "run: casemate init DIR --storage postgresql --dsn '...' (once per database)"
+
+
+def _sanitize(name: str, width: int) -> str:
+    s = re.sub(r"[^a-z0-9_]", "_", name.lower())[:width]
+    return s or "x"
 
 
 class PostgreSQLBackend(Backend):
@@ -186,196 +695,345 @@ class PostgreSQLBackend(Backend):
 
     def __init__(self, settings: StorageSettings) -> None:
         self.settings = settings
-        self._lock = threading.Lock()
-        kwargs: dict[str, Any] = {"autocommit": True}
-        password = self._password()
-        if password:
-            kwargs["password"] = password
-        lock_ms = int(settings.busy_timeout_seconds * 1000)
-        kwargs["options"] = f"-c lock_timeout={lock_ms}"
-        self.pool = ConnectionPool(settings.dsn, kwargs=kwargs, min_size=1,
-                                   max_size=settings.pool_size, open=False, timeout=30)
+        self._secret = self._read_password()
         try:
-            self.pool.open(wait=True, timeout=15)
-        except PoolTimeout as e:
-            self.pool.close()
-            raise self._connect_error() from e
+            self._dsn_parts = conninfo_to_dict(settings.dsn)
+        except psycopg.Error as e:
+            raise StorageError(f"storage.dsn is not a valid PostgreSQL connection string: {e}",
+                               "08001") from e
+        options = str(self._dsn_parts.get("options", "") or "")
+        lock_ms = max(1, int(settings.busy_timeout_seconds * 1000))
+        self._group_options = f"{options} -c lock_timeout={lock_ms}".strip()
+        self._roles: dict[str, tuple[str, str]] = {}   # group -> (role, password)
+        self._roles_lock = threading.Lock()
+        self._grants_cache: dict[str, tuple[float, dict[str, frozenset[str]]]] = {}
+        self._sys = _Pool(2, 30.0, self._service_connect, "service connections")
+        self._sys.put(self._sys.get(""))  # fail now, clearly, if PostgreSQL is unreachable
+        self._pool = _Pool(settings.pool_size, max(0.5, settings.busy_timeout_seconds),
+                           self._group_connect, "storage.pool_size")
 
-    def _password(self) -> str | None:
+    # -- connections --
+    def _read_password(self) -> str | None:
         s = self.settings
         if s.password_env and os.environ.get(s.password_env):
             return os.environ[s.password_env]
         if s.password_file:
             try:
-                return Path(s.password_file).read_text().splitlines()[0].strip()
-            except (OSError, IndexError) as e:
-                raise StorageError(f"cannot read storage.password_file {s.password_file}: {e}",
-                                   "58000") from e
+                lines = Path(s.password_file).expanduser().read_text().splitlines()
+            except OSError as e:
+                raise StorageError(f"cannot read storage.password_file {s.password_file}: "
+                                   f"{e.strerror or e}", "28P01") from e
+            return lines[0].strip() if lines else ""
         return None
 
-    def _connect_error(self) -> StorageError:
-        try:
-            psycopg.connect(self.settings.dsn, password=self._password() or None,
-                            connect_timeout=5).close()
-        except psycopg.OperationalError as e:
-            text = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
-            code = "28P01" if "password" in text else "08001"
-            return StorageError(f"cannot connect to PostgreSQL ({self.settings.dsn}): {text}",
-                                code, "check storage.dsn and the password in "
-                                f"${self.settings.password_env} or storage.password_file")
-        return StorageError("cannot connect to PostgreSQL: the pool timed out", "08001")
+    def _password_hint(self) -> str:
+        s = self.settings
+        return (f"put the password of the PostgreSQL role in ${s.password_env}"
+                + (f" or in {s.password_file}" if s.password_file else
+                   " or in a file named by storage.password_file"))
 
-    def _sys(self, sql: str | pgsql.Composable, params: Sequence[Any] | None = None,
-             fetch: bool = False) -> list[tuple[Any, ...]]:
+    def _open(self, conninfo: str, who: str) -> psycopg.Connection[Any]:
         try:
-            with self.pool.connection() as conn:
-                cur = conn.execute(sql, params)  # type: ignore[arg-type]
-                return list(cur.fetchall()) if fetch else []
+            conn = psycopg.connect(conninfo, autocommit=True, prepare_threshold=None)
         except psycopg.Error as e:
-            raise _error(e) from e
+            raise _connect_error(e, conninfo, who, self._password_hint()) from None
+        for t in _TEXT_TYPES:
+            try:
+                conn.adapters.register_loader(t, TextLoader)
+            except psycopg.Error:
+                pass
+        conn.adapters.register_dumper(dict, JsonbDumper)
+        conn.adapters.register_dumper(float, _Float8Dumper)
+        return conn
 
-    def initialize(self) -> None:
-        """Create the casemate schema and the group roles (needs CREATEROLE)."""
+    def _service_connect(self, _key: str) -> psycopg.Connection[Any]:
+        extra: dict[str, Any] = {"application_name": "casemate (service)"}
+        if "connect_timeout" not in self._dsn_parts:
+            extra["connect_timeout"] = 10
+        if self._secret is not None:
+            extra["password"] = self._secret
+        return self._open(make_conninfo(self.settings.dsn, **extra),
+                          str(self._dsn_parts.get("user") or "(default user)"))
+
+    def _group_connect(self, group: str) -> psycopg.Connection[Any]:
+        for attempt in (0, 1):
+            role, password = self._role(group, refresh=attempt == 1)
+            extra: dict[str, Any] = {"user": role, "password": password,
+                                     "options": self._group_options,
+                                     "application_name": f"casemate ({group})"}
+            if "connect_timeout" not in self._dsn_parts:
+                extra["connect_timeout"] = 10
+            try:
+                return self._open(make_conninfo(self.settings.dsn, **extra), role)
+            except StorageError as e:
+                if e.code != "28P01" or attempt == 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _role(self, group: str, refresh: bool = False) -> tuple[str, str]:
+        with self._roles_lock:
+            if not refresh and group in self._roles:
+                return self._roles[group]
+        rows = self._q("SELECT name, role, password FROM casemate.groups")
+        with self._roles_lock:
+            self._roles = {g: (r, pw) for g, r, pw in rows}
+            if group in self._roles:
+                return self._roles[group]
+        raise StorageError(f"group {group!r} has no PostgreSQL role in this database", "42704",
+                           "recreate the group (casemate group add), or run casemate init "
+                           "again for the built-in groups")
+
+    def _group_conn(self, group: str) -> _Phys:
+        return self._pool.get(group)
+
+    def _q(self, query: str | pgsql.Composable, params: Sequence[Any] | None = None,
+           fetch: bool = True) -> list[tuple[Any, ...]]:
+        """One statement on a service connection (autocommit)."""
+        p = self._sys.get("")
         try:
-            with self.pool.connection() as conn, conn.transaction():
-                for stmt in _SCHEMA:
-                    conn.execute(stmt)
-                if not conn.execute("SELECT 1 FROM casemate.meta").fetchone():
-                    conn.execute("INSERT INTO casemate.meta VALUES (%s)", (SCHEMA_VERSION,))
-                for g in BUILTIN_GROUPS:
-                    self._create_role(conn, role_for(g))
-                ident = {g: pgsql.Identifier(role_for(g)) for g in BUILTIN_GROUPS}
-                for stmt in (
-                    "GRANT USAGE, CREATE ON SCHEMA public TO {admin}",
-                    "GRANT USAGE ON SCHEMA public TO {readwrite}, {readonly}",
-                    "ALTER DEFAULT PRIVILEGES FOR ROLE {admin} IN SCHEMA public GRANT SELECT, "
-                    "INSERT, UPDATE, DELETE ON TABLES TO {readwrite}",
-                    "ALTER DEFAULT PRIVILEGES FOR ROLE {admin} IN SCHEMA public GRANT SELECT "
-                    "ON TABLES TO {readonly}",
-                    "ALTER DEFAULT PRIVILEGES FOR ROLE {admin} IN SCHEMA public GRANT USAGE, "
-                    "SELECT ON SEQUENCES TO {readwrite}",
-                ):
-                    conn.execute(pgsql.SQL(stmt).format(**ident))
-        except psycopg.errors.InsufficientPrivilege as e:
-            raise StorageError(f"the PostgreSQL role lacks rights to set Casemate up: "
-                               f"{e.diag.message_primary}", "42501",
-                               "run casemate init with a role that has CREATEROLE and owns "
-                               "the database (or a superuser)") from e
+            cur = p.conn.execute(query, params)  # type: ignore[arg-type]
+            rows = list(cur.fetchall()) if fetch and cur.description else []
         except psycopg.Error as e:
-            raise _error(e) from e
-        self.check_schema()
+            self._sys.put(p)
+            raise self._schema_error(e) from e
+        self._sys.put(p)
+        return rows
+
+    def _txn(self, work: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+        """Several statements on a service connection, in one transaction."""
+        p = self._sys.get("")
+        try:
+            with p.conn.transaction():
+                return work(p.conn)
+        except psycopg.Error as e:
+            raise self._schema_error(e) from e
+        finally:
+            self._sys.put(p)
 
     @staticmethod
-    def _create_role(conn: Any, role: str) -> None:
-        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
-            conn.execute(pgsql.SQL("CREATE ROLE {} NOLOGIN").format(pgsql.Identifier(role)))
-        conn.execute(pgsql.SQL("GRANT {} TO {}").format(pgsql.Identifier(role),
-                                                        pgsql.Identifier(conn.info.user)))
+    def _schema_error(e: psycopg.Error) -> StorageError:
+        err = _error(e)
+        if err.code in ("3F000", "42P01") and ('"casemate.' in err.message
+                                                or 'schema "casemate"' in err.message):
+            return StorageError("this PostgreSQL database has no Casemate schema", "3F000",
+                                _NO_SCHEMA_HINT)
+        return err
+
+    # -- setup --
+    def initialize(self) -> None:
+        """Create the casemate schema and one login role per built-in group.
+
+        Needs a role that may create schemas in the database (its owner) and
+        roles (CREATEROLE), or a superuser.  Idempotent: a second ``casemate
+        init`` over the same database keeps its users, groups and roles.
+        """
+        try:
+            self._txn(self._initialize)
+        except StorageError as e:
+            if e.code == "42501":
+                raise StorageError(
+                    f"the PostgreSQL role {self._dsn_parts.get('user', '')!s} lacks rights "
+                    f"to set Casemate up: {e.message}", "42501",
+                    "run casemate init with a role that owns the database and has CREATEROLE "
+                    "(ALTER ROLE ... CREATEROLE), or as a superuser; the servers can then use "
+                    "the same role") from e
+            raise
+        self.check()
+
+    def _initialize(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INIT_LOCK,))
+        found = conn.execute("SELECT to_regclass('casemate.meta')").fetchone()
+        if found and found[0] is not None:
+            row = conn.execute("SELECT schema_version, role_prefix FROM casemate.meta").fetchone()
+            if row is not None and row[0] != SCHEMA_VERSION:
+                raise StorageError(*self._version_error(row[0]))
+        for stmt in _SCHEMA:
+            conn.execute(stmt)
+        row = conn.execute("SELECT role_prefix FROM casemate.meta").fetchone()
+        if row is None:
+            db = conn.execute("SELECT current_database()").fetchone()
+            prefix = f"casemate_{_sanitize(str(db[0] if db else ''), 24)}_"
+            conn.execute("INSERT INTO casemate.meta VALUES (%s, %s)", (SCHEMA_VERSION, prefix))
+        else:
+            prefix = row[0]
+        known = {g: (r, pw) for g, r, pw in conn.execute(
+            "SELECT name, role, password FROM casemate.groups").fetchall()}
+        for g in BUILTIN_GROUPS:
+            role, pw = known.get(g, (prefix + g, secrets.token_urlsafe(24)))
+            self._ensure_role(conn, role, pw, reset=g not in known)
+            if g not in known:
+                conn.execute("INSERT INTO casemate.groups VALUES (%s, %s, %s, true)", (g, role, pw))
+        for g, (role, pw) in known.items():
+            if g not in BUILTIN_GROUPS:
+                self._ensure_role(conn, role, pw, reset=False)
+        admin, rw, ro = (pgsql.Identifier(known.get(g, (prefix + g, ""))[0])
+                         for g in BUILTIN_GROUPS)
+        for stmt in (
+            "GRANT USAGE, CREATE ON SCHEMA public TO {admin}",
+            "GRANT USAGE ON SCHEMA public TO {rw}, {ro}",
+            "ALTER DEFAULT PRIVILEGES FOR ROLE {admin} IN SCHEMA public "
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {rw}",
+            "ALTER DEFAULT PRIVILEGES FOR ROLE {admin} IN SCHEMA public "
+            "GRANT SELECT ON TABLES TO {ro}",
+            "ALTER DEFAULT PRIVILEGES FOR ROLE {admin} IN SCHEMA public "
+            "GRANT USAGE, SELECT ON SEQUENCES TO {rw}",
+        ):
+            conn.execute(pgsql.SQL(stmt).format(admin=admin, rw=rw, ro=ro))
+        try:  # PostgreSQL 15's default; older databases may still let everyone create tables
+            with conn.transaction():
+                conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        except psycopg.errors.InsufficientPrivilege:
+            log.warning("could not revoke CREATE on schema public from PUBLIC; other roles "
+                        "may create tables there")
+
+    @staticmethod
+    def _ensure_role(conn: psycopg.Connection[Any], role: str, password: str,
+                     reset: bool) -> None:
+        """The login role of one group: no special rights; the service role manages it."""
+        ident = pgsql.Identifier(role)
+        verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(),
+                                                b"scram-sha-256").decode()
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+        if exists is None:
+            conn.execute(pgsql.SQL("CREATE ROLE {} " + _ROLE_ATTRS + " PASSWORD {}").format(
+                ident, pgsql.Literal(verifier)))
+        elif reset:  # left over from an earlier database of the same name: take it over
+            conn.execute(pgsql.SQL("ALTER ROLE {} " + _ROLE_ATTRS + " PASSWORD {}").format(
+                ident, pgsql.Literal(verifier)))
+        member = conn.execute("SELECT pg_has_role(current_user, %s, 'USAGE')", (role,)).fetchone()
+        if not (member and member[0]):
+            conn.execute(pgsql.SQL("GRANT {} TO CURRENT_USER").format(ident))
+
+    @staticmethod
+    def _version_error(found: object) -> tuple[str, str, str]:
+        return (f"the Casemate schema in this PostgreSQL database has version {found}; this "
+                f"Casemate needs version {SCHEMA_VERSION}", "0A000",
+                "run the same Casemate version on every server over this database "
+                "(and upgrade the schema with that version)")
 
     def check(self) -> None:
-        self.check_schema()
-
-    def check_schema(self) -> None:
-        try:
-            rows = self._sys("SELECT schema_version FROM casemate.meta", fetch=True)
-        except StorageError as e:
-            if e.code == "42P01" or "does not exist" in e.message:
-                raise StorageError("this PostgreSQL database has no Casemate schema", "3F000",
-                                   "run: casemate init DIR --storage postgresql --dsn ...") from e
-            raise
-        if not rows or rows[0][0] != SCHEMA_VERSION:
-            found = rows[0][0] if rows else None
-            raise StorageError(f"Casemate schema version {found} in PostgreSQL, this server "
-                               f"needs {SCHEMA_VERSION}", "0A000",
-                               "upgrade the Casemate servers (or the schema) to one version")
+        """Raise StorageError unless the schema exists with this version; load the roles."""
+        rows = self._q("SELECT schema_version FROM casemate.meta")
+        if not rows:
+            raise StorageError("the Casemate schema in this PostgreSQL database is incomplete",
+                               "3F000", _NO_SCHEMA_HINT)
+        if rows[0][0] != SCHEMA_VERSION:
+            raise StorageError(*self._version_error(rows[0][0]))
+        for g in BUILTIN_GROUPS:
+            self._role(g, refresh=g == BUILTIN_GROUPS[0])
 
     def connect(self) -> StorageConnection:
-        try:
-            conn = self.pool.getconn(timeout=self.settings.busy_timeout_seconds + 1)
-        except PoolTimeout as e:
-            raise StorageError(f"all {self.settings.pool_size} PostgreSQL connections are in "
-                               "use (storage.pool_size)", "53300",
-                               "raise storage.pool_size or end idle transactions") from e
-        return _Connection(self, conn)
+        return _Connection(self)
 
-    # -- users, groups, grants ----------------------------------------------------
+    # -- users --
     _COLS = "name, grp, salt, stored_key, server_key, iterations, created"
 
-    def _user(self, r: tuple[Any, ...]) -> UserRecord:
+    @staticmethod
+    def _user(r: tuple[Any, ...]) -> UserRecord:
         return UserRecord(r[0], r[1], bytes(r[2]), bytes(r[3]), bytes(r[4]), r[5], r[6])
 
     def get_user(self, name: str) -> UserRecord | None:
-        rows = self._sys(f"SELECT {self._COLS} FROM casemate.users WHERE name = %s", (name,),
-                         fetch=True)
+        rows = self._q(f"SELECT {self._COLS} FROM casemate.users WHERE name = %s", (name,))
         return self._user(rows[0]) if rows else None
 
     def add_user(self, record: UserRecord) -> None:
-        import datetime as dt
-        try:
-            self._sys(f"INSERT INTO casemate.users ({self._COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                      (record.name, record.group, record.salt, record.stored_key,
-                       record.server_key, record.iterations,
-                       dt.datetime.now(dt.UTC).isoformat(timespec="seconds")))
-        except StorageError as e:
-            if e.code == "23505":
-                raise KeyError(record.name) from None
-            raise
+        created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        rows = self._q(f"INSERT INTO casemate.users ({self._COLS}) VALUES (%s, %s, %s, %s, %s, "
+                       "%s, %s) ON CONFLICT (name) DO NOTHING RETURNING name",
+                       (record.name, record.group, record.salt, record.stored_key,
+                        record.server_key, record.iterations, created))
+        if not rows:
+            raise KeyError(record.name)
 
     def update_user(self, record: UserRecord) -> None:
-        if self.get_user(record.name) is None:
+        rows = self._q("UPDATE casemate.users SET grp = %s, salt = %s, stored_key = %s, "
+                       "server_key = %s, iterations = %s WHERE name = %s RETURNING name",
+                       (record.group, record.salt, record.stored_key, record.server_key,
+                        record.iterations, record.name))
+        if not rows:
             raise KeyError(record.name)
-        self._sys("UPDATE casemate.users SET grp=%s, salt=%s, stored_key=%s, server_key=%s, "
-                  "iterations=%s WHERE name=%s", (record.group, record.salt, record.stored_key,
-                                                  record.server_key, record.iterations,
-                                                  record.name))
 
     def remove_user(self, name: str) -> None:
-        if self.get_user(name) is None:
+        if not self._q("DELETE FROM casemate.users WHERE name = %s RETURNING name", (name,)):
             raise KeyError(name)
-        self._sys("DELETE FROM casemate.users WHERE name = %s", (name,))
 
     def list_users(self) -> list[UserRecord]:
-        return [self._user(r) for r in self._sys(
-            f"SELECT {self._COLS} FROM casemate.users ORDER BY name", fetch=True)]
+        return [self._user(r) for r in self._q(
+            f"SELECT {self._COLS} FROM casemate.users ORDER BY name")]
 
+    # -- groups and grants --
     def add_group(self, name: str) -> None:
-        if name in BUILTIN_GROUPS or self._sys("SELECT 1 FROM casemate.groups WHERE name = %s",
-                                               (name,), fetch=True):
+        if name in BUILTIN_GROUPS:
             raise KeyError(name)
-        with self.pool.connection() as conn, conn.transaction():
-            conn.execute("INSERT INTO casemate.groups VALUES (%s)", (name,))
-            self._create_role(conn, role_for(name))
+
+        def work(conn: psycopg.Connection[Any]) -> None:
+            if conn.execute("SELECT 1 FROM casemate.groups WHERE name = %s", (name,)).fetchone():
+                raise KeyError(name)
+            prefix = conn.execute("SELECT role_prefix FROM casemate.meta").fetchone()
+            base = f"{prefix[0] if prefix else 'casemate_'}g_{_sanitize(name, 24)}"
+            role = base
+            if (role.removeprefix(str(prefix[0] if prefix else "")) != f"g_{name}"
+                    or conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
+                                    (role,)).fetchone()):
+                role = f"{base}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+            password = secrets.token_urlsafe(24)
+            self._ensure_role(conn, role, password, reset=True)
+            conn.execute("INSERT INTO casemate.groups VALUES (%s, %s, %s, false)",
+                         (name, role, password))
             conn.execute(pgsql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(
-                pgsql.Identifier(role_for(name))))
+                pgsql.Identifier(role)))
+        self._txn(work)
 
     def remove_group(self, name: str) -> None:
-        if self._sys("SELECT 1 FROM casemate.users WHERE grp = %s", (name,), fetch=True):
-            raise ValueError(f"group {name!r} still has users")
-        if not self._sys("SELECT 1 FROM casemate.groups WHERE name = %s", (name,), fetch=True):
-            raise KeyError(name)
-        role = pgsql.Identifier(role_for(name))
-        with self.pool.connection() as conn, conn.transaction():
-            conn.execute("DELETE FROM casemate.grants WHERE grp = %s", (name,))
+        if name in BUILTIN_GROUPS:
+            raise ValueError(f"{name!r} is a built-in group")
+
+        def work(conn: psycopg.Connection[Any]) -> None:
+            row = conn.execute("SELECT role FROM casemate.groups WHERE name = %s AND NOT builtin",
+                               (name,)).fetchone()
+            if row is None:
+                raise KeyError(name)
+            if conn.execute("SELECT 1 FROM casemate.users WHERE grp = %s", (name,)).fetchone():
+                raise ValueError(f"group {name!r} still has users")
+            role = pgsql.Identifier(row[0])
             conn.execute("DELETE FROM casemate.groups WHERE name = %s", (name,))
-            conn.execute(pgsql.SQL("DROP OWNED BY {}").format(role))
+            conn.execute(pgsql.SQL("DROP OWNED BY {}").format(role))  # its privileges here
             conn.execute(pgsql.SQL("DROP ROLE {}").format(role))
+        self._txn(work)
+        self._pool.drop_key(name)
+        self._grants_cache.pop(name, None)
+        with self._roles_lock:
+            self._roles.pop(name, None)
 
     def list_groups(self) -> dict[str, dict[str, frozenset[str]]]:
         out: dict[str, dict[str, frozenset[str]]] = {g: {} for g in BUILTIN_GROUPS}
-        for (g,) in self._sys("SELECT name FROM casemate.groups ORDER BY name", fetch=True):
-            out[g] = {}
-        for g, t, p in self._sys("SELECT grp, tbl, privileges FROM casemate.grants", fetch=True):
+        for (g,) in self._q("SELECT name FROM casemate.groups ORDER BY name"):
+            out.setdefault(g, {})
+        for g, t, p in self._q("SELECT grp, tbl, privileges FROM casemate.grants"):
             out.setdefault(g, {})[t] = frozenset(p.split(","))
         return out
 
     def grants_for(self, group: str) -> dict[str, frozenset[str]]:
-        return {t: frozenset(p.split(",")) for t, p in self._sys(
-            "SELECT tbl, privileges FROM casemate.grants WHERE grp = %s", (group,), fetch=True)}
+        # Read at every storage acquisition (for server-method rights; PostgreSQL enforces
+        # table rights itself), so cached briefly.
+        now = time.monotonic()
+        hit = self._grants_cache.get(group)
+        if hit is not None and now - hit[0] < GRANTS_CACHE_SECONDS:
+            return hit[1]
+        grants = {t: frozenset(p.split(",")) for t, p in self._q(
+            "SELECT tbl, privileges FROM casemate.grants WHERE grp = %s", (group,))}
+        self._grants_cache[group] = (now, grants)
+        return grants
 
     def set_grants(self, group: str, table: str, privileges: frozenset[str]) -> None:
-        if group not in self.list_groups():
-            raise KeyError(group)
-        with self.pool.connection() as conn, conn.transaction():
+        table = table.lower()
+
+        def work(conn: psycopg.Connection[Any]) -> None:
+            row = conn.execute("SELECT role, builtin FROM casemate.groups WHERE name = %s",
+                               (group,)).fetchone()
+            if row is None:
+                raise KeyError(group)
+            role, builtin = pgsql.Identifier(row[0]), row[1]
             if privileges:
                 conn.execute("INSERT INTO casemate.grants VALUES (%s, %s, %s) ON CONFLICT "
                              "(grp, tbl) DO UPDATE SET privileges = EXCLUDED.privileges",
@@ -383,23 +1041,48 @@ class PostgreSQLBackend(Backend):
             else:
                 conn.execute("DELETE FROM casemate.grants WHERE grp = %s AND tbl = %s",
                              (group, table))
-            if table.startswith(METHOD_PREFIX):
-                return  # server methods are checked by Casemate, not PostgreSQL
-            role, tbl = pgsql.Identifier(role_for(group)), pgsql.Identifier(table)
-            try:
-                conn.execute(pgsql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(tbl, role))
-                if privileges:
-                    conn.execute(pgsql.SQL("GRANT {} ON TABLE {} TO {}").format(
-                        pgsql.SQL(", ").join(pgsql.SQL(p) for p in sorted(privileges)), tbl,
-                        role))
-            except psycopg.Error as e:
-                raise _error(e) from e
+            if table.startswith(METHOD_PREFIX) or builtin:
+                return  # method rights are Casemate's; built-in groups' table rights are fixed
+            tbl = pgsql.Identifier(*table.split(".", 1))
+            conn.execute(pgsql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(tbl, role))
+            table_privs = sorted(privileges & {"SELECT", "INSERT", "UPDATE", "DELETE"})
+            if table_privs:
+                conn.execute(pgsql.SQL("GRANT {} ON TABLE {} TO {}").format(
+                    pgsql.SQL(", ").join(pgsql.SQL(p) for p in table_privs), tbl, role))
+            # serial columns: INSERT needs their sequences
+            seqs = conn.execute(
+                "SELECT s.oid::regclass::text FROM pg_depend d JOIN pg_class s ON s.oid = d.objid "
+                "WHERE d.refobjid = %s::regclass AND d.classid = 'pg_class'::regclass "
+                "AND s.relkind = 'S' AND d.deptype = 'a'", (tbl.as_string(conn),)).fetchall()
+            for (seq,) in seqs:
+                conn.execute(pgsql.SQL("REVOKE ALL ON SEQUENCE {} FROM {}").format(
+                    pgsql.SQL(seq), role))
+                if "INSERT" in privileges:
+                    conn.execute(pgsql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(
+                        pgsql.SQL(seq), role))
+        self._txn(work)
+        self._grants_cache.pop(group, None)
 
+    # -- housekeeping --
     def data_size(self) -> int:
-        return int(self._sys("SELECT pg_database_size(current_database())", fetch=True)[0][0])
+        return int(self._q("SELECT pg_database_size(current_database())")[0][0])
 
     def integrity_check(self) -> str:
-        return "ok"  # PostgreSQL checks its own pages (checksums, amcheck) outside Casemate
+        """B-tree checks with amcheck when installed; PostgreSQL checks its pages itself."""
+        if not self._q("SELECT 1 FROM pg_extension WHERE extname = 'amcheck'"):
+            return "ok"
+        try:
+            self._q("SELECT bt_index_check(c.oid) FROM pg_index i JOIN pg_class c ON "
+                    "c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam JOIN pg_namespace n "
+                    "ON n.oid = c.relnamespace WHERE a.amname = 'btree' AND n.nspname IN "
+                    "('public', 'casemate') AND c.relpersistence <> 't' AND i.indisvalid")
+        except StorageError as e:
+            if e.code == "42501":
+                log.info("integrity check: amcheck not permitted for this role: %s", e.message)
+                return "ok"
+            return e.message
+        return "ok"
 
     def close(self) -> None:
-        self.pool.close()
+        self._pool.close()
+        self._sys.close()

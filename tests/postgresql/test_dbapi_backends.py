@@ -1,0 +1,162 @@
+"""The same DB-API behaviour over both storage backends (SQL that both dialects accept)."""
+
+from __future__ import annotations
+
+import tracemalloc
+from collections.abc import Iterator
+from decimal import Decimal
+
+import psutil
+import pytest
+
+import casemate
+from casemate.database import create_database
+from casemate.pgtest import PostgresServer
+from casemate.testing import ServerProcess
+
+from .conftest import init_folder
+
+PW = "dbapi-pw"
+ROWS = 200_000
+PAD = "x" * 50
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[ServerProcess]:
+    folder = tmp_path_factory.mktemp(request.param) / "db"
+    if request.param == "sqlite":
+        create_database(folder, None, PW)
+        s = ServerProcess(folder, password=PW).start()
+    else:
+        pg: PostgresServer = request.getfixturevalue("pg")
+        r = init_folder(pg, folder, PW)
+        assert r.returncode == 0, r.stderr
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("CASEMATE_PG_PASSWORD", pg.password)
+            s = ServerProcess(folder, password=PW).start()
+    yield s
+    s.stop()
+
+
+def test_backend_is_the_one_asked_for(server: ServerProcess) -> None:
+    with server.connect() as conn:
+        assert conn.backend in ("sqlite", "postgresql")
+        assert conn.backend in str(server.db.parent)
+
+
+def test_commit_and_rollback_isolation(server: ServerProcess) -> None:
+    with server.connect() as one, server.connect() as two:
+        one.execute("CREATE TABLE iso (k integer PRIMARY KEY, v text)")
+        one.commit()
+        one.execute("INSERT INTO iso VALUES (?, ?)", (1, "a"))
+        assert two.execute("SELECT count(*) FROM iso").fetchone() == (0,)  # uncommitted
+        two.rollback()
+        one.commit()
+        assert two.execute("SELECT v FROM iso").fetchall() == [("a",)]
+        two.rollback()
+        one.execute("UPDATE iso SET v = ? WHERE k = ?", ("b", 1))
+        one.rollback()
+        assert one.execute("SELECT v FROM iso").fetchall() == [("a",)]
+        one.commit()
+
+
+def test_rowcount_description_lastrowid(server: ServerProcess) -> None:
+    with server.connect() as conn:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE items (id integer PRIMARY KEY, name text)")
+        cur.executemany("INSERT INTO items VALUES (?, ?)", [(i, f"n{i}") for i in range(100)])
+        assert cur.rowcount == 100
+        cur.execute("UPDATE items SET name = name || '!' WHERE id < ?", (10,))
+        assert cur.rowcount == 10
+        cur.execute("DELETE FROM items WHERE id >= ?", (90,))
+        assert cur.rowcount == 10
+        cur.execute("INSERT INTO items VALUES (?, ?)", (500, "last"))
+        # SQLite reports the rowid; PostgreSQL has none to report (use RETURNING)
+        assert cur.lastrowid == (500 if conn.backend == "sqlite" else None)
+        cur.execute("SELECT id, name AS label FROM items ORDER BY id")
+        assert [d[0] for d in cur.description] == ["id", "label"]
+        assert cur.rowcount == -1
+        assert cur.fetchmany(3) == [(0, "n0!"), (1, "n1!"), (2, "n2!")]
+        assert len(cur.fetchall()) == 88
+        cur.execute("SELECT id FROM items WHERE id < 0")
+        assert [d[0] for d in cur.description] == ["id"] and cur.fetchall() == []
+        conn.commit()
+
+
+def test_parameters_round_trip(server: ServerProcess) -> None:
+    with server.connect() as conn:
+        conn.execute("CREATE TABLE vals (i bigint, f double precision, t text, b bytea, "
+                     "n integer)" if conn.backend == "postgresql" else
+                     "CREATE TABLE vals (i integer, f real, t text, b blob, n integer)")
+        row = (2**40, 1.5, "it's 100% ?", b"\x00\xff", None)
+        conn.execute("INSERT INTO vals VALUES (?, ?, ?, ?, ?)", row)
+        assert conn.execute("SELECT i, f, t, b, n FROM vals WHERE t = ? AND i = ?",
+                            (row[2], row[0])).fetchall() == [row]
+        assert conn.execute("SELECT '?', 7 % 4").fetchone() == ("?", 3)
+        conn.rollback()
+
+
+def test_large_result_streams_in_bounded_memory(server: ServerProcess) -> None:
+    srv = psutil.Process(server.pid)
+    with server.connect() as conn:
+        cur = conn.cursor()
+        cur.execute(f"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < "
+                    f"{ROWS}) SELECT x, '{PAD}' FROM c")
+        base = srv.memory_info().rss
+        tracemalloc.start()
+        try:
+            n = server_peak = 0
+            while batch := cur.fetchmany(5000):
+                n += len(batch)
+                assert batch[-1] == (n, PAD)
+                if n % 50_000 == 0:
+                    server_peak = max(server_peak, srv.memory_info().rss - base)
+            client_peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert n == ROWS
+        # The whole result is ~20 MB as Python objects: neither side ever holds it.
+        assert client_peak < 8_000_000, client_peak
+        assert server_peak < 12_000_000, server_peak
+        conn.commit()
+
+
+def test_error_classes_and_codes(server: ServerProcess) -> None:
+    with server.connect() as conn:
+        with pytest.raises(casemate.ProgrammingError) as e:
+            conn.execute("SELEC 1")
+        assert e.value.code == "42601"
+        conn.rollback()
+        with pytest.raises(casemate.ProgrammingError) as e:
+            conn.execute("SELECT * FROM no_such_table")
+        assert e.value.code == "42P01"
+        conn.rollback()
+        conn.execute("CREATE TABLE uniq (k integer PRIMARY KEY)")
+        conn.execute("INSERT INTO uniq VALUES (1)")
+        conn.commit()
+        with pytest.raises(casemate.IntegrityError) as e:
+            conn.execute("INSERT INTO uniq VALUES (1)")
+        assert e.value.code in ("23000", "23505")  # SQLite's class code; PostgreSQL's own
+        conn.rollback()
+
+
+def test_autocommit_executemany_is_all_or_nothing(server: ServerProcess) -> None:
+    with server.connect() as conn:
+        conn.autocommit = True
+        conn.execute("CREATE TABLE batch (k integer PRIMARY KEY)")
+        with pytest.raises(casemate.IntegrityError):
+            conn.cursor().executemany("INSERT INTO batch VALUES (?)", [(1,), (2,), (1,)])
+        assert conn.execute("SELECT count(*) FROM batch").fetchone() == (0,)
+        conn.execute("INSERT INTO batch VALUES (?)", (5,))
+        with server.connect() as other:
+            assert other.execute("SELECT k FROM batch").fetchall() == [(5,)]
+            other.rollback()
+
+
+def test_decimal_values(server: ServerProcess) -> None:
+    with server.connect() as conn:
+        conn.execute("CREATE TABLE money (amount NUMERIC(10, 2))")
+        conn.execute("INSERT INTO money VALUES (?)", (Decimal("12.34"),))
+        assert conn.execute("SELECT amount FROM money").fetchone() == (Decimal("12.34"),)
+        conn.rollback()

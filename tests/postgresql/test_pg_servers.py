@@ -1,0 +1,279 @@
+"""Two Casemate servers on different ports over one PostgreSQL database.
+
+Server ``a`` is plain and reads the PostgreSQL password from the environment;
+server ``b`` is encrypted and reads it from a file.  Both folders were made
+with ``casemate init --storage postgresql`` over the same database.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+import casemate
+from casemate.database import make_verifier
+from casemate.pgtest import PostgresServer
+from casemate.testing import ServerProcess
+from tests.conftest import set_setting
+
+from .conftest import cli, dsn_of, init_folder
+
+PW = "admin-pg-pw"
+OTHER_PW = "ignored-second-pw"
+METHODS = '''
+from casemate.methods import Rows, method
+
+
+@method
+def add_note(db, body: str, fail: bool) -> int:
+    n = db.execute("INSERT INTO method_notes (body) VALUES (?)", (body,)).rowcount
+    if fail:
+        raise ValueError("refused")
+    return n
+
+
+@method
+def notes(db) -> Rows:
+    return db.rows("SELECT body FROM method_notes ORDER BY id")
+'''
+
+
+@pytest.fixture(scope="module")
+def pair(pg: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    base = tmp_path_factory.mktemp("pg")
+    r = init_folder(pg, base / "a", PW)
+    assert r.returncode == 0, r.stderr
+    r = init_folder(pg, base / "b", OTHER_PW)  # finds the schema: keeps the users
+    assert r.returncode == 0, r.stderr
+    secret = base / "pg-password"
+    secret.write_text(pg.password + "\n")
+    set_setting(base / "b", "password_env", '"CASEMATE_PG_UNSET"')
+    set_setting(base / "b", "password_file", f'"{secret}"')
+    set_setting(base / "b", "encrypt_client_server_connections", "true")
+    for name in ("a", "b"):
+        (base / name / "Methods" / "notes.py").write_text(METHODS)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CASEMATE_PG_PASSWORD", pg.password)
+        a = ServerProcess(base / "a", password=PW).start()
+    try:
+        b = ServerProcess(base / "b", password=PW).start()
+    except BaseException:
+        a.stop()
+        raise
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def url(server: ServerProcess, user: str, password: str) -> str:
+    return f"casemate://{user}:{password}@127.0.0.1:{server.port}"
+
+
+def refused(conn: casemate.Connection, sql: str) -> str:
+    with pytest.raises(casemate.DatabaseError) as e:
+        conn.execute(sql)
+    conn.rollback()
+    return str(e.value.code)
+
+
+def test_folders_hold_no_password_and_name_the_backend(pair, pg: PostgresServer) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    for server in (a, b):
+        toml = (server.db / "casemate.toml").read_text()
+        assert pg.password not in toml and 'backend = "postgresql"' in toml
+        assert not any((server.db / "Data").iterdir())  # no SQLite files
+    with a.connect() as conn:
+        assert conn.backend == "postgresql"
+
+
+def test_second_init_kept_the_first_users(pair) -> None:  # type: ignore[no-untyped-def]
+    _, b = pair
+    with casemate.connect(url(b, "admin", PW)) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    with pytest.raises(casemate.OperationalError) as e:
+        casemate.connect(url(b, "admin", OTHER_PW))
+    assert e.value.code == "28P01"
+
+
+def test_row_committed_through_one_is_read_through_the_other(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    with a.connect() as ca, b.connect() as cb:
+        assert not ca.security.encrypted and cb.security.encrypted
+        ca.execute("CREATE TABLE shared (id serial PRIMARY KEY, note text)")
+        ca.commit()
+        ca.execute("INSERT INTO shared (note) VALUES (?)", ("from a",))
+        assert cb.execute("SELECT count(*) FROM shared").fetchone() == (0,)  # not yet
+        cb.rollback()
+        ca.commit()
+        assert cb.execute("SELECT note FROM shared").fetchall() == [("from a",)]
+        cb.commit()
+
+
+def test_user_added_through_one_logs_in_through_the_other(pair, pg: PostgresServer) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    r = cli("user", "add", str(a.db), "carol", "--group", "readwrite", "--password", "carol-pw",
+            env={"CASEMATE_PG_PASSWORD": pg.password})
+    assert r.returncode == 0, r.stderr
+    with casemate.connect(url(b, "carol", "carol-pw")) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("casemate_postgres_readwrite",)
+    # and over the encrypted server's admin command, the other way round
+    rec = make_verifier("erin", "erin-pw", "readonly")
+    with b.connect() as admin:
+        assert admin.security.encrypted
+        admin.admin("user_add", name="erin", group="readonly",
+                    verifier=[rec.salt, rec.stored_key, rec.server_key, rec.iterations])
+    with casemate.connect(url(a, "erin", "erin-pw")) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("casemate_postgres_readonly",)
+    with pytest.raises(casemate.OperationalError) as e:
+        casemate.connect(url(a, "carol", "wrong"))
+    assert e.value.code == "28P01"
+
+
+def test_grants_hold_on_both_servers(pair, pg: PostgresServer) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    with a.connect() as ca:
+        ca.execute("CREATE TABLE ledger (id serial PRIMARY KEY, amount integer)")
+        ca.execute("CREATE TABLE payroll (id serial PRIMARY KEY, salary integer)")
+        ca.execute("INSERT INTO ledger (amount) VALUES (10)")
+        ca.commit()
+        ca.admin("group_add", name="auditors")
+        ca.admin("grant", group="auditors", table="ledger", privileges=["SELECT"])
+    r = cli("user", "add", str(b.db), "dave", "--group", "auditors", "--password", "dave-pw",
+            env={"CASEMATE_PG_PASSWORD": pg.password})
+    assert r.returncode == 0, r.stderr
+    for server in (a, b):
+        with casemate.connect(url(server, "dave", "dave-pw")) as conn:
+            assert conn.execute("SELECT sum(amount) FROM ledger").fetchone() == (10,)
+            conn.commit()
+            for sql in ("DELETE FROM ledger", "SELECT * FROM payroll",
+                        "SELECT * FROM casemate.users", "SET ROLE postgres",
+                        "SELECT set_config('role', 'casemate_postgres_admin', false)",
+                        "CREATE TABLE mine (a int)"):
+                assert refused(conn, sql) == "42501", (server.port, sql)
+    with b.connect() as cb:  # a grant made through b applies through a at once
+        cb.admin("grant", group="auditors", table="payroll", privileges=["SELECT"])
+    with casemate.connect(url(a, "dave", "dave-pw")) as conn:
+        assert conn.execute("SELECT count(*) FROM payroll").fetchone() == (0,)
+
+
+def test_builtin_groups_rights(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    with a.connect() as admin:
+        admin.execute("CREATE TABLE notes (id serial PRIMARY KEY, body text)")
+        admin.commit()
+        admin.admin("user_add", name="rita", group="readonly",
+                    verifier=_verifier("rita", "rita-pw"))
+    with casemate.connect(url(b, "carol", "carol-pw")) as rw:  # readwrite, from the test above
+        rw.execute("INSERT INTO notes (body) VALUES (?)", ("hello",))  # serial: sequence rights
+        rw.commit()
+        assert refused(rw, "CREATE TABLE own (a int)") == "42501"
+        assert refused(rw, "DROP TABLE notes") == "42501"
+    with casemate.connect(url(a, "rita", "rita-pw")) as ro:
+        assert ro.execute("SELECT body FROM notes").fetchall() == [("hello",)]
+        ro.commit()
+        assert refused(ro, "UPDATE notes SET body = 'x'") == "42501"
+
+
+def _verifier(name: str, password: str) -> list[object]:
+    rec = make_verifier(name, password, "-")
+    return [rec.salt, rec.stored_key, rec.server_key, rec.iterations]
+
+
+def test_sessions_reach_postgresql_over_tls(pair) -> None:  # type: ignore[no-untyped-def]
+    for server in pair:
+        with server.connect() as conn:
+            assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+                                ).fetchone() == (True,)
+
+
+def test_failed_statement_rolls_back_the_transaction(pair) -> None:  # type: ignore[no-untyped-def]
+    a, _ = pair
+    with a.connect() as conn:
+        conn.execute("CREATE TABLE once (k integer PRIMARY KEY)")
+        conn.commit()
+        conn.execute("INSERT INTO once VALUES (1)")
+        with pytest.raises(casemate.IntegrityError):
+            conn.execute("INSERT INTO once VALUES (1)")
+        with pytest.raises(casemate.ProgrammingError) as e:
+            conn.execute("SELECT 1")
+        assert e.value.code == "25P02"
+        with pytest.raises(casemate.ProgrammingError) as e:
+            conn.commit()  # PostgreSQL rolled it back: commit must not pretend otherwise
+        assert e.value.code == "25P02"
+        assert conn.execute("SELECT count(*) FROM once").fetchone() == (0,)
+        conn.rollback()
+
+
+def test_server_start_checks_the_schema(pair, pg: PostgresServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    a, _ = pair
+    other = tmp_path / "other"  # a third folder over the same database
+    shutil.copytree(a.db, other, ignore=shutil.ignore_patterns("Logs"))
+    secret = tmp_path / "pw"
+    secret.write_text(pg.password)
+    set_setting(other, "password_env", '"CASEMATE_PG_UNSET"')
+    set_setting(other, "password_file", f'"{secret}"')
+    with psycopg.connect(pg.dsn(), autocommit=True) as su:
+        su.execute("UPDATE casemate.meta SET schema_version = 42")
+        try:
+            with pytest.raises(RuntimeError, match="version 42"):
+                ServerProcess(other, password=PW).start()
+        finally:
+            su.execute("UPDATE casemate.meta SET schema_version = 1")
+        su.execute("CREATE DATABASE empty_db")
+    set_setting(other, "dsn", f'"{dsn_of(pg, dbname="empty_db")}"')
+    with pytest.raises(RuntimeError, match="no Casemate schema.*casemate init"):
+        ServerProcess(other, password=PW).start()
+
+
+def test_init_errors_are_clear(pg: PostgresServer, tmp_path: Path) -> None:
+    r = init_folder(pg, tmp_path / "x", PW, port=1)
+    assert r.returncode != 0 and "cannot connect to PostgreSQL" in r.stderr, r.stderr
+    r = cli("init", str(tmp_path / "y"), "--storage", "postgresql", "--dsn", dsn_of(pg),
+            "--admin-password", PW, env={"CASEMATE_PG_PASSWORD": "wrong"})
+    assert r.returncode != 0 and "password authentication failed" in r.stderr, r.stderr
+    assert "CASEMATE_PG_PASSWORD" in r.stderr  # says where the password comes from
+    with psycopg.connect(pg.dsn(), autocommit=True) as su:
+        su.execute("CREATE ROLE weak LOGIN PASSWORD 'weak-pw'")
+        su.execute("CREATE DATABASE weakdb")
+    r = cli("init", str(tmp_path / "z"), "--storage", "postgresql", "--dsn",
+            dsn_of(pg, dbname="weakdb", user="weak"), "--admin-password", PW,
+            env={"CASEMATE_PG_PASSWORD": "weak-pw"})
+    assert r.returncode != 0 and "lacks rights" in r.stderr and "CREATEROLE" in r.stderr, (
+        r.stderr)
+
+
+def test_server_methods_run_in_the_session_transaction(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    with a.connect() as conn:
+        conn.execute("CREATE TABLE method_notes (id serial PRIMARY KEY, body text)")
+        conn.commit()
+        assert conn.call("add_note", "kept", False) == 1
+        with pytest.raises(casemate.DatabaseError, match="refused"):
+            conn.call("add_note", "undone", True)  # its savepoint is rolled back...
+        conn.commit()  # ...and the transaction around it goes on
+    with b.connect() as conn:
+        assert conn.call("notes") == [("kept",)]
+        conn.commit()
+    with casemate.connect(url(b, "dave", "dave-pw")) as conn:  # auditors: no EXECUTE yet
+        with pytest.raises(casemate.ProgrammingError) as e:
+            conn.call("notes")
+        assert e.value.code == "42501"
+    with a.connect() as conn:
+        conn.admin("grant", group="auditors", table="method:notes", privileges=["EXECUTE"])
+        conn.admin("grant", group="auditors", table="method_notes", privileges=["SELECT"])
+    deadline = time.monotonic() + 5  # another server sees a method grant within a second
+    while True:
+        with casemate.connect(url(b, "dave", "dave-pw")) as conn:
+            try:
+                assert conn.call("notes") == [("kept",)]
+                break
+            except casemate.ProgrammingError:
+                if time.monotonic() > deadline:
+                    raise
+        time.sleep(0.2)
