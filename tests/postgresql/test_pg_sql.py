@@ -66,7 +66,8 @@ def test_statements_that_leave_session_state(sql: str, state: bool) -> None:
     assert classify(sql).session_state is state
 
 
-def test_rollback_to_is_recognised() -> None:
-    assert classify("ROLLBACK TO SAVEPOINT a").undoes_savepoint
-    assert classify("rollback work to a").undoes_savepoint
-    assert not classify("ROLLBACK").undoes_savepoint
+def test_transaction_ends_in_sql_are_recognised() -> None:
+    for sql in ("ROLLBACK TO SAVEPOINT a", "rollback work to a", "ROLLBACK", "commit", "END"):
+        assert classify(sql).undoes_savepoint, sql
+    assert not classify("SAVEPOINT a").undoes_savepoint
+    assert not classify("SELECT 'rollback'").undoes_savepoint

@@ -348,6 +348,17 @@ def test_statement_shapes(backend: PostgreSQLBackend) -> None:
         before.close()
         assert rows(c, "SELECT 1") == [(1,)]  # none of this aborted the transaction
         c.commit()
+        c.begin()
+        cur = c.execute("SELECT g FROM generate_series(1, 1000) g", ())
+        c.execute("ROLLBACK", ())  # in SQL, not through rollback(): the cursor is gone
+        c.begin()
+        c.execute("INSERT INTO t (v) VALUES ('after')", ())
+        with pytest.raises(StorageError) as e:
+            cur.fetch(1000)
+        assert e.value.code == "34000"
+        cur.close()
+        c.commit()  # the new transaction was not aborted by the stale cursor
+        assert rows(c, "SELECT count(*) FROM t WHERE v = 'after'") == [(1,)]
     finally:
         c.close()
 
@@ -372,3 +383,24 @@ def test_pooled_connections_survive_a_postgresql_restart(backend: PostgreSQLBack
             c.close()
     finally:
         b.close()
+
+
+def test_roles_of_another_database_are_not_taken_over(backend: PostgreSQLBackend,
+                                                      pg: PostgresServer) -> None:
+    with psycopg.connect(pg.dsn(), autocommit=True) as su:
+        su.execute('CREATE DATABASE "Postgres"')  # its roles would be named like postgres's
+    other = PostgreSQLBackend(settings(pg, dsn=dsn_of(pg, dbname="Postgres")))
+    try:
+        with pytest.raises(StorageError) as e:
+            other.initialize()
+        assert e.value.code == "42710" and "another database (postgres)" in e.value.message
+    finally:
+        other.close()
+    fresh = PostgreSQLBackend(settings(pg))  # the first database's roles still log in
+    try:
+        fresh.check()
+        c = session(fresh, "readonly")
+        assert rows(c, "SELECT current_user") == [("casemate_postgres_readonly",)]
+        c.close()
+    finally:
+        fresh.close()

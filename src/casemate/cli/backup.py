@@ -83,6 +83,9 @@ def backup(directory: Path, dest: Path) -> None:
     The private key (Resources/) is NOT copied: keep it safe separately.
     """
     folder = open_folder(directory)
+    if folder.settings().storage.backend != "sqlite":
+        fail("this database's data lives in PostgreSQL: back it up with PostgreSQL's tools "
+             "(pg_dump, pg_basebackup), and keep Resources/ safe separately")
     if dest.exists() and any(dest.iterdir()):
         fail(f"{dest} is not empty; choose a new folder for the backup")
     (dest / "Data").mkdir(parents=True, exist_ok=True)

@@ -201,6 +201,8 @@ def _admin(target: str) -> Admin:
         return LocalAdmin(folder.backend())
     except SettingsError as e:
         fail(str(e), 2)
+    except StorageError as e:
+        fail(e.message + (f"\nHint: {e.hint}" if e.hint else ""), 2)
     raise AssertionError("unreachable")
 
 
@@ -210,6 +212,9 @@ def _admin_run(target: str, command: str, **args: Any) -> list[tuple[Any, ...]]:
         return admin.run(command, **args)
     except Error as e:
         fail(e.message)
+        return []
+    except StorageError as e:
+        fail(e.message + (f"\nHint: {e.hint}" if e.hint else ""))
         return []
     finally:
         admin.close()

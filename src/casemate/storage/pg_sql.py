@@ -131,7 +131,9 @@ _STATE_FIRST = {"SET", "RESET", "DISCARD", "LISTEN", "UNLISTEN", "PREPARE", "DEA
 _STATE_ANYWHERE = re.compile(
     r"\b(TEMP|TEMPORARY|set_config|pg_advisory_lock|pg_advisory_lock_shared|"
     r"pg_try_advisory_lock|pg_try_advisory_lock_shared|dblink_connect)\b", re.I)
-_SAVEPOINT_UNDO = re.compile(r"^\s*ROLLBACK\s+(WORK\s+|TRANSACTION\s+)?TO\b", re.I)
+# ROLLBACK [TO], COMMIT, END, ABORT, PREPARE TRANSACTION sent as SQL: cursors opened in the
+# transaction (or since the savepoint) may be gone.
+_SAVEPOINT_UNDO = re.compile(r"^\s*(ROLLBACK|COMMIT|END|ABORT|PREPARE\s+TRANSACTION)\b", re.I)
 # Statements PostgreSQL runs only alone, outside any transaction block.
 _ALONE = re.compile(r"^[\s(]*(VACUUM|CLUSTER|(CREATE|DROP)\s+(DATABASE|TABLESPACE|SUBSCRIPTION)|"
                     r"ALTER\s+SYSTEM|REINDEX\s+(SYSTEM|DATABASE))\b|\bCONCURRENTLY\b", re.I)
@@ -143,7 +145,7 @@ class Statement:
 
     cursor: bool          # a query that a server-side cursor can run (DECLARE ... FOR it)
     session_state: bool   # may leave settings, temp tables, locks... on the connection
-    undoes_savepoint: bool  # ROLLBACK TO: cursors opened since the savepoint are gone
+    undoes_savepoint: bool  # ROLLBACK [TO], COMMIT...: cursors opened in it may be gone
     several: bool = False   # more than one statement (refused, as SQLite does)
     no_transaction_block: bool = False  # VACUUM & co.: must be sent alone
 

@@ -524,7 +524,9 @@ class _Connection(StorageConnection):
             if owed:
                 self._send(owed, prefix=False)
         result = _PlainCursor(self._send([bound]))
-        if kind.undoes_savepoint:  # a ROLLBACK TO in SQL: cursors since the savepoint are gone
+        if p.conn.info.transaction_status == _IDLE:  # a COMMIT or ROLLBACK sent as SQL
+            self._savepoints.clear()
+        if kind.undoes_savepoint:  # ROLLBACK (TO) or COMMIT in SQL: some cursors may be gone
             for c in self._cursors.values():
                 if c.depth >= 0:
                     c.uncertain = True
@@ -545,11 +547,7 @@ class _Connection(StorageConnection):
         return cursor
 
     def _fetch(self, cursor: _ServerCursor, n: int) -> list[tuple[Any, ...]]:
-        if cursor.uncertain:  # FETCH on a dropped cursor would abort the transaction
-            found = self._send([f"SELECT 1 FROM pg_cursors WHERE name = '{cursor.name}'"],
-                               prefix=False).fetchall()
-            cursor.uncertain, cursor.gone = False, not found
-        if cursor.gone:
+        if not self._exists(cursor):
             raise StorageError(f"cursor {cursor.name} no longer exists (its transaction or "
                                "savepoint was rolled back)", "34000")
         cur = self._send([f'FETCH FORWARD {int(n)} FROM "{cursor.name}"'], prefix=False)
@@ -564,14 +562,9 @@ class _Connection(StorageConnection):
     def _cursor_closed(self, cursor: _ServerCursor) -> None:
         if self._cursors.pop(cursor.name, None) is None:
             return
-        if not cursor.exhausted and not cursor.gone and self._phys is not None:
-            q = f'CLOSE "{cursor.name}"'
-            if self.in_transaction:
-                # A failed CLOSE would abort the session's transaction: never let it fail.
-                q = (f"DO $casemate$DECLARE c refcursor := '{cursor.name}'; BEGIN CLOSE c; "
-                     "EXCEPTION WHEN invalid_cursor_name THEN NULL; END$casemate$")
+        if not cursor.exhausted and self._phys is not None and self._exists(cursor):
             try:
-                self._send([q], prefix=False)
+                self._send([f'CLOSE "{cursor.name}"'], prefix=False)
             except StorageError as e:
                 if self.in_transaction:
                     raise
@@ -579,6 +572,15 @@ class _Connection(StorageConnection):
         elif self._phys is not None:
             self._phys.close_all = True
         self._give_back()
+
+    def _exists(self, cursor: _ServerCursor) -> bool:
+        """Whether PostgreSQL still has it: a statement on a dropped cursor would abort the
+        transaction."""
+        if cursor.uncertain:
+            found = self._send([f"SELECT 1 FROM pg_cursors WHERE name = '{cursor.name}'"],
+                               prefix=False).fetchall()
+            cursor.uncertain, cursor.gone = False, not found
+        return not cursor.gone
 
     def _close_cursors(self) -> None:
         for c in list(self._cursors.values()):
@@ -736,7 +738,7 @@ class PostgreSQLBackend(Backend):
         try:
             conn = psycopg.connect(conninfo, autocommit=True, prepare_threshold=None)
         except psycopg.Error as e:
-            raise _connect_error(e, conninfo, who, self._password_hint()) from None
+            raise _connect_error(e, self.settings.dsn, who, self._password_hint()) from None
         for t in _TEXT_TYPES:
             try:
                 conn.adapters.register_loader(t, TextLoader)
@@ -766,8 +768,13 @@ class PostgreSQLBackend(Backend):
             try:
                 return self._open(make_conninfo(self.settings.dsn, **extra), role)
             except StorageError as e:
-                if e.code != "28P01" or attempt == 1:
+                if e.code != "28P01":
                     raise
+                if attempt == 1:
+                    raise StorageError(e.message, e.code, (
+                        f"the password of Casemate's role {role} was changed outside Casemate; "
+                        "set it back, or remove the role's row from casemate.groups and run "
+                        "casemate init again")) from e
         raise AssertionError("unreachable")
 
     def _role(self, group: str, refresh: bool = False) -> tuple[str, str]:
@@ -782,9 +789,6 @@ class PostgreSQLBackend(Backend):
         raise StorageError(f"group {group!r} has no PostgreSQL role in this database", "42704",
                            "recreate the group (casemate group add), or run casemate init "
                            "again for the built-in groups")
-
-    def _group_conn(self, group: str) -> _Phys:
-        return self._pool.get(group)
 
     def _q(self, query: str | pgsql.Composable, params: Sequence[Any] | None = None,
            fetch: bool = True) -> list[tuple[Any, ...]]:
@@ -852,7 +856,7 @@ class PostgreSQLBackend(Backend):
         row = conn.execute("SELECT role_prefix FROM casemate.meta").fetchone()
         if row is None:
             db = conn.execute("SELECT current_database()").fetchone()
-            prefix = f"casemate_{_sanitize(str(db[0] if db else ''), 24)}_"
+            prefix = f"casemate_{_sanitize(str(db[0] if db else ''), 20)}_"
             conn.execute("INSERT INTO casemate.meta VALUES (%s, %s)", (SCHEMA_VERSION, prefix))
         else:
             prefix = row[0]
@@ -898,6 +902,16 @@ class PostgreSQLBackend(Backend):
             conn.execute(pgsql.SQL("CREATE ROLE {} " + _ROLE_ATTRS + " PASSWORD {}").format(
                 ident, pgsql.Literal(verifier)))
         elif reset:  # left over from an earlier database of the same name: take it over
+            other = conn.execute(
+                "SELECT d.datname FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid "
+                "WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = "
+                "(SELECT oid FROM pg_roles WHERE rolname = %s) AND d.datname <> "
+                "current_database() LIMIT 1", (role,)).fetchone()
+            if other is not None:
+                raise StorageError(
+                    f"PostgreSQL role {role} already serves another database ({other[0]}) of "
+                    "this cluster", "42710", "roles are shared by a cluster's databases: give "
+                    "this database another name (Casemate names its roles after it)")
             conn.execute(pgsql.SQL("ALTER ROLE {} " + _ROLE_ATTRS + " PASSWORD {}").format(
                 ident, pgsql.Literal(verifier)))
         member = conn.execute("SELECT pg_has_role(current_user, %s, 'USAGE')", (role,)).fetchone()
@@ -970,7 +984,7 @@ class PostgreSQLBackend(Backend):
             if conn.execute("SELECT 1 FROM casemate.groups WHERE name = %s", (name,)).fetchone():
                 raise KeyError(name)
             prefix = conn.execute("SELECT role_prefix FROM casemate.meta").fetchone()
-            base = f"{prefix[0] if prefix else 'casemate_'}g_{_sanitize(name, 24)}"
+            base = f"{prefix[0] if prefix else 'casemate_'}g_{_sanitize(name, 20)}"
             role = base
             if (role.removeprefix(str(prefix[0] if prefix else "")) != f"g_{name}"
                     or conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
