@@ -15,7 +15,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["TLSServerProtocol"]
 
@@ -43,7 +43,7 @@ class TLSServerProtocol(asyncio.Protocol, asyncio.Transport):
 
     # -- below: the TCP transport ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
         self._t = transport
         self._obj = self._ctx.wrap_bio(self._in, self._out, server_side=True)
         self._timer = asyncio.get_running_loop().call_at(self._deadline, self._too_slow)
