@@ -138,7 +138,10 @@ class _Connection(StorageConnection):
 
     def begin(self) -> None:
         if not self._db.in_transaction:
-            self._db.execute("BEGIN")
+            try:
+                self._db.execute("BEGIN")
+            except sqlite3.OperationalError as e:
+                raise self._denied(e) from e  # a locked database becomes Busy: retried
 
     def atomic_many(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
         """executemany outside a transaction: all rows or none."""
