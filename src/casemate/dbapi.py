@@ -402,12 +402,21 @@ class Cursor:
 
     def fetchmany(self, size: int | None = None) -> list[tuple[Any, ...]]:
         n = self.arraysize if size is None else size
-        out = []
-        for _ in range(n):
-            row = self.fetchone()
-            if row is None:
-                break
-            out.append(row)
+        out: list[tuple[Any, ...]] = []
+        rows = self._rows
+        while len(out) < n:
+            if not rows:  # checks the cursor, waits for the next batch
+                row = self.fetchone()
+                if row is None:
+                    break
+                out.append(row)
+                continue
+            k = n - len(out)
+            if k >= len(rows):  # take the whole batch at once
+                out.extend(rows)
+                rows.clear()
+            else:
+                out.extend([rows.popleft() for _ in range(k)])
         return out
 
     def fetchall(self) -> list[tuple[Any, ...]]:
@@ -420,8 +429,11 @@ class Cursor:
         return out
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        while (row := self.fetchone()) is not None:
+        rows = self._rows  # (cleared in place if the cursor runs another statement)
+        while (row := self.fetchone()) is not None:  # checks, waits for the next batch
             yield row
+            while rows:  # the rest of this batch without fetchone's checks per row
+                yield rows.popleft()
 
     def close(self) -> None:
         if self._closed:

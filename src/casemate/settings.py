@@ -107,6 +107,10 @@ _SCHEMA: dict[str, list[_Field]] = {
                _choice("1.2", "1.3")),
         _Field("require_client_certificate", False, bool,
                "When encrypted, also require a client certificate signed by Resources/client-ca.pem."),
+        _Field("event_loop", "auto", str,
+               "Event loop of the server: \"uvloop\" (faster; pip install 'casemate[uvloop]'), "
+               "\"asyncio\" (the standard library's), or \"auto\" (uvloop when installed).",
+               _choice("auto", "uvloop", "asyncio")),
     ],
     "storage": [
         _Field("backend", "sqlite", str,
@@ -127,6 +131,9 @@ _SCHEMA: dict[str, list[_Field]] = {
                _range(0, 600)),
         _Field("worker_threads", 16, int,
                "Threads that run storage calls, so no session stalls the others.", _range(1, 256)),
+        _Field("inline_limit_ms", 0.2, (int, float),
+               "SQLite calls seen to take less than this run in the event loop, without a "
+               "thread hand-over (0 = always in worker threads).", _range(0, 100)),
     ],
     "limits": [
         _Field("max_sessions", 1000, int, "Most sessions connected at once.", _range(1, 100000)),
@@ -188,6 +195,7 @@ class NetworkSettings:
     encrypt_client_server_connections: bool
     min_tls_version: str
     require_client_certificate: bool
+    event_loop: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +207,7 @@ class StorageSettings:
     pool_size: int
     busy_timeout_seconds: float
     worker_threads: int
+    inline_limit_ms: float
 
 
 @dataclasses.dataclass(frozen=True)

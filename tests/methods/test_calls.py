@@ -46,6 +46,11 @@ def spin(db) -> None:
 
 
 @method
+def end_transaction(db, statement: str) -> None:
+    db.execute(statement)
+
+
+@method
 def numbers(db, n: int) -> Rows:
     return db.rows("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
                    "WHERE x < ?) SELECT x, 'row ' || x FROM c", (n,))
@@ -94,6 +99,25 @@ def test_method_writes_in_the_callers_transaction(server) -> None:  # type: igno
         b.autocommit = True                             # an autocommit caller commits at once
         b.call("add_item", "auto")
         assert a.call("count_items") == start + 2
+
+
+@pytest.mark.parametrize("statement", ["COMMIT", "ROLLBACK"])
+def test_method_cannot_end_the_callers_transaction(server, statement: str) -> None:  # type: ignore[no-untyped-def]
+    with server.connect() as a:
+        # The session ends transactions itself first: SQLite caches prepared statements per
+        # connection, and a cached COMMIT must be authorized again inside a method.
+        for _ in range(3):
+            a.execute("SELECT 1")
+            a.commit() if statement == "COMMIT" else a.rollback()
+        start = a.call("count_items")
+        a.call("add_item", "kept-only-if-the-caller-commits")
+        with pytest.raises(casemate.ProgrammingError) as e:
+            a.call("end_transaction", statement)
+        assert e.value.code == "42501"
+        assert "inside a server method" in e.value.message
+        assert a.in_transaction
+        a.rollback()  # the caller's transaction was still open: this undoes the insert
+        assert a.call("count_items") == start
 
 
 def test_grants_per_method(server) -> None:  # type: ignore[no-untyped-def]

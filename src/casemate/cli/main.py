@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,11 +146,28 @@ def serve(directory: Path, host: tuple[str, ...], port: int | None, verbose: boo
     pid_path = _claim_pid(folder)
     server = Server(folder, settings, file_settings)
     try:
-        asyncio.run(_run(server))
+        with asyncio.Runner(loop_factory=_loop_factory(settings.network.event_loop)) as runner:
+            runner.run(_run(server))
     except ServerStartError as e:
         fail(f"{e}\nThe server did not start.", 2)
     finally:
         _release_pid(pid_path)
+
+
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """network.event_loop: uvloop when asked (it must be installed) or, for "auto", when
+    installed; otherwise the standard library's loop."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            fail("network.event_loop is \"uvloop\" but uvloop is not installed; install it "
+                 "with: pip install 'casemate[uvloop]' (or set event_loop = \"auto\")\n"
+                 "The server did not start.", 2)
+        return None
+    return uvloop.new_event_loop
 
 
 async def _run(server: object) -> None:
@@ -158,6 +176,7 @@ async def _run(server: object) -> None:
     server.prepare()
     await server.start()
     loop = asyncio.get_running_loop()
+    logging.getLogger("casemate.server").info("event loop: %s", server.event_loop)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, server.request_stop)
     for h, p in server.addresses:

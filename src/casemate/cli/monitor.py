@@ -61,7 +61,10 @@ def status(url: str, as_json: bool) -> None:
               ("Accepting", "yes" if st["accepting"] else "NO (casemate accept URL resumes)"),
               ("Sessions", str(st["sessions"])),
               ("Statements/s", f"{st['statements_per_second']} ({st['statements_total']} total)"),
-              ("Data size", f"{st['data_bytes'] / 1e6:.2f} MB ({st['storage']})")]
+              ("Data size", f"{st['data_bytes'] / 1e6:.2f} MB ({st['storage']})"),
+              ("Event loop", st.get("event_loop", "?")),
+              ("Storage calls", f"{st.get('storage_calls_in_event_loop', 0)} in the event loop, "
+                                f"{st.get('storage_calls_in_threads', 0)} in worker threads")]
     for k, v in lines:
         click.echo(f"{k + ':':<17}{v}")
 

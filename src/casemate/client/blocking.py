@@ -38,6 +38,19 @@ _tls_cache: dict[tuple[Any, ...], list[Any]] = {}
 _cache_lock = threading.Lock()
 
 
+class _ReadBuffer(threading.local):
+    """One receive buffer per thread, reused by every connection of the thread: what is
+    received is copied into the protocol's buffer at once.  (``sock.recv(READ_SIZE)``
+    would allocate, and on Linux map and unmap, a fresh 256 KiB at every call.)"""
+
+    def __init__(self) -> None:
+        self.buf = bytearray(READ_SIZE)
+        self.view = memoryview(self.buf)
+
+
+_rbuf = _ReadBuffer()
+
+
 class _NotTLS(Exception):
     """The TLS handshake failed in a way that a plaintext server would cause."""
 
@@ -80,13 +93,14 @@ class Channel:
             if ev is not NEED_DATA:
                 assert isinstance(ev, Message)
                 return ev
+            rb = _rbuf
             try:
-                data = self.sock.recv(READ_SIZE)
+                n = self.sock.recv_into(rb.buf)
             except (OSError, ssl.SSLError) as e:
                 raise self._lost(str(e)) from e
-            if not data:
+            if not n:
                 raise self._lost("the server closed the connection")
-            proto.receive_data(data)
+            proto.receive_data(rb.view[:n])
 
     def poll_alive(self) -> bool:
         """Without blocking, take in what the server sent while we were idle (a shutdown

@@ -17,6 +17,7 @@ code  Python type         payload
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -71,19 +72,36 @@ def _replace_bigints(value: Any) -> Any:
     return value
 
 
+class _Packers(threading.local):
+    """One reusable Packer per thread (``msgpack.packb`` builds, and allocates the buffer
+    of, a new one at every call: most of the cost of packing a small message)."""
+
+    def __init__(self) -> None:
+        self.pack = msgpack.Packer(default=_default, use_bin_type=True, autoreset=True).pack
+
+
+_packers = _Packers()
+
+
 def pack(value: Any) -> bytes:
     """Encode ``value``; raises TypeError for a value with no wire representation."""
     try:
-        return msgpack.packb(value, default=_default, use_bin_type=True)  # type: ignore[no-any-return]
-    except OverflowError:
-        return msgpack.packb(  # type: ignore[no-any-return]
-            _replace_bigints(value), default=_default, use_bin_type=True
-        )
+        return _packers.pack(value)  # type: ignore[no-any-return]
+    except OverflowError:  # (the Packer resets itself after an error)
+        return _packers.pack(_replace_bigints(value))  # type: ignore[no-any-return]
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
 
 
 def pack_array_of_packed(items: list[bytes]) -> bytes:
     """A msgpack array whose elements are already-encoded values."""
-    return msgpack.Packer().pack_array_header(len(items)) + b"".join(items)  # type: ignore[no-any-return]
+    return _array_header(len(items)) + b"".join(items)
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
@@ -100,7 +118,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
     raise ValueError(f"unknown extension type {code}")
 
 
-def unpack(data: bytes) -> Any:
+def unpack(data: bytes | memoryview) -> Any:
     """Decode one value; arrays come back as tuples. Raises ValueError on malformed input."""
     try:
         return msgpack.unpackb(

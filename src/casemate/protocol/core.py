@@ -80,6 +80,14 @@ class Msg(bytes, enum.Enum):
     ERROR = b"E"
     NOTICE = b"N"
 
+    # Members are dict keys on every message (state tables): hash them as the bytes they
+    # are, in C, rather than through Enum.__hash__ (a Python call).
+    __hash__ = bytes.__hash__
+
+
+# Type byte (as an int, how indexing a bytearray gives it) -> message type.
+_BY_BYTE: dict[int, Msg] = {m.value[0]: m for m in Msg}
+
 
 class Message(NamedTuple):
     type: Msg
@@ -132,7 +140,7 @@ SERVER_TRANSITIONS: dict[State, dict[Msg, State]] = {
 def encode_frame(msg: Msg, body: Any) -> bytes:
     """Return the bytes of one frame (no state checks; see :meth:`ProtocolConnection.send`)."""
     payload = codec.pack(body)
-    return _HEADER.pack(msg.value, len(payload)) + payload
+    return _HEADER.pack(msg, len(payload)) + payload  # a member is its own 1-byte value
 
 
 class ProtocolConnection:
@@ -170,7 +178,7 @@ class ProtocolConnection:
     def send_packed(self, msg: Msg, payload: bytes) -> bytes:
         """Like :meth:`send`, for a body that is already msgpack-encoded (row batches)."""
         self._advance(msg, sender_is_client=self.role is Role.CLIENT)
-        return _HEADER.pack(msg.value, len(payload)) + payload
+        return _HEADER.pack(msg, len(payload)) + payload
 
     def _advance(self, msg: Msg, sender_is_client: bool) -> None:
         if msg is Msg.NOTICE and not sender_is_client:
@@ -195,8 +203,9 @@ class ProtocolConnection:
             self.server_state = nxt
 
     # -- incoming ---------------------------------------------------------
-    def receive_data(self, data: bytes) -> None:
-        """Add received bytes; ``b""`` means the peer closed its side."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Add received bytes (copied: the caller may reuse its buffer); empty means the
+        peer closed its side."""
         if not data:
             self._eof = True
             return
@@ -220,13 +229,10 @@ class ProtocolConnection:
         if avail == 0:
             return self._need_data()
         # Check the type byte at once: no waiting for the body of a frame we cannot use.
-        tbyte = bytes(self._buf[self._pos : self._pos + 1])
-        try:
-            msg = Msg(tbyte)
-        except ValueError:
-            raise ProtocolError(
-                f"unknown message type {tbyte!r}", Codes.PROTOCOL_VIOLATION
-            ) from None
+        msg = _BY_BYTE.get(self._buf[self._pos])
+        if msg is None:
+            tbyte = bytes(self._buf[self._pos : self._pos + 1])
+            raise ProtocolError(f"unknown message type {tbyte!r}", Codes.PROTOCOL_VIOLATION)
         if avail < HEADER_SIZE:
             return self._need_data()
         _, length = _HEADER.unpack_from(self._buf, self._pos)
@@ -238,11 +244,13 @@ class ProtocolConnection:
         if avail < HEADER_SIZE + length:
             return self._need_data()
         start = self._pos + HEADER_SIZE
-        payload = bytes(self._buf[start : start + length])
         self._pos = start + length
         self._advance(msg, sender_is_client=self.role is Role.SERVER)
         try:
-            body = codec.unpack(payload)
+            # Decoded in place: the values decoded are copies, and the view is released
+            # before the buffer changes again.
+            with memoryview(self._buf) as view:
+                body = codec.unpack(view[start : start + length])
         except ValueError as e:
             raise ProtocolError(f"malformed {msg.name} message: {e}",
                                 Codes.PROTOCOL_VIOLATION) from e

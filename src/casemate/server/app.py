@@ -33,6 +33,7 @@ from ..protocol import Msg, encode_frame
 from ..settings import Settings, SettingsError, load_settings
 from ..storage import Backend, StorageConnection, StorageError
 from .audit import AuditLog, Throttle
+from .inline import CostModel
 from .session import Session
 from .tlsproto import TLSServerProtocol
 
@@ -130,6 +131,8 @@ class Server:
         self.tls: TLSState | None = None
         self.backend: Backend
         self.pool: ConnectionPool
+        self.cost = CostModel(0)  # which storage calls may run in the event loop (prepare)
+        self.event_loop = "asyncio"  # or "uvloop" (start)
         self.executor = concurrent.futures.ThreadPoolExecutor(
             settings.storage.worker_threads, thread_name_prefix="casemate-storage")
         self.sessions: dict[int, Session] = {}
@@ -185,6 +188,8 @@ class Server:
         except Exception as e:
             raise ServerStartError(f"cannot open the storage: {e}") from e
         self.pool = ConnectionPool(self.backend, self.settings.storage.worker_threads * 2)
+        limit = self.settings.storage.inline_limit_ms / 1000 if self.backend.inline_calls else 0
+        self.cost = CostModel(limit)
 
     def _bind(self) -> None:
         net = self.settings.network
@@ -217,6 +222,7 @@ class Server:
         self._stopping = asyncio.Event()
         self._bind()
         loop = asyncio.get_running_loop()
+        self.event_loop = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
         for s in self._listeners:
             self._spawn(self._accept_loop(s))
         self._spawn(self._watch_settings())

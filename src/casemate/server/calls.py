@@ -60,9 +60,8 @@ class IterCursor(StorageCursor):
         out, self._pending = self._pending[:n], self._pending[n:]
         with _stop_lock:
             self.holder["thread"] = threading.get_ident()
-        policy = getattr(self.conn, "policy", None)
-        if policy is not None:
-            policy.in_method = True
+        if self.conn is not None:
+            self.conn.set_in_method(True)
         try:
             out += [tuple(r) for r in itertools.islice(self._rows, n - len(out))]
         except (MethodTimeout, Error):
@@ -70,8 +69,8 @@ class IterCursor(StorageCursor):
         except Exception as e:  # noqa: BLE001 - the method's own error, reported as such
             raise method_error(e, self.name) from None
         finally:
-            if policy is not None:
-                policy.in_method = False
+            if self.conn is not None:
+                self.conn.set_in_method(False)
             with _stop_lock:
                 self.holder.pop("thread", None)
         return out
@@ -108,17 +107,14 @@ def run_method(conn: StorageConnection, m: ServerMethod, ctx: MethodContext, arg
         conn.begin()
     sp = f"casemate_call_{next(_savepoints)}"
     conn.savepoint(sp)
-    policy = getattr(conn, "policy", None)
     try:
         bound = m.bind(args, kwargs)
         bound.arguments[next(iter(bound.arguments))] = ctx
-        if policy is not None:
-            policy.in_method = True
+        conn.set_in_method(True)
         try:
             result = m.fn(*bound.args, **bound.kwargs)
         finally:
-            if policy is not None:
-                policy.in_method = False
+            conn.set_in_method(False)
         cursor: StorageCursor
         if m.streams:
             if isinstance(result, RowStream):

@@ -47,6 +47,9 @@ def status(server: Server) -> dict[str, Any]:
         "statements_total": server.statements,
         "data_bytes": server.backend.data_size(),
         "storage": server.backend.name,
+        "event_loop": server.event_loop,
+        "storage_calls_in_event_loop": server.cost.inline_calls,
+        "storage_calls_in_threads": server.cost.thread_calls,
     }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import threading
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -22,6 +23,19 @@ __all__ = ["TLSServerProtocol"]
 log = logging.getLogger("casemate.server")
 # Decrypted bytes taken per SSLObject.read call: one TLS record is at most 16 KiB.
 READ_CHUNK = 64 * 1024
+
+
+class _Scratch(threading.local):
+    """Where SSLObject.read decrypts into, shared by the connections of a thread (the
+    session copies what it is given before returning), instead of a new 64 KiB object per
+    read."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray(READ_CHUNK)
+        self.view = memoryview(self.buf)
+
+
+_scratch = _Scratch()
 
 
 class TLSServerProtocol(asyncio.Protocol, asyncio.Transport):
@@ -85,9 +99,10 @@ class TLSServerProtocol(asyncio.Protocol, asyncio.Transport):
 
     def _decrypt(self) -> None:
         assert self._obj is not None and self._app is not None
+        scratch = _scratch
         while not self._closing:
             try:
-                chunk = self._obj.read(READ_CHUNK)
+                n = cast(int, self._obj.read(READ_CHUNK, scratch.buf))  # with a buffer: a count
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:  # close_notify: the client ended TLS cleanly
@@ -98,9 +113,11 @@ class TLSServerProtocol(asyncio.Protocol, asyncio.Transport):
                 log.info("TLS error from %s: %s", self._peer(), e)
                 self.abort()
                 break
-            if not chunk:
+            if not n:
                 break
-            self._app.data_received(chunk)
+            self._app.data_received(scratch.view[:n])  # type: ignore[arg-type]  # copied at once
+            if not self._in.pending and not self._obj.pending():
+                break  # all taken: spare the read that would only raise SSLWantReadError
         self._flush()  # post-handshake messages (session tickets, key updates)
 
     def _flush(self) -> None:
@@ -131,10 +148,11 @@ class TLSServerProtocol(asyncio.Protocol, asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or self._obj is None:
             return
-        view = memoryview(data)
-        while view:  # SSLObject.write takes at most one record's worth per call on some builds
-            n = self._obj.write(view)
-            view = view[n:]
+        n = self._obj.write(data)
+        if n < len(data):  # SSLObject.write may take less than all on some builds
+            view = memoryview(data)[n:]
+            while view:
+                view = view[self._obj.write(view):]
         self._flush()
 
     def writelines(self, list_of_data: Any) -> None:

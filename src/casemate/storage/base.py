@@ -1,15 +1,17 @@
 """The storage backend interface: everything the server stores goes through it.
 
 A backend stores the data and the users.  The server calls these methods from
-worker threads (they may block); one :class:`StorageConnection` is used by one
-session at a time.  SQLite implements it today; the interface leaves room for
+worker threads (they may block), or, for a backend whose ``inline_calls`` is
+true (SQLite), directly from the event loop when a call has been seen to be
+short (``casemate.server.inline``); one :class:`StorageConnection` is used by
+one session at a time.  SQLite implements it today; the interface leaves room for
 PostgreSQL (transactions map one to one, users live in the same database).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +63,7 @@ class StorageCursor(abc.ABC):
     description: Sequence[tuple[str, str | None]] | None
     rowcount: int
     lastrowid: int | None
+    cost_key: Hashable | None = None  # set by the server: the kind of call its fetches are
 
     @abc.abstractmethod
     def fetch(self, n: int) -> list[tuple[Any, ...]]:
@@ -72,6 +75,11 @@ class StorageCursor(abc.ABC):
 
 class StorageConnection(abc.ABC):
     """One session's handle on the data, with at most one open transaction."""
+
+    policy: Policy
+    # What ``policy`` was built from (group, grants version); the server skips rebuilding
+    # it when the next session using this connection has the same.
+    policy_key: Hashable | None = None
 
     @property
     @abc.abstractmethod
@@ -114,6 +122,11 @@ class StorageConnection(abc.ABC):
     def set_policy(self, policy: Policy) -> None:
         """Enforce ``policy`` (the session's rights) on every following statement."""
 
+    def set_in_method(self, on: bool) -> None:
+        """A server method starts (True) or ends: while it runs, statements may not begin
+        or end the caller's transaction."""
+        self.policy.in_method = on
+
     @abc.abstractmethod
     def commit(self) -> None: ...
 
@@ -128,6 +141,9 @@ class Backend(abc.ABC):
     """A storage engine: data connections plus the user store."""
 
     name: str
+    # True when calls are CPU work in this process (SQLite): short ones may then run in
+    # the event loop.  A backend that waits on the network keeps every call in a thread.
+    inline_calls = False
 
     def initialize(self) -> None:  # noqa: B027 - optional hook; SQLite needs nothing more
         """Create what the backend needs in a new database (``casemate init``)."""
@@ -174,6 +190,11 @@ class Backend(abc.ABC):
 
     def grants_for(self, group: str) -> dict[str, frozenset[str]]:
         return self.list_groups().get(group, {})
+
+    def grants_version(self) -> Hashable | None:
+        """A value that changes whenever any grant may have changed (in this process or
+        another), or None when unknown: then grants are read again at every use."""
+        return None
 
     @abc.abstractmethod
     def data_size(self) -> int:

@@ -116,7 +116,16 @@ class _Connection(StorageConnection):
 
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy
+        # Installing an authorizer also expires every cached prepared statement, so each
+        # is authorized again under the new policy when it next runs.
         self._db.set_authorizer(authorizer_for(policy))
+
+    def set_in_method(self, on: bool) -> None:
+        self.policy.in_method = on
+        if on:
+            # SQLite authorizes a statement when it is prepared: a COMMIT cached from
+            # before the method must be prepared (and refused) again.
+            self._db.set_authorizer(authorizer_for(self.policy))
 
     def _denied(self, e: sqlite3.DatabaseError) -> Exception:
         if getattr(e, "sqlite_errorcode", 0) == _BUSY_SNAPSHOT:
@@ -201,6 +210,7 @@ class _Connection(StorageConnection):
 
 class SQLiteBackend(Backend):
     name = "sqlite"
+    inline_calls = True
 
     def __init__(self, data_dir: Path, busy_timeout: float = 5.0) -> None:
         self.data_dir = data_dir
@@ -208,6 +218,7 @@ class SQLiteBackend(Backend):
         self.system_path = data_dir / SYSTEM_FILE
         self.busy_timeout = busy_timeout
         self._lock = threading.Lock()
+        self._grant_changes = 0  # changes made through this process's own connection
         self._sys = self._open_system()
         db = sqlite3.connect(self.data_path)
         try:
@@ -286,6 +297,7 @@ class SQLiteBackend(Backend):
         if name in BUILTIN_GROUPS:
             raise KeyError(name)
         with self._lock:
+            self._grant_changes += 1
             try:
                 self._sys.execute("INSERT INTO groups (name) VALUES (?)", (name,))
             except sqlite3.IntegrityError:
@@ -295,6 +307,7 @@ class SQLiteBackend(Backend):
         with self._lock:
             if self._sys.execute("SELECT 1 FROM users WHERE grp=?", (name,)).fetchone():
                 raise ValueError(f"group {name!r} still has users")
+            self._grant_changes += 1
             self._sys.execute("DELETE FROM grants WHERE grp=?", (name,))
             if self._sys.execute("DELETE FROM groups WHERE name=?", (name,)).rowcount == 0:
                 raise KeyError(name)
@@ -313,8 +326,15 @@ class SQLiteBackend(Backend):
             rows = self._sys.execute("SELECT tbl, privileges FROM grants WHERE grp=?", (group,))
             return {t: frozenset(p.split(",")) for t, p in rows}
 
+    def grants_version(self) -> tuple[int, int]:
+        # data_version moves when another connection (another process: the casemate CLI)
+        # commits to system.sqlite; our own changes are counted here.
+        with self._lock:
+            return self._sys.execute("PRAGMA data_version").fetchone()[0], self._grant_changes
+
     def set_grants(self, group: str, table: str, privileges: frozenset[str]) -> None:
         with self._lock:
+            self._grant_changes += 1
             if group not in BUILTIN_GROUPS and not self._sys.execute(
                     "SELECT 1 FROM groups WHERE name=?", (group,)).fetchone():
                 raise KeyError(group)
