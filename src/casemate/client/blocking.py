@@ -147,8 +147,13 @@ class Channel:
         return self.broken
 
     def save_session(self) -> None:
-        if self.cache_key is not None and isinstance(self.sock, ssl.SSLSocket):
-            session = self.sock.session  # costly to read (it serialises the session)
+        """Keep this connection's TLS session for the next connect to resume.  Not when it
+        was itself resumed: the session kept is still good (it is reused until it expires,
+        then a full handshake brings a new one), and reading it costs as much as a resumed
+        handshake (Python serialises and parses it again, certificate included)."""
+        if (self.cache_key is not None and isinstance(self.sock, ssl.SSLSocket)
+                and not self.sock.session_reused):
+            session = self.sock.session
             with _cache_lock:
                 entry = _tls_cache.get(self.cache_key)
                 if entry is not None and session is not None:
