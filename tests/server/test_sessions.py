@@ -4,6 +4,7 @@ memory, lost servers, concurrency, lock waits, shutdown, and protocol-level pipe
 from __future__ import annotations
 
 import gc
+import select
 import signal
 import socket
 import sys
@@ -429,5 +430,56 @@ def test_pipelined_queries_on_a_raw_socket(plain_server) -> None:  # type: ignor
         assert sync.type is Msg.COMPLETE
         raw.sock.sendall(raw.proto.send(Msg.TERMINATE))
         assert raw.sock.recv(1) == b""  # the server closes after TERMINATE
+    finally:
+        raw.close()
+
+
+def test_pipelining_client_that_does_not_read_meets_the_buffer_limit(plain_server) -> None:  # type: ignore[no-untyped-def]
+    """Short queries are served at once as they arrive; a client that sends many and reads
+    none of the replies still stalls at the write buffer limit, with the server's memory
+    bounded, and then gets every reply in order."""
+    raw = RawClient(plain_server.port)
+    server = psutil.Process(plain_server.pid)
+    n, blob = 5000, 16 * 1024  # 80 MiB of requests, and as much of replies
+    sql = "SELECT ?, ?"  # the server echoes the blob it is sent: next to no work
+    try:
+        raw.login("admin", ADMIN_PASSWORD)
+        for i in range(5):  # known to be short: served in data_received from now on
+            raw.sock.sendall(raw.proto.send(Msg.QUERY, (1, sql, (i, bytes(blob)), False, 100)))
+            assert raw.result()[0] == "rows"
+        gc.collect()
+        base = server.memory_info().rss
+        sent = 0
+        pending = b""
+        raw.sock.setblocking(False)
+        deadline = time.monotonic() + 30
+        while sent < n and time.monotonic() < deadline:
+            if not pending:
+                pending = raw.proto.send(Msg.QUERY, (1, sql, (sent, bytes(blob)), False, 100))
+                sent += 1
+            if not select.select([], [raw.sock], [], 1.0)[1]:
+                break  # not writable for a second: the server stopped reading
+            try:
+                pending = pending[raw.sock.send(pending):]
+            except BlockingIOError:
+                pass
+        rest = pending  # the unsent end of the last frame
+        time.sleep(0.5)
+        grown = server.memory_info().rss - base
+        assert sent < n, "the server kept reading without the client reading any reply"
+        assert grown < 40 * MiB, f"server grew {grown / MiB:.0f} MiB"
+        raw.sock.settimeout(30)
+        got: list[int] = []
+
+        def read_all() -> None:
+            for _ in range(sent):
+                kind, (_, rows, _) = raw.result()
+                assert kind == "rows" and len(rows[0][1]) == blob
+                got.append(rows[0][0])
+        reader = threading.Thread(target=read_all)
+        reader.start()
+        raw.sock.sendall(rest)
+        reader.join(60)
+        assert got == list(range(sent))  # every reply, in order
     finally:
         raw.close()

@@ -195,7 +195,8 @@ class Session(asyncio.Protocol):
         try:
             while (ev := self.proto.next_event()) is not NEED_DATA:
                 assert isinstance(ev, Message)
-                if self.inbox or not self.waiting or not self._serve_now(ev):
+                if (self.inbox or not self.waiting or not self.can_write.is_set()
+                        or not self._serve_now(ev)):
                     self.inbox.append(ev)
         except ProtocolError as e:
             self._fatal(e)
@@ -476,7 +477,9 @@ class Session(asyncio.Protocol):
         statements on SQLite); return False to leave it to the session's task.
 
         Only called when the task is idle with nothing queued, so replies keep the order
-        of requests.  Saves the task switch and two loop iterations per request.
+        of requests, and while the transport takes writes (a client that does not read its
+        replies still meets the write buffer limit).  Saves the task switch and two loop
+        iterations per request.
         """
         if self.closed or self.server.cost.limit <= 0:
             return False
