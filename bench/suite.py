@@ -543,18 +543,13 @@ def casemate_server(root: Path, name: str, encrypted: bool, cpu: int | None) -> 
 
 @contextmanager
 def postgres(cpu: int | None, max_connections: int) -> Iterator[Any]:
-    import psycopg
 
     from casemate.pgtest import PostgresServer
 
-    pg = PostgresServer(ssl=True, prefix=taskset_prefix(cpu))
+    pg = PostgresServer(ssl=True, prefix=taskset_prefix(cpu),
+                        max_connections=max(300, max_connections))
     try:
         pg.start()
-        if max_connections > 300:  # PostgresServer's setting; raising it needs a restart
-            with psycopg.connect(pg.dsn(), autocommit=True) as c:
-                c.execute(f"ALTER SYSTEM SET max_connections = {int(max_connections)}")
-            pg._run(*pg.prefix, str(pg.bin / "pg_ctl"), "-D", str(pg.data), "-l",
-                    str(pg.base / "postgres.log"), "-w", "restart")
         yield pg
     finally:
         pg.stop()

@@ -43,8 +43,10 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self, ssl: bool = True, prefix: tuple[str, ...] = ()) -> None:
+    def __init__(self, ssl: bool = True, prefix: tuple[str, ...] = (),
+                 max_connections: int = 300) -> None:
         self.ssl = ssl
+        self.max_connections = max_connections
         self.prefix = prefix  # e.g. ("taskset", "-c", "0"): the server inherits the pinning
         self.password = secrets.token_urlsafe(16)
         self.port = _free_port()
@@ -93,7 +95,8 @@ class PostgresServer:
         with open(self.data / "postgresql.conf", "a") as f:
             f.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
                     f"unix_socket_directories = '{self.base}'\n"
-                    f"ssl = {'on' if self.ssl else 'off'}\nmax_connections = 300\n")
+                    f"ssl = {'on' if self.ssl else 'off'}\n"
+                    f"max_connections = {int(self.max_connections)}\n")
         self._run(*self.prefix, str(self.bin / "pg_ctl"), "-D", str(self.data), "-l",
                   str(self.base / "postgres.log"), "-w", "start")
         self.started = True
