@@ -120,6 +120,23 @@ def test_method_cannot_end_the_callers_transaction(server, statement: str) -> No
         assert a.call("count_items") == start
 
 
+def test_method_that_meets_the_write_lock_waits_for_it(server) -> None:  # type: ignore[no-untyped-def]
+    with server.connect() as a, server.connect() as b:
+        start = b.call("count_items")
+        b.commit()
+        a.execute("INSERT INTO items (name, qty) VALUES ('holder', 1)")  # a holds the lock
+        timer = threading.Timer(0.5, a.commit)
+        timer.start()
+        t0 = time.monotonic()
+        b.call("add_item", "after-the-lock")  # undone at the lock, run again once released
+        waited = time.monotonic() - t0
+        b.commit()
+        timer.join()
+        assert waited >= 0.4
+        assert b.call("count_items") == start + 2  # each insert once: the retry left no double
+        b.commit()
+
+
 def test_grants_per_method(server) -> None:  # type: ignore[no-untyped-def]
     with casemate.connect(url(server, "clerk")) as clerk:
         with pytest.raises(casemate.ProgrammingError) as e:

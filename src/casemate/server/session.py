@@ -17,7 +17,7 @@ import random
 import sqlite3
 import ssl
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -87,6 +87,9 @@ def storage_error(e: BaseException, busy_timeout: float) -> Error:
     msg = str(e)
     if isinstance(e, StorageError):
         return Error(e.message, e.code, e.hint)
+    if isinstance(e, Busy):  # met where no retry is possible (e.g. reading a later batch)
+        return Error("database is busy: another session holds the write lock", Codes.BUSY,
+                     "roll back and retry the transaction")
     if isinstance(e, PermissionDenied):
         hint = ("an administrator can grant it: casemate group grant TARGET GROUP TABLE RIGHT"
                 if " on table " in msg else None)
@@ -303,7 +306,11 @@ class Session(asyncio.Protocol):
 
     async def call_retrying(self, fn: Callable[..., T], *args: Any,
                             key: Hashable | None = None) -> T:
-        """Like :meth:`call`, retrying while the write lock is busy, up to the busy timeout.
+        """Like :meth:`call`, retrying while the write lock is busy, up to the busy timeout."""
+        return await self.retrying(lambda: self.call(fn, *args, key=key))
+
+    async def retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Await ``attempt()``, again while it raises Busy, up to the busy timeout.
 
         The wait happens here, in the event loop, so a blocked writer never holds a
         worker thread that the lock's holder needs to commit.
@@ -314,7 +321,7 @@ class Session(asyncio.Protocol):
         waited = False
         while True:
             try:
-                return await self.call(fn, *args, key=key)
+                return await attempt()
             except Busy as e:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -647,7 +654,9 @@ class Session(asyncio.Protocol):
         def work() -> Any:
             return self.call(run_method, conn, m, ctx, args, dict(kwargs), begin, holder)
         try:
-            cur = await guarded(work, conn, holder, limit, name)
+            # A method that meets another session's write lock is undone to its savepoint;
+            # it runs again once the lock is released, like a statement.
+            cur = await self.retrying(lambda: guarded(work, conn, holder, limit, name))
             first = await guarded(lambda: self.call(fetch_batch, cur, _batch(batch)), conn,
                                   holder, limit, name)
         except (Error, PermissionDenied, Busy, StorageError, sqlite3.Error):
@@ -787,7 +796,7 @@ class Session(asyncio.Protocol):
 
 
 # Request failures reported to the client as errors (the session goes on).
-_REPORTED = (Error, sqlite3.Error, StorageError, PermissionDenied, ValueError, TypeError,
+_REPORTED = (Error, sqlite3.Error, StorageError, PermissionDenied, Busy, ValueError, TypeError,
              ArithmeticError)
 
 
