@@ -323,7 +323,7 @@ def connect_once(s: System, fresh_tls: bool) -> bool:
         cur.fetchone()
         cur.close()
         sock = None if s.is_pg else conn._channel.sock
-        return isinstance(sock, ssl.SSLSocket) and sock.session_reused
+        return bool(getattr(sock, "session_reused", False))
     finally:
         conn.close()
 

@@ -267,7 +267,7 @@ def connect_once(url: str, fresh_tls: bool) -> bool:
         cur.fetchone()
         cur.close()
         sock = conn._channel.sock
-        return isinstance(sock, ssl.SSLSocket) and sock.session_reused
+        return bool(getattr(sock, "session_reused", False))
 
 
 def connects(target: Target, n: int, fresh_tls: bool, resumed: list[bool]) -> tuple[float, float]:

@@ -164,7 +164,7 @@ def _run_case(url: str, data: bytes, marker: str, out: Outcome, may_wait: bool =
                     raise AssertionError(f"no answer and no close within {ANSWER_TIMEOUT} s "
                                          f"after {data[:80]!r}") from None
                 if may_wait and not half_closed:  # the server may wait for the rest of a frame
-                    socket.socket.shutdown(sock, socket.SHUT_WR)  # TCP FIN; TLS state kept
+                    sock.shutdown(socket.SHUT_WR)  # TCP FIN (TLSSocket: TLS state kept)
                     half_closed = True
                 continue
             except OSError:  # reset: closed (possibly before we read its ERROR)

@@ -6,11 +6,12 @@ OperationalError/SecurityError that say what happened and what to do.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import ssl
 import threading
-from typing import Any
+from typing import Any, cast
 
 from .. import tls
 from ..errors import Codes, Error, OperationalError, SecurityError
@@ -46,9 +47,113 @@ class _ReadBuffer(threading.local):
     def __init__(self) -> None:
         self.buf = bytearray(READ_SIZE)
         self.view = memoryview(self.buf)
+        self.raw = bytearray(READ_SIZE)  # TLSSocket: encrypted bytes, before decryption
+        self.raw_view = memoryview(self.raw)
 
 
 _rbuf = _ReadBuffer()
+
+
+class TLSSocket:
+    """TLS over a connected TCP socket, driven through ``ssl.SSLObject`` and memory BIOs.
+
+    Why not ``ssl.SSLSocket``: it reads every TLS record with two ``read()`` system
+    calls (the 5-byte header, then the body; Python does not expose OpenSSL's
+    read-ahead) and goes through several Python layers per call.  Here one
+    ``recv_into`` takes whatever has arrived, records included, and the SSL object
+    decrypts from memory.  Offers the part of the socket interface the client uses.
+    """
+
+    def __init__(self, sock: socket.socket, obj: ssl.SSLObject, incoming: ssl.MemoryBIO,
+                 outgoing: ssl.MemoryBIO) -> None:
+        self.raw = sock
+        self.obj = obj
+        self._in = incoming
+        self._out = outgoing
+
+    @classmethod
+    def handshake(cls, sock: socket.socket, ctx: ssl.SSLContext, hostname: str,
+                  session: ssl.SSLSession | None) -> TLSSocket:
+        """Run the client handshake on ``sock`` (its timeout applies); raises ssl.SSLError
+        (ssl.SSLCertVerificationError included), OSError, or ConnectionError at EOF."""
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx.wrap_bio(incoming, outgoing, server_hostname=hostname, session=session)
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if outgoing.pending:
+                    sock.sendall(outgoing.read())
+                data = sock.recv(READ_SIZE)
+                if not data:
+                    raise ConnectionResetError(
+                        "the server closed the connection during the TLS handshake") from None
+                incoming.write(data)
+            except ssl.SSLError:
+                if outgoing.pending:  # our alert tells the server why
+                    with contextlib.suppress(OSError):
+                        sock.sendall(outgoing.read())
+                raise
+        if outgoing.pending:
+            sock.sendall(outgoing.read())
+        return cls(sock, obj, incoming, outgoing)
+
+    def sendall(self, data: bytes) -> None:
+        self.obj.write(data)
+        self.raw.sendall(self._out.read())
+
+    def recv_into(self, buf: bytearray) -> int:
+        """Decrypted bytes into ``buf``; 0 at the end of the stream."""
+        obj = self.obj
+        while True:
+            if self._in.pending or obj.pending():
+                try:
+                    n = cast(int, obj.read(len(buf), buf))  # with a buffer: a count
+                except ssl.SSLWantReadError:
+                    n = -1  # an incomplete record: read more
+                except ssl.SSLZeroReturnError:
+                    return 0  # close_notify
+                if self._out.pending:  # a post-handshake reply (key update)
+                    self.raw.sendall(self._out.read())
+                if n >= 0:
+                    return n
+            rb = _rbuf
+            got = self.raw.recv_into(rb.raw)
+            if not got:
+                return 0
+            self._in.write(rb.raw_view[:got])
+
+    def recv(self, n: int) -> bytes:
+        buf = bytearray(n)
+        k = self.recv_into(buf)
+        return bytes(buf[:k])
+
+    def pending(self) -> int:
+        return self.obj.pending() or self._in.pending
+
+    @property
+    def session(self) -> ssl.SSLSession | None:
+        return self.obj.session
+
+    @property
+    def session_reused(self) -> bool:
+        return self.obj.session_reused
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.raw.settimeout(timeout)
+
+    def setblocking(self, flag: bool) -> None:
+        self.raw.setblocking(flag)
+
+    def shutdown(self, how: int) -> None:
+        self.raw.shutdown(how)
+
+    def close(self) -> None:
+        self.raw.close()
 
 
 class _NotTLS(Exception):
@@ -58,7 +163,7 @@ class _NotTLS(Exception):
 class Channel:
     """A connected, logged-in socket with its protocol core."""
 
-    def __init__(self, sock: socket.socket, core: ClientCore, security: Security,
+    def __init__(self, sock: socket.socket | TLSSocket, core: ClientCore, security: Security,
                  login: LoginResult, cache_key: tuple[Any, ...] | None) -> None:
         self.sock = sock
         self.core = core
@@ -130,7 +235,7 @@ class Channel:
     def _recv_nowait(self) -> bytes | None:
         """Bytes already received, b"" at end of file, None if nothing is waiting."""
         readable, _, _ = select.select([self.sock], [], [], 0)
-        if not readable and not (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
+        if not readable and not (isinstance(self.sock, TLSSocket) and self.sock.pending()):
             return None
         self.sock.setblocking(False)
         try:
@@ -151,7 +256,7 @@ class Channel:
         was itself resumed: the session kept is still good (it is reused until it expires,
         then a full handshake brings a new one), and reading it costs as much as a resumed
         handshake (Python serialises and parses it again, certificate included)."""
-        if (self.cache_key is not None and isinstance(self.sock, ssl.SSLSocket)
+        if (self.cache_key is not None and isinstance(self.sock, TLSSocket)
                 and not self.sock.session_reused):
             session = self.sock.session
             with _cache_lock:
@@ -196,11 +301,11 @@ def _context(params: ConnectParams) -> tuple[tuple[Any, ...], ssl.SSLContext, An
 
 
 def _tls_connect(params: ConnectParams, known: KnownServer | None
-                 ) -> tuple[ssl.SSLSocket, Security, bytes, tuple[Any, ...]]:
+                 ) -> tuple[TLSSocket, Security, bytes, tuple[Any, ...]]:
     key, ctx, session = _context(params)
     sock = _tcp(params)
     try:
-        ssock = ctx.wrap_socket(sock, server_hostname=params.host, session=session)
+        ssock = TLSSocket.handshake(sock, ctx, params.host, session)
     except ssl.SSLCertVerificationError as e:
         sock.close()
         raise SecurityError(f"the certificate of {params.server_key} failed verification "
@@ -209,20 +314,20 @@ def _tls_connect(params: ConnectParams, known: KnownServer | None
     except (ssl.SSLError, ConnectionError, OSError) as e:
         sock.close()
         raise _NotTLS(getattr(e, "reason", None) or str(e)) from e
-    der = ssock.getpeercert(binary_form=True)
+    der = ssock.obj.getpeercert(binary_form=True)
     if der is None:
         ssock.close()
         raise SecurityError("the server sent no certificate", Codes.NOT_ENCRYPTED)
-    c = ssock.cipher()
+    c = ssock.obj.cipher()
     try:
-        security = check_server_key(params, known, der, ssock.version(), c[0] if c else None)
+        security = check_server_key(params, known, der, ssock.obj.version(), c[0] if c else None)
     except Error:
         ssock.close()
         raise
     return ssock, security, tls.channel_binding_data(der), key
 
 
-def _login(sock: socket.socket, params: ConnectParams, cb: bytes | None) -> tuple[
+def _login(sock: socket.socket | TLSSocket, params: ConnectParams, cb: bytes | None) -> tuple[
         ClientCore, LoginResult]:
     core = ClientCore.new()
     chan = Channel(sock, core, Security("plain"), LoginResult({}), None)
@@ -244,7 +349,7 @@ def open_channel(params: ConnectParams) -> Channel:
     known = KnownServers().get(params.server_key)
     attempts = plan_attempts(params, known)
     tls_failure = ""
-    sock: socket.socket
+    sock: socket.socket | TLSSocket
     cb: bytes | None
     key: tuple[Any, ...] | None
     for i, mode in enumerate(attempts):
