@@ -358,12 +358,12 @@ class RawClient:
             assert data, "server closed the connection"
             self.proto.receive_data(data)
 
-    def login(self, user: str, password: str) -> dict[str, Any]:
+    def login(self, user: str, password: str, **hello: Any) -> dict[str, Any]:
         scram = ScramClient(["SCRAM-SHA-256"], user, password)
         # Hello and client-first in one write.
         self.sock.sendall(
             self.proto.send(Msg.HELLO, {"protocol": PROTOCOL_VERSION, "program": "raw-test",
-                                        "host": "test"})
+                                        "host": "test", **hello})
             + self.proto.send(Msg.SASL_INITIAL, ("SCRAM-SHA-256", scram.get_client_first())))
         hello = self.recv()
         assert hello.type is Msg.HELLO_OK, hello
@@ -481,5 +481,38 @@ def test_pipelining_client_that_does_not_read_meets_the_buffer_limit(plain_serve
         raw.sock.sendall(rest)
         reader.join(60)
         assert got == list(range(sent))  # every reply, in order
+    finally:
+        raw.close()
+
+
+def test_result_frames_only_for_clients_that_ask(plain_server) -> None:  # type: ignore[no-untyped-def]
+    """A client announcing the "result" feature gets a small complete result as one RESULT
+    frame; a larger one still comes as DESCRIPTION, ROWS, SUSPENDED; other clients (and
+    unknown features) get the three-frame replies."""
+    big = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<50) "
+           "SELECT x FROM c")
+    raw = RawClient(plain_server.port)
+    try:
+        raw.login("admin", ADMIN_PASSWORD, features=["result", "something-newer"])
+        for _ in range(3):  # the first run goes through a worker thread, later ones do not
+            raw.sock.sendall(raw.proto.send(Msg.QUERY, (1, "SELECT ? AS v, 2", ("a",), True, 100)))
+            m = raw.recv()
+            assert m.type is Msg.RESULT, m
+            desc, chunks, complete = m.body
+            assert desc == (("v", "text"), ("2", "integer"))
+            assert [row for chunk in chunks for row in chunk] == [("a", 2)]
+            assert complete[0] == -1 and complete[2] is True  # begin=True: a transaction is open
+        raw.sock.sendall(raw.proto.send(Msg.QUERY, (2, big, (), False, 20)))
+        assert [raw.recv().type for _ in range(3)] == [Msg.DESCRIPTION, Msg.ROWS, Msg.SUSPENDED]
+        raw.sock.sendall(raw.proto.send(Msg.QUERY, (3, "SELEC oops", (), False, 20)))
+        assert raw.recv().type is Msg.ERROR
+    finally:
+        raw.close()
+    raw = RawClient(plain_server.port)
+    try:
+        raw.login("admin", ADMIN_PASSWORD, features=["something-newer"])
+        raw.sock.sendall(raw.proto.send(Msg.QUERY, (1, "SELECT 1", (), False, 100)))
+        kind, (desc, rows, complete) = raw.result()  # three frames
+        assert kind == "rows" and rows == [(1,)] and complete[2] is False
     finally:
         raw.close()

@@ -237,6 +237,14 @@ class ExecRequest(SimpleRequest):
             for chunk in m.body:
                 self.sink(chunk)
             return False
+        if m.type is Msg.RESULT:  # DESCRIPTION, ROWS and COMPLETE in one frame
+            desc, chunks, complete = m.body
+            self.description = [(str(c[0]), c[1]) for c in desc]
+            for chunk in chunks:
+                self.sink(chunk)
+            self.rowcount, self.lastrowid, self.in_transaction = complete
+            self.done = True
+            return True
         if m.type is Msg.SUSPENDED:
             self.suspended = True
             self.done = True

@@ -148,5 +148,6 @@ def parse_params(dsn: str | None = None, **kw: Any) -> ConnectParams:
 
 def client_hello(params: ConnectParams) -> dict[str, Any]:
     from ..protocol import PROTOCOL_VERSION
+    # "result": this client understands RESULT frames (small results in one frame).
     return {"protocol": PROTOCOL_VERSION, "program": params.program[:200],
-            "host": socket.gethostname()[:200]}
+            "host": socket.gethostname()[:200], "features": ["result"]}

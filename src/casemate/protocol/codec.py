@@ -24,7 +24,7 @@ from typing import Any
 import msgpack
 
 __all__ = [
-    "pack", "unpack", "pack_array_of_packed",
+    "pack", "unpack", "pack_array_of_packed", "array_header",
     "EXT_BIGINT", "EXT_DECIMAL", "EXT_DATE", "EXT_TIME", "EXT_DATETIME",
 ]
 
@@ -91,7 +91,8 @@ def pack(value: Any) -> bytes:
         return _packers.pack(_replace_bigints(value))  # type: ignore[no-any-return]
 
 
-def _array_header(n: int) -> bytes:
+def array_header(n: int) -> bytes:
+    """The msgpack header of an array of ``n`` elements (the elements follow it)."""
     if n < 16:
         return bytes((0x90 | n,))
     if n < 0x10000:
@@ -101,7 +102,7 @@ def _array_header(n: int) -> bytes:
 
 def pack_array_of_packed(items: list[bytes]) -> bytes:
     """A msgpack array whose elements are already-encoded values."""
-    return _array_header(len(items)) + b"".join(items)
+    return array_header(len(items)) + b"".join(items)
 
 
 def _ext_hook(code: int, data: bytes) -> Any:

@@ -75,6 +75,7 @@ class Msg(bytes, enum.Enum):
     AUTH_OK = b"O"
     DESCRIPTION = b"D"
     ROWS = b"B"
+    RESULT = b"r"  # description + rows + completion of a small result, in one frame
     SUSPENDED = b"P"
     COMPLETE = b"Z"
     ERROR = b"E"
@@ -110,13 +111,17 @@ class State(enum.Enum):
     READY = "ready"
     CLOSED = "closed"
 
+    # Looked up in the transition tables on every message: identity hashing, in C
+    # (members are singletons), not Enum.__hash__.
+    __hash__ = object.__hash__
+
 
 _READY_CLIENT = {m: State.READY for m in (
     Msg.QUERY, Msg.EXECUTE_MANY, Msg.FETCH, Msg.CLOSE_PORTAL, Msg.COMMIT, Msg.ROLLBACK, Msg.SYNC,
     Msg.ADMIN, Msg.CALL,
 )}
 _READY_SERVER = {m: State.READY for m in (
-    Msg.DESCRIPTION, Msg.ROWS, Msg.SUSPENDED, Msg.COMPLETE, Msg.ERROR
+    Msg.DESCRIPTION, Msg.ROWS, Msg.RESULT, Msg.SUSPENDED, Msg.COMPLETE, Msg.ERROR
 )}
 
 # What the client may send in each state, and the state that follows.

@@ -169,6 +169,7 @@ class Session(asyncio.Protocol):
         # The task waits for a request with nothing queued: a request that arrives now may
         # be served at once, in data_received (see _serve_now).
         self.waiting = False
+        self.result_frames = False  # the client takes RESULT frames (HELLO "features")
         self._holding = False  # in data_received: replies are written once, at its end
 
     # -- asyncio.Protocol -------------------------------------------------
@@ -396,6 +397,8 @@ class Session(asyncio.Protocol):
                               Codes.UNSUPPORTED_VERSION, "upgrade the Casemate client"))
             return False
         self.program = str(body.get("program", ""))[:200]
+        features = body.get("features")
+        self.result_frames = isinstance(features, tuple) and "result" in features
         self.client_host = str(body.get("host", ""))[:200]
         if refusal := self.server.admission_error(self):
             self._fatal(refusal)
@@ -622,7 +625,14 @@ class Session(asyncio.Protocol):
         if describe:
             desc = cur.description or ()
             types = [_type_code(v) for v in first_row] or [None] * len(desc)
-            self.send(Msg.DESCRIPTION, [(d[0], t) for d, t in zip(desc, types, strict=False)])
+            described = [(d[0], t) for d, t in zip(desc, types, strict=False)]
+            if not more and self.result_frames:  # the whole result: one frame
+                in_txn = self.storage is not None and self.storage.in_transaction
+                self._write(self.proto.send_packed(Msg.RESULT, b"".join((
+                    codec.array_header(3), codec.pack(described), body,
+                    codec.pack((cur.rowcount, cur.lastrowid, in_txn))))))
+                return
+            self.send(Msg.DESCRIPTION, described)
         self._write(self.proto.send_packed(Msg.ROWS, body))
         if more:
             self.portals[portal] = cur
