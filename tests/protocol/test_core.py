@@ -229,6 +229,7 @@ def test_frames_split_at_every_byte_boundary_reassemble() -> None:
         (Msg.DESCRIPTION, (("a", "integer"), ("b", "text"))),
         (Msg.ROWS, ((1, "x" * 300), (2, None))),
         (Msg.COMPLETE, (2, None, False)),
+        (Msg.RESULT, ((("v", "text"),), ((("a",),),), (-1, None, True))),
     ]
     _, server = pair()
     stream = b"".join(server.send(m, b) for m, b in frames)

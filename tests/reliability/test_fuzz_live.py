@@ -184,7 +184,9 @@ def _run_case(url: str, data: bytes, marker: str, out: Outcome, may_wait: bool =
                     assert isinstance(ev.body.get("message"), str) and ev.body["message"]
                     code = ev.body["code"]
                     out.error_codes[code] = out.error_codes.get(code, 0) + 1
-                if ev.type is Msg.ROWS and ((marker,),) in ev.body:
+                rows = (ev.body if ev.type is Msg.ROWS else
+                        ev.body[1] if ev.type is Msg.RESULT else ())  # RESULT: small results
+                if ((marker,),) in rows:
                     out.answered += 1
                     return "answered", replies
     finally:
