@@ -9,6 +9,7 @@ key/certificate files so that a server with bad files fails closed.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import ipaddress
 import os
@@ -36,6 +37,7 @@ __all__ = [
     "server_context",
     "client_context",
     "spki_fingerprint",
+    "spki_fingerprint_der",
     "cert_fingerprint",
     "channel_binding_data",
     "default_sans",
@@ -140,11 +142,19 @@ def spki_fingerprint(cert: x509.Certificate) -> str:
     return "sha256:" + hashlib.sha256(spki).hexdigest()
 
 
+@functools.lru_cache(maxsize=64)
+def spki_fingerprint_der(der_cert: bytes) -> str:
+    """:func:`spki_fingerprint` of a DER certificate (remembered: a client meets the same
+    server certificate at every connect)."""
+    return spki_fingerprint(x509.load_der_x509_certificate(der_cert))
+
+
 def cert_fingerprint(cert: x509.Certificate) -> str:
     """SHA-256 fingerprint of the whole certificate, colon-separated (as openssl prints it)."""
     return ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))
 
 
+@functools.lru_cache(maxsize=64)
 def channel_binding_data(der_cert: bytes) -> bytes:
     """RFC 5929 ``tls-server-end-point``: hash of the server certificate (SHA-256 at least)."""
     cert = x509.load_der_x509_certificate(der_cert)

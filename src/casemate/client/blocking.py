@@ -85,11 +85,12 @@ class TLSSocket:
             except ssl.SSLWantReadError:
                 if outgoing.pending:
                     sock.sendall(outgoing.read())
-                data = sock.recv(READ_SIZE)
-                if not data:
+                rb = _rbuf
+                n = sock.recv_into(rb.raw)
+                if not n:
                     raise ConnectionResetError(
                         "the server closed the connection during the TLS handshake") from None
-                incoming.write(data)
+                incoming.write(rb.raw_view[:n])
             except ssl.SSLError:
                 if outgoing.pending:  # our alert tells the server why
                     with contextlib.suppress(OSError):
@@ -239,7 +240,8 @@ class Channel:
             return None
         self.sock.setblocking(False)
         try:
-            return self.sock.recv(READ_SIZE)
+            rb = _rbuf
+            return bytes(rb.view[:self.sock.recv_into(rb.buf)])
         except (BlockingIOError, ssl.SSLWantReadError):
             return None
         finally:

@@ -77,8 +77,7 @@ def downgrade_error(params: ConnectParams, known: KnownServer | None, why: str) 
 def check_server_key(params: ConnectParams, known: KnownServer | None, der_cert: bytes,
                      tls_version: str | None, cipher: str | None) -> Security:
     """Apply the trust rules to the server's certificate; raises SecurityError on a mismatch."""
-    from cryptography import x509
-    fp = tls.spki_fingerprint(x509.load_der_x509_certificate(der_cert))
+    fp = tls.spki_fingerprint_der(der_cert)
     if params.tls_ca is not None:
         return Security("encrypted-verified", tls_version, cipher, fp, "CA")
     if known is not None and known.fingerprint is not None:
