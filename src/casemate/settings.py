@@ -131,6 +131,9 @@ _SCHEMA: dict[str, list[_Field]] = {
                _range(0, 600)),
         _Field("worker_threads", 16, int,
                "Threads that run storage calls, so no session stalls the others.", _range(1, 256)),
+        _Field("sqlite_mmap_mb", 1024, int,
+               "SQLite: read the data file through a memory map of up to this many MiB "
+               "(shared by all connections, no read() per page; 0 = off).", _range(0, 1 << 20)),
         _Field("inline_limit_ms", 0.2, (int, float),
                "SQLite calls seen to take less than this run in the event loop, without a "
                "thread hand-over (0 = always in worker threads).", _range(0, 100)),
@@ -207,6 +210,7 @@ class StorageSettings:
     pool_size: int
     busy_timeout_seconds: float
     worker_threads: int
+    sqlite_mmap_mb: int
     inline_limit_ms: float
 
 

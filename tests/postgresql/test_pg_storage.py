@@ -26,7 +26,7 @@ ENV = "CASEMATE_PG_TEST_PASSWORD"
 def settings(pg: PostgresServer, pool_size: int = 5, busy: float = 1.0,
              password_file: str = "", dsn: str | None = None) -> StorageSettings:
     return StorageSettings("postgresql", dsn or dsn_of(pg), ENV, password_file, pool_size, busy, 4,
-                           0.2)
+                           0, 0.2)
 
 
 @pytest.fixture(scope="module")

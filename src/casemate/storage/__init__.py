@@ -31,7 +31,8 @@ __all__ = [
 def open_backend(settings: StorageSettings, data_dir: Path) -> Backend:
     """Open the backend named in ``[storage] backend``; raises StorageError if it cannot."""
     if settings.backend == "sqlite":
-        return SQLiteBackend(data_dir, settings.busy_timeout_seconds)
+        return SQLiteBackend(data_dir, settings.busy_timeout_seconds,
+                             settings.sqlite_mmap_mb * 1024 * 1024)
     if settings.backend == "postgresql":
         try:
             module = importlib.import_module("casemate.storage.postgresql")
