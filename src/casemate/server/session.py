@@ -350,12 +350,17 @@ class Session(asyncio.Protocol):
                 return
             self.server.on_login(self)
             idle = self.server.settings.limits.idle_timeout_seconds or None
+            self.last_active = time.monotonic()
             while True:
                 self.waiting = True
                 try:
-                    m = await asyncio.wait_for(self.next_message(), idle)
+                    # Idle since the last activity: requests served at once in
+                    # data_received move last_active without waking this task.
+                    left = None
+                    if idle:
+                        left = max(0.01, idle - (time.monotonic() - self.last_active))
+                    m = await asyncio.wait_for(self.next_message(), left)
                 except TimeoutError:
-                    # Requests served at once (data_received) count as activity too.
                     if idle and time.monotonic() - self.last_active < idle:
                         continue
                     self._idle_timeout(idle or 0)
@@ -368,6 +373,7 @@ class Session(asyncio.Protocol):
                     break
                 await self.handle(m)
                 await self.can_write.wait()
+                self.last_active = time.monotonic()
         except _Closed:
             pass
         except ProtocolError as e:
