@@ -162,3 +162,28 @@ def test_uvloop_asked_but_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SystemExit) as e:
         cli._loop_factory("uvloop")
     assert e.value.code == 2
+
+
+def test_idle_timeout_counts_from_requests_served_at_once(make_db, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """A request served straight from data_received is activity, and the idle timeout runs
+    from it: not from when the session's task last woke up."""
+    db = make_db()
+    set_setting(db, "idle_timeout_seconds", "2")
+    server = server_factory(db)
+    conn = server.connect(reconnect_attempts=0)
+    conn.autocommit = True
+    try:
+        for _ in range(3):  # known to be short from now on: served without the task
+            conn.execute("SELECT 1").fetchall()
+        time.sleep(1.2)
+        conn.execute("SELECT 1").fetchall()  # the last activity
+        time.sleep(1.0)
+        assert conn.execute("SELECT 2").fetchall() == [(2,)]  # 1.0 s idle: still open
+        last = time.monotonic()
+        time.sleep(2.4)  # 2.4 s idle: closed at about 2.0 s
+        with pytest.raises(casemate.OperationalError):
+            conn.execute("SELECT 3")
+        assert any(code == "57P05" for code, _ in conn.notices)
+        assert time.monotonic() - last < 5
+    finally:
+        conn.close()
