@@ -104,6 +104,25 @@ def taskset_prefix(cpu: int | None) -> tuple[str, ...]:
 
 # -- setup ---------------------------------------------------------------------------------
 
+def write_marked(path: Path, start_marker: str, end_marker: str, lines: list[str],
+                 append: bool = False) -> None:
+    """Replace the text between two marker lines of ``path`` with ``lines`` (markers kept).
+
+    Without the markers: with ``append``, add the block at the end of the file (created
+    if missing); otherwise refuse with SystemExit, touching nothing.
+    """
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    block = "\n".join([start_marker, *lines, end_marker])
+    start, end = text.find(start_marker), text.find(end_marker)
+    if start >= 0 and end > start:
+        text = text[:start] + block + text[end + len(end_marker):]
+    elif append:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    else:
+        raise SystemExit(f"{path}: markers {start_marker} / {end_marker} not found")
+    path.write_text(text, encoding="utf-8")
+
+
 def set_setting(db: Path, key: str, value: str) -> None:
     """Rewrite ``key = ...`` in casemate.toml (``value`` is TOML text)."""
     toml = db / "casemate.toml"

@@ -30,7 +30,6 @@ import asyncio
 import os
 import platform
 import random
-import re
 import statistics
 import sys
 import tempfile
@@ -48,6 +47,8 @@ import casemate.aio
 from casemate.database import create_database
 from casemate.errors import Codes, Error
 from casemate.testing import ADMIN_PASSWORD, ServerProcess
+
+from ._common import set_setting
 
 MIX = (("read_pk", 50), ("read_range", 15), ("write", 20), ("txn", 15))
 ACCOUNTS = 1000
@@ -82,14 +83,6 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.operations > 0 and not self.unexpected and not self.invariants
-
-
-def _set(db: Path, key: str, value: str) -> None:
-    p = db / "casemate.toml"
-    text, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", p.read_text())
-    if n != 1:
-        raise RuntimeError(f"setting {key} not found in {p}")
-    p.write_text(text)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -260,9 +253,9 @@ def run(sessions: int, seconds: float, plain: bool = False, seed: int = 1) -> Re
         db = Path(tmp) / "db"
         create_database(db, "load", ADMIN_PASSWORD)
         if not plain:
-            _set(db, "encrypt_client_server_connections", "true")
-        _set(db, "max_sessions_per_address", str(sessions + 20))
-        _set(db, "max_sessions", str(max(1000, sessions + 20)))
+            set_setting(db, "encrypt_client_server_connections", "true")
+        set_setting(db, "max_sessions_per_address", str(sessions + 20))
+        set_setting(db, "max_sessions", str(max(1000, sessions + 20)))
         with _client_home(Path(tmp) / "client-home"):
             server = ServerProcess(db).start()
             try:

@@ -26,21 +26,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._common import choose_cpu, pin_client, pin_note, set_setting, summary, taskset_prefix
-from .tls_bench import Target, bulk, connects, load_table, lookups, payload_size
+from ._common import (
+    choose_cpu,
+    pin_client,
+    pin_note,
+    set_setting,
+    summary,
+    taskset_prefix,
+    write_marked,
+)
+from .tls_bench import Sizes, Target, bulk, connects, load_table, lookups, payload_size
 
 LOOPS = ("asyncio", "uvloop")
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 DOC_START = "<!-- loop-bench:start -->"
 DOC_END = "<!-- loop-bench:end -->"
-
-
-@dataclass(frozen=True)
-class Sizes:
-    rounds: int
-    lookups: int
-    bulk_rows: int
-    connects: int
 
 
 FULL = Sizes(rounds=7, lookups=3000, bulk_rows=300_000, connects=50)
@@ -143,13 +143,8 @@ def report(res: Results, sizes: Sizes, pinning: str, quick: bool) -> list[str]:
 
 
 def write_docs(lines: list[str], path: Path = DOCS) -> None:
-    text = path.read_text(encoding="utf-8")
-    start, end = text.find(DOC_START), text.find(DOC_END)
-    if start < 0 or end < start:
-        raise SystemExit(f"{path}: markers {DOC_START} / {DOC_END} not found")
     stamp = f"Measured {time.strftime('%Y-%m-%d')} with `python -m bench.loop_bench`:"
-    block = "\n".join([DOC_START, stamp, "", *lines, DOC_END])
-    path.write_text(text[:start] + block + text[end + len(DOC_END):], encoding="utf-8")
+    write_marked(path, DOC_START, DOC_END, [stamp, "", *lines])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,6 +66,7 @@ from ._common import (
     summary,
     taskset_prefix,
     tree_cpu,
+    write_marked,
 )
 
 CM_PLAIN, CM_TLS, PG_DISABLE, PG_REQUIRE = SYSTEMS = (
@@ -862,14 +863,7 @@ def plot(res: Results, sizes: Sizes, path: Path) -> bool:
 
 def write_docs(lines: list[str], path: Path) -> None:
     """Replace the block between the suite markers in ``path`` (append it if none)."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    block = "\n".join([DOC_START, *lines, DOC_END])
-    start, end = text.find(DOC_START), text.find(DOC_END)
-    if start >= 0 and end > start:
-        text = text[:start] + block + text[end + len(DOC_END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
+    write_marked(path, DOC_START, DOC_END, lines, append=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

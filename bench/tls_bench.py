@@ -54,6 +54,7 @@ from ._common import (
     set_setting,
     summary,
     taskset_prefix,
+    write_marked,
 )
 
 MODES = ("plain", "encrypted")
@@ -375,13 +376,8 @@ def ratio_lines(res: Results) -> list[str]:
 
 def write_docs(lines: list[str], path: Path = DOCS) -> None:
     """Replace the text between the markers in docs/benchmarks.md with ``lines``."""
-    text = path.read_text(encoding="utf-8")
-    start, end = text.find(DOC_START), text.find(DOC_END)
-    if start < 0 or end < start:
-        raise SystemExit(f"{path}: markers {DOC_START} / {DOC_END} not found")
     stamp = f"Measured {time.strftime('%Y-%m-%d')} with `python -m bench.tls_bench`:"
-    block = "\n".join([DOC_START, stamp, "", *lines, DOC_END])
-    path.write_text(text[:start] + block + text[end + len(DOC_END):], encoding="utf-8")
+    write_marked(path, DOC_START, DOC_END, [stamp, "", *lines])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
