@@ -524,7 +524,8 @@ class Session(asyncio.Protocol):
         key = self.key(sql, begin or (conn is not None and conn.in_transaction))
         if portal in self.portals or not self.server.cost.inline(key):
             return False
-        self._check_query(sql)
+        self._check_statement(sql)
+        self._check_portals()
         if conn is None:
             conn = self.storage = self._acquire()
         try:
@@ -592,8 +593,7 @@ class Session(asyncio.Protocol):
         self.statements += n
         self.server.statements += n
 
-    def _check_query(self, sql: str) -> None:
-        self._check_statement(sql)
+    def _check_portals(self) -> None:
         if len(self.portals) >= MAX_PORTALS:
             raise Error(f"too many open cursors (limit {MAX_PORTALS}); close some",
                         Codes.PROGRAMMING)
@@ -603,7 +603,7 @@ class Session(asyncio.Protocol):
         self._check_statement(sql)
         if portal in self.portals:
             await self.call(self.portals.pop(portal).close, key=self.key("close"))
-        self._check_query(sql)
+        self._check_portals()
         conn = await self._storage()
         self._count_statement()
         result = await self.call_retrying(_execute_first, conn, sql, params, begin, batch,
