@@ -8,9 +8,10 @@ session run the call directly in the event loop when it has been seen to
 take less than ``limit`` seconds.  A statement never seen before, a slow one
 (a large scan, a commit that waits for ``fsync``) and every call of a
 backend that waits on the network (PostgreSQL) go to a worker thread, so one
-slow statement still blocks only its own session.  A call that turns out
-slower than its record makes the next one go to a thread: the event loop is
-held up at most by one mispredicted call of a kind.
+slow statement still blocks only its own session.  The estimate is the mean of
+the last run and the estimate before it, so one run longer than about twice the
+limit sends the next call of its kind to a thread: the event loop is held up by
+one mispredicted long call of a kind, not by a series.
 """
 
 from __future__ import annotations
