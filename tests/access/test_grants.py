@@ -225,6 +225,110 @@ def test_custom_group_insert_only_cannot_replace_existing_rows(
     a.rollback()
 
 
+REPLACE_SCHEMA = [
+    "CREATE TABLE r_notes (id INTEGER PRIMARY KEY, body TEXT)",
+    "CREATE TABLE r_pk (id INTEGER PRIMARY KEY ON CONFLICT REPLACE, body TEXT)",
+    "CREATE TABLE r_uq (id INTEGER PRIMARY KEY, k TEXT UNIQUE ON CONFLICT REPLACE, body TEXT)",
+    "CREATE TABLE r_tpk (k TEXT, body TEXT, PRIMARY KEY (k) ON CONFLICT REPLACE)",
+    "CREATE TABLE r_wr (k TEXT PRIMARY KEY ON CONFLICT REPLACE, body TEXT) WITHOUT ROWID",
+    "CREATE TABLE r_src (id INTEGER PRIMARY KEY, body TEXT)",
+    "CREATE TRIGGER r_src_tr AFTER INSERT ON r_src BEGIN "
+    "INSERT OR REPLACE INTO r_notes VALUES (new.id, new.body); END",
+    "CREATE VIEW r_v AS SELECT id, body FROM r_notes",
+    "CREATE TRIGGER r_v_tr INSTEAD OF INSERT ON r_v BEGIN "
+    "REPLACE INTO r_notes VALUES (new.id, new.body); END",
+    "INSERT INTO r_notes VALUES (1, 'orig')", "INSERT INTO r_pk VALUES (1, 'orig')",
+    "INSERT INTO r_uq VALUES (1, 'a', 'orig')", "INSERT INTO r_tpk VALUES ('a', 'orig')",
+    "INSERT INTO r_wr VALUES ('a', 'orig')",
+]
+REPLACE_TABLES = ["r_notes", "r_pk", "r_uq", "r_tpk", "r_wr", "r_src", "r_v"]
+
+
+@pytest.fixture
+def replace_tables(conns: dict[str, casemate.Connection]) -> Iterator[None]:
+    a = conns["admin"]
+    for sql in REPLACE_SCHEMA:
+        a.execute(sql)
+    a.commit()
+    for t in REPLACE_TABLES:
+        a.admin("grant", group="clerks", table=t, privileges=["SELECT", "INSERT"])
+    yield
+    for t in REPLACE_TABLES:
+        a.admin("revoke", group="clerks", table=t, privileges=["ALL"])
+    for t in ("r_v", "r_src", "r_wr", "r_tpk", "r_uq", "r_pk", "r_notes"):
+        a.execute(f"DROP {'VIEW' if t == 'r_v' else 'TABLE'} {t}")
+    a.commit()
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT OR REPLACE INTO [r_notes] VALUES (1, 'x')",
+    "INSERT OR REPLACE INTO `r_notes` VALUES (1, 'x')",
+    "INSERT/**/OR/**/REPLACE INTO r_notes VALUES (1, 'x')",
+    'WITH [a"] AS (SELECT 1, \'x\') INSERT OR REPLACE INTO r_notes SELECT * FROM [a"]',
+    "WITH r_notes AS (SELECT 1) REPLACE INTO main.r_notes VALUES (1, 'x')",
+    "INSERT INTO r_notes VALUES (1, 'x') ON CONFLICT DO UPDATE SET body = 'x'",
+    "INSERT INTO r_pk VALUES (1, 'x')",            # PRIMARY KEY ON CONFLICT REPLACE
+    "INSERT INTO r_uq VALUES (2, 'a', 'x')",       # UNIQUE ON CONFLICT REPLACE
+    "INSERT INTO r_tpk VALUES ('a', 'x')",         # table constraint
+    "INSERT INTO r_wr VALUES ('a', 'x')",          # WITHOUT ROWID
+    "INSERT INTO r_src VALUES (1, 'x')",           # REPLACE inside a trigger
+    "INSERT INTO r_v VALUES (1, 'x')",             # REPLACE in an INSTEAD OF trigger
+])
+def test_insert_only_group_cannot_replace_by_any_syntax(
+        conns: dict[str, casemate.Connection], replace_tables: None, sql: str) -> None:
+    """What SQLite compiles decides, not the text: every REPLACE needs UPDATE and DELETE."""
+    c, a = conns["clerk"], conns["admin"]
+    e = refused(c, sql)
+    assert "on table r_" in e.message, e.message
+    c.autocommit = True
+    with pytest.raises(casemate.ProgrammingError):
+        c.cursor().executemany(sql, [(), ()])
+    before = [rows(a, f"SELECT * FROM {t}") for t in ("r_notes", "r_pk", "r_uq", "r_tpk", "r_wr")]
+    a.rollback()
+    assert before == [[(1, "orig")], [(1, "orig")], [(1, "a", "orig")], [("a", "orig")],
+                      [("a", "orig")]]
+
+
+def test_insert_only_group_keeps_plain_inserts(
+        conns: dict[str, casemate.Connection], replace_tables: None) -> None:
+    c = conns["clerk"]
+    c.execute("INSERT INTO r_notes VALUES (5, 'new')")
+    c.execute("INSERT OR IGNORE INTO r_notes VALUES (1, 'x')")
+    c.execute("INSERT INTO r_notes VALUES (1, 'x') ON CONFLICT DO NOTHING")
+    c.execute("SELECT replace(body, 'o', '0') FROM r_notes")
+    assert c.execute("EXPLAIN QUERY PLAN SELECT * FROM r_notes").fetchall()
+    assert rows(c, "SELECT body FROM r_notes ORDER BY id") == [("orig",), ("new",)]
+    c.rollback()
+    conns["admin"].admin("grant", group="clerks", table="r_notes", privileges=["ALL"])
+    c.execute("REPLACE INTO r_notes VALUES (1, 'replaced')")  # with UPDATE and DELETE: allowed
+    c.rollback()
+
+
+def test_foreign_key_cascade_needs_rights_on_the_child(
+        conns: dict[str, casemate.Connection]) -> None:
+    c, a = conns["clerk"], conns["admin"]
+    a.execute("CREATE TABLE fk_par (id INTEGER PRIMARY KEY)")
+    a.execute("CREATE TABLE fk_chi (pid INTEGER REFERENCES fk_par(id) "
+              "ON DELETE CASCADE ON UPDATE CASCADE)")
+    a.execute("INSERT INTO fk_par VALUES (1)")
+    a.execute("INSERT INTO fk_chi VALUES (1)")
+    a.commit()
+    a.admin("grant", group="clerks", table="fk_par", privileges=["ALL"])
+    a.admin("grant", group="clerks", table="fk_chi", privileges=["SELECT"])
+    try:
+        assert "on table fk_chi" in refused(c, "DELETE FROM fk_par WHERE id = 1").message
+        assert "on table fk_chi" in refused(c, "UPDATE fk_par SET id = 2").message
+        assert "on table fk_chi" in refused(c, "REPLACE INTO fk_par VALUES (1)").message
+        assert rows(a, "SELECT pid FROM fk_chi") == [(1,)]
+    finally:
+        a.rollback()
+        for t in ("fk_par", "fk_chi"):
+            a.admin("revoke", group="clerks", table=t, privileges=["ALL"])
+        a.execute("DROP TABLE fk_chi")
+        a.execute("DROP TABLE fk_par")
+        a.commit()
+
+
 def test_custom_group_view_over_non_granted_table(conns: dict[str, casemate.Connection]) -> None:
     c = conns["clerk"]
     # SELECT is granted on the view itself, but the view reads secret: refused, naming secret.

@@ -162,6 +162,39 @@ def test_grants_hold_on_both_servers(pair, pg: PostgresServer) -> None:  # type:
         assert conn.execute("SELECT count(*) FROM payroll").fetchone() == (0,)
 
 
+def test_insert_only_group_cannot_overwrite_rows_on_postgresql(pair) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL's own grants refuse an upsert's DO UPDATE (and MERGE's UPDATE/DELETE) to a
+    role with INSERT alone: ON CONFLICT cannot overwrite rows as REPLACE could on SQLite."""
+    a, _ = pair
+    with a.connect() as ca:
+        ca.execute("CREATE TABLE inbox (id integer PRIMARY KEY, body text UNIQUE)")
+        ca.execute("INSERT INTO inbox VALUES (1, 'orig')")
+        ca.commit()
+        ca.admin("group_add", name="posters")
+        ca.admin("grant", group="posters", table="inbox", privileges=["SELECT", "INSERT"])
+        rec = make_verifier("poster", "poster-pw", "posters")
+        ca.admin("user_add", name="poster", group="posters",
+                 verifier=[rec.salt, rec.stored_key, rec.server_key, rec.iterations])
+    with casemate.connect(url(a, "poster", "poster-pw")) as conn:
+        for sql in ("INSERT INTO inbox VALUES (1, 'x') ON CONFLICT (id) DO UPDATE "
+                    "SET body = excluded.body",
+                    "INSERT INTO inbox VALUES (2, 'orig') ON CONFLICT (body) DO UPDATE "
+                    "SET id = 2",
+                    "WITH x AS (INSERT INTO inbox VALUES (3, 'y') RETURNING id) "
+                    "UPDATE inbox SET body = 'x' WHERE id = 1",
+                    "MERGE INTO inbox USING (SELECT 1 AS id) s ON inbox.id = s.id "
+                    "WHEN MATCHED THEN UPDATE SET body = 'x'",
+                    "MERGE INTO inbox USING (SELECT 1 AS id) s ON inbox.id = s.id "
+                    "WHEN MATCHED THEN DELETE"):
+            assert refused(conn, sql) == "42501", sql
+        conn.execute("INSERT INTO inbox VALUES (1, 'x') ON CONFLICT DO NOTHING")
+        conn.execute("INSERT INTO inbox VALUES (4, 'new')")
+        conn.commit()
+        assert conn.execute("SELECT id, body FROM inbox ORDER BY id").fetchall() == [
+            (1, "orig"), (4, "new")]
+        conn.commit()
+
+
 def test_builtin_groups_rights(pair) -> None:  # type: ignore[no-untyped-def]
     a, b = pair
     with a.connect() as admin:

@@ -7,15 +7,25 @@ closed for everyone, admin included: ATTACH (and VACUUM INTO, which SQLite
 reports as an ATTACH), temporary objects (connections are pooled, so they
 would leak between sessions), and pragmas that change durability or file
 layout (they would persist on a pooled connection).
+
+The authorizer sees what a statement names, not everything it does: a
+REPLACE conflict resolution (``OR REPLACE``, a table's ``ON CONFLICT
+REPLACE`` constraint, inside a trigger) deletes rows while SQLite reports
+an INSERT, and a foreign-key action changes rows of a table nobody named.
+So for per-table groups the compiled program itself (``EXPLAIN``, trigger
+and foreign-key sub-programs included) is read: every row it can delete or
+update needs the right (:func:`program_needs`).
 """
 
 from __future__ import annotations
 
-import re
 import sqlite3
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["PRIVILEGES", "Policy", "PermissionDenied", "authorizer_for"]
+__all__ = ["PRIVILEGES", "Policy", "PermissionDenied", "authorizer_for", "check_program",
+           "program_needs"]
 
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 METHOD_PREFIX = "method:"  # grants on "method:NAME" with EXECUTE allow calling a server method
@@ -62,12 +72,19 @@ class Policy:
     group: str
     grants: dict[str, frozenset[str]] = field(default_factory=dict)
     last_denied: str = ""
-    replace_conflict: bool = False  # the statement being prepared uses OR REPLACE
     in_method: bool = False  # a server method is running: it may not end the caller's transaction
 
     @property
     def is_admin(self) -> bool:
         return self.group == "admin"
+
+    @property
+    def per_table(self) -> bool:
+        """A custom group: its rights differ from table to table, so hidden writes matter."""
+        return self.group not in ("admin", "readwrite", "readonly")
+
+    def refusal(self, what: str) -> PermissionDenied:
+        return PermissionDenied(f"permission denied for group {self.group!r}: {what}")
 
     def allows(self, table: str, privilege: str) -> bool:
         if table.startswith(METHOD_PREFIX):
@@ -129,13 +146,6 @@ def _check(p: Policy, action: int, a1: str | None, a2: str | None, db: str | Non
             return p.deny(f"changing the schema (group {p.group!r} is not admin)")
         if not p.allows(table, priv):
             return p.deny(f"{priv} on table {a1}")
-        if p.replace_conflict and action != _S.SQLITE_DELETE:
-            # OR REPLACE deletes the conflicting rows, and SQLite reports only the INSERT or
-            # UPDATE: the group needs UPDATE and DELETE too.
-            for extra in ("UPDATE", "DELETE"):
-                if not p.allows(table, extra):
-                    return p.deny(f"{extra} on table {a1} (needed by REPLACE, which "
-                                  "overwrites existing rows)")
         return sqlite3.SQLITE_OK
     return sqlite3.SQLITE_OK if p.is_admin else p.deny(f"operation {action}")
 
@@ -151,13 +161,66 @@ def _pragma(p: Policy, name: str, arg: str | None) -> int:
     return p.deny(f"PRAGMA {name}{why}")
 
 
-_STRINGS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/", re.S)
-_REPLACE = re.compile(r"\bREPLACE\b(?!\s*\()", re.I)
+# Flags of OP_Delete's P2 (sqliteInt.h), and the conflict resolution OE_Replace.
+_OPFLAG_NCHANGE = 0x01   # a counted deletion: a DELETE statement, a trigger's, a foreign-key action
+_OPFLAG_ISUPDATE = 0x04  # the old image of a row an UPDATE (or upsert) rewrites
+_OE_REPLACE = 5
+_REPLACES = "REPLACE overwrites existing rows"
+_DELETES = "the statement, a trigger or a foreign-key action deletes rows there"
+_UPDATES = "the statement, an upsert, a trigger or a foreign-key action updates rows there"
+_VTAB = "(virtual table)"
+
+Op = tuple[Any, ...]  # an EXPLAIN row: addr, opcode, p1, p2, p3, p4, p5, comment
 
 
-def uses_replace(sql: str) -> bool:
-    """True if ``sql`` has a REPLACE conflict clause (not the replace() function)."""
-    return "replace" in sql.lower() and bool(_REPLACE.search(_STRINGS.sub(" ", sql)))
+def program_needs(ops: Iterable[Op], preupdate_hook: bool = True,
+                  table_of_root: Callable[[int], str | None] = lambda _: None,
+                  ) -> dict[tuple[str, str], str]:
+    """``{(table, privilege): why}`` for every row a compiled program may delete or update.
+
+    ``ops`` is the ``EXPLAIN`` listing (SQLite appends trigger and foreign-key
+    sub-programs, each starting with an ``Init``).  With the pre-update hook
+    compiled in (Debian's, python.org's builds), every row SQLite removes or
+    overwrites passes through an ``OP_Delete`` naming its table, the REPLACE
+    of a rowid conflict too (a no-op Delete that only feeds the hook).
+    Without it, such a REPLACE leaves a rowid check (``OP_NotExists``) with
+    an empty failure branch, read here through the cursor's root page.
+    """
+    needs: dict[tuple[str, str], str] = {}
+    roots: dict[int, int] = {}  # cursor -> root page, within the current (sub-)program
+    for addr, opcode, p1, p2, _p3, p4, p5, *_ in ops:
+        if opcode == "Init":
+            roots = {}
+        elif opcode == "OpenWrite":
+            roots[p1] = p2
+        elif opcode == "Delete" and isinstance(p4, str):
+            _delete_needs(needs, p4.lower(), p2)
+        elif opcode == "VUpdate" and p5 == _OE_REPLACE:
+            needs[(_VTAB, "DELETE")] = _REPLACES
+        elif opcode == "NotExists" and not preupdate_hook and p2 == addr + 1 and p1 in roots:
+            table = table_of_root(roots[p1])
+            for priv in ("UPDATE", "DELETE"):
+                needs[((table or _VTAB).lower(), priv)] = _REPLACES
+    return needs
+
+
+def _delete_needs(needs: dict[tuple[str, str], str], table: str, flags: int) -> None:
+    if flags & _OPFLAG_ISUPDATE:
+        needs.setdefault((table, "UPDATE"), _UPDATES)
+    elif flags & _OPFLAG_NCHANGE:
+        needs.setdefault((table, "DELETE"), _DELETES)
+    else:  # an uncounted deletion: the row a REPLACE conflict resolution removes
+        needs[(table, "UPDATE")] = needs[(table, "DELETE")] = _REPLACES
+
+
+def check_program(policy: Policy, needs: dict[tuple[str, str], str]) -> None:
+    """Raise PermissionDenied for the first right in ``needs`` the policy lacks."""
+    for (table, priv), why in sorted(needs.items()):
+        if table == _VTAB:
+            raise policy.refusal("REPLACE into a virtual table (it overwrites existing rows "
+                                 "of a table whose name SQLite does not report)")
+        if not policy.allows(table, priv):
+            raise policy.refusal(f"{priv} on table {table} ({why})")
 
 
 def authorizer_for(policy: Policy):  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ user SQL (ATTACH is refused by the authorizer).
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -16,7 +17,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .access import PermissionDenied, Policy, authorizer_for, uses_replace
+from .access import (
+    PermissionDenied,
+    Policy,
+    authorizer_for,
+    check_program,
+    program_needs,
+)
 from .base import (
     BUILTIN_GROUPS,
     Backend,
@@ -70,6 +77,29 @@ _BUSY_SNAPSHOT = 517  # SQLITE_BUSY_SNAPSHOT (not exported by Python 3.11's sqli
 
 def _is_busy(e: sqlite3.OperationalError) -> bool:
     return getattr(e, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _has_preupdate_hook() -> bool:
+    """Whether this SQLite reports every row it overwrites to the pre-update hook
+    (access.program_needs reads a REPLACE differently without it)."""
+    db = sqlite3.connect(":memory:")
+    try:
+        return ("ENABLE_PREUPDATE_HOOK",) in db.execute("PRAGMA compile_options").fetchall()
+    finally:
+        db.close()
+
+
+_PREUPDATE_HOOK = _has_preupdate_hook()
+_BLANK = re.compile(r"\s+|--[^\n]*|/\*.*?(?:\*/|\Z)", re.S)  # one run of blanks or one comment
+
+
+def _is_explain(sql: str) -> bool:
+    """Whether ``sql`` is itself an EXPLAIN (after blanks and comments, as SQLite skips them)."""
+    i = 0
+    while (m := _BLANK.match(sql, i)) and m.end() > i:
+        i = m.end()
+    word = sql[i:i + 8].lower()
+    return word.startswith("explain") and not (word[7:].isalnum() or word[7:] == "_")
 
 
 class OutOfRange(ValueError):
@@ -168,18 +198,37 @@ class _Connection(StorageConnection):
             raise
         return n
 
+    def _check_program(self, sql: str, params: Sequence[Any]) -> None:
+        """For a per-table group, refuse a statement whose compiled program deletes or
+        updates rows the group may not (REPLACE, foreign-key actions: see access.py)."""
+        try:
+            ops = self._db.execute("EXPLAIN " + sql, params).fetchall()
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and _is_explain(sql) \
+                    and not self.policy.last_denied:
+                return  # already an EXPLAIN: it runs nothing
+            raise
+        check_program(self.policy, program_needs(ops, _PREUPDATE_HOOK, self._table_of_root))
+
+    def _table_of_root(self, page: int) -> str | None:
+        row = self._db.execute("SELECT name FROM sqlite_schema WHERE rootpage = ? AND "
+                               "type = 'table'", (page,)).fetchone()
+        return row[0] if row else None
+
     def execute(self, sql: str, params: Sequence[Any]) -> StorageCursor:
         self.policy.last_denied = ""
-        self.policy.replace_conflict = uses_replace(sql)
         try:
+            if self.policy.per_table:
+                self._check_program(sql, _big_ints(params))
             return _Cursor(self._db.execute(sql, _big_ints(params)))
         except sqlite3.DatabaseError as e:
             raise self._denied(e) from e
 
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
         self.policy.last_denied = ""
-        self.policy.replace_conflict = uses_replace(sql)
         try:
+            if self.policy.per_table and seq:
+                self._check_program(sql, _big_ints(seq[0]))
             cur = self._db.executemany(sql, (_big_ints(p) for p in seq))
         except sqlite3.DatabaseError as e:
             raise self._denied(e) from e
