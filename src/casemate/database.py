@@ -84,7 +84,7 @@ class DatabaseFolder:
 
     def backend(self, settings: Settings | None = None) -> Backend:
         s = settings or self.settings()
-        return open_backend(s.storage, self.data_dir)
+        return open_backend(s.storage, self.data_dir, s.limits)
 
     # -- certificates -----------------------------------------------------
     def ensure_certificate(self, settings: Settings) -> str | None:

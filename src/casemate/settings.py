@@ -153,6 +153,13 @@ _SCHEMA: dict[str, list[_Field]] = {
         _Field("max_result_buffer_bytes", 4 * 1024 * 1024, int,
                "Result bytes the server buffers for one slow-reading session before pausing.",
                _range(64 * 1024, 1024 * 1024 * 1024)),
+        _Field("max_value_bytes", 16 * 1024 * 1024, int,
+               "SQLite: largest text or blob a statement may make, store or read (zeroblob, "
+               "repeat...); raise it together with max_message_bytes.",
+               _range(1024, 1_000_000_000)),
+        _Field("max_sqlite_memory_mb", 1024, int,
+               "SQLite: most memory all sessions' statements use together; a statement going "
+               "beyond fails with \"out of memory\" (0 = no limit).", _range(0, 1 << 20)),
     ],
     "methods": [
         _Field("time_limit_seconds", 30.0, (int, float),
@@ -222,6 +229,8 @@ class LimitsSettings:
     idle_timeout_seconds: float
     max_statement_bytes: int
     max_result_buffer_bytes: int
+    max_value_bytes: int
+    max_sqlite_memory_mb: int
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@
 import importlib
 from pathlib import Path
 
-from ..settings import StorageSettings
+from ..settings import LimitsSettings, StorageSettings
 from .base import (
     BUILTIN_GROUPS,
     Backend,
@@ -28,11 +28,12 @@ __all__ = [
 ]
 
 
-def open_backend(settings: StorageSettings, data_dir: Path) -> Backend:
+def open_backend(settings: StorageSettings, data_dir: Path,
+                 limits: LimitsSettings | None = None) -> Backend:
     """Open the backend named in ``[storage] backend``; raises StorageError if it cannot."""
     if settings.backend == "sqlite":
         return SQLiteBackend(data_dir, settings.busy_timeout_seconds,
-                             settings.sqlite_mmap_mb * 1024 * 1024)
+                             settings.sqlite_mmap_mb * 1024 * 1024, limits)
     if settings.backend == "postgresql":
         try:
             module = importlib.import_module("casemate.storage.postgresql")

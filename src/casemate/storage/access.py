@@ -83,6 +83,13 @@ class Policy:
         """A custom group: its rights differ from table to table, so hidden writes matter."""
         return self.group not in ("admin", "readwrite", "readonly")
 
+    @property
+    def reads_only(self) -> bool:
+        """No write right on any table (readonly, or a custom group granted only SELECT)."""
+        if self.group in ("admin", "readwrite"):
+            return False
+        return not any(privs & {"INSERT", "UPDATE", "DELETE"} for privs in self.grants.values())
+
     def refusal(self, what: str) -> PermissionDenied:
         return PermissionDenied(f"permission denied for group {self.group!r}: {what}")
 

@@ -17,6 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from ..settings import LimitsSettings
 from .access import (
     PermissionDenied,
     Policy,
@@ -73,6 +74,8 @@ _register_types()
 
 
 _BUSY_SNAPSHOT = 517  # SQLITE_BUSY_SNAPSHOT (not exported by Python 3.11's sqlite3)
+_READONLY = 8  # SQLITE_READONLY: what query_only answers to a write lock
+DEFAULT_MAX_VALUE = 16 * 1024 * 1024  # limits.max_value_bytes
 
 
 def _is_busy(e: sqlite3.OperationalError) -> bool:
@@ -116,6 +119,14 @@ def _big_ints(params: Sequence[Any]) -> Sequence[Any]:
     return params
 
 
+def _out_of_memory() -> StorageError:
+    # Python's sqlite3 turns SQLITE_NOMEM (limits.max_sqlite_memory_mb reached) into
+    # MemoryError: the statement fails, the session and the server go on.
+    return StorageError("out of memory: the statement needs more memory than SQLite may use "
+                        "(limits.max_sqlite_memory_mb, all sessions together)", "53200",
+                        "select fewer or smaller values at once")
+
+
 class _Cursor(StorageCursor):
     def __init__(self, cur: sqlite3.Cursor) -> None:
         self._cur = cur
@@ -125,14 +136,18 @@ class _Cursor(StorageCursor):
         self.lastrowid = cur.lastrowid
 
     def fetch(self, n: int) -> list[tuple[Any, ...]]:
-        return self._cur.fetchmany(n)
+        try:
+            return self._cur.fetchmany(n)
+        except MemoryError as e:
+            raise _out_of_memory() from e
 
     def close(self) -> None:
         self._cur.close()
 
 
 class _Connection(StorageConnection):
-    def __init__(self, path: Path, busy_timeout: float, mmap_bytes: int = 0) -> None:
+    def __init__(self, path: Path, busy_timeout: float, mmap_bytes: int = 0,
+                 max_value_bytes: int = DEFAULT_MAX_VALUE) -> None:
         self._db = sqlite3.connect(
             # No busy handler: a blocked writer must not hold a worker thread while it waits
             # (the session retries without one; see Busy).
@@ -146,11 +161,22 @@ class _Connection(StorageConnection):
             # every connection) instead of copied in by a read() per page: fewer system
             # calls per lookup once the table outgrows the connection's own page cache.
             self._db.execute(f"PRAGMA mmap_size={int(mmap_bytes)}")
+        # One value (and one stored row) at most this big: a zeroblob() or repeat() of a
+        # gigabyte is refused ("string or blob too big") instead of allocated.
+        self._db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max_value_bytes)
+        self._db.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)  # ATTACH is refused anyway
         self.policy = Policy("readonly")
-        self._db.set_authorizer(authorizer_for(self.policy))
+        self._query_only = False
+        self.set_policy(self.policy)
 
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy
+        if policy.reads_only != self._query_only:
+            # query_only makes SQLite refuse the write lock itself, so a session that may
+            # not write cannot hold writers off with BEGIN IMMEDIATE/EXCLUSIVE either.
+            self._db.set_authorizer(None)  # the pragma is locked for user SQL
+            self._db.execute(f"PRAGMA query_only={int(policy.reads_only)}")
+            self._query_only = policy.reads_only
         # Installing an authorizer also expires every cached prepared statement, so each
         # is authorized again under the new policy when it next runs.
         self._db.set_authorizer(authorizer_for(policy))
@@ -171,6 +197,9 @@ class _Connection(StorageConnection):
                 "roll back and run the transaction again")
         if isinstance(e, sqlite3.OperationalError) and _is_busy(e):
             return Busy(str(e))
+        if self._query_only and getattr(e, "sqlite_errorcode", 0) & 0xFF == _READONLY:
+            return self.policy.refusal("taking the write lock (BEGIN IMMEDIATE or EXCLUSIVE) "
+                                       "or writing: the group may only read")
         if self.policy.last_denied:  # the authorizer refused: say what, not SQLite's wording
             what, self.policy.last_denied = self.policy.last_denied, ""
             return PermissionDenied(f"permission denied for group {self.policy.group!r}: {what}")
@@ -223,6 +252,8 @@ class _Connection(StorageConnection):
             return _Cursor(self._db.execute(sql, _big_ints(params)))
         except sqlite3.DatabaseError as e:
             raise self._denied(e) from e
+        except MemoryError as e:
+            raise _out_of_memory() from e
 
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
         self.policy.last_denied = ""
@@ -266,9 +297,11 @@ class SQLiteBackend(Backend):
     name = "sqlite"
     inline_calls = True
 
-    def __init__(self, data_dir: Path, busy_timeout: float = 5.0, mmap_bytes: int = 0) -> None:
+    def __init__(self, data_dir: Path, busy_timeout: float = 5.0, mmap_bytes: int = 0,
+                 limits: LimitsSettings | None = None) -> None:
         self.data_dir = data_dir
         self.mmap_bytes = mmap_bytes
+        self.max_value_bytes = limits.max_value_bytes if limits else DEFAULT_MAX_VALUE
         self.data_path = data_dir / DATA_FILE
         self.system_path = data_dir / SYSTEM_FILE
         self.busy_timeout = busy_timeout
@@ -278,6 +311,10 @@ class SQLiteBackend(Backend):
         db = sqlite3.connect(self.data_path)
         try:
             db.execute("PRAGMA journal_mode=WAL")
+            if limits and limits.max_sqlite_memory_mb:
+                # Process-wide: the one bound on what a statement's rows and sorts allocate
+                # inside SQLite (a row of two thousand maximal values, say).
+                db.execute(f"PRAGMA hard_heap_limit={limits.max_sqlite_memory_mb << 20}")
         finally:
             db.close()
 
@@ -304,7 +341,8 @@ class SQLiteBackend(Backend):
         return db
 
     def connect(self) -> StorageConnection:
-        return _Connection(self.data_path, self.busy_timeout, self.mmap_bytes)
+        return _Connection(self.data_path, self.busy_timeout, self.mmap_bytes,
+                           self.max_value_bytes)
 
     def _row(self, r: tuple[Any, ...]) -> UserRecord:
         return UserRecord(r[0], r[1], bytes(r[2]), bytes(r[3]), bytes(r[4]), r[5], r[6])
