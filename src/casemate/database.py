@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,15 +19,53 @@ from . import tls
 from .settings import Settings, load_settings, render_default_toml
 from .storage import Backend, UserRecord, open_backend
 
-__all__ = ["DatabaseFolder", "DatabaseError", "create_database", "make_verifier"]
+__all__ = ["DatabaseFolder", "DatabaseError", "create_database", "make_verifier",
+           "make_private_dir", "write_private", "loose_permissions"]
 
 log = logging.getLogger("casemate.database")
 SETTINGS_FILE = "casemate.toml"
 GENERATED_MARKER = ".generated-cert"  # records the fingerprint of a cert the server made itself
+# Like PostgreSQL's data directory: the folder holds password verifiers (Data/system.sqlite),
+# the data and the logs, so only the server's user may enter it or read them.
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
+PRIVATE_UMASK = 0o077  # what serve, backup and restore create is private too
 
 
 class DatabaseError(Exception):
     """The folder is not a Casemate database, or an operation on it failed; says why."""
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) if missing, mode 0700; an existing folder is left as is
+    (the server's start-up check reports one that is wider)."""
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(PRIVATE_DIR)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``path`` (created or truncated) with mode 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def loose_permissions(paths: list[Path]) -> list[str]:
+    """A warning for each of ``paths`` (folders, and the files directly in them) that the
+    group or others may use, with the chmod that fixes it."""
+    out = []
+    for d in paths:
+        for p in [d, *sorted(d.iterdir())] if d.is_dir() else []:
+            try:
+                st = p.lstat()
+            except OSError:
+                continue  # a -wal file checkpointed away meanwhile
+            mode = stat.S_IMODE(st.st_mode)
+            want = PRIVATE_DIR if stat.S_ISDIR(st.st_mode) else PRIVATE_FILE
+            if mode & 0o077 and (p == d or stat.S_ISREG(st.st_mode)):
+                out.append(f"{p} is open to group or others (mode {mode:o}): it holds data, "
+                           f"password verifiers or logs; run: chmod {want:o} {p}")
+    return out
 
 
 def make_verifier(name: str, password: str, group: str) -> UserRecord:
@@ -71,6 +110,10 @@ class DatabaseFolder:
     def logs_dir(self) -> Path:
         return self.path / "Logs"
 
+    def loose_permissions(self) -> list[str]:
+        """Warnings for the folder, Data/, Logs/ and their files when wider than 0700/0600."""
+        return loose_permissions([self.path, self.data_dir, self.logs_dir])
+
     def check(self) -> None:
         """Raise DatabaseError unless this looks like a Casemate database folder."""
         if not self.settings_path.is_file():
@@ -102,7 +145,7 @@ class DatabaseFolder:
         tls.write_key(self.key_path, key)
         tls.write_cert(self.cert_path, cert)
         fp = tls.cert_fingerprint(cert)
-        (self.resources / GENERATED_MARKER).write_text(tls.spki_fingerprint(cert) + "\n")
+        write_private(self.resources / GENERATED_MARKER, tls.spki_fingerprint(cert) + "\n")
         log.info("generated a key pair and self-signed certificate for this database; "
                  "SHA-256 fingerprint %s", fp)
         return fp
@@ -150,10 +193,11 @@ def create_database(path: Path, name: str | None, admin_password: str | None,
         admin_password = generated = secrets.token_urlsafe(15)
     db = DatabaseFolder(path)
     for d in (path, db.resources, db.data_dir, db.logs_dir, path / "Methods"):
-        d.mkdir(parents=True, exist_ok=True)
+        make_private_dir(d)
+    path.chmod(PRIVATE_DIR)  # also when it existed, empty
     pub = name or path.resolve().name or "Casemate"
-    db.settings_path.write_text(render_default_toml(publication_name=pub, backend=storage,
-                                                    dsn=dsn), encoding="utf-8")
+    write_private(db.settings_path, render_default_toml(publication_name=pub, backend=storage,
+                                                        dsn=dsn))
     settings = db.settings()
     db.ensure_certificate(settings)
     backend = db.backend(settings)

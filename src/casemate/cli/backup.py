@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 
+from ..database import PRIVATE_DIR, PRIVATE_FILE, PRIVATE_UMASK, make_private_dir
 from ..storage.sqlite import DATA_FILE, SYSTEM_FILE
 from .main import PID_FILE, fail, open_folder
 
@@ -82,13 +83,16 @@ def backup(directory: Path, dest: Path) -> None:
 
     The private key (Resources/) is NOT copied: keep it safe separately.
     """
+    os.umask(PRIVATE_UMASK)  # the copy holds the data and the password verifiers
     folder = open_folder(directory)
     if folder.settings().storage.backend != "sqlite":
         fail("this database's data lives in PostgreSQL: back it up with PostgreSQL's tools "
              "(pg_dump, pg_basebackup), and keep Resources/ safe separately")
     if dest.exists() and any(dest.iterdir()):
         fail(f"{dest} is not empty; choose a new folder for the backup")
-    (dest / "Data").mkdir(parents=True, exist_ok=True)
+    for d in (dest, dest / "Data"):
+        make_private_dir(d)
+    dest.chmod(PRIVATE_DIR)  # also when it existed, empty
     t0 = time.monotonic()
     pages = {name: _copy_db(folder.data_dir / name, dest / "Data" / name, name)
              for name in (DATA_FILE, SYSTEM_FILE)}
@@ -128,6 +132,7 @@ def restore(backup_dir: Path, directory: Path) -> None:
     Refuses while a server runs on DIRECTORY.  An existing database's data files
     are kept in Data/before-restore-TIMESTAMP/.
     """
+    os.umask(PRIVATE_UMASK)  # the restored data and verifiers are the server user's alone
     if not (backup_dir / INFO_FILE).exists():
         fail(f"{backup_dir} is not a Casemate backup (no {INFO_FILE})")
     sums = json.loads((backup_dir / INFO_FILE).read_text()).get("sha256", {})
@@ -153,11 +158,12 @@ def restore(backup_dir: Path, directory: Path) -> None:
                 shutil.move(p, keep / p.name)
         click.echo(f"Previous data files kept in {keep}")
     else:
-        for sub in ("Data", "Resources", "Logs"):
-            (directory / sub).mkdir(parents=True, exist_ok=True)
+        for d in (directory, data, directory / "Resources", directory / "Logs"):
+            make_private_dir(d)
         shutil.copyfile(backup_dir / "casemate.toml", directory / "casemate.toml")
     for name in (DATA_FILE, SYSTEM_FILE):
         shutil.copyfile(backup_dir / "Data" / name, data / name)
+        (data / name).chmod(PRIVATE_FILE)
     click.echo(f"Restored {backup_dir} into {directory}; integrity check: ok")
     if not (directory / "Resources" / "key.pem").exists():
         click.echo("Resources/ has no key: put the original key.pem/cert.pem back, or the "

@@ -16,7 +16,13 @@ import click
 
 from ..admin import Admin, LocalAdmin, RemoteAdmin
 from ..client.known import KnownServers
-from ..database import DatabaseError, DatabaseFolder, create_database, make_verifier
+from ..database import (
+    PRIVATE_UMASK,
+    DatabaseError,
+    DatabaseFolder,
+    create_database,
+    make_verifier,
+)
 from ..errors import Error
 from ..settings import SettingsError
 from ..storage import StorageError
@@ -141,7 +147,10 @@ def serve(directory: Path, host: tuple[str, ...], port: int | None, verbose: boo
         settings = settings.replace_network(listen=tuple(host))
     if port is not None:
         settings = settings.replace_network(port=port)
+    os.umask(PRIVATE_UMASK)  # logs, audit, pid, WAL: private to the server's user
     _setup_logging(folder, verbose)
+    for w in folder.loose_permissions():
+        logging.getLogger("casemate.server").warning("%s", w)
     _raise_file_limit()
     pid_path = _claim_pid(folder)
     server = Server(folder, settings, file_settings)

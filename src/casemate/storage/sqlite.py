@@ -9,6 +9,7 @@ user SQL (ATTACH is refused by the authorizer).
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import sqlite3
 import threading
@@ -117,6 +118,13 @@ def _big_ints(params: Sequence[Any]) -> Sequence[Any]:
             raise OutOfRange(f"integer {p} does not fit in 64 bits, the largest integer the "
                              "SQLite storage holds; store it as text (str(value))")
     return params
+
+
+def _create_private(path: Path) -> None:
+    """Create an empty database file with mode 0600 if missing: SQLite would make it 0644,
+    and gives its -wal and -shm files the main file's mode."""
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 def _out_of_memory() -> StorageError:
@@ -307,6 +315,8 @@ class SQLiteBackend(Backend):
         self.busy_timeout = busy_timeout
         self._lock = threading.Lock()
         self._grant_changes = 0  # changes made through this process's own connection
+        for f in (self.system_path, self.data_path):
+            _create_private(f)
         self._sys = self._open_system()
         db = sqlite3.connect(self.data_path)
         try:
@@ -320,7 +330,9 @@ class SQLiteBackend(Backend):
 
     @classmethod
     def create(cls, data_dir: Path) -> SQLiteBackend:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        if not data_dir.is_dir():
+            data_dir.mkdir(parents=True)
+            data_dir.chmod(0o700)
         return cls(data_dir)
 
     def _open_system(self) -> sqlite3.Connection:
