@@ -286,7 +286,46 @@ def check_pair(key_path: Path, cert_path: Path) -> tuple[list[x509.Certificate],
             raise CertificateError(
                 f"chain in {cert_path}: certificate #{i + 1} is not signed by #{i + 2} ({e})"
             ) from e
+    _check_strength(chain, cert_path)
+    _check_openssl_accepts(key_path, cert_path)
     return chain, _warnings(key_path, leaf)
+
+
+MIN_RSA_BITS = 2048  # NIST SP 800-57: 112-bit security at least, as OpenSSL's level 2
+MIN_EC_BITS = 256    # P-256 and larger
+
+
+def _weak_key(cert: x509.Certificate) -> str | None:
+    pub = cert.public_key()
+    if isinstance(pub, rsa.RSAPublicKey) and pub.key_size < MIN_RSA_BITS:
+        return f"an RSA-{pub.key_size} key (at least RSA-{MIN_RSA_BITS} is required)"
+    if isinstance(pub, ec.EllipticCurvePublicKey) and pub.curve.key_size < MIN_EC_BITS:
+        return f"an ECDSA {pub.curve.name} key (at least P-256 is required)"
+    return None
+
+
+def _check_strength(chain: list[x509.Certificate], cert_path: Path) -> None:
+    """Casemate's own floor, whatever OpenSSL's configuration allows: RSA-2048, P-256."""
+    for i, c in enumerate(chain):
+        if weak := _weak_key(c):
+            where = "certificate" if i == 0 else f"chain certificate #{i + 1}"
+            raise CertificateError(
+                f"{where} in {cert_path} has {weak}; make a new key and certificate "
+                "(casemate cert DIR generate, or request/install)")
+
+
+def _check_openssl_accepts(key_path: Path, cert_path: Path) -> None:
+    """Load the pair into a context configured as the server's is, so OpenSSL's security
+    level (key sizes, signature digests of the chain) refuses here what it would refuse at
+    start or reload."""
+    ctx = _server_base_context()
+    try:
+        ctx.load_cert_chain(str(cert_path), str(key_path))
+    except ssl.SSLError as e:
+        raise CertificateError(
+            f"OpenSSL refuses {cert_path} at its security level {ctx.security_level}: "
+            f"{e.reason or e}; make a new key and "
+            "certificate (casemate cert DIR generate, or request/install)") from e
 
 
 def _warnings(key_path: Path, leaf: x509.Certificate) -> list[str]:
@@ -305,12 +344,18 @@ def _warnings(key_path: Path, leaf: x509.Certificate) -> list[str]:
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
+def _server_base_context() -> ssl.SSLContext:
+    """The server context before its certificate: what decides which keys OpenSSL accepts."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.set_ciphers(TLS12_CIPHERS)
+    return ctx
+
+
 def server_context(key_path: Path, cert_path: Path, min_version: str = "1.2",
                    client_ca: Path | None = None) -> ssl.SSLContext:
     """A server context: min TLS version, AEAD+PFS suites, no compression or renegotiation."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = _server_base_context()
     ctx.minimum_version = _VERSIONS[min_version]
-    ctx.set_ciphers(TLS12_CIPHERS)
     # Python 3.11 can set one key-exchange group only (OpenSSL's default list adds X448 and
     # P-521, which Mozilla's intermediate profile rejects).  X25519: in the profile, and the
     # key share every mainstream client (OpenSSL, BoringSSL, NSS, Go, Java 11+) sends first,

@@ -7,12 +7,14 @@ import ipaddress
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from casemate import tls
@@ -266,3 +268,66 @@ def test_documented_argument_order(make_db) -> None:  # type: ignore[no-untyped-
     proc = _run("cert", db, "show")
     assert proc.returncode == 0, proc.stderr
     assert "Subject:        CN=Acme Ledger" in proc.stdout
+
+
+def _weak_pair(tmp: Path, key: Any, name: str) -> tuple[Path, Path]:
+    key_file, cert_file = tmp / f"{name}.key", tmp / f"{name}.pem"
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_file.chmod(0o600)
+    cert_file.write_bytes(_pem(_cert("localhost", key)))
+    return key_file, cert_file
+
+
+WEAK_KEYS = {
+    "rsa1024": lambda: rsa.generate_private_key(65537, 1024),
+    "p192": lambda: ec.generate_private_key(ec.SECP192R1()),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(WEAK_KEYS))
+def test_weak_keys_are_refused_by_install_show_start_and_reload(
+        make_db, server_factory, tmp_path: Path, kind: str) -> None:  # type: ignore[no-untyped-def]
+    """The same check everywhere: Casemate's floor (RSA-2048, P-256) and OpenSSL's level."""
+    db = make_db(encrypted=True)
+    key_file, cert_file = _weak_pair(tmp_path, WEAK_KEYS[kind](), kind)
+    before = _files(db)
+    r = _cert_cli(db, "install", "--key", key_file, "--cert", cert_file)
+    assert r.returncode != 0 and "not installed" in r.stderr and "key" in r.stderr, r
+    assert _files(db) == before
+    server = server_factory(db)  # a good pair in service, then the weak one copied in
+    (db / "Resources" / "key.pem").unlink()
+    (db / "Resources" / "cert.pem").write_bytes(cert_file.read_bytes())
+    (db / "Resources" / "key.pem").write_bytes(key_file.read_bytes())
+    (db / "Resources" / "key.pem").chmod(0o600)
+    r = _cert_cli(db, "show")
+    assert r.returncode == 1 and "PROBLEM" in r.stdout, r
+    r = _cert_cli(db, "reload")
+    assert r.returncode == 0, r
+    log = db / "Logs" / "server.log"
+    deadline = time.monotonic() + 10
+    while "certificate reload failed" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "certificate reload failed" in log.read_text()
+    with server.connect() as conn:  # still serving with the good certificate
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    server.stop()
+    r = _run("serve", db, "--port", "0")
+    assert r.returncode == 2 and "key" in r.stderr, r.stderr
+
+
+def test_openssl_level_is_checked_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pair within Casemate's floor that the server's OpenSSL context still refuses
+    (here: a context at security level 4, which wants 192-bit keys) is refused by check_pair."""
+    key_file, cert_file = _weak_pair(tmp_path, rsa.generate_private_key(65537, 2048), "rsa2048")
+    tls.check_pair(key_file, cert_file)
+    base = tls._server_base_context
+
+    def strict() -> Any:
+        ctx = base()
+        ctx.set_ciphers(tls.TLS12_CIPHERS + ":@SECLEVEL=4")
+        return ctx
+    monkeypatch.setattr(tls, "_server_base_context", strict)
+    with pytest.raises(tls.CertificateError, match="security level 4"):
+        tls.check_pair(key_file, cert_file)
