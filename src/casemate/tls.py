@@ -70,9 +70,36 @@ def default_sans(listen: tuple[str, ...] = ()) -> list[str]:
     """localhost, this host's name, 127.0.0.1, ::1 and the listen addresses (not wildcards)."""
     names = ["localhost", socket.gethostname(), "127.0.0.1", "::1"]
     for a in listen:
-        if a not in ("0.0.0.0", "::", "") and a not in names:
+        if a not in WILDCARDS and a not in names:
             names.append(a)
     return list(dict.fromkeys(names))
+
+
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def wildcard_warning(listen: tuple[str, ...], sans: tuple[str, ...], folder: Path) -> str | None:
+    """For a server listening on a wildcard address: clients that verify the certificate
+    against a CA (``tls_ca``) reach it by LAN names and addresses the certificate must list;
+    it lists only ``sans``.  None when no listen address is a wildcard."""
+    if not any(a in WILDCARDS for a in listen):
+        return None
+    hint = " ".join(f"--san {a}" for a in _lan_addresses() if a not in sans) or "--san NAME"
+    return (f"the server listens on a wildcard address "
+            f"({', '.join(a or '*' for a in listen if a in WILDCARDS)}): clients that "
+            f"verify the certificate with tls_ca must connect by a name it lists "
+            f"({', '.join(sans) or 'none'}); to add the LAN names on the same key (pinned "
+            f"clients keep working), run: casemate cert {folder} generate --keep-key {hint}")
+
+
+def _lan_addresses() -> list[str]:
+    """This host's non-loopback addresses, as its own name resolves (may be none)."""
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    out = [str(i[4][0]) for i in infos]
+    return [a for a in dict.fromkeys(out) if not ipaddress.ip_address(a.split("%")[0]).is_loopback]
 
 
 def _san_entries(sans: list[str]) -> list[x509.GeneralName]:
@@ -295,7 +322,8 @@ MIN_RSA_BITS = 2048  # NIST SP 800-57: 112-bit security at least, as OpenSSL's l
 MIN_EC_BITS = 256    # P-256 and larger
 
 
-def _weak_key(cert: x509.Certificate) -> str | None:
+def weak_key(cert: x509.Certificate) -> str | None:
+    """What is too weak about the certificate's key (below RSA-2048 or P-256), or None."""
     pub = cert.public_key()
     if isinstance(pub, rsa.RSAPublicKey) and pub.key_size < MIN_RSA_BITS:
         return f"an RSA-{pub.key_size} key (at least RSA-{MIN_RSA_BITS} is required)"
@@ -307,7 +335,7 @@ def _weak_key(cert: x509.Certificate) -> str | None:
 def _check_strength(chain: list[x509.Certificate], cert_path: Path) -> None:
     """Casemate's own floor, whatever OpenSSL's configuration allows: RSA-2048, P-256."""
     for i, c in enumerate(chain):
-        if weak := _weak_key(c):
+        if weak := weak_key(c):
             where = "certificate" if i == 0 else f"chain certificate #{i + 1}"
             raise CertificateError(
                 f"{where} in {cert_path} has {weak}; make a new key and certificate "

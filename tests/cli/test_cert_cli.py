@@ -106,7 +106,7 @@ def test_generate_needs_force_and_limits_days(make_db) -> None:  # type: ignore[
 
     proc = _cert_cli(db, "generate")
     assert proc.returncode != 0
-    assert "exists; pass --force to replace them" in proc.stderr
+    assert "exists; pass --keep-key" in proc.stderr and "--force to replace both" in proc.stderr
     assert _files(db) == before
 
     proc = _cert_cli(db, "generate", "--force", "--days", "400")

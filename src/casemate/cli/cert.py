@@ -11,7 +11,7 @@ import click
 from cryptography.hazmat.primitives import serialization
 
 from .. import tls
-from ..database import GENERATED_MARKER
+from ..database import GENERATED_MARKER, write_private
 from .main import PID_FILE, fail, open_folder
 
 
@@ -65,29 +65,70 @@ def show(directory: Path) -> None:
 @cert.command("generate")
 @click.pass_obj
 @click.option("--days", type=int, default=365, show_default=True, help="Validity (at most 366).")
-@click.option("--san", multiple=True, help="Extra subject alternative name (repeatable).")
+@click.option("--san", multiple=True, help="Extra subject alternative name (repeatable), e.g. "
+              "the LAN name or address clients verifying with tls_ca connect to.")
+@click.option("--keep-key", is_flag=True, help="Reissue the certificate on the existing "
+              "key.pem (keeping its names, adding --san): clients that pinned the key keep "
+              "working.")
 @click.option("--force", is_flag=True, help="Replace the existing key and certificate.")
-def generate(directory: Path, days: int, san: tuple[str, ...], force: bool) -> None:
-    """Generate a new key pair and self-signed certificate for this database."""
+def generate(directory: Path, days: int, san: tuple[str, ...], keep_key: bool,
+             force: bool) -> None:
+    """Generate a new key pair and self-signed certificate for this database.
+
+    With --keep-key, only the certificate is new: same key, the names it had plus --san.
+    """
     folder = open_folder(directory)
     settings = folder.settings()
-    if (folder.key_path.exists() or folder.cert_path.exists()) and not force:
-        fail("Resources/key.pem or cert.pem exists; pass --force to replace them "
+    sans = tls.default_sans(settings.network.listen)
+    if keep_key:
+        key, old_sans = _kept_key(folder.key_path, folder.cert_path)
+        sans += old_sans
+    elif (folder.key_path.exists() or folder.cert_path.exists()) and not force:
+        fail("Resources/key.pem or cert.pem exists; pass --keep-key to reissue the certificate "
+             "on the same key (pinned clients keep working), or --force to replace both "
              "(clients that pinned the old key will refuse the new one until they run "
              "'casemate trust forget')")
-    key = tls.generate_key()
+        return
+    else:
+        key = tls.generate_key()
     try:
         c = tls.make_self_signed(key, settings.network.publication_name,
-                                 tls.default_sans(settings.network.listen) + list(san), days)
+                                 list(dict.fromkeys(sans + list(san))), days)
     except ValueError as e:
         fail(str(e))
         return
-    _install_files(folder.key_path, folder.cert_path, key, c)
-    (folder.resources / GENERATED_MARKER).write_text(tls.spki_fingerprint(c) + "\n")
-    click.echo("New self-signed certificate installed:")
+    if weak := tls.weak_key(c):
+        fail(f"--keep-key: {folder.key_path} is {weak[3:]}; generate without --keep-key")
+    if keep_key:
+        _replace_cert(folder.cert_path, c)
+    else:
+        _install_files(folder.key_path, folder.cert_path, key, c)
+    write_private(folder.resources / GENERATED_MARKER, tls.spki_fingerprint(c) + "\n")
+    click.echo("New self-signed certificate installed"
+               + (" (same key: pinned clients keep working):" if keep_key else ":"))
     for line in _describe(tls.inspect_cert(c)):
         click.echo("  " + line)
     click.echo(f"Reload a running server with: casemate cert {directory} reload")
+
+
+def _kept_key(key_path: Path, cert_path: Path) -> tuple[tls.PrivateKey, list[str]]:
+    """The key to keep (it must pass the same checks as at start) and the current SANs."""
+    if not key_path.exists():
+        fail(f"--keep-key: there is no {key_path} to keep; run generate without it")
+    try:
+        key = tls.load_key(key_path)
+        old = list(tls.inspect_cert(tls.load_chain(cert_path)[0]).sans) \
+            if cert_path.exists() else []
+    except tls.CertificateError as e:
+        fail(f"--keep-key: {e}")
+        raise  # not reached: fail() exits
+    return key, old
+
+
+def _replace_cert(cert_path: Path, c: object) -> None:
+    if cert_path.exists():
+        os.replace(cert_path, cert_path.with_suffix(".pem.old"))
+    tls.write_cert(cert_path, c)  # type: ignore[arg-type]
 
 
 def _install_files(key_path: Path, cert_path: Path, key: tls.PrivateKey, c: object) -> None:

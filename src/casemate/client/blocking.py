@@ -302,6 +302,17 @@ def _context(params: ConnectParams) -> tuple[tuple[Any, ...], ssl.SSLContext, An
         return key, entry[0], entry[1]
 
 
+_NAME_MISMATCH = (62, 64)  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+
+
+def _verify_hint(host: str, code: int) -> str:
+    if code in _NAME_MISMATCH:
+        return (f"the certificate does not name {host}: on the server run 'casemate cert DIR "
+                f"generate --keep-key --san {host}' (same key: pinned clients keep working), "
+                "then 'casemate cert DIR reload', and give clients the new cert.pem")
+    return "check tls_ca and that the host name is in the certificate"
+
+
 def _tls_connect(params: ConnectParams, known: KnownServer | None
                  ) -> tuple[TLSSocket, Security, bytes, tuple[Any, ...]]:
     key, ctx, session = _context(params)
@@ -312,7 +323,7 @@ def _tls_connect(params: ConnectParams, known: KnownServer | None
         sock.close()
         raise SecurityError(f"the certificate of {params.server_key} failed verification "
                             f"against {params.tls_ca}: {e.verify_message}", Codes.NOT_ENCRYPTED,
-                            "check tls_ca and that the host name is in the certificate") from e
+                            _verify_hint(params.host, e.verify_code)) from e
     except (ssl.SSLError, ConnectionError, OSError) as e:
         sock.close()
         raise _NotTLS(getattr(e, "reason", None) or str(e)) from e

@@ -170,6 +170,9 @@ class Server:
                                        "(it never falls back to plaintext)") from e
             for w in self.tls.warnings:
                 log.warning("%s", w)
+            if lan := tls.wildcard_warning(self.settings.network.listen, self.tls.info.sans,
+                                           self.folder.path):
+                log.warning("%s", lan)
             log.info("certificate %s, SHA-256 fingerprint %s, expires %s",
                      self.tls.info.subject, self.tls.info.sha256,
                      self.tls.info.not_after.date())
