@@ -304,6 +304,24 @@ def test_insert_only_group_keeps_plain_inserts(
     c.rollback()
 
 
+def test_update_group_cannot_replace_either(
+        conns: dict[str, casemate.Connection], replace_tables: None) -> None:
+    c, a = conns["clerk"], conns["admin"]
+    for t in ("r_notes", "r_uq"):
+        a.admin("grant", group="clerks", table=t, privileges=["SELECT", "INSERT", "UPDATE"])
+    a.execute("INSERT INTO r_notes VALUES (2, 'second')")
+    a.execute("INSERT INTO r_uq VALUES (2, 'b', 'second')")
+    a.commit()
+    c.execute("UPDATE r_notes SET body = 'changed' WHERE id = 2")  # a plain UPDATE: allowed
+    c.rollback()
+    for sql in ("UPDATE OR REPLACE r_notes SET id = 1 WHERE id = 2",
+                "UPDATE r_uq SET k = 'a' WHERE id = 2"):  # the column's ON CONFLICT REPLACE
+        assert "DELETE on table r_" in refused(c, sql).message
+    assert rows(a, "SELECT count(*) FROM r_notes") == [(2,)]
+    assert rows(a, "SELECT count(*) FROM r_uq") == [(2,)]
+    a.rollback()
+
+
 def test_foreign_key_cascade_needs_rights_on_the_child(
         conns: dict[str, casemate.Connection]) -> None:
     c, a = conns["clerk"], conns["admin"]

@@ -172,7 +172,6 @@ class _Connection(StorageConnection):
         # One value (and one stored row) at most this big: a zeroblob() or repeat() of a
         # gigabyte is refused ("string or blob too big") instead of allocated.
         self._db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max_value_bytes)
-        self._db.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)  # ATTACH is refused anyway
         self.policy = Policy("readonly")
         self._query_only = False
         self.set_policy(self.policy)
