@@ -3,7 +3,11 @@
 ``Data/data.sqlite`` holds the user's tables (WAL journal, ``synchronous=FULL``
 so an acknowledged commit survives a kill -9 or a power cut);
 ``Data/system.sqlite`` holds users and password verifiers, out of reach of
-user SQL (ATTACH is refused by the authorizer).
+user SQL (ATTACH is refused by the authorizer).  Both files, and the -wal/-shm
+files SQLite gives the main file's mode, are created 0600: the verifiers are
+the server user's alone.  Each connection caps one value's size
+(``limits.max_value_bytes``) and the process caps SQLite's heap
+(``limits.max_sqlite_memory_mb``), so no statement allocates without bound.
 """
 
 from __future__ import annotations
