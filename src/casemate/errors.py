@@ -92,6 +92,7 @@ class Codes:
     """Stable error codes (SQLSTATE style).  The class is the first two characters."""
 
     CONNECTION_FAILURE = "08006"
+    TRANSACTION_RESOLUTION_UNKNOWN = "08007"  # lost after a commit was sent, before its reply
     CANNOT_CONNECT = "08001"
     PROTOCOL_VIOLATION = "08P01"
     ENCRYPTION_REQUIRED = "08P02"

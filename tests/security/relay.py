@@ -12,6 +12,9 @@ Modes (``Relay.mode``, may be changed between connections):
   plaintext the attacker could read.
 
 Each accepted connection is one :class:`Flow`, appended to ``Relay.flows``.
+``Relay.hold_replies`` (transparent mode) keeps what the server sends in
+``Flow.held`` instead of forwarding it, and ``Flow.cut`` ends a flow: together
+they lose a reply after the server acted on the request.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class Flow:
         self.client_handshake_ok = False  # "mitm": the client finished TLS with us
         self.error: str | None = None
         self.done = threading.Event()
+        self.held = bytearray()  # server -> client bytes kept back (Relay.hold_replies)
+        self.cut = threading.Event()  # set: close both sides now
 
 
 def mitm_server_context(folder: Path, sans: list[str] | None = None) -> ssl.SSLContext:
@@ -70,6 +75,7 @@ class Relay:
         self.mode = mode
         self.mitm_context = mitm_context
         self.flows: list[Flow] = []
+        self.hold_replies = False
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -186,7 +192,8 @@ class Relay:
         deadline = time.monotonic() + FLOW_DEADLINE
         for s in reading:
             s.settimeout(5)
-        while reading and not self._stop.is_set() and time.monotonic() < deadline:
+        while (reading and not self._stop.is_set() and not flow.cut.is_set()
+               and time.monotonic() < deadline):
             ready = [s for s in reading if isinstance(s, ssl.SSLSocket) and s.pending()]
             if not ready:
                 ready, _, _ = select.select(reading, [], [], 0.05)
@@ -196,6 +203,9 @@ class Relay:
                     data = src.recv(65536)
                 except (OSError, ssl.SSLError):
                     data = b""
+                if data and src is up and self.hold_replies:
+                    flow.held += data
+                    continue
                 if data:
                     record += data
                     try:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import collections
+import re
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -187,6 +188,7 @@ def record_trust(params: ConnectParams, security: Security) -> None:
 class Request:
     done = False
     error: Error | None = None
+    sent: tuple[Msg, Any] | None = None  # the request as sent: judged only if the link is lost
 
     def on_message(self, m: Message) -> bool:
         """Consume one reply; return True when this request is complete."""
@@ -278,6 +280,7 @@ class ClientCore:
             raise
         except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
             raise InterfaceError(f"cannot send this parameter: {e}") from None
+        req.sent = (msg, body)
         self.pending.append(req)
         return data
 
@@ -309,10 +312,61 @@ class ClientCore:
             req.error, req.done = err, True
 
     def lost_error(self, why: str) -> OperationalError:
+        """The error for a lost connection.  It claims a rollback only when no request that
+        can commit was waiting for its reply; otherwise the outcome is unknown (08007)."""
         reason = why
         if self.shutdown_notice:
             reason = f"{why}: the server said: {self.shutdown_notice}"
+        for req in self.pending:
+            what = commit_risk(req.sent, self.in_transaction)
+            if what:
+                return OperationalError(
+                    f"connection to the server lost ({reason}) after {what} was sent and "
+                    "before its reply: the client cannot know whether it was committed",
+                    Codes.TRANSACTION_RESOLUTION_UNKNOWN,
+                    "reconnect and check whether its changes are there before running it again")
         txn = (" The open transaction was rolled back by the server; nothing of it was "
                "committed.") if self.in_transaction else ""
         return OperationalError(f"connection to the server lost ({reason}).{txn}",
                                 Codes.CONNECTION_FAILURE)
+
+
+# A statement that can end a transaction by committing it: COMMIT, END (SQLite), RELEASE of
+# a savepoint that began the transaction, PREPARE TRANSACTION (PostgreSQL); at the start of
+# the text or after a semicolon, past comments.  A false match only makes an error cautious.
+_COMMIT_SQL = re.compile(
+    r"(?:^|;)(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*(?:COMMIT|END|RELEASE|PREPARE)\b",
+    re.IGNORECASE | re.DOTALL)
+_READ_ONLY_ADMIN = frozenset({"status", "sessions"})
+
+
+def commit_risk(sent: tuple[Msg, Any] | None, in_transaction: bool) -> str:
+    """What a request sent but not answered may have committed ("" if it cannot commit).
+
+    Autocommit statements (the QUERY/EXECUTE_MANY/CALL flag ``begin`` off) commit by
+    themselves, as does FETCH of an autocommit result (an INSERT ... RETURNING ends with
+    its last row) and an admin command that changes users, groups or grants.
+    """
+    if sent is None:
+        return ""
+    msg, body = sent
+    try:
+        if msg is Msg.COMMIT:
+            return "COMMIT"
+        if msg is Msg.QUERY:
+            if not body[3]:
+                return "a statement in autocommit mode"
+            return "a COMMIT statement" if _COMMIT_SQL.search(body[1]) else ""
+        if msg is Msg.EXECUTE_MANY:
+            if not body[2]:
+                return "executemany in autocommit mode"
+            return "a COMMIT statement" if _COMMIT_SQL.search(body[0]) else ""
+        if msg is Msg.CALL and not body[4]:
+            return "a server method call in autocommit mode"
+        if msg is Msg.FETCH and not in_transaction:
+            return "a fetch from an autocommit statement"
+        if msg is Msg.ADMIN and body[0] not in _READ_ONLY_ADMIN:
+            return f"admin command {body[0]!r}"
+    except (TypeError, IndexError, KeyError):
+        return "a request"  # a shape this function does not know: assume the worst
+    return ""

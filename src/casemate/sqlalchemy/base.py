@@ -52,9 +52,11 @@ BACKENDS: dict[str, str] = {"sqlite": "casemate.sqlalchemy:CasemateDialect"}
 _INT_OPTIONS = ("reconnect_attempts",)
 _FLOAT_OPTIONS = ("connect_timeout", "reconnect_delay")
 _STR_OPTIONS = ("tls_ca", "tls_cert", "tls_key", "encryption", "program")
-# Codes after which the connection is unusable: lost or refused connection, protocol
-# violation, server shutdown, session dropped by an administrator, idle timeout.
-_DISCONNECT_CODES = frozenset({"08006", "08001", "08003", "08P01", "57P01", "57P02", "57P05"})
+# Codes after which the connection is unusable: lost or refused connection (08007: lost with
+# a commit's outcome unknown), protocol violation, server shutdown, session dropped by an
+# administrator, idle timeout.
+_DISCONNECT_CODES = frozenset({"08006", "08007", "08001", "08003", "08P01", "57P01", "57P02",
+                               "57P05"})
 
 
 def casemate_dbapi() -> Any:
