@@ -134,7 +134,7 @@ class AsyncConnection:
                     continue
             else:
                 self._reader, self._writer = await self._tcp(None)
-                self.security = Security("plain")
+                self.security = Security("plain", tls_failure=tls_failure or None)
             self._core = ClientCore.new()
             try:
                 async with asyncio.timeout(p.connect_timeout):
@@ -143,11 +143,14 @@ class AsyncConnection:
                 self._close_transport()
                 if e.code == Codes.ENCRYPTION_REQUIRED and TLS in later:
                     continue
+                explain_login_failure(e, self.security)
                 raise
             except TimeoutError as e:
                 self._close_transport()
-                raise OperationalError(f"{p.server_key} did not complete the login in time",
-                                       Codes.CANNOT_CONNECT) from e
+                err = OperationalError(f"{p.server_key} did not complete the login in time",
+                                       Codes.CANNOT_CONNECT)
+                explain_login_failure(err, self.security)
+                raise err from e
             except Error as e:
                 self._close_transport()
                 explain_login_failure(e, self.security)

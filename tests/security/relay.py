@@ -6,6 +6,9 @@ Modes (``Relay.mode``, may be changed between connections):
 * ``"strip"``: answers a TLS ClientHello (first byte 0x16) like a plain Casemate
   server does (a fatal ``handshake_failure`` alert) and relays anything else in
   plaintext to the upstream: an attacker that strips encryption.
+* ``"refuse"``: answers any connection at once with a plaintext ``ERROR 28000``
+  "refused by the server's access rules" frame, as a plain server denying the
+  address does: an attacker forging a refusal.
 * ``"mitm"``: terminates TLS with its own certificate (``mitm_context``), opens
   its own TLS connection to the upstream, and relays the *decrypted* bytes: a
   certificate-swapping man in the middle.  ``Flow.c2s``/``s2c`` then hold the
@@ -28,12 +31,16 @@ import time
 from pathlib import Path
 
 from casemate import tls
+from casemate.protocol import Msg, encode_frame
 
-__all__ = ["Flow", "Relay", "TLS_ALERT_HANDSHAKE_FAILURE", "mitm_server_context"]
+__all__ = ["FORGED_REFUSAL", "Flow", "Relay", "TLS_ALERT_HANDSHAKE_FAILURE", "mitm_server_context"]
 
 # The bytes a plain Casemate server sends to a TLS ClientHello.
 TLS_ALERT_HANDSHAKE_FAILURE = b"\x15\x03\x01\x00\x02\x02\x28"
 FLOW_DEADLINE = 30.0
+FORGED_REFUSAL = encode_frame(Msg.ERROR, {
+    "code": "28000",
+    "message": "connections from this address are refused by the server's access rules"})
 
 
 class Flow:
@@ -165,6 +172,13 @@ class Relay:
                 socks.append(up)
                 flow.upstream_connected = True
                 self._pump(client, up, flow)
+            elif flow.mode == "refuse":
+                first = client.recv(1, socket.MSG_PEEK)
+                flow.first_byte = first[0] if first else None
+                client.sendall(FORGED_REFUSAL)
+                client.shutdown(socket.SHUT_WR)
+                while chunk := client.recv(65536):
+                    flow.c2s += chunk
             elif flow.mode == "mitm":
                 assert self.mitm_context is not None
                 tclient = self.mitm_context.wrap_socket(client, server_side=True)

@@ -376,7 +376,8 @@ def open_channel(params: ConnectParams) -> Channel:
                     raise downgrade_error(params, known, tls_failure) from None
                 continue
         else:
-            sock, security, cb, key = _tcp(params), Security("plain"), None, None
+            sock, cb, key = _tcp(params), None, None
+            security = Security("plain", tls_failure=tls_failure or None)
         sock.settimeout(params.connect_timeout)
         try:
             core, login = _login(sock, params, cb)
@@ -384,8 +385,7 @@ def open_channel(params: ConnectParams) -> Channel:
             sock.close()
             if e.code == Codes.ENCRYPTION_REQUIRED and TLS in later:
                 continue
-            if e.code == Codes.ENCRYPTION_REQUIRED and tls_failure:
-                e.message += f" (the TLS attempt failed: {tls_failure})"
+            explain_login_failure(e, security)
             raise
         except Error as e:
             sock.close()
@@ -393,8 +393,10 @@ def open_channel(params: ConnectParams) -> Channel:
             raise
         except TimeoutError as e:
             sock.close()
-            raise OperationalError(f"{params.server_key} did not complete the login within "
-                                   f"{params.connect_timeout} s", Codes.CANNOT_CONNECT) from e
+            err = OperationalError(f"{params.server_key} did not complete the login within "
+                                   f"{params.connect_timeout} s", Codes.CANNOT_CONNECT)
+            explain_login_failure(err, security)
+            raise err from e
         sock.settimeout(None)
         record_trust(params, security)
         chan = Channel(sock, core, security, login, key)

@@ -67,7 +67,10 @@ def downgrade_error(params: ConnectParams, known: KnownServer | None, why: str) 
             f"possible downgrade attack: {key} was encrypted when last seen, but now it did not "
             f"complete a TLS handshake ({why}); the client refuses to continue in plaintext",
             Codes.NOT_ENCRYPTED,
-            f"if encryption was switched off on purpose, run: casemate trust forget {key}")
+            "an attacker who strips encryption causes this; so can a server switched to "
+            "plaintext, or an older server refusing this address in plaintext. Do not drop "
+            "the pin on this message alone: only if the server's administrator confirms that "
+            f"encryption was switched off, run: casemate trust forget {key}")
     return SecurityError(
         f"{key} did not complete a TLS handshake ({why}) and this connection requires "
         "encryption", Codes.NOT_ENCRYPTED,
@@ -166,7 +169,10 @@ def _expect(m: Message | None, kind: Msg) -> Any:
 
 
 def explain_login_failure(err: Error, security: Security) -> None:
-    """On first encrypted contact a failed login may also mean an interceptor: say so."""
+    """On first encrypted contact a failed login may also mean an interceptor: say so.
+    After a fallback to plaintext, say that TLS failed first."""
+    if security.tls_failure:
+        err.message += f" ({security.fallback_note})"
     if err.code == Codes.INVALID_PASSWORD and security.level == "encrypted-unverified":
         err.hint = ((err.hint + "; ") if err.hint else "") + (
             "this was the first contact with this server: if the password is right, the "

@@ -31,7 +31,9 @@ class Security:
     (encrypted; server key recorded on this first contact after the
     channel-bound login proved the server knows the password verifier) and
     ``"encrypted-verified"`` (key matched the pin, or chain and host name
-    verified against ``tls_ca``; ``verified_by`` says which).
+    verified against ``tls_ca``; ``verified_by`` says which).  ``tls_failure``:
+    on a plain connection, why the TLS attempt before it failed (a fresh
+    ``auto`` client retries in plaintext; the user should know it did).
     """
 
     level: str
@@ -39,6 +41,12 @@ class Security:
     cipher: str | None = None
     fingerprint: str | None = None
     verified_by: str | None = None
+    tls_failure: str | None = None
+
+    @property
+    def fallback_note(self) -> str:
+        """"TLS failed: ...; retried in plaintext", or "" if there was no fallback."""
+        return f"TLS failed: {self.tls_failure}; retried in plaintext" if self.tls_failure else ""
 
     @property
     def encrypted(self) -> bool:
@@ -46,7 +54,7 @@ class Security:
 
     def __str__(self) -> str:
         if not self.encrypted:
-            return "plain: NOT encrypted"
+            return "plain: NOT encrypted" + (f" ({self.fallback_note})" if self.tls_failure else "")
         how = f" by {self.verified_by}" if self.verified_by else ""
         state = "verified" + how if self.level == "encrypted-verified" else (
             "unverified (first contact: key recorded)")

@@ -23,7 +23,7 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .. import __version__, tls
 from ..database import DatabaseFolder
@@ -49,6 +49,29 @@ TLS_ALERT_HANDSHAKE_FAILURE = bytes([0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x28])
 _DENIED_FRAME = encode_frame(Msg.ERROR, {
     "code": Codes.INVALID_AUTHORIZATION,
     "message": "connections from this address are refused by the server's access rules"})
+
+
+# How long a denied connection on an encrypted server may take to send its TLS ClientHello
+# (a TLS client sends it at once); past that it gets the refusal in plaintext.
+DENY_WAIT_SECONDS = 2.0
+
+
+class _Refusal(asyncio.Protocol):
+    """Inside TLS, for a denied address: answer the client's first message (its HELLO) with
+    the refusal and close; nothing of the message is parsed."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.t: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.t = cast(asyncio.Transport, transport)
+        asyncio.get_running_loop().call_at(self.deadline, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self.t is not None and not self.t.is_closing():
+            self.t.write(_DENIED_FRAME)
+            self.t.close()
 
 
 class ServerStartError(Exception):
@@ -266,11 +289,8 @@ class Server:
         loop = asyncio.get_running_loop()
         rule = self.settings.access.check_address(addr[0])
         if rule is not None and rule.action == "deny":
-            # Before TLS or any protocol byte: a short plaintext refusal, no reading.
             self.audit.event("connection_refused", address=addr[0], rule=rule.text)
-            with contextlib.suppress(OSError):
-                sock.send(_DENIED_FRAME)
-            sock.close()
+            await self._deny(sock)
             return
         self.audit.event("connection_accepted", address=addr[0],
                          rule=rule.text if rule else None)
@@ -309,6 +329,26 @@ class Server:
         except (OSError, ConnectionError) as e:
             log.info("connection from %s failed: %s", addr[0], e)
             sock.close()
+
+    async def _deny(self, sock: socket.socket) -> None:
+        """Refuse a denied address, reading nothing of the protocol.  On an encrypted server a
+        TLS client gets the refusal inside TLS, after the handshake proved the server's key:
+        a client that pinned that key can tell this refusal from a downgrade (an answer in
+        plaintext could come from anyone).  Anything else gets it in plaintext at once."""
+        state = self.tls
+        if state is not None:
+            with contextlib.suppress(TimeoutError, OSError):
+                first = await asyncio.wait_for(_peek(sock), DENY_WAIT_SECONDS)
+                if first[:1] == bytes([TLS_RECORD_HANDSHAKE]):
+                    deadline = (asyncio.get_running_loop().time()
+                                + self.settings.limits.login_timeout_seconds)
+                    await asyncio.get_running_loop().connect_accepted_socket(
+                        lambda: TLSServerProtocol(state.context, lambda: _Refusal(deadline),
+                                                  deadline), sock)
+                    return
+        with contextlib.suppress(OSError):
+            sock.send(_DENIED_FRAME)
+        sock.close()
 
     def lock_released(self) -> None:
         """A transaction ended: wake the longest-waiting writer (one, not all: a herd of
