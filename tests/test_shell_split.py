@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from casemate.cli.shell import format_table, split_statements
+from casemate.cli.shell import format_table, split_script, split_statements
 
 
 def split(text: str) -> list[str]:
@@ -132,3 +132,16 @@ def test_format_table_no_trailing_spaces() -> None:
 def test_format_table_row_of_the_wrong_width_fails() -> None:
     with pytest.raises((ValueError, IndexError)):
         format_table(["a", "b"], [(1,)])
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("\\commit", [(True, "\\commit")]),
+    ("SELECT 1; \\commit", [(False, "SELECT 1"), (True, "\\commit")]),
+    ("\\autocommit off\nSELECT 1;\n  \\rollback  \nSELECT 2",
+     [(True, "\\autocommit off"), (False, "SELECT 1"), (True, "\\rollback"), (False, "SELECT 2")]),
+    ("-- note\n/* c */ \\security", [(True, "\\security")]),
+    ("SELECT 'a\\b'", [(False, "SELECT 'a\\b'")]),  # inside a statement: SQL
+    ("SELECT 1\n\\commit", [(False, "SELECT 1\n\\commit")]),  # the statement has not ended
+])
+def test_script_commands(text: str, expected: list[tuple[bool, str]]) -> None:
+    assert list(split_script(text)) == expected

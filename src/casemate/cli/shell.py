@@ -10,14 +10,27 @@ from typing import Any
 import click
 
 from ..client.params import casemate_home
-from ..errors import Error
+from ..errors import Error, InterfaceError
 
-__all__ = ["shell", "split_statements", "format_table"]
+__all__ = ["shell", "split_statements", "split_script", "format_table"]
 
 
 def split_statements(text: str) -> Iterator[str]:
     """Split SQL on ``;`` outside quotes and comments; yields non-empty statements."""
+    for _is_command, stmt in _split(text, commands=False):
+        yield stmt
+
+
+def split_script(text: str) -> Iterator[tuple[bool, str]]:
+    """Like :func:`split_statements`, but a backslash where a statement would begin starts
+    a shell command (``\\commit``) that runs to the end of its line, as in the interactive
+    shell.  Yields ``(is_command, text)``."""
+    return _split(text, commands=True)
+
+
+def _split(text: str, commands: bool) -> Iterator[tuple[bool, str]]:
     buf: list[str] = []
+    started = False  # a statement has begun: a backslash is SQL from here to its ';'
     i, n = 0, len(text)
     quote: str | None = None
     while i < n:
@@ -26,9 +39,16 @@ def split_statements(text: str) -> Iterator[str]:
             buf.append(ch)
             if ch == quote:
                 quote = None
+        elif commands and ch == "\\" and not started:
+            end = text.find("\n", i)
+            end = n if end < 0 else end
+            yield True, text[i:end].strip()
+            i = end
+            continue
         elif ch in "'\"`[":
             quote = "]" if ch == "[" else ch
             buf.append(ch)
+            started = True
         elif text.startswith("--", i):
             end = text.find("\n", i)
             i = n if end < 0 else end
@@ -40,13 +60,14 @@ def split_statements(text: str) -> Iterator[str]:
             continue
         elif ch == ";":
             if stmt := "".join(buf).strip():
-                yield stmt
-            buf = []
+                yield False, stmt
+            buf, started = [], False
         else:
             buf.append(ch)
+            started = started or not ch.isspace()
         i += 1
     if stmt := "".join(buf).strip():
-        yield stmt
+        yield False, stmt
 
 
 def _cell(v: Any) -> str:
@@ -91,13 +112,19 @@ def _run(conn: Any, sql: str, timing: bool) -> None:
 
 
 def _script(conn: Any, text: str, timing: bool) -> int:
-    for stmt in split_statements(text):
-        try:
-            _run(conn, stmt, timing)
-        except Error as e:
-            click.echo(f"error: {e}", err=True)
-            return 1
-    conn.commit()
+    """``-c`` or standard input: statements and backslash commands in order; 1 at the first
+    error."""
+    try:
+        for is_command, item in split_script(text):
+            if is_command:
+                if _meta(conn, item):
+                    break
+            else:
+                _run(conn, item, timing)
+        conn.commit()
+    except Error as e:
+        click.echo(f"error: {e}", err=True)
+        return 1
     return 0
 
 
@@ -129,8 +156,12 @@ def _interactive(conn: Any) -> int:
             continue
         stripped = line.strip()
         if not buf and stripped.startswith("\\"):
-            if _meta(conn, stripped):
-                break
+            try:
+                if _meta(conn, stripped):
+                    break
+            except Error as e:
+                status = 1
+                click.echo(f"error: {e}", err=True)
             continue
         buf += line + "\n"
         if not stripped.endswith(";"):
@@ -155,8 +186,8 @@ def _interactive(conn: Any) -> int:
 
 
 def _meta(conn: Any, cmd: str) -> bool:
-    """Run a backslash command; True means quit."""
-    word, _, arg = cmd.partition(" ")
+    """Run a backslash command; True means quit.  Raises Error for an unknown command."""
+    word, _, arg = cmd.rstrip("; \t").partition(" ")
     if word in ("\\q", "\\quit"):
         return True
     if word == "\\security":
@@ -171,7 +202,9 @@ def _meta(conn: Any, cmd: str) -> bool:
         conn.autocommit = arg.strip().lower() in ("on", "true", "1")
         click.echo(f"Autocommit {'on' if conn.autocommit else 'off'}.")
     else:
-        click.echo(f"unknown command {word}")
+        raise InterfaceError(f"unknown command {word}",
+                             hint="commands: \\q, \\security, \\commit, \\rollback, "
+                                  "\\autocommit on|off")
     return False
 
 
@@ -189,8 +222,9 @@ def shell(url: str, command: str | None, tls_ca: str | None, encryption: str,
     """Interactive SQL on the server at URL (casemate://user[:password]@host[:port]).
 
     The password comes from the URL, CASEMATE_PASSWORD, or $CASEMATE_HOME/passwords,
-    else it is asked for.  With -c or SQL on standard input, statements run in
-    order and the exit code is 1 at the first error.
+    else it is asked for.  With -c or SQL on standard input, statements and
+    backslash commands (where a statement could begin) run in order and
+    the exit code is 1 at the first error.
     """
     import casemate
     interactive = command is None and sys.stdin.isatty()
