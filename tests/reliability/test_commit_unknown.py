@@ -153,3 +153,33 @@ def test_statement_cut_inside_a_transaction_is_rolled_back(crash: Crash) -> None
     finally:
         conn.close()
     assert crash.rows_after_restart() == []
+
+
+def test_asyncio_pipelined_requests_behind_a_commit_all_get_unknown(crash: Crash) -> None:
+    """Two tasks share a connection: a COMMIT and a SELECT in flight together.  Neither may
+    hear "rolled back"."""
+
+    async def main() -> list[BaseException]:
+        conn = await casemate.aio.connect(crash.url)
+        try:
+            await conn.execute("INSERT INTO t (v) VALUES (1)")
+            killer = crash.arm()
+            results = await asyncio.gather(conn.commit(), conn.fetch("SELECT count(*) FROM t"),
+                                           return_exceptions=True)
+            await asyncio.to_thread(killer.join, 30)
+            return [r for r in results if isinstance(r, BaseException)]
+        finally:
+            await conn.close()
+    errors = asyncio.run(main())
+    assert len(errors) == 2
+    for err in errors:
+        assert isinstance(err, casemate.OperationalError)
+        _check_unknown(err)
+    assert crash.rows_after_restart() == [(1,)]
+
+
+def test_sqlalchemy_treats_unknown_outcome_as_a_disconnect() -> None:
+    pytest.importorskip("sqlalchemy")
+    from casemate.sqlalchemy import CasemateDialect
+    err = casemate.OperationalError("lost", Codes.TRANSACTION_RESOLUTION_UNKNOWN)
+    assert CasemateDialect().is_disconnect(err, None, None)
