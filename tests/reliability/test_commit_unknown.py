@@ -183,3 +183,27 @@ def test_sqlalchemy_treats_unknown_outcome_as_a_disconnect() -> None:
     from casemate.sqlalchemy import CasemateDialect
     err = casemate.OperationalError("lost", Codes.TRANSACTION_RESOLUTION_UNKNOWN)
     assert CasemateDialect().is_disconnect(err, None, None)
+
+
+@pytest.mark.parametrize(("begin", "code"), [
+    (False, Codes.TRANSACTION_RESOLUTION_UNKNOWN),  # the autocommit statement ends with it
+    (True, Codes.CONNECTION_FAILURE),  # inside a transaction: a fetch commits nothing
+])
+def test_fetch_of_a_suspended_result_is_judged_by_its_statement(begin: bool, code: str) -> None:
+    """Sans I/O: the client core remembers which suspended results run in autocommit."""
+    from casemate.client.core import ClientCore, ExecRequest
+    from casemate.protocol import Message, Msg
+    core = ClientCore.new()
+
+    def sent(msg: Msg, body: Any) -> ExecRequest:  # as ClientCore.request queues it
+        req = ExecRequest(lambda rows: None)
+        req.sent = (msg, body)
+        core.pending.append(req)
+        return req
+    first = sent(Msg.QUERY, (7, "INSERT INTO t SELECT ... RETURNING v", (), begin, 10))
+    core.dispatch(Message(Msg.DESCRIPTION, [("v", "integer")]))
+    core.dispatch(Message(Msg.SUSPENDED, None))
+    assert first.done and first.suspended
+    assert core.lost_error("idle").code == Codes.CONNECTION_FAILURE  # nothing in flight
+    sent(Msg.FETCH, (7, 10))
+    assert core.lost_error("cut").code == code

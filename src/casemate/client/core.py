@@ -269,6 +269,7 @@ class ClientCore:
         self.on_notice: Callable[[str, str], None] | None = None
         self.shutdown_notice: str | None = None
         self.in_transaction = False
+        self.autocommit_portals: set[int] = set()  # suspended results of autocommit statements
 
     @classmethod
     def new(cls) -> ClientCore:
@@ -310,6 +311,22 @@ class ClientCore:
             self.pending.popleft()
             if isinstance(req, SimpleRequest) and req.error is None:
                 self.in_transaction = req.in_transaction
+                if isinstance(req, ExecRequest) and (req.suspended or self.autocommit_portals):
+                    self._track_portal(req)
+
+    def _track_portal(self, req: ExecRequest) -> None:
+        """Remember which open results run in autocommit: fetching their end commits."""
+        if req.sent is None:
+            return
+        msg, body = req.sent
+        if msg is Msg.QUERY or msg is Msg.CALL:
+            begin = body[3] if msg is Msg.QUERY else body[4]
+            if req.suspended and not begin:
+                self.autocommit_portals.add(body[0])
+            else:
+                self.autocommit_portals.discard(body[0])
+        elif msg is Msg.FETCH and not req.suspended:
+            self.autocommit_portals.discard(body[0])
 
     def fail_pending(self, err: Error) -> None:
         """The connection is gone: every request still waiting gets ``err``."""
@@ -324,7 +341,7 @@ class ClientCore:
         if self.shutdown_notice:
             reason = f"{why}: the server said: {self.shutdown_notice}"
         for req in self.pending:
-            what = commit_risk(req.sent, self.in_transaction)
+            what = commit_risk(req.sent, self.autocommit_portals)
             if what:
                 return OperationalError(
                     f"connection to the server lost ({reason}) after {what} was sent and "
@@ -346,7 +363,7 @@ _COMMIT_SQL = re.compile(
 _READ_ONLY_ADMIN = frozenset({"status", "sessions"})
 
 
-def commit_risk(sent: tuple[Msg, Any] | None, in_transaction: bool) -> str:
+def commit_risk(sent: tuple[Msg, Any] | None, autocommit_portals: set[int]) -> str:
     """What a request sent but not answered may have committed ("" if it cannot commit).
 
     Autocommit statements (the QUERY/EXECUTE_MANY/CALL flag ``begin`` off) commit by
@@ -369,7 +386,7 @@ def commit_risk(sent: tuple[Msg, Any] | None, in_transaction: bool) -> str:
             return "a COMMIT statement" if _COMMIT_SQL.search(body[0]) else ""
         if msg is Msg.CALL and not body[4]:
             return "a server method call in autocommit mode"
-        if msg is Msg.FETCH and not in_transaction:
+        if msg is Msg.FETCH and body[0] in autocommit_portals:
             return "a fetch from an autocommit statement"
         if msg is Msg.ADMIN and body[0] not in _READ_ONLY_ADMIN:
             return f"admin command {body[0]!r}"
