@@ -207,3 +207,29 @@ def test_fetch_of_a_suspended_result_is_judged_by_its_statement(begin: bool, cod
     assert core.lost_error("idle").code == Codes.CONNECTION_FAILURE  # nothing in flight
     sent(Msg.FETCH, (7, 10))
     assert core.lost_error("cut").code == code
+
+
+BIG_SELECT = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<50000) "
+              "SELECT x FROM c")
+
+
+def _server_in_transaction(conn: casemate.Connection) -> bool:
+    columns, rows = conn.admin_table("sessions")
+    return bool(rows[0][columns.index("in_transaction")])
+
+
+def test_streamed_read_opens_a_transaction_the_client_knows_of(plain_server: ServerProcess
+                                                               ) -> None:
+    """SUSPENDED does not carry the transaction state: the client must not conclude 'no
+    transaction' (then commit() did nothing, and a loss was not reported as a rollback)."""
+    with plain_server.connect() as conn:
+        cur = conn.cursor()
+        cur.execute(BIG_SELECT)  # suspended after the first batch, inside a transaction
+        assert cur.fetchone() == (1,)
+        assert conn.in_transaction
+        conn.commit()
+        assert not conn.in_transaction and not _server_in_transaction(conn)
+        conn.autocommit = True
+        cur.execute(BIG_SELECT)  # autocommit: no transaction
+        assert not conn.in_transaction
+        cur.close()

@@ -310,21 +310,28 @@ class ClientCore:
         if req.on_message(m):
             self.pending.popleft()
             if isinstance(req, SimpleRequest) and req.error is None:
-                self.in_transaction = req.in_transaction
                 if isinstance(req, ExecRequest) and (req.suspended or self.autocommit_portals):
                     self._track_portal(req)
+                else:
+                    self.in_transaction = req.in_transaction
 
     def _track_portal(self, req: ExecRequest) -> None:
-        """Remember which open results run in autocommit: fetching their end commits."""
+        """Follow results left open (SUSPENDED): which run in autocommit (fetching their end
+        commits), and the transaction state, which SUSPENDED does not carry."""
+        if not req.suspended:
+            self.in_transaction = req.in_transaction
         if req.sent is None:
             return
         msg, body = req.sent
         if msg is Msg.QUERY or msg is Msg.CALL:
             begin = body[3] if msg is Msg.QUERY else body[4]
-            if req.suspended and not begin:
-                self.autocommit_portals.add(body[0])
-            else:
+            if not req.suspended:
                 self.autocommit_portals.discard(body[0])
+            elif begin:  # the server began a transaction for it
+                self.in_transaction = True
+                self.autocommit_portals.discard(body[0])
+            else:
+                self.autocommit_portals.add(body[0])
         elif msg is Msg.FETCH and not req.suspended:
             self.autocommit_portals.discard(body[0])
 
