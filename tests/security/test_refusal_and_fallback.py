@@ -111,3 +111,17 @@ def test_fresh_auto_client_says_tls_failed_and_retried_in_plaintext(
     assert security.endswith("; retried in plaintext)"), security
     # Known as plain now: plaintext first, no TLS attempt, nothing to say.
     assert _connect(plain_server.port, use_aio) == "plain: NOT encrypted"
+
+
+def test_plaintext_first_client_gets_the_refusal_from_an_encrypted_server(
+        make_db, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """A client that knows the server as plain speaks plaintext first: the encrypted server
+    has read its first byte, and still gets the refusal to it (not a reset)."""
+    db = make_db(encrypted=True)
+    _deny_loopback(db)
+    server = server_factory(db)
+    for _ in range(5):
+        KnownServers().record(f"127.0.0.1:{server.port}", "plain", None)
+        with pytest.raises(casemate.OperationalError) as info:
+            _connect(server.port, False)
+        assert info.value.code == Codes.INVALID_AUTHORIZATION, info.value

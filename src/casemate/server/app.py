@@ -346,6 +346,8 @@ class Server:
                         lambda: TLSServerProtocol(state.context, lambda: _Refusal(deadline),
                                                   deadline), sock)
                     return
+            await _refuse(sock, _DENIED_FRAME)  # drains what was sent: no reset, frame read
+            return
         with contextlib.suppress(OSError):
             sock.send(_DENIED_FRAME)
         sock.close()
