@@ -375,7 +375,8 @@ def commit_risk(sent: tuple[Msg, Any] | None, autocommit_portals: set[int]) -> s
 
     Autocommit statements (the QUERY/EXECUTE_MANY/CALL flag ``begin`` off) commit by
     themselves, as does FETCH of an autocommit result (an INSERT ... RETURNING ends with
-    its last row) and an admin command that changes users, groups or grants.
+    its last row), a server method (on PostgreSQL nothing stops one from sending COMMIT)
+    and an admin command that changes users, groups or grants.
     """
     if sent is None:
         return ""
@@ -391,8 +392,10 @@ def commit_risk(sent: tuple[Msg, Any] | None, autocommit_portals: set[int]) -> s
             if not body[2]:
                 return "executemany in autocommit mode"
             return "a COMMIT statement" if _COMMIT_SQL.search(body[0]) else ""
-        if msg is Msg.CALL and not body[4]:
-            return "a server method call in autocommit mode"
+        if msg is Msg.CALL:
+            # Even inside a transaction: only SQLite's authorizer stops a method's COMMIT.
+            return ("a server method call" if body[4] else
+                    "a server method call in autocommit mode")
         if msg is Msg.FETCH and body[0] in autocommit_portals:
             return "a fetch from an autocommit statement"
         if msg is Msg.ADMIN and body[0] not in _READ_ONLY_ADMIN:
