@@ -220,7 +220,25 @@ class AsyncConnection:
     async def _request(self, req: Request, msg: Msg, body: Any) -> None:
         if self._writer is None and self._broken is None:
             raise InterfaceError("connection is closed")
+        if not self._core.pending and self._peer_closed():
+            await self._closed_while_idle()
         await self._send_bytes(self._core.request(req, msg, body))
+
+    def _peer_closed(self) -> bool:
+        """The server's end of file has arrived (StreamReader keeps it in ``_eof``: its
+        public ``at_eof()`` stays False while a notice sent before it is unread), or the
+        transport is closing (TLS)."""
+        if self._writer is None or self._reader is None:
+            return False
+        return bool(getattr(self._reader, "_eof", False)) or self._writer.transport.is_closing()
+
+    async def _closed_while_idle(self) -> None:
+        """The server closed the connection while nothing was in flight: say so before
+        sending (a transaction then open is known to be rolled back, and the request was
+        never sent), after taking in what the server said first (a shutdown notice)."""
+        async with self._read_lock:
+            while True:  # _next_message raises the lost-connection error at end of file
+                self._core.dispatch(await self._next_message())
 
     async def _wait(self, req: Request) -> None:
         while not req.done:

@@ -233,3 +233,37 @@ def test_streamed_read_opens_a_transaction_the_client_knows_of(plain_server: Ser
         cur.execute(BIG_SELECT)  # autocommit: no transaction
         assert not conn.in_transaction
         cur.close()
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "tls"])
+@pytest.mark.parametrize("use_aio", [False, True], ids=["blocking", "asyncio"])
+def test_commit_after_the_server_went_away_while_idle_is_a_known_rollback(
+        make_db, server_factory, use_aio: bool, encrypted: bool) -> None:  # type: ignore[no-untyped-def]
+    """The server stopped while the transaction sat idle: commit() is never sent, so the
+    client knows the transaction was rolled back (08006), with the server's reason."""
+    db = make_db(encrypted=encrypted)
+    server = server_factory(db)
+    with server.connect() as setup:
+        setup.execute("CREATE TABLE t (v INTEGER)")
+
+    async def aio_commit() -> None:
+        conn = await casemate.aio.connect(server.url)
+        try:
+            await conn.execute("INSERT INTO t (v) VALUES (1)")
+            server.stop()
+            await asyncio.sleep(0.2)  # the transaction sits idle: the loop sees the close
+            await conn.commit()
+        finally:
+            await conn.close()
+
+    def blocking_commit() -> None:
+        with casemate.connect(server.url, reconnect_attempts=0) as conn:
+            conn.execute("INSERT INTO t (v) VALUES (1)")
+            server.stop()
+            conn.commit()
+
+    with pytest.raises(casemate.OperationalError) as info:
+        asyncio.run(aio_commit()) if use_aio else blocking_commit()
+    assert info.value.code == Codes.CONNECTION_FAILURE, info.value
+    assert "nothing of it was committed" in info.value.message
+    assert "server is shutting down" in info.value.message
