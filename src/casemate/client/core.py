@@ -9,6 +9,10 @@
   yields bytes to send, or ``None`` to be sent the next message.
 * The ``*Request`` classes consume the replies of one request each; replies
   arrive strictly in request order, so a FIFO of them allows pipelining.
+* :meth:`ClientCore.lost_error` words a lost connection: "rolled back" only
+  when no request that can commit awaited its reply, else the outcome is
+  unknown (``08007``), as PostgreSQL's JDBC driver says: a server can commit
+  and die before it answers.
 """
 
 from __future__ import annotations
