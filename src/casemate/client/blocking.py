@@ -230,7 +230,7 @@ class Channel:
                 assert isinstance(ev, Message)
                 self.core.dispatch(ev)
         if self.core.shutdown_notice:  # the server said it is going away: do not wait for EOF
-            self._lost("the server is shutting down")
+            self._lost("the server ended the session")
             return False
         return True
 
