@@ -181,10 +181,11 @@ def _write_from_ws1(lan: Lan, give_up: float) -> dict[str, object]:
     return result
 
 
-def test_keepalive_releases_a_vanished_workstations_lock(lan, make_db) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "tls"])
+def test_keepalive_releases_a_vanished_workstations_lock(lan, make_db, encrypted) -> None:  # type: ignore[no-untyped-def]
     """Only TCP keepalive (the in-transaction limit is off): the server probes the silent
     peer and ends its session after network.keepalive_seconds."""
-    server = _serve(lan, make_db(), keepalive_seconds="4",
+    server = _serve(lan, make_db(encrypted=encrypted), keepalive_seconds="4",
                     idle_in_transaction_timeout_seconds="0")
     try:
         cut = _hold_and_vanish(lan)
@@ -197,6 +198,7 @@ def test_keepalive_releases_a_vanished_workstations_lock(lan, make_db) -> None: 
         server.stop()
     log = server.log()
     assert "rolling back its open transaction" in log, log
+    assert ("encrypted TLS" in log) is encrypted  # the holder's login line
 
 
 def test_idle_in_transaction_limit_releases_the_lock(lan, make_db) -> None:  # type: ignore[no-untyped-def]
