@@ -84,7 +84,7 @@ class AsyncConnection:
             async with asyncio.timeout(p.connect_timeout):
                 reader, writer = await asyncio.open_connection(
                     p.host, p.port, ssl=ctx, server_hostname=p.host if ctx else None)
-            enable_keepalive(writer.get_extra_info("socket"), p.keepalive)
+            enable_keepalive(writer.get_extra_info("socket"), p.keepalive, user_timeout=True)
             return reader, writer
         except ssl.SSLCertVerificationError as e:
             raise SecurityError(f"the certificate of {p.server_key} failed verification "

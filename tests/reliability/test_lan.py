@@ -166,6 +166,7 @@ def _hold_and_vanish(lan: Lan, client_keepalive: float = 30) -> float:
     assert holder.stdout is not None
     line = holder.stdout.readline()
     assert line.strip() == "holding", holder.communicate(timeout=10)
+    time.sleep(0.5)  # it sits in its transaction: every byte has been acknowledged
     lan.cut(0)
     cut = time.monotonic()
     holder.send_signal(signal.SIGKILL)  # its kernel cannot send FIN or RST: the link is down
@@ -253,5 +254,43 @@ def test_client_notices_a_vanished_server(lan, make_db) -> None:  # type: ignore
         result = json.loads(out)
         assert result["code"] == "08006", result  # connection lost, not a server error
         assert elapsed < 3 + 4, elapsed
+    finally:
+        server.stop()
+
+
+# Connects, waits for the test's word, then sends a statement and reports what happened.
+SENDER = """
+import json, sys, time, casemate
+c = casemate.connect(sys.argv[1], keepalive=float(sys.argv[2]), reconnect_attempts=0)
+c.autocommit = True
+c.execute("SELECT 1").fetchall()
+print("ready", flush=True)
+sys.stdin.readline()
+t0 = time.monotonic()
+try:
+    c.execute("SELECT 2").fetchall()
+    print(json.dumps({"seconds": time.monotonic() - t0, "code": None}))
+except casemate.Error as e:
+    print(json.dumps({"seconds": time.monotonic() - t0, "error": str(e), "code": e.code}))
+"""
+
+
+def test_client_sending_to_a_vanished_server_fails(lan, make_db) -> None:  # type: ignore[no-untyped-def]
+    """The request itself is never acknowledged (no keepalive probe is sent while it is in
+    flight): TCP_USER_TIMEOUT ends the wait after the client's keepalive time."""
+    server = _serve(lan, make_db())
+    try:
+        sender = subprocess.Popen(
+            ["ip", "netns", "exec", lan.ws[0], sys.executable, "-c", SENDER, _url(SERVER_IP),
+             "3"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        lan.procs.append(sender)
+        assert sender.stdout is not None and sender.stdout.readline().strip() == "ready"
+        lan.cut(0)
+        out, err = sender.communicate("go\n", timeout=30)
+        assert sender.returncode == 0, err
+        result = json.loads(out)
+        assert result["code"] == "08006", result
+        assert result["seconds"] < 3 + 3, result
     finally:
         server.stop()

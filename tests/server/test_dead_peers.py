@@ -152,9 +152,11 @@ def test_keepalive_plan_and_socket_options() -> None:
     with socket.socket() as s:
         enable_keepalive(s, 0)
         assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
-        enable_keepalive(s, 30)
+        enable_keepalive(s, 30)  # the server's: no user timeout
         assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 15
+        assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 0
+        enable_keepalive(s, 30, user_timeout=True)  # the clients'
         assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 30000
 
 
@@ -182,3 +184,21 @@ async def _aio_keepalive(url: str) -> int:
 def test_asyncio_client_enables_keepalive(plain_server) -> None:  # type: ignore[no-untyped-def]
     import asyncio
     assert asyncio.run(_aio_keepalive(plain_server.url)) == 4000
+
+
+def test_live_client_that_reads_slowly_is_not_cut(make_db, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """Outside a transaction a client may leave its replies unread for longer than the
+    keepalive time: its kernel answers the probes, and the server sets no
+    TCP_USER_TIMEOUT (Linux would apply it to the closed window and cut the client)."""
+    server = _server(make_db, server_factory, keepalive_seconds="2")
+    raw = RawClient(server.port)
+    try:
+        raw.login("admin", ADMIN_PASSWORD)
+        big = raw.proto.send(Msg.QUERY, (1, "SELECT zeroblob(1000000)", (), False, 100))
+        raw.sock.sendall(big * 24)  # about 24 MB of replies: buffers fill, window closes
+        time.sleep(6)  # three times the keepalive time, reading nothing
+        for _ in range(24):
+            kind, (_, rows, _) = raw.result()
+            assert kind == "rows" and len(rows[0][0]) == 1000000
+    finally:
+        raw.close()

@@ -286,7 +286,7 @@ def _tcp(params: ConnectParams) -> socket.socket:
             f"cannot connect to {params.server_key}: {e.strerror or e}", Codes.CANNOT_CONNECT,
             "is the server running (casemate serve DIR) and is the port right?") from e
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    enable_keepalive(sock, params.keepalive)
+    enable_keepalive(sock, params.keepalive, user_timeout=True)
     return sock
 
 

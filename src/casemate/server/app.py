@@ -276,7 +276,7 @@ class Server:
         self.audit.event("connection_accepted", address=addr[0],
                          rule=rule.text if rule else None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        enable_keepalive(sock, self.settings.network.keepalive_seconds)  # a dead peer ends
+        enable_keepalive(sock, self.settings.network.keepalive_seconds)  # vanished peers end
         timeout = self.settings.limits.login_timeout_seconds
         deadline = loop.time() + timeout  # one deadline from accept to logged in
         try:
