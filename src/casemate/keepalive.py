@@ -33,8 +33,8 @@ PROBES = 3
 
 def keepalive_plan(seconds: float) -> tuple[int, int, int, int]:
     """(idle s, interval s, probes, user timeout ms) for a dead-peer time of ``seconds``."""
-    idle = max(1, int(seconds / 2))
-    interval = max(1, int((seconds - idle) / PROBES))
+    interval = max(1, int(seconds / 2 / PROBES))
+    idle = max(1, int(seconds) - PROBES * interval)  # idle + probes fit in ``seconds``
     return idle, interval, PROBES, int(seconds * 1000)
 
 

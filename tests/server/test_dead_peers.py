@@ -5,6 +5,7 @@ namespace tests in tests/reliability/test_lan.py cut real links)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from typing import Any
@@ -147,8 +148,9 @@ def test_client_that_stops_reading_in_a_transaction_loses_its_lock(make_db, serv
 def test_keepalive_plan_and_socket_options() -> None:
     assert keepalive_plan(30) == (15, 5, 3, 30000)
     assert keepalive_plan(3) == (1, 1, 3, 3000)
-    idle, interval, count, _ = keepalive_plan(600)
-    assert idle + interval * count <= 600
+    for seconds in (4, 7.5, 31, 600, 3600):
+        idle, interval, count, _ = keepalive_plan(seconds)
+        assert seconds - 1 <= idle + interval * count <= seconds  # dead after about that
     with socket.socket() as s:
         enable_keepalive(s, 0)
         assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
@@ -182,7 +184,6 @@ async def _aio_keepalive(url: str) -> int:
 
 
 def test_asyncio_client_enables_keepalive(plain_server) -> None:  # type: ignore[no-untyped-def]
-    import asyncio
     assert asyncio.run(_aio_keepalive(plain_server.url)) == 4000
 
 
@@ -202,3 +203,26 @@ def test_live_client_that_reads_slowly_is_not_cut(make_db, server_factory) -> No
             assert kind == "rows" and len(rows[0][0]) == 1000000
     finally:
         raw.close()
+
+
+async def _aio_idle_in_transaction(url: str) -> list[tuple[str, str]]:
+    from casemate import aio
+    conn = await aio.connect(url, reconnect_attempts=0)
+    notices: list[tuple[str, str]] = []
+    conn.on_notice = lambda code, text: notices.append((code, text))
+    try:
+        await conn.execute("INSERT INTO t VALUES (1)")
+        await asyncio.sleep(2.5)
+        with pytest.raises(casemate.OperationalError, match="rolled back"):
+            await conn.execute("SELECT 1")
+    finally:
+        await conn.close()
+    return notices
+
+
+def test_asyncio_client_told_of_idle_transaction(make_db, server_factory) -> None:  # type: ignore[no-untyped-def]
+    server = _server(make_db, server_factory, idle_in_transaction_timeout_seconds="1")
+    notices = asyncio.run(_aio_idle_in_transaction(server.url))
+    assert [code for code, _ in notices] == ["25P03"]
+    with server.connect() as c:
+        assert c.execute("SELECT count(*) FROM t").fetchall() == [(0,)]
