@@ -52,6 +52,9 @@ def test_defaults() -> None:
     assert s.limits.max_message_bytes == 16 * 1024 * 1024
     assert s.limits.login_timeout_seconds == 10.0
     assert s.limits.idle_timeout_seconds == 0.0
+    # Dead peers are noticed by default: TCP keepalive, and a limit on idle transactions.
+    assert s.network.keepalive_seconds == 30.0
+    assert s.limits.idle_in_transaction_timeout_seconds == 60.0
     assert s.access.rules == ()
     assert s.access.check_address("10.1.2.3") is None
 
@@ -153,6 +156,9 @@ def test_wrong_type(toml: str, key: str, shown: str, allowed: str) -> None:
     ("[limits]\nlogin_timeout_seconds = 0.0", "limits.login_timeout_seconds", "0.1 to 600"),
     ("[limits]\nidle_timeout_seconds = nan", "limits.idle_timeout_seconds", "0 to"),
     ("[limits]\nidle_timeout_seconds = inf", "limits.idle_timeout_seconds", "0 to"),
+    ("[network]\nkeepalive_seconds = -1", "network.keepalive_seconds", "0 to 3600"),
+    ("[limits]\nidle_in_transaction_timeout_seconds = -1",
+     "limits.idle_in_transaction_timeout_seconds", "0 to"),
     ("[access]\nthrottle_after_failures = 0", "access.throttle_after_failures", "1 to 1000"),
 ])
 def test_out_of_range(toml: str, key: str, allowed: str) -> None:

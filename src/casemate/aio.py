@@ -43,6 +43,7 @@ from .client.core import (
 from .client.known import KnownServer, KnownServers
 from .client.params import ConnectParams, Security, parse_params
 from .errors import Codes, Error, InterfaceError, OperationalError, ProgrammingError, SecurityError
+from .keepalive import enable_keepalive
 from .protocol import NEED_DATA, Message, Msg
 
 __all__ = ["connect", "AsyncConnection", "AsyncCursor"]
@@ -81,8 +82,10 @@ class AsyncConnection:
         p = self.params
         try:
             async with asyncio.timeout(p.connect_timeout):
-                return await asyncio.open_connection(
+                reader, writer = await asyncio.open_connection(
                     p.host, p.port, ssl=ctx, server_hostname=p.host if ctx else None)
+            enable_keepalive(writer.get_extra_info("socket"), p.keepalive, user_timeout=True)
+            return reader, writer
         except ssl.SSLCertVerificationError as e:
             raise SecurityError(f"the certificate of {p.server_key} failed verification "
                                 f"against {p.tls_ca}: {e.verify_message}",

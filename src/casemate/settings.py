@@ -111,6 +111,10 @@ _SCHEMA: dict[str, list[_Field]] = {
                "Event loop of the server: \"uvloop\" (faster; pip install 'casemate[uvloop]'), "
                "\"asyncio\" (the standard library's), or \"auto\" (uvloop when installed).",
                _choice("auto", "uvloop", "asyncio")),
+        _Field("keepalive_seconds", 30.0, (int, float),
+               "A client silent this long that does not answer TCP keepalive probes is dead: "
+               "its session ends and its transaction is rolled back (0 = off).",
+               _range(0, 3600)),
     ],
     "storage": [
         _Field("backend", "sqlite", str,
@@ -148,6 +152,9 @@ _SCHEMA: dict[str, list[_Field]] = {
         _Field("idle_timeout_seconds", 0.0, (int, float),
                "Close sessions idle this long, rolling back their transaction (0 = never).",
                _range(0, 30 * 86400)),
+        _Field("idle_in_transaction_timeout_seconds", 60.0, (int, float),
+               "End sessions idle this long inside a transaction, rolling it back and "
+               "releasing its locks (0 = never).", _range(0, 30 * 86400)),
         _Field("max_statement_bytes", 1024 * 1024, int,
                "Longest SQL statement text accepted.", _range(64, 1024 * 1024 * 1024)),
         _Field("max_result_buffer_bytes", 4 * 1024 * 1024, int,
@@ -206,6 +213,7 @@ class NetworkSettings:
     min_tls_version: str
     require_client_certificate: bool
     event_loop: str
+    keepalive_seconds: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +235,7 @@ class LimitsSettings:
     max_message_bytes: int
     login_timeout_seconds: float
     idle_timeout_seconds: float
+    idle_in_transaction_timeout_seconds: float
     max_statement_bytes: int
     max_result_buffer_bytes: int
     max_value_bytes: int

@@ -73,15 +73,20 @@ def status(url: str, as_json: bool) -> None:
 @click.argument("url")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def sessions(url: str, as_json: bool) -> None:
-    """List sessions: user, address, program, encryption, activity, transaction."""
+    """List sessions: user, address, program, encryption, activity, transaction, and which
+    one holds the write lock (others' writes wait for it) and for how long."""
     columns, rows = _call(url, "sessions")
     if as_json:
         click.echo(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], indent=2))
         return
     show = ["id", "user", "address", "program", "connected_since", "idle_seconds", "encrypted",
-            "tls_version", "cipher", "statements", "in_transaction"]
-    idx = [columns.index(c) for c in show]
-    click.echo(format_table(show, [tuple(r[i] for i in idx) for r in rows]))
+            "tls_version", "cipher", "statements", "transaction_seconds", "write_lock_seconds"]
+    idx = [columns.index(c) if c in columns else -1 for c in show]
+    # Not in a transaction / not holding the write lock: an empty cell, not NULL.
+    click.echo(format_table(show, [tuple(r[i] if i >= 0 and r[i] is not None else
+                                         ("" if c.endswith("_seconds") else None)
+                                         for i, c in zip(idx, show, strict=True))
+                                   for r in rows]))
     click.echo(f"({len(rows)} session{'s' if len(rows) != 1 else ''})")
 
 

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 from .. import tls
 from ..errors import Codes, Error, OperationalError, SecurityError
+from ..keepalive import enable_keepalive
 from ..protocol import NEED_DATA, Message
 from .core import (
     PLAIN,
@@ -229,7 +230,7 @@ class Channel:
                 assert isinstance(ev, Message)
                 self.core.dispatch(ev)
         if self.core.shutdown_notice:  # the server said it is going away: do not wait for EOF
-            self._lost("the server is shutting down")
+            self._lost("the server ended the session")
             return False
         return True
 
@@ -285,6 +286,7 @@ def _tcp(params: ConnectParams) -> socket.socket:
             f"cannot connect to {params.server_key}: {e.strerror or e}", Codes.CANNOT_CONNECT,
             "is the server running (casemate serve DIR) and is the port right?") from e
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    enable_keepalive(sock, params.keepalive, user_timeout=True)
     return sock
 
 

@@ -300,7 +300,8 @@ class ClientCore:
             if not isinstance(m.body, dict):
                 raise ProtocolError("malformed NOTICE from server", Codes.PROTOCOL_VIOLATION)
             code, text = str(m.body.get("code", "")), str(m.body.get("message", ""))
-            if code.startswith("57"):  # the server is ending this session: shutdown, drop, idle
+            # The server is ending this session: shutdown, drop, idle, idle in a transaction.
+            if code.startswith("57") or code == Codes.IDLE_IN_TRANSACTION_TIMEOUT:
                 self.shutdown_notice = text
             self.notices.append((code, text))
             del self.notices[:-100]  # bounded: the last 100 notices

@@ -75,6 +75,9 @@ class ConnectParams:
     program: str = ""
     reconnect_attempts: int = 10
     reconnect_delay: float = 0.2
+    # A server that does not answer TCP keepalive probes (or acknowledge what we sent) for
+    # this long is dead: the waiting call fails instead of blocking (0 = off).
+    keepalive: float = 30.0
 
     @property
     def server_key(self) -> str:
@@ -122,7 +125,8 @@ def parse_params(dsn: str | None = None, **kw: Any) -> ConnectParams:
             opts[k] = v[-1]
     opts.update({k: v for k, v in kw.items() if v is not None})
     known = {"host", "port", "user", "password", "tls_ca", "tls_cert", "tls_key", "encryption",
-             "connect_timeout", "program", "reconnect_attempts", "reconnect_delay"}
+             "connect_timeout", "program", "reconnect_attempts", "reconnect_delay",
+             "keepalive"}
     unknown = set(opts) - known
     if unknown:
         raise InterfaceError(f"unknown connection option(s): {', '.join(sorted(unknown))}; "
@@ -151,7 +155,18 @@ def parse_params(dsn: str | None = None, **kw: Any) -> ConnectParams:
         program=opts.get("program") or Path(sys.argv[0]).name or "python",
         reconnect_attempts=int(opts.get("reconnect_attempts", 10)),
         reconnect_delay=float(opts.get("reconnect_delay", 0.2)),
+        keepalive=_keepalive(opts.get("keepalive", 30.0)),
     )
+
+
+def _keepalive(v: Any) -> float:
+    try:
+        seconds = float(v)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not 0 <= seconds <= 3600:
+        raise InterfaceError(f"keepalive={v!r}: expected seconds from 0 (off) to 3600")
+    return seconds
 
 
 def client_hello(params: ConnectParams) -> dict[str, Any]:

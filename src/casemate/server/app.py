@@ -28,6 +28,7 @@ from typing import Any, cast
 from .. import __version__, tls
 from ..database import DatabaseFolder
 from ..errors import Codes, Error
+from ..keepalive import enable_keepalive
 from ..methods import MethodLoadError, ServerMethod, load_methods
 from ..protocol import Msg, encode_frame
 from ..settings import Settings, SettingsError, load_settings
@@ -295,6 +296,7 @@ class Server:
         self.audit.event("connection_accepted", address=addr[0],
                          rule=rule.text if rule else None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        enable_keepalive(sock, self.settings.network.keepalive_seconds)  # vanished peers end
         timeout = self.settings.limits.login_timeout_seconds
         deadline = loop.time() + timeout  # one deadline from accept to logged in
         try:

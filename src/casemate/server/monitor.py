@@ -23,7 +23,8 @@ Table = tuple[list[str], list[tuple[Any, ...]]]
 
 SESSION_COLUMNS = ["id", "user", "address", "client_host", "program", "connected_since",
                    "idle_seconds", "encrypted", "tls_version", "cipher", "client_certificate",
-                   "statements", "in_transaction"]
+                   "statements", "in_transaction", "transaction_seconds", "write_lock_seconds",
+                   "transaction_since", "write_lock_since"]
 
 
 def status(server: Server) -> dict[str, Any]:
@@ -58,7 +59,18 @@ def _session_row(s: Session, now: float) -> tuple[Any, ...]:
             dt.datetime.fromtimestamp(s.connected_at, dt.UTC).isoformat(timespec="seconds"),
             round(now - s.last_active, 1), s.tls_version is not None, s.tls_version, s.cipher,
             s.client_cert_subject, s.statements,
-            s.storage is not None and s.storage.in_transaction)
+            s.storage is not None and s.storage.in_transaction, *_transaction(s))
+
+
+def _transaction(s: Session) -> tuple[Any, ...]:
+    """How long the session has been in its transaction and has held the write lock
+    (None: it is not), and since when (ISO time, UTC)."""
+    conn = s.storage
+    since = (conn.txn_since, conn.write_since) if conn is not None else (None, None)
+    now = time.time()
+    return (*(None if t is None else round(now - t, 1) for t in since),
+            *(None if t is None else dt.datetime.fromtimestamp(t, dt.UTC).isoformat(
+                timespec="seconds") for t in since))
 
 
 def session_rows(server: Server) -> list[tuple[Any, ...]]:

@@ -349,22 +349,19 @@ class Session(asyncio.Protocol):
             if not ok:
                 return
             self.server.on_login(self)
-            idle = self.server.settings.limits.idle_timeout_seconds or None
             self.last_active = time.monotonic()
             while True:
                 self.waiting = True
                 try:
                     # Idle since the last activity: requests served at once in
                     # data_received move last_active without waking this task.
-                    left = None
-                    if idle:
-                        left = max(0.01, idle - (time.monotonic() - self.last_active))
+                    left = self._idle_left()
+                    if left is not None and left <= 0:
+                        self._idle_end()
+                        break
                     m = await asyncio.wait_for(self.next_message(), left)
                 except TimeoutError:
-                    if idle and time.monotonic() - self.last_active < idle:
-                        continue
-                    self._idle_timeout(idle or 0)
-                    break
+                    continue  # look at the limits again
                 finally:
                     self.waiting = False
                 self.last_active = time.monotonic()
@@ -372,7 +369,7 @@ class Session(asyncio.Protocol):
                     self.end_reason = "client closed the session"
                     break
                 await self.handle(m)
-                await self.can_write.wait()
+                await self._wait_writable()
                 self.last_active = time.monotonic()
         except _Closed:
             pass
@@ -385,6 +382,57 @@ class Session(asyncio.Protocol):
             await self.release_all()
             self.close()
             self.server.on_session_end(self)
+
+    def _idle_limit(self) -> tuple[float, bool]:
+        """The idle time allowed now (0: no limit), and whether it is the limit of a session
+        in a transaction (idle there, it keeps locks that others wait for)."""
+        lim = self.server.settings.limits
+        in_txn = lim.idle_in_transaction_timeout_seconds
+        if in_txn and self.storage is not None and self.storage.in_transaction and (
+                not lim.idle_timeout_seconds or in_txn <= lim.idle_timeout_seconds):
+            return in_txn, True
+        return lim.idle_timeout_seconds, False
+
+    def _idle_left(self) -> float | None:
+        """Seconds until the idle limit runs out (<= 0: it has); None: wait forever."""
+        limit, _ = self._idle_limit()
+        # A request served in data_received may open a transaction while the task waits:
+        # it looks again within the in-transaction limit.
+        recheck = self.server.settings.limits.idle_in_transaction_timeout_seconds or None
+        if not limit:
+            return recheck
+        left = limit - (time.monotonic() - self.last_active)
+        return left if recheck is None or left <= 0 else min(left, recheck)
+
+    def _idle_end(self) -> None:
+        limit, in_txn = self._idle_limit()
+        if not in_txn:
+            self._idle_timeout(limit)
+            return
+        log.warning("session %s from %s: idle in a transaction for %g s; rolling it back",
+                    self.id, self.peer, limit)
+        self.notice(Codes.IDLE_IN_TRANSACTION_TIMEOUT,
+                    f"session closed after {limit:g} s idle in a transaction "
+                    "(limits.idle_in_transaction_timeout_seconds); the transaction was "
+                    "rolled back")
+        self.end_reason = "idle in transaction timeout"
+        self.close()
+
+    async def _wait_writable(self) -> None:
+        """Wait until the client takes our replies; in a transaction, at most the
+        in-transaction idle limit: a client that stops reading must not keep its locks."""
+        if self.can_write.is_set():
+            return
+        limit, in_txn = self._idle_limit()
+        try:
+            await asyncio.wait_for(self.can_write.wait(), limit if in_txn else None)
+        except TimeoutError:
+            log.warning("session %s from %s: read no reply for %g s in a transaction; "
+                        "ending it", self.id, self.peer, limit)
+            self.end_reason = "client stopped reading inside a transaction"
+            if self.transport is not None:
+                self.transport.abort()  # the unread replies would keep close() waiting
+            raise _Closed from None
 
     def _idle_timeout(self, seconds: float) -> None:
         txn = self.storage is not None and self.storage.in_transaction

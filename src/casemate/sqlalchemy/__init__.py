@@ -9,7 +9,7 @@ client::
                            pool_pre_ping=True)
 
 URL query options (or ``connect_args``): ``tls_ca``, ``tls_cert``, ``tls_key``,
-``encryption`` (``auto``/``required``), ``connect_timeout``,
+``encryption`` (``auto``/``required``), ``connect_timeout``, ``keepalive``,
 ``reconnect_attempts``, ``reconnect_delay``, ``program``.  ``pip install
 casemate`` registers both dialects as SQLAlchemy entry points; docs/sqlalchemy.md
 says what works and what does not.

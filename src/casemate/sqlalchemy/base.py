@@ -50,13 +50,13 @@ SQLITE_VERSION_INFO: tuple[int, ...] = max(sqlite3.sqlite_version_info, (3, 35, 
 BACKENDS: dict[str, str] = {"sqlite": "casemate.sqlalchemy:CasemateDialect"}
 
 _INT_OPTIONS = ("reconnect_attempts",)
-_FLOAT_OPTIONS = ("connect_timeout", "reconnect_delay")
+_FLOAT_OPTIONS = ("connect_timeout", "reconnect_delay", "keepalive")
 _STR_OPTIONS = ("tls_ca", "tls_cert", "tls_key", "encryption", "program")
 # Codes after which the connection is unusable: lost or refused connection (08007: lost with
 # a commit's outcome unknown), protocol violation, server shutdown, session dropped by an
-# administrator, idle timeout.
+# administrator, idle timeout, idle in a transaction.
 _DISCONNECT_CODES = frozenset({"08006", "08007", "08001", "08003", "08P01", "57P01", "57P02",
-                               "57P05"})
+                               "57P05", "25P03"})
 
 
 def casemate_dbapi() -> Any:

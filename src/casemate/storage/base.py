@@ -11,6 +11,8 @@ PostgreSQL (transactions map one to one, users live in the same database).
 from __future__ import annotations
 
 import abc
+import re
+import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +44,9 @@ class Busy(Exception):
     """
 
 BUILTIN_GROUPS = ("admin", "readwrite", "readonly")
+# Statements that never write: a transaction that ran only these holds no write lock.
+_READS = re.compile(r"\s*(select|values|explain|show|fetch|pragma|begin|start|savepoint|"
+                    r"release|set|declare|close)\b", re.I)
 
 
 @dataclass(frozen=True)
@@ -80,10 +85,25 @@ class StorageConnection(abc.ABC):
     # What ``policy`` was built from (group, grants version); the server skips rebuilding
     # it when the next session using this connection has the same.
     policy_key: Hashable | None = None
+    # Wall-clock times (casemate sessions): the open transaction's start, and its first
+    # write (SQLite: when it took the database's one write lock).  None when there is none.
+    txn_since: float | None = None
+    write_since: float | None = None
 
     @property
     @abc.abstractmethod
     def in_transaction(self) -> bool: ...
+
+    def note_transaction(self, sql: str = "", changed: bool = False) -> None:
+        """After a statement (``sql``; ``changed``: it changed rows) or a transaction's
+        start or end: keep :attr:`txn_since` and :attr:`write_since` true."""
+        if not self.in_transaction:
+            self.txn_since = self.write_since = None
+            return
+        if self.txn_since is None:
+            self.txn_since = time.time()
+        if self.write_since is None and (changed or (sql and not _READS.match(sql))):
+            self.write_since = time.time()
 
     @abc.abstractmethod
     def begin(self) -> None: ...

@@ -454,6 +454,7 @@ class _Connection(StorageConnection):
     def begin(self) -> None:
         if not self.in_transaction:
             self._begin_pending = True
+            self.note_transaction()
 
     def commit(self) -> None:
         self._end("COMMIT")
@@ -462,6 +463,12 @@ class _Connection(StorageConnection):
         self._end("ROLLBACK")
 
     def _end(self, what: str) -> None:
+        try:
+            self._finish(what)
+        finally:
+            self.note_transaction()
+
+    def _finish(self, what: str) -> None:
         if self._lost is not None:
             err, self._lost = self._lost, None
             if what == "COMMIT":
@@ -517,6 +524,7 @@ class _Connection(StorageConnection):
             p.state = True
         if kind.cursor:
             cursor = self._declare(p, bound)
+            self.note_transaction(sql)
             self._give_back()
             return cursor
         if kind.no_transaction_block:  # VACUUM & co. must be alone in their query
@@ -524,6 +532,7 @@ class _Connection(StorageConnection):
             if owed:
                 self._send(owed, prefix=False)
         result = _PlainCursor(self._send([bound]))
+        self.note_transaction(sql, result.rowcount > 0)
         if p.conn.info.transaction_status == _IDLE:  # a COMMIT or ROLLBACK sent as SQL
             self._savepoints.clear()
         if kind.undoes_savepoint:  # ROLLBACK (TO) or COMMIT in SQL: some cursors may be gone
@@ -613,6 +622,7 @@ class _Connection(StorageConnection):
                     cur.executemany(text, rows)
                 return max(cur.rowcount, 0)
         n = self._guard(p, run)
+        self.note_transaction(sql, n > 0)
         self._give_back()
         return n
 

@@ -226,6 +226,7 @@ class _Connection(StorageConnection):
                 self._db.execute("BEGIN")
             except sqlite3.OperationalError as e:
                 raise self._denied(e) from e  # a locked database becomes Busy: retried
+            self.note_transaction()
 
     def atomic_many(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
         """executemany outside a transaction: all rows or none."""
@@ -257,14 +258,20 @@ class _Connection(StorageConnection):
 
     def execute(self, sql: str, params: Sequence[Any]) -> StorageCursor:
         self.policy.last_denied = ""
+        changes = self._db.total_changes
         try:
             if self.policy.per_table:
                 self._check_program(sql, _big_ints(params))
-            return _Cursor(self._db.execute(sql, _big_ints(params)))
+            cur = _Cursor(self._db.execute(sql, _big_ints(params)))
         except sqlite3.DatabaseError as e:
             raise self._denied(e) from e
         except MemoryError as e:
             raise _out_of_memory() from e
+        if self.txn_since is None or self.write_since is None:
+            self.note_transaction(sql, self._db.total_changes != changes)
+        elif not self._db.in_transaction:  # a COMMIT or ROLLBACK sent as SQL
+            self.note_transaction()
+        return cur
 
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
         self.policy.last_denied = ""
@@ -276,6 +283,7 @@ class _Connection(StorageConnection):
             raise self._denied(e) from e
         n = cur.rowcount
         cur.close()
+        self.note_transaction(sql, n > 0)
         return n
 
     def commit(self) -> None:
@@ -284,10 +292,12 @@ class _Connection(StorageConnection):
                 self._db.execute("COMMIT")
             except sqlite3.OperationalError as e:
                 raise self._denied(e) from e
+            self.note_transaction()
 
     def rollback(self) -> None:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
+            self.note_transaction()
 
     def savepoint(self, name: str) -> None:
         self._db.execute(f'SAVEPOINT "{name}"')
