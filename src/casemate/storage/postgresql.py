@@ -44,7 +44,7 @@ import psycopg
 from psycopg import ClientCursor
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.pq import TransactionStatus
+from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.types.json import JsonbDumper
 from psycopg.types.numeric import FloatDumper
 from psycopg.types.string import TextLoader
@@ -52,7 +52,7 @@ from psycopg.types.string import TextLoader
 from ..settings import StorageSettings
 from .access import METHOD_PREFIX, Policy
 from .base import BUILTIN_GROUPS, Backend, StorageConnection, StorageCursor, StorageError, UserRecord
-from .pg_sql import classify, translate_qmarks
+from .pg_sql import SQLTextError, Statement, analyze, refusal, translate_qmarks
 
 __all__ = ["PostgreSQLBackend", "SCHEMA_VERSION", "translate_qmarks"]
 
@@ -139,13 +139,13 @@ def _connect_error(e: psycopg.Error, dsn: str, who: str, password_hint: str) -> 
 class _Phys:
     """One PostgreSQL connection, opened as one role."""
 
-    __slots__ = ("conn", "mog", "key", "state", "close_all", "idle_since")
+    __slots__ = ("conn", "mog", "key", "resetting", "close_all", "idle_since")
 
     def __init__(self, conn: psycopg.Connection[Any], key: str) -> None:
         self.conn = conn
         self.mog = ClientCursor(conn)  # binds parameters client-side (libpq's escaping)
         self.key = key            # the Casemate group ("" for the service role)
-        self.state = False        # a statement may have left session state behind
+        self.resetting = False    # a DISCARD ALL was sent; its result is not read yet
         self.close_all = False    # exhausted cursors wait for a CLOSE ALL
         self.idle_since = time.monotonic()
 
@@ -164,6 +164,33 @@ class _Phys:
             return False
         return not readable
 
+    def start_reset(self) -> bool:
+        """Send ``DISCARD ALL`` without waiting: settings, temporary tables, cursors, prepared
+        statements, LISTENs and advisory locks go at once (a lock must not outlive its
+        session), and the result is read when the connection is next taken."""
+        try:
+            self.conn.pgconn.send_query(b"DISCARD ALL")
+        except psycopg.Error:
+            return False
+        self.resetting = True
+        self.close_all = False
+        return True
+
+    def ready(self) -> bool:
+        """The reset went through and the connection is alive (else: discard it)."""
+        if self.resetting:
+            self.resetting = False
+            pg = self.conn.pgconn
+            try:
+                ok = True
+                while (res := pg.get_result()) is not None:
+                    ok = ok and res.status == ExecStatus.COMMAND_OK
+            except psycopg.Error:
+                return False
+            if not ok or pg.transaction_status != _IDLE:
+                return False
+        return self.alive()
+
 
 class _Pool:
     """Connections for several roles under one limit, reused per role.
@@ -175,8 +202,9 @@ class _Pool:
     """
 
     def __init__(self, limit: int, timeout: float, connect: Callable[[str], psycopg.Connection[Any]],
-                 what: str) -> None:
+                 what: str, reset: bool = True) -> None:
         self.limit = limit
+        self._reset = reset  # sessions' connections: reset before another session gets one
         self.timeout = timeout
         self._connect = connect
         self._what = what
@@ -186,6 +214,13 @@ class _Pool:
         self._closed = False
 
     def get(self, key: str) -> _Phys:
+        while True:
+            p = self._get(key)
+            if p.ready():
+                return p
+            self.discard(p)
+
+    def _get(self, key: str) -> _Phys:
         deadline = time.monotonic() + self.timeout
         victim: _Phys | None = None
         with self._cond:
@@ -229,21 +264,13 @@ class _Pool:
         for ident, p in reversed(self._idle.items()):  # most recently used first
             if p.key == key:
                 del self._idle[ident]
-                if p.alive():
-                    return p
-                self._open -= 1
-                p.conn.close()
-                return self._take_idle(key)
+                return p
         return None
 
     def put(self, p: _Phys) -> None:
         ok = p.usable and p.conn.info.transaction_status == _IDLE
-        if ok and p.state:
-            try:
-                p.conn.execute("DISCARD ALL")  # settings, temp tables, cursors, locks...
-                p.state = p.close_all = False
-            except psycopg.Error:
-                ok = False
+        if ok and self._reset:  # whatever the statements did: no classifier decides this
+            ok = p.start_reset()
         if not ok:
             self.discard(p)
             return
@@ -446,9 +473,21 @@ class _Connection(StorageConnection):
             return cur
         return self._guard(p, run)
 
-    def _bind(self, p: _Phys, sql: str, params: Sequence[Any]) -> str:
-        text = translate_qmarks(sql)
-        return self._guard(p, lambda: p.mog.mogrify(text, _params(params)))
+    def _bind(self, p: _Phys, st: Statement, params: Sequence[Any]) -> str:
+        _check_lexing(p)
+        return self._guard(p, lambda: p.mog.mogrify(st.text, _params(params)))
+
+    def _statement(self, sql: str) -> Statement:
+        """The statement read by PostgreSQL's parser, or StorageError if the session may not
+        run it (docs/postgresql.md, "What sessions may run")."""
+        try:
+            st = analyze(sql)
+        except SQLTextError as e:
+            raise StorageError(e.message, e.code) from None
+        why = refusal(st, self.policy.is_admin)
+        if why is not None:
+            raise StorageError(why, "42501", _REFUSAL_HINT)
+        return st
 
     # -- transactions --
     def begin(self) -> None:
@@ -507,14 +546,9 @@ class _Connection(StorageConnection):
 
     # -- statements --
     def execute(self, sql: str, params: Sequence[Any]) -> StorageCursor:
-        kind = classify(sql)
-        if kind.several:
-            raise StorageError("cannot run several statements at once: send one statement per "
-                               "execute", "42601")
+        kind = self._statement(sql)
         p = self._take()
-        bound = self._bind(p, sql, params)
-        if kind.session_state:
-            p.state = True
+        bound = self._bind(p, kind, params)
         if kind.cursor:
             cursor = self._declare(p, bound)
             self._give_back()
@@ -590,16 +624,11 @@ class _Connection(StorageConnection):
             self._phys.close_all = True
 
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
-        kind = classify(sql)
-        if kind.several:
-            raise StorageError("cannot run several statements at once", "42601")
-        text = translate_qmarks(sql)
+        text = self._statement(sql).text
         rows = [_params(p) for p in seq]
         if not rows:
             return 0
         p = self._take()
-        if kind.session_state:
-            p.state = True
         owed = self._prefix(p)
 
         def run() -> int:
@@ -645,6 +674,19 @@ class _Connection(StorageConnection):
             pass
         self._begin_pending = False
         self._give_back(force=True)
+
+
+_REFUSAL_HINT = ("Casemate refuses it before PostgreSQL sees it; an administrator can run "
+                 "what is reserved to the admin group (see docs/postgresql.md)")
+
+
+def _check_lexing(p: _Phys) -> None:
+    """Placeholders were found by a lexer that reads strings as standard-conforming: refuse
+    to bind on a connection where a SET changed that (a literal would be misread)."""
+    if p.conn.info.parameter_status("standard_conforming_strings") != "on":
+        raise StorageError("standard_conforming_strings is off on this session: parameters "
+                           "cannot be bound safely", "42601",
+                           "leave standard_conforming_strings on (RESET it)")
 
 
 def _ident(name: str) -> str:
@@ -709,7 +751,7 @@ class PostgreSQLBackend(Backend):
         self._roles: dict[str, tuple[str, str]] = {}   # group -> (role, password)
         self._roles_lock = threading.Lock()
         self._grants_cache: dict[str, tuple[float, dict[str, frozenset[str]]]] = {}
-        self._sys = _Pool(2, 30.0, self._service_connect, "service connections")
+        self._sys = _Pool(2, 30.0, self._service_connect, "service connections", reset=False)
         self._sys.put(self._sys.get(""))  # fail now, clearly, if PostgreSQL is unreachable
         self._pool = _Pool(settings.pool_size, max(0.5, settings.busy_timeout_seconds),
                            self._group_connect, "storage.pool_size")
