@@ -53,6 +53,7 @@ def pair(pg: PostgresServer, tmp_path_factory: pytest.TempPathFactory
     assert r.returncode == 0, r.stderr
     secret = base / "pg-password"
     secret.write_text(pg.password + "\n")
+    secret.chmod(0o600)
     set_setting(base / "b", "password_env", '"CASEMATE_PG_UNSET"')
     set_setting(base / "b", "password_file", f'"{secret}"')
     set_setting(base / "b", "encrypt_client_server_connections", "true")
@@ -249,6 +250,7 @@ def test_server_start_checks_the_schema(pair, pg: PostgresServer, tmp_path: Path
     shutil.copytree(a.db, other, ignore=shutil.ignore_patterns("Logs"))
     secret = tmp_path / "pw"
     secret.write_text(pg.password)
+    secret.chmod(0o600)
     set_setting(other, "password_env", '"CASEMATE_PG_UNSET"')
     set_setting(other, "password_file", f'"{secret}"')
     with psycopg.connect(pg.dsn(), autocommit=True) as su:

@@ -275,6 +275,7 @@ def test_password_file_and_tls(pg: PostgresServer, tmp_path: Path,
     monkeypatch.delenv(ENV)
     pw = tmp_path / "pgpass"
     pw.write_text(pg.password + "\n")
+    pw.chmod(0o600)
     b = PostgreSQLBackend(settings(pg, password_file=str(pw)))
     try:
         b.check()

@@ -88,7 +88,9 @@ def _error(e: psycopg.Error) -> StorageError:
     if code is None:  # raised by psycopg itself, not by the server
         if isinstance(e, psycopg.OperationalError | psycopg.InterfaceError):
             code = "08006"
-            msg = f"lost the connection to PostgreSQL: {msg}"
+            log.warning("lost a session's connection to PostgreSQL: %s", msg)
+            msg = "storage unavailable: lost the connection to the database"
+            hint = _UNAVAILABLE_HINT
         elif isinstance(e, psycopg.DataError):
             code = "22000"
         elif isinstance(e, psycopg.ProgrammingError | psycopg.NotSupportedError):
@@ -103,6 +105,9 @@ def _error(e: psycopg.Error) -> StorageError:
     elif code == "25P02":
         hint = hint or "roll back: in PostgreSQL a failed statement ends the transaction"
     return StorageError(msg, code, hint)
+
+
+_UNAVAILABLE_HINT = "try again later; the server's log tells its administrator why"
 
 
 def _safe_dsn(dsn: str) -> str:
@@ -729,6 +734,39 @@ _ROLE_ATTRS = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSR
 _NO_SCHEMA_HINT = "run: casemate init DIR --storage postgresql --dsn '...' (once per database)"
 
 
+def _verifier(conn: psycopg.Connection[Any], role: str, password: str) -> str:
+    """The SCRAM verifier of ``password``: PostgreSQL never sees the password itself."""
+    return conn.pgconn.encrypt_password(password.encode(), role.encode(),
+                                        b"scram-sha-256").decode()
+
+
+def check_dsn(dsn: str) -> None:
+    """Refuse a DSN that carries a password: it would sit in casemate.toml, readable by anyone
+    who can read the folder."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return  # reported, with libpq's reason, where the DSN is used
+    if parts.get("password"):
+        raise StorageError(
+            "storage.dsn contains a password; Casemate does not keep passwords in casemate.toml",
+            "28P01", "remove password= (or user:password@) from the DSN and put the password in "
+            "$CASEMATE_PG_PASSWORD, or in a file named by storage.password_file (chmod 600)")
+
+
+def _check_private(path: Path) -> None:
+    """A password file must belong to the server's user and be closed to everyone else."""
+    try:
+        st = path.stat()
+    except OSError:
+        return  # reported when it is read
+    if st.st_mode & 0o077 or st.st_uid != os.geteuid():
+        raise StorageError(
+            f"storage.password_file {path} is not private (mode {st.st_mode & 0o777:04o}, owner "
+            f"uid {st.st_uid}): the server refuses to start", "F0000",
+            f"chmod 600 {path} and make it belong to the user the server runs as")
+
+
 def _sanitize(name: str, width: int) -> str:
     s = re.sub(r"[^a-z0-9_]", "_", name.lower())[:width]
     return s or "x"
@@ -750,6 +788,7 @@ class PostgreSQLBackend(Backend):
         self._group_options = f"{options} -c lock_timeout={lock_ms}".strip()
         self._roles: dict[str, tuple[str, str]] = {}   # group -> (role, password)
         self._roles_lock = threading.Lock()
+        self._serving = False  # after check(): connection errors go to the log, not to users
         self._grants_cache: dict[str, tuple[float, dict[str, frozenset[str]]]] = {}
         self._sys = _Pool(2, 30.0, self._service_connect, "service connections", reset=False)
         self._sys.put(self._sys.get(""))  # fail now, clearly, if PostgreSQL is unreachable
@@ -759,9 +798,11 @@ class PostgreSQLBackend(Backend):
     # -- connections --
     def _read_password(self) -> str | None:
         s = self.settings
+        check_dsn(s.dsn)
         if s.password_env and os.environ.get(s.password_env):
             return os.environ[s.password_env]
         if s.password_file:
+            _check_private(Path(s.password_file).expanduser())
             try:
                 lines = Path(s.password_file).expanduser().read_text().splitlines()
             except OSError as e:
@@ -780,7 +821,12 @@ class PostgreSQLBackend(Backend):
         try:
             conn = psycopg.connect(conninfo, autocommit=True, prepare_threshold=None)
         except psycopg.Error as e:
-            raise _connect_error(e, self.settings.dsn, who, self._password_hint()) from None
+            err = _connect_error(e, self.settings.dsn, who, self._password_hint())
+            if not self._serving:  # casemate init, serve's start, the CLI: its administrator
+                raise err from None
+            log.error("cannot connect to PostgreSQL: %s (%s)", err.message, err.hint)
+            raise StorageError("storage unavailable: the server cannot reach its database",
+                               err.code, _UNAVAILABLE_HINT) from None
         for t in _TEXT_TYPES:
             try:
                 conn.adapters.register_loader(t, TextLoader)
@@ -810,13 +856,11 @@ class PostgreSQLBackend(Backend):
             try:
                 return self._open(make_conninfo(self.settings.dsn, **extra), role)
             except StorageError as e:
-                if e.code != "28P01":
+                if e.code != "28P01" or attempt == 1:
                     raise
-                if attempt == 1:
-                    raise StorageError(e.message, e.code, (
-                        f"the password of Casemate's role {role} was changed outside Casemate; "
-                        "set it back, or remove the role's row from casemate.groups and run "
-                        "casemate init again")) from e
+                log.warning("PostgreSQL refused the password of role %s (group %s): it was "
+                            "changed outside Casemate; setting it back", role, group)
+                self.repair_roles(group)
         raise AssertionError("unreachable")
 
     def _role(self, group: str, refresh: bool = False) -> tuple[str, str]:
@@ -937,8 +981,7 @@ class PostgreSQLBackend(Backend):
                      reset: bool) -> None:
         """The login role of one group: no special rights; the service role manages it."""
         ident = pgsql.Identifier(role)
-        verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(),
-                                                b"scram-sha-256").decode()
+        verifier = _verifier(conn, role, password)
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
         if exists is None:
             conn.execute(pgsql.SQL("CREATE ROLE {} " + _ROLE_ATTRS + " PASSWORD {}").format(
@@ -975,8 +1018,39 @@ class PostgreSQLBackend(Backend):
                                "3F000", _NO_SCHEMA_HINT)
         if rows[0][0] != SCHEMA_VERSION:
             raise StorageError(*self._version_error(rows[0][0]))
+        self.repair_roles()
         for g in BUILTIN_GROUPS:
             self._role(g, refresh=g == BUILTIN_GROUPS[0])
+        self._serving = True
+
+    def repair_roles(self, group: str | None = None) -> None:
+        """Put the group roles (or ``group``'s) back as Casemate made them: attributes, the
+        password kept in casemate.groups, no settings of their own.  Sessions cannot change
+        them (the guard refuses role statements), but a direct login, a DBA or an admin's
+        function could; this runs at every server start and when a password is refused."""
+        try:
+            self._txn(lambda conn: self._repair(conn, group))
+        except StorageError as e:
+            log.warning("could not check Casemate's PostgreSQL roles: %s", e.message)
+
+    @classmethod
+    def _repair(cls, conn: psycopg.Connection[Any], group: str | None) -> None:
+        rows = conn.execute(
+            "SELECT g.name, g.role, g.password, r.rolconfig, (SELECT s.setconfig FROM "
+            "pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE "
+            "s.setrole = r.oid AND d.datname = current_database()) FROM casemate.groups g "
+            "JOIN pg_roles r ON r.rolname = g.role WHERE %s::text IS NULL OR g.name = %s",
+            (group, group)).fetchall()
+        for name, role, password, settings, db_settings in rows:
+            ident = pgsql.Identifier(role)
+            conn.execute(pgsql.SQL("ALTER ROLE {} " + _ROLE_ATTRS + " PASSWORD {}").format(
+                ident, pgsql.Literal(_verifier(conn, role, password))))
+            if settings or db_settings:
+                log.warning("PostgreSQL role %s (group %s) had settings of its own (%s): "
+                            "removed", role, name, ", ".join((settings or []) + (db_settings or [])))
+                conn.execute(pgsql.SQL("ALTER ROLE {} RESET ALL").format(ident))
+                conn.execute(pgsql.SQL("ALTER ROLE {} IN DATABASE {} RESET ALL").format(
+                    ident, pgsql.Identifier(str(conn.info.dbname))))
 
     def connect(self) -> StorageConnection:
         return _Connection(self)
