@@ -270,9 +270,9 @@ def test_users_are_not_told_where_the_database_is(pg: PostgresServer,
         b.check()  # serving from now on
         b.settings = dataclasses.replace(b.settings, dsn=dsn_of(pg, port=1))
         c = session(b, "readwrite")
-        with caplog.at_level(logging.ERROR, "casemate.storage.postgresql"):
-            with pytest.raises(StorageError) as e:
-                c.execute("SELECT 1", ())
+        with caplog.at_level(logging.ERROR, "casemate.storage.postgresql"), \
+                pytest.raises(StorageError) as e:
+            c.execute("SELECT 1", ())
         said = f"{e.value.message} {e.value.hint}"
         assert "storage unavailable" in said
         for secret in ("127.0.0.1", "port", "postgres", RW):

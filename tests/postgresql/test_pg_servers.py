@@ -312,3 +312,40 @@ def test_server_methods_run_in_the_session_transaction(pair) -> None:  # type: i
                 if time.monotonic() > deadline:
                     raise
         time.sleep(0.2)
+
+
+def _wait_for(check, timeout: float = 8.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def test_admins_see_and_drop_the_sessions_of_every_server(pair) -> None:  # type: ignore[no-untyped-def]
+    """Issue 20: `casemate sessions` on one server listed only its own."""
+    a, b = pair
+    victim = b.connect(reconnect_attempts=0, program="far-away clerk")
+    with a.connect() as admin:
+        def remote() -> list[dict[str, object]]:
+            columns, rows = admin.admin_table("sessions")
+            return [r for r in (dict(zip(columns, row, strict=True)) for row in rows)
+                    if r["program"] == "far-away clerk"]
+        found = _wait_for(remote)
+        assert found and found[0]["id"] == victim.session_id, found
+        server = str(found[0]["server"])
+        assert server.endswith(f":{b.port}")
+        r = cli("drop", f"casemate://admin:{PW}@127.0.0.1:{a.port}", str(victim.session_id),
+                "--server", server, "--reason", "elsewhere")
+        assert r.returncode == 0 and "drop requested" in r.stdout, r.stderr
+        assert _wait_for(lambda: not remote())
+
+    def dropped() -> bool:
+        try:
+            victim.execute("SELECT 1")
+        except casemate.OperationalError as e:
+            return "dropped by administrator" in str(e)
+        return False
+    assert _wait_for(dropped)
+    victim.close()

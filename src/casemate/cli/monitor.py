@@ -80,6 +80,7 @@ def sessions(url: str, as_json: bool) -> None:
         return
     show = ["id", "user", "address", "program", "connected_since", "idle_seconds", "encrypted",
             "tls_version", "cipher", "statements", "in_transaction"]
+    show += [c for c in ("server",) if c in columns]  # every server over a PostgreSQL database
     idx = [columns.index(c) for c in show]
     click.echo(format_table(show, [tuple(r[i] for i in idx) for r in rows]))
     click.echo(f"({len(rows)} session{'s' if len(rows) != 1 else ''})")
@@ -89,10 +90,14 @@ def sessions(url: str, as_json: bool) -> None:
 @click.argument("url")
 @click.argument("session", type=int)
 @click.option("--reason", default="", help="Told to the client.")
-def drop(url: str, session: int, reason: str) -> None:
+@click.option("--server", default="", help="The session's server, as casemate sessions shows "
+              "it (PostgreSQL storage: another server over the same database drops it within "
+              "2 seconds).")
+def drop(url: str, session: int, reason: str, server: str) -> None:
     """End SESSION; its open transaction is rolled back and the client is told why."""
-    _call(url, "drop", session=session, reason=reason)
-    click.echo(f"Session {session} dropped.")
+    columns, _ = _call(url, "drop", session=session, reason=reason, server=server)
+    click.echo(f"Session {session} " + ("dropped." if columns == ["dropped"] else
+                                        f"on {server}: drop requested."))
 
 
 @click.command()

@@ -45,7 +45,7 @@ from psycopg import ClientCursor
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import ExecStatus, TransactionStatus
-from psycopg.types.json import JsonbDumper
+from psycopg.types.json import Jsonb, JsonbDumper
 from psycopg.types.numeric import FloatDumper
 from psycopg.types.string import TextLoader
 
@@ -730,6 +730,14 @@ _SCHEMA = [
     "(name) ON DELETE CASCADE, tbl text NOT NULL, privileges text NOT NULL, "
     "PRIMARY KEY (grp, tbl))",
 ]
+# Added after schema version 1 shipped: created by init and at server start if missing.
+_SHARED_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS casemate.servers (server text PRIMARY KEY, seen timestamptz "
+    "NOT NULL, sessions jsonb NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS casemate.drops (server text NOT NULL, session integer NOT NULL, "
+    "reason text NOT NULL, PRIMARY KEY (server, session))",
+]
+SERVER_ALIVE_SECONDS = 10  # a server that has not published its sessions for this long is gone
 _ROLE_ATTRS = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT"
 _NO_SCHEMA_HINT = "run: casemate init DIR --storage postgresql --dsn '...' (once per database)"
 
@@ -937,7 +945,7 @@ class PostgreSQLBackend(Backend):
             row = conn.execute("SELECT schema_version, role_prefix FROM casemate.meta").fetchone()
             if row is not None and row[0] != SCHEMA_VERSION:
                 raise StorageError(*self._version_error(row[0]))
-        for stmt in _SCHEMA:
+        for stmt in _SCHEMA + _SHARED_SCHEMA:
             conn.execute(stmt)
         row = conn.execute("SELECT role_prefix FROM casemate.meta").fetchone()
         if row is None:
@@ -1018,6 +1026,8 @@ class PostgreSQLBackend(Backend):
                                "3F000", _NO_SCHEMA_HINT)
         if rows[0][0] != SCHEMA_VERSION:
             raise StorageError(*self._version_error(rows[0][0]))
+        for stmt in _SHARED_SCHEMA:
+            self._q(stmt, fetch=False)
         self.repair_roles()
         for g in BUILTIN_GROUPS:
             self._role(g, refresh=g == BUILTIN_GROUPS[0])
@@ -1192,6 +1202,37 @@ class PostgreSQLBackend(Backend):
                         pgsql.SQL(seq), role))
         self._txn(work)
         self._grants_cache.pop(group, None)
+
+    # -- sessions of every server over the database --
+    shares_sessions = True
+
+    def share_sessions(self, server: str, rows: list[dict[str, Any]]) -> list[tuple[int, str]]:
+        def work(conn: psycopg.Connection[Any]) -> list[tuple[int, str]]:
+            conn.execute("INSERT INTO casemate.servers VALUES (%s, now(), %s) ON CONFLICT "
+                         "(server) DO UPDATE SET seen = now(), sessions = EXCLUDED.sessions",
+                         (server, Jsonb(rows)))
+            conn.execute("DELETE FROM casemate.servers WHERE seen < now() - interval '1 day'")
+            return [(int(i), str(r)) for i, r in conn.execute(
+                "DELETE FROM casemate.drops WHERE server = %s RETURNING session, reason",
+                (server,)).fetchall()]
+        result: list[tuple[int, str]] = self._txn(work)
+        return result
+
+    def other_sessions(self, server: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for name, sessions in self._q(
+                "SELECT server, sessions FROM casemate.servers WHERE server <> %s AND seen > "
+                f"now() - interval '{SERVER_ALIVE_SECONDS} seconds' ORDER BY server", (server,)):
+            out.extend({**row, "server": name} for row in sessions)
+        return out
+
+    def request_drop(self, server: str, session: int, reason: str) -> None:
+        if not self._q("INSERT INTO casemate.drops SELECT server, %s, %s FROM casemate.servers "
+                       "WHERE server = %s AND seen > now() - interval "
+                       f"'{SERVER_ALIVE_SECONDS} seconds' ON CONFLICT (server, session) DO "
+                       "UPDATE SET reason = EXCLUDED.reason RETURNING server",
+                       (session, reason, server)):
+            raise KeyError(server)
 
     # -- housekeeping --
     def data_size(self) -> int:
