@@ -82,6 +82,7 @@ def test_transaction_ends_in_sql_are_recognised() -> None:
     "ALTER USER x RENAME TO y", "DROP ROLE x", "GRANT x TO y", "SET ROLE x", "RESET ROLE",
     "SET SESSION AUTHORIZATION x", "COPY t TO STDOUT", "COPY t FROM STDIN",
     "SELECT pg_terminate_backend(1)", "SELECT (1).pg_cancel_backend", "PREPARE TRANSACTION 'x'",
+    "SET standard_conforming_strings = off", "SET backslash_quote = on",
 ])
 def test_refused_to_everyone(sql: str) -> None:
     assert refusal(analyze(sql), admin=True) is not None
@@ -98,6 +99,9 @@ def test_refused_to_everyone(sql: str) -> None:
     "CREATE TEMP VIEW v AS SELECT * FROM pg_stat_activity",
     "DO $$BEGIN PERFORM 1; END$$", "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
     "DISCARD ALL", "LISTEN x", "VACUUM t", "GRANT SELECT ON t TO PUBLIC",
+    "UPDATE pg_settings SET setting = '0' WHERE name = 'statement_timeout'",
+    "WITH x AS (UPDATE pg_catalog.pg_settings SET setting = '0' RETURNING 1) SELECT 1",
+    "DELETE FROM t USING pg_stat_activity a", "SELECT U&\"set\\005fconfig\"('a', 'b', false)",
 ])
 def test_reserved_to_admins(sql: str) -> None:
     st = analyze(sql)

@@ -146,11 +146,15 @@ def _statement(text: str, params: int, tree: dict[str, Any]) -> Statement:
     relations: set[str] = set()
     for k, v in _walk(tree):
         keys.add(k)
-        if k == "FuncCall":
-            functions.update(_svals(v.get("funcname"))[-1:])
-        elif k == "RangeVar":
-            relations.add(v.get("relname", ""))
-        elif k in ("A_Indirection", "ColumnRef"):  # x.f is f(x) in attribute notation
+        if not isinstance(v, dict):
+            continue
+        # Typed fields hold their node inline ("relation": {"relname": ...}), so nodes are
+        # recognised by their fields, not by a "RangeVar" / "FuncCall" wrapper.
+        if "funcname" in v:
+            functions.update(_svals(v["funcname"])[-1:])
+        if "relname" in v:
+            relations.add(str(v["relname"]))
+        if k in ("A_Indirection", "ColumnRef"):  # x.f is f(x) in attribute notation
             functions.update(_svals(v.get("indirection") or v.get("fields")))
     detail = str(body.get("kind") or body.get("renameType") or "")
     alone = (kind in _ALONE or bool(body.get("concurrent"))
@@ -201,6 +205,7 @@ _ROLE_STMTS = {"CreateRoleStmt", "AlterRoleStmt", "AlterRoleSetStmt", "DropRoleS
 _ROLE_SETTINGS = {"role", "session_authorization"}
 _TWO_PHASE = {"TRANS_STMT_PREPARE", "TRANS_STMT_COMMIT_PREPARED", "TRANS_STMT_ROLLBACK_PREPARED"}
 _SIGNALS = {"pg_terminate_backend", "pg_cancel_backend"}
+_LEXICAL_SETTINGS = {"standard_conforming_strings", "backslash_quote", "escape_string_warning"}
 
 # What a non-admin session may run (PostgreSQL's privileges decide on the objects).
 _USER_STMTS = {"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt",
@@ -223,7 +228,8 @@ _ADMIN_PREFIXES = {"lo_": "using large objects", "pg_stat_get_backend_": "other 
                    "as text", "table_to_xml": "running SQL given as text", "schema_to_xml":
                    "running SQL given as text", "database_to_xml": "running SQL given as text"}
 _ADMIN_RELATIONS = {"pg_stat_activity": "other sessions' activity",
-                    "pg_stat_statements": "other sessions' activity"}
+                    "pg_stat_statements": "other sessions' activity",
+                    "pg_settings": "changing settings"}  # UPDATE pg_settings is a SET
 _LARGE_OBJECT_FUNCTIONS = {"loread", "lowrite"}
 
 
@@ -238,6 +244,9 @@ def _for_everyone(st: Statement) -> str | None:
                 "connects with (casemate user / casemate group)")
     if st.setting.lower() in _ROLE_SETTINGS:
         return "SET ROLE and SET SESSION AUTHORIZATION are not allowed"
+    if st.setting.lower() in _LEXICAL_SETTINGS:
+        return (f"{st.setting} must stay as it is: Casemate finds parameters with PostgreSQL's "
+                "lexer in its default mode")
     if st.kind == "CopyStmt":
         return ("COPY is not supported through Casemate: read with SELECT, load with "
                 "executemany(INSERT ...)")
