@@ -19,8 +19,12 @@ client's SQL.
 Each Casemate transaction is one PostgreSQL transaction on one pooled
 connection.  Query results come through server-side cursors (``DECLARE ...
 WITH HOLD``), so a large result never sits whole in the Casemate server.
-Clients' ``?`` parameters are translated to psycopg's ``%s``
-(see :mod:`casemate.storage.pg_sql`).
+Clients' ``?`` parameters are found by PostgreSQL's own lexer and every
+statement is parsed before it is sent (:mod:`casemate.storage.pg_sql`): one
+statement per execute, and a guard refuses what would change the roles
+Casemate connects with or reach other sessions.  A connection is reset
+(``DISCARD ALL``) every time it goes back to the pool, since what a
+statement leaves behind cannot be told from its text.
 """
 
 from __future__ import annotations
