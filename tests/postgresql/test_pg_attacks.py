@@ -280,3 +280,21 @@ def test_users_are_not_told_where_the_database_is(pg: PostgresServer,
         assert "port=1" in caplog.text  # the administrator learns it from the log
     finally:
         b.close()
+
+
+def test_a_session_holding_the_setup_lock_does_not_hang_init(backend: PostgreSQLBackend,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    from casemate.storage import postgresql
+    monkeypatch.setattr(postgresql, "INIT_LOCK_SECONDS", 0.5)
+    c = session(backend, "readwrite")
+    try:
+        c.begin()
+        c.execute("SELECT pg_advisory_xact_lock(?)", (postgresql._INIT_LOCK,))
+        with pytest.raises(StorageError) as e:
+            backend.initialize()
+        assert e.value.code == "55P03" and "setup lock" in e.value.message
+        c.rollback()
+        backend.initialize()
+    finally:
+        c.close()

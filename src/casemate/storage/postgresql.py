@@ -68,6 +68,7 @@ FIRST_FETCH = 256          # rows fetched with the DECLARE, in the same round tr
 GRANTS_CACHE_SECONDS = 1.0  # how stale another server's method grants may be seen
 IDLE_LIFETIME = 300.0      # idle pooled connections older than this are closed
 _INIT_LOCK = 0x6361736D    # pg_advisory_xact_lock key serializing `casemate init`s
+INIT_LOCK_SECONDS = 30.0   # longest wait for that lock (another init, or a session holding it)
 _cursor_ids = itertools.count(1)
 _IDLE, _INTRANS, _INERROR = (TransactionStatus.IDLE, TransactionStatus.INTRANS,
                              TransactionStatus.INERROR)
@@ -943,7 +944,18 @@ class PostgreSQLBackend(Backend):
         self.check()
 
     def _initialize(self, conn: psycopg.Connection[Any]) -> None:
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INIT_LOCK,))
+        # Any role may take any advisory lock: never wait for one without end.
+        conn.execute(f"SET LOCAL lock_timeout = '{int(INIT_LOCK_SECONDS * 1000)}ms'")
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INIT_LOCK,))
+        except psycopg.errors.LockNotAvailable:
+            raise StorageError("another session holds Casemate's setup lock in this database",
+                               "55P03", f"find it with SELECT pid, usename, application_name "
+                               f"FROM pg_locks JOIN pg_stat_activity USING (pid) WHERE "
+                               f"locktype = 'advisory' AND objid = {_INIT_LOCK}; run casemate "
+                               "init again when it is gone") from None
+        conn.execute("RESET lock_timeout")
         found = conn.execute("SELECT to_regclass('casemate.meta')").fetchone()
         if found and found[0] is not None:
             row = conn.execute("SELECT schema_version, role_prefix FROM casemate.meta").fetchone()
