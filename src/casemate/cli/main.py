@@ -65,8 +65,7 @@ def init(directory: Path, name: str | None, admin_password: str | None, storage:
     """
     try:
         if storage == "postgresql":  # before anything is written
-            from ..storage.postgresql import check_dsn
-            check_dsn(dsn)
+            _check_pg_dsn(dsn)
         folder, generated = create_database(directory, name, admin_password, storage, dsn)
     except (DatabaseError, SettingsError) as e:
         fail(str(e))
@@ -80,6 +79,16 @@ def init(directory: Path, name: str | None, admin_password: str | None, storage:
     if generated:
         click.echo(f"  admin password (shown once, keep it safe): {generated}")
     click.echo(f"Start it with: casemate serve {folder.path}")
+
+
+def _check_pg_dsn(dsn: str) -> None:
+    """Refuse a DSN with a password (StorageError) before init writes it to casemate.toml."""
+    try:
+        from ..storage.postgresql import check_dsn
+    except ImportError as e:
+        raise StorageError(f"the postgresql storage backend is not available: {e}", "0A000",
+                           "install it with: pip install 'casemate[postgresql]'") from e
+    check_dsn(dsn)
 
 
 def _setup_logging(folder: DatabaseFolder, verbose: bool) -> None:
