@@ -154,14 +154,17 @@ async def share_sessions(server: Server) -> None:
     """Publish this server's sessions and carry out the drops other servers asked of it."""
     loop = asyncio.get_running_loop()
     name = server_name(server)
+    failing = False  # log once per outage, not every SHARE_SECONDS
     while True:
         rows = [dict(zip(SESSION_COLUMNS, r, strict=True)) for r in session_rows(server)]
         try:
             drops = await loop.run_in_executor(server.executor, server.backend.share_sessions,
                                                name, rows)
+            failing = False
         except Exception as e:  # noqa: BLE001 - the storage may be away for a while
-            log.warning("could not share this server's sessions: %s", e)
-            drops = []
+            if not failing:
+                log.warning("could not share this server's sessions: %s", e)
+            failing, drops = True, []
         for sid, why in drops:
             s = server.sessions.get(sid)
             if s is not None:

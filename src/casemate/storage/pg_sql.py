@@ -170,9 +170,17 @@ def _statement(text: str, params: int, tree: dict[str, Any]) -> Statement:
         detail=detail)
 
 
-@functools.lru_cache(maxsize=512)
+CACHED_TEXT = 4096  # statements up to this long are cached (512 of them: about 4 MB at most)
+
+
 def analyze(sql: str) -> Statement:
-    """Lex and parse ``sql`` (one statement, ``?`` parameters).  Raises SQLTextError."""
+    """Lex and parse ``sql`` (one statement, ``?`` parameters).  Raises SQLTextError.
+
+    Applications send the same statements again and again: short ones are cached."""
+    return _analyze_cached(sql) if len(sql) <= CACHED_TEXT else _analyze(sql)
+
+
+def _analyze(sql: str) -> Statement:
     marks = _marks(sql)
     text, parse_text = _rewrite(sql, marks)
     params = sum(1 for _, p in marks if p)
@@ -186,6 +194,9 @@ def analyze(sql: str) -> Statement:
     if not stmts:  # only comments, blanks or semicolons
         return Statement(text, params, "", False, False)
     return _statement(text, params, stmts[0]["stmt"])
+
+
+_analyze_cached = functools.lru_cache(maxsize=512)(_analyze)
 
 
 def translate_qmarks(sql: str) -> str:
