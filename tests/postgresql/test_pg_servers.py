@@ -349,3 +349,19 @@ def test_admins_see_and_drop_the_sessions_of_every_server(pair) -> None:  # type
         return False
     assert _wait_for(dropped)
     victim.close()
+
+
+def test_injection_and_copy_through_a_server(pair) -> None:  # type: ignore[no-untyped-def]
+    """Issue 20 over the wire: a value next to a non-BMP dollar quote stays a value; COPY is
+    refused and the session goes on."""
+    a, _ = pair
+    with a.connect() as c:
+        try:
+            got = c.execute("SELECT $😀$ ? $😀$", ("$😀$, current_user, $😀$",)).fetchall()
+        except casemate.DatabaseError:
+            got = []
+        c.rollback()
+        assert not any("casemate_" in str(v) for r in got for v in r), got
+        assert refused(c, "SELECT 1 AS 😀$a$; SELECT current_user; SELECT 1 AS 😀$a$") == "42601"
+        assert refused(c, "COPY (SELECT 1) TO STDOUT") == "42501"
+        assert c.execute("SELECT ?::text", ("still here",)).fetchone() == ("still here",)
