@@ -686,8 +686,8 @@ class _Connection(StorageConnection):
         self._give_back(force=True)
 
 
-_REFUSAL_HINT = ("Casemate refuses it before PostgreSQL sees it; an administrator can run "
-                 "what is reserved to the admin group (see docs/postgresql.md)")
+_REFUSAL_HINT = ("Casemate refused it before PostgreSQL saw it; docs/postgresql.md, \"What "
+                 "sessions may run\", lists what is refused and why")
 
 
 def _check_lexing(p: _Phys) -> None:
