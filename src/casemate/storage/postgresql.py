@@ -67,6 +67,7 @@ SCHEMA_VERSION = 1
 FIRST_FETCH = 256          # rows fetched with the DECLARE, in the same round trip
 GRANTS_CACHE_SECONDS = 1.0  # how stale another server's method grants may be seen
 IDLE_LIFETIME = 300.0      # idle pooled connections older than this are closed
+RESET_WAIT = 10.0          # a pooled connection whose DISCARD ALL takes longer is closed
 _INIT_LOCK = 0x6361736D    # pg_advisory_xact_lock key serializing `casemate init`s
 INIT_LOCK_SECONDS = 30.0   # longest wait for that lock (another init, or a session holding it)
 _cursor_ids = itertools.count(1)
@@ -190,16 +191,26 @@ class _Phys:
         """The reset went through and the connection is alive (else: discard it)."""
         if self.resetting:
             self.resetting = False
-            pg = self.conn.pgconn
-            try:
-                ok = True
-                while (res := pg.get_result()) is not None:
-                    ok = ok and res.status == ExecStatus.COMMAND_OK
-            except psycopg.Error:
-                return False
-            if not ok or pg.transaction_status != _IDLE:
+            if not self._reset_done():
                 return False
         return self.alive()
+
+    def _reset_done(self) -> bool:
+        pg = self.conn.pgconn
+        try:
+            deadline = time.monotonic() + RESET_WAIT
+            pg.consume_input()
+            while pg.is_busy():  # wait in select (no GIL held), not inside libpq
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([pg.socket], [], [], left)[0]:
+                    return False
+                pg.consume_input()
+            ok = True
+            while (res := pg.get_result()) is not None:
+                ok = ok and res.status == ExecStatus.COMMAND_OK
+        except (psycopg.Error, OSError):
+            return False
+        return ok and pg.transaction_status == _IDLE
 
 
 class _Pool:
