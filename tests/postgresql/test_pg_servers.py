@@ -53,6 +53,7 @@ def pair(pg: PostgresServer, tmp_path_factory: pytest.TempPathFactory
     assert r.returncode == 0, r.stderr
     secret = base / "pg-password"
     secret.write_text(pg.password + "\n")
+    secret.chmod(0o600)
     set_setting(base / "b", "password_env", '"CASEMATE_PG_UNSET"')
     set_setting(base / "b", "password_file", f'"{secret}"')
     set_setting(base / "b", "encrypt_client_server_connections", "true")
@@ -249,6 +250,7 @@ def test_server_start_checks_the_schema(pair, pg: PostgresServer, tmp_path: Path
     shutil.copytree(a.db, other, ignore=shutil.ignore_patterns("Logs"))
     secret = tmp_path / "pw"
     secret.write_text(pg.password)
+    secret.chmod(0o600)
     set_setting(other, "password_env", '"CASEMATE_PG_UNSET"')
     set_setting(other, "password_file", f'"{secret}"')
     with psycopg.connect(pg.dsn(), autocommit=True) as su:
@@ -310,3 +312,56 @@ def test_server_methods_run_in_the_session_transaction(pair) -> None:  # type: i
                 if time.monotonic() > deadline:
                     raise
         time.sleep(0.2)
+
+
+def _wait_for(check, timeout: float = 8.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def test_admins_see_and_drop_the_sessions_of_every_server(pair) -> None:  # type: ignore[no-untyped-def]
+    """Issue 20: `casemate sessions` on one server listed only its own."""
+    a, b = pair
+    victim = b.connect(reconnect_attempts=0, program="far-away clerk")
+    with a.connect() as admin:
+        def remote() -> list[dict[str, object]]:
+            columns, rows = admin.admin_table("sessions")
+            return [r for r in (dict(zip(columns, row, strict=True)) for row in rows)
+                    if r["program"] == "far-away clerk"]
+        found = _wait_for(remote)
+        assert found and found[0]["id"] == victim.session_id, found
+        server = str(found[0]["server"])
+        assert server.endswith(f":{b.port}")
+        r = cli("drop", f"casemate://admin:{PW}@127.0.0.1:{a.port}", str(victim.session_id),
+                "--server", server, "--reason", "elsewhere")
+        assert r.returncode == 0 and "drop requested" in r.stdout, r.stderr
+        assert _wait_for(lambda: not remote())
+
+    def dropped() -> bool:
+        try:
+            victim.execute("SELECT 1")
+        except casemate.OperationalError as e:
+            return "dropped by administrator" in str(e)
+        return False
+    assert _wait_for(dropped)
+    victim.close()
+
+
+def test_injection_and_copy_through_a_server(pair) -> None:  # type: ignore[no-untyped-def]
+    """Issue 20 over the wire: a value next to a non-BMP dollar quote stays a value; COPY is
+    refused and the session goes on."""
+    a, _ = pair
+    with a.connect() as c:
+        try:
+            got = c.execute("SELECT $😀$ ? $😀$", ("$😀$, current_user, $😀$",)).fetchall()
+        except casemate.DatabaseError:
+            got = []
+        c.rollback()
+        assert not any("casemate_" in str(v) for r in got for v in r), got
+        assert refused(c, "SELECT 1 AS 😀$a$; SELECT current_user; SELECT 1 AS 😀$a$") == "42601"
+        assert refused(c, "COPY (SELECT 1) TO STDOUT") == "42501"
+        assert c.execute("SELECT ?::text", ("still here",)).fetchone() == ("still here",)

@@ -53,7 +53,8 @@ def open_folder(path: Path) -> DatabaseFolder:
 @click.option("--storage", type=click.Choice(["sqlite", "postgresql"]), default="sqlite",
               show_default=True, help="Storage backend.")
 @click.option("--dsn", default="", help="PostgreSQL connection string (libpq) for "
-              "--storage postgresql; the password comes from CASEMATE_PG_PASSWORD.")
+              "--storage postgresql, without the password (refused): that comes from "
+              "CASEMATE_PG_PASSWORD or storage.password_file.")
 def init(directory: Path, name: str | None, admin_password: str | None, storage: str,
          dsn: str) -> None:
     """Create a new database folder DIRECTORY (settings, Resources/, Data/, Logs/, Methods/).
@@ -63,6 +64,8 @@ def init(directory: Path, name: str | None, admin_password: str | None, storage:
     several Casemate servers can serve one database.
     """
     try:
+        if storage == "postgresql":  # before anything is written
+            _check_pg_dsn(dsn)
         folder, generated = create_database(directory, name, admin_password, storage, dsn)
     except (DatabaseError, SettingsError) as e:
         fail(str(e))
@@ -76,6 +79,16 @@ def init(directory: Path, name: str | None, admin_password: str | None, storage:
     if generated:
         click.echo(f"  admin password (shown once, keep it safe): {generated}")
     click.echo(f"Start it with: casemate serve {folder.path}")
+
+
+def _check_pg_dsn(dsn: str) -> None:
+    """Refuse a DSN with a password (StorageError) before init writes it to casemate.toml."""
+    try:
+        from ..storage.postgresql import check_dsn
+    except ImportError as e:
+        raise StorageError(f"the postgresql storage backend is not available: {e}", "0A000",
+                           "install it with: pip install 'casemate[postgresql]'") from e
+    check_dsn(dsn)
 
 
 def _setup_logging(folder: DatabaseFolder, verbose: bool) -> None:

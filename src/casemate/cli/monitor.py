@@ -81,6 +81,7 @@ def sessions(url: str, as_json: bool) -> None:
         return
     show = ["id", "user", "address", "program", "connected_since", "idle_seconds", "encrypted",
             "tls_version", "cipher", "statements", "transaction_seconds", "write_lock_seconds"]
+    show += [c for c in ("server",) if c in columns]  # every server over a PostgreSQL database
     idx = [columns.index(c) if c in columns else -1 for c in show]
     # Not in a transaction / not holding the write lock: an empty cell, not NULL.
     click.echo(format_table(show, [tuple(r[i] if i >= 0 and r[i] is not None else
@@ -94,10 +95,14 @@ def sessions(url: str, as_json: bool) -> None:
 @click.argument("url")
 @click.argument("session", type=int)
 @click.option("--reason", default="", help="Told to the client.")
-def drop(url: str, session: int, reason: str) -> None:
+@click.option("--server", default="", help="The session's server, as casemate sessions shows "
+              "it (PostgreSQL storage: another server over the same database drops it within "
+              "2 seconds).")
+def drop(url: str, session: int, reason: str, server: str) -> None:
     """End SESSION; its open transaction is rolled back and the client is told why."""
-    _call(url, "drop", session=session, reason=reason)
-    click.echo(f"Session {session} dropped.")
+    columns, _ = _call(url, "drop", session=session, reason=reason, server=server)
+    click.echo(f"Session {session} " + ("dropped." if columns == ["dropped"] else
+                                        f"on {server}: drop requested."))
 
 
 @click.command()

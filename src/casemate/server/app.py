@@ -35,6 +35,7 @@ from ..settings import Settings, SettingsError, load_settings
 from ..storage import Backend, StorageConnection, StorageError
 from .audit import AuditLog, Throttle
 from .inline import CostModel
+from .monitor import share_sessions
 from .session import Session
 from .tlsproto import TLSServerProtocol
 
@@ -253,6 +254,8 @@ class Server:
         for s in self._listeners:
             self._spawn(self._accept_loop(s))
         self._spawn(self._watch_settings())
+        if self.backend.shares_sessions:  # other servers over the same database list ours
+            self._spawn(share_sessions(self))
         if self.encrypted:
             self._spawn(self._renewal_loop())
         with contextlib.suppress(NotImplementedError, RuntimeError):

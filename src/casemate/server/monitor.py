@@ -7,7 +7,10 @@ stored data.  Each returns ``(columns, rows)``.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
+import socket
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["SERVER_COMMANDS", "run_server_command", "status", "session_rows"]
 
 Table = tuple[list[str], list[tuple[Any, ...]]]
+log = logging.getLogger("casemate.server")
 
 SESSION_COLUMNS = ["id", "user", "address", "client_host", "program", "connected_since",
                    "idle_seconds", "encrypted", "tls_version", "cipher", "client_certificate",
@@ -84,7 +88,12 @@ def _status(server: Server, caller: Session, args: dict[str, Any]) -> Table:
 
 
 def _sessions(server: Server, caller: Session, args: dict[str, Any]) -> Table:
-    return SESSION_COLUMNS, session_rows(server)
+    if not server.backend.shares_sessions:
+        return SESSION_COLUMNS, session_rows(server)
+    name = server_name(server)  # several servers over one database: theirs too
+    return SESSION_COLUMNS + ["server"], [r + (name,) for r in session_rows(server)] + [
+        tuple(o.get(c) for c in SESSION_COLUMNS) + (o["server"],)
+        for o in server.backend.other_sessions(name)]
 
 
 def _target(server: Server, args: dict[str, Any]) -> Session:
@@ -96,10 +105,25 @@ def _target(server: Server, args: dict[str, Any]) -> Session:
 
 
 def _drop(server: Server, caller: Session, args: dict[str, Any]) -> Table:
+    reason = (f"session dropped by administrator {caller.user!r}"
+              + (f": {args['reason']}" if args.get("reason") else ""))
+    if args.get("server") not in (None, "", server_name(server)):
+        return _drop_elsewhere(server, str(args["server"]), args.get("session"), reason)
     s = _target(server, args)
-    s.drop(f"session dropped by administrator {caller.user!r}"
-           + (f": {args['reason']}" if args.get("reason") else ""))
+    s.drop(reason)
     return ["dropped"], [(s.id,)]
+
+
+def _drop_elsewhere(server: Server, other: str, sid: Any, reason: str) -> Table:
+    """Another server over the same database drops it at its next share (SHARE_SECONDS)."""
+    if not isinstance(sid, int):
+        raise Error(f"no session {sid!r}; see casemate sessions URL", Codes.PROGRAMMING)
+    try:
+        server.backend.request_drop(other, sid, reason)
+    except KeyError:
+        raise Error(f"no live server {other!r} over this database; see casemate sessions URL",
+                    Codes.PROGRAMMING) from None
+    return ["drop_requested"], [(sid,)]
 
 
 def _message(server: Server, caller: Session, args: dict[str, Any]) -> Table:
@@ -128,6 +152,36 @@ SERVER_COMMANDS: dict[str, Any] = {
     "accept": _accepting(True),
     "reject": _accepting(False),
 }
+
+
+SHARE_SECONDS = 2.0  # how often a server publishes its sessions to the others over its database
+
+
+def server_name(server: Server) -> str:
+    """How the other servers over the same database call this one: host and port."""
+    return f"{socket.gethostname()}:{server.addresses[0][1] if server.addresses else 0}"
+
+
+async def share_sessions(server: Server) -> None:
+    """Publish this server's sessions and carry out the drops other servers asked of it."""
+    loop = asyncio.get_running_loop()
+    name = server_name(server)
+    failing = False  # log once per outage, not every SHARE_SECONDS
+    while True:
+        rows = [dict(zip(SESSION_COLUMNS, r, strict=True)) for r in session_rows(server)]
+        try:
+            drops = await loop.run_in_executor(server.executor, server.backend.share_sessions,
+                                               name, rows)
+            failing = False
+        except Exception as e:  # noqa: BLE001 - the storage may be away for a while
+            if not failing:
+                log.warning("could not share this server's sessions: %s", e)
+            failing, drops = True, []
+        for sid, why in drops:
+            s = server.sessions.get(sid)
+            if s is not None:
+                s.drop(why)
+        await asyncio.sleep(SHARE_SECONDS)
 
 
 def run_server_command(server: Server, caller: Session, command: str,

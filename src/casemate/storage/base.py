@@ -216,6 +216,23 @@ class Backend(abc.ABC):
         another), or None when unknown: then grants are read again at every use."""
         return None
 
+    # Several servers over one database (PostgreSQL) list and drop each other's sessions.
+    shares_sessions = False
+
+    def share_sessions(self, server: str, rows: list[dict[str, Any]]) -> list[tuple[int, str]]:
+        """Publish ``server``'s sessions to the other servers over this database; return the
+        drops they asked of it, as (session id, reason)."""
+        return []
+
+    def other_sessions(self, server: str) -> list[dict[str, Any]]:
+        """Sessions of the other live servers over this database (each with its "server")."""
+        return []
+
+    def request_drop(self, server: str, session: int, reason: str) -> None:
+        """Ask another server over this database to drop one of its sessions (KeyError if
+        no such server is alive)."""
+        raise KeyError(server)
+
     @abc.abstractmethod
     def data_size(self) -> int:
         """Bytes used by the data on disk."""

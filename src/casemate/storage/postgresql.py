@@ -19,8 +19,12 @@ client's SQL.
 Each Casemate transaction is one PostgreSQL transaction on one pooled
 connection.  Query results come through server-side cursors (``DECLARE ...
 WITH HOLD``), so a large result never sits whole in the Casemate server.
-Clients' ``?`` parameters are translated to psycopg's ``%s``
-(see :mod:`casemate.storage.pg_sql`).
+Clients' ``?`` parameters are found by PostgreSQL's own lexer and every
+statement is parsed before it is sent (:mod:`casemate.storage.pg_sql`): one
+statement per execute, and a guard refuses what would change the roles
+Casemate connects with or reach other sessions.  A connection is reset
+(``DISCARD ALL``) every time it goes back to the pool, since what a
+statement leaves behind cannot be told from its text.
 """
 
 from __future__ import annotations
@@ -44,15 +48,15 @@ import psycopg
 from psycopg import ClientCursor
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.pq import TransactionStatus
-from psycopg.types.json import JsonbDumper
+from psycopg.pq import ExecStatus, TransactionStatus
+from psycopg.types.json import Jsonb, JsonbDumper
 from psycopg.types.numeric import FloatDumper
 from psycopg.types.string import TextLoader
 
 from ..settings import StorageSettings
 from .access import METHOD_PREFIX, Policy
 from .base import BUILTIN_GROUPS, Backend, StorageConnection, StorageCursor, StorageError, UserRecord
-from .pg_sql import classify, translate_qmarks
+from .pg_sql import SQLTextError, Statement, analyze, refusal, translate_qmarks
 
 __all__ = ["PostgreSQLBackend", "SCHEMA_VERSION", "translate_qmarks"]
 
@@ -63,7 +67,9 @@ SCHEMA_VERSION = 1
 FIRST_FETCH = 256          # rows fetched with the DECLARE, in the same round trip
 GRANTS_CACHE_SECONDS = 1.0  # how stale another server's method grants may be seen
 IDLE_LIFETIME = 300.0      # idle pooled connections older than this are closed
+RESET_WAIT = 10.0          # a pooled connection whose DISCARD ALL takes longer is closed
 _INIT_LOCK = 0x6361736D    # pg_advisory_xact_lock key serializing `casemate init`s
+INIT_LOCK_SECONDS = 30.0   # longest wait for that lock (another init, or a session holding it)
 _cursor_ids = itertools.count(1)
 _IDLE, _INTRANS, _INERROR = (TransactionStatus.IDLE, TransactionStatus.INTRANS,
                              TransactionStatus.INERROR)
@@ -88,7 +94,9 @@ def _error(e: psycopg.Error) -> StorageError:
     if code is None:  # raised by psycopg itself, not by the server
         if isinstance(e, psycopg.OperationalError | psycopg.InterfaceError):
             code = "08006"
-            msg = f"lost the connection to PostgreSQL: {msg}"
+            log.warning("lost a session's connection to PostgreSQL: %s", msg)
+            msg = "storage unavailable: lost the connection to the database"
+            hint = _UNAVAILABLE_HINT
         elif isinstance(e, psycopg.DataError):
             code = "22000"
         elif isinstance(e, psycopg.ProgrammingError | psycopg.NotSupportedError):
@@ -103,6 +111,9 @@ def _error(e: psycopg.Error) -> StorageError:
     elif code == "25P02":
         hint = hint or "roll back: in PostgreSQL a failed statement ends the transaction"
     return StorageError(msg, code, hint)
+
+
+_UNAVAILABLE_HINT = "try again later; the server's log tells its administrator why"
 
 
 def _safe_dsn(dsn: str) -> str:
@@ -139,13 +150,13 @@ def _connect_error(e: psycopg.Error, dsn: str, who: str, password_hint: str) -> 
 class _Phys:
     """One PostgreSQL connection, opened as one role."""
 
-    __slots__ = ("conn", "mog", "key", "state", "close_all", "idle_since")
+    __slots__ = ("conn", "mog", "key", "resetting", "close_all", "idle_since")
 
     def __init__(self, conn: psycopg.Connection[Any], key: str) -> None:
         self.conn = conn
         self.mog = ClientCursor(conn)  # binds parameters client-side (libpq's escaping)
         self.key = key            # the Casemate group ("" for the service role)
-        self.state = False        # a statement may have left session state behind
+        self.resetting = False    # a DISCARD ALL was sent; its result is not read yet
         self.close_all = False    # exhausted cursors wait for a CLOSE ALL
         self.idle_since = time.monotonic()
 
@@ -164,6 +175,43 @@ class _Phys:
             return False
         return not readable
 
+    def start_reset(self) -> bool:
+        """Send ``DISCARD ALL`` without waiting: settings, temporary tables, cursors, prepared
+        statements, LISTENs and advisory locks go at once (a lock must not outlive its
+        session), and the result is read when the connection is next taken."""
+        try:
+            self.conn.pgconn.send_query(b"DISCARD ALL")
+        except psycopg.Error:
+            return False
+        self.resetting = True
+        self.close_all = False
+        return True
+
+    def ready(self) -> bool:
+        """The reset went through and the connection is alive (else: discard it)."""
+        if self.resetting:
+            self.resetting = False
+            if not self._reset_done():
+                return False
+        return self.alive()
+
+    def _reset_done(self) -> bool:
+        pg = self.conn.pgconn
+        try:
+            deadline = time.monotonic() + RESET_WAIT
+            pg.consume_input()
+            while pg.is_busy():  # wait in select (no GIL held), not inside libpq
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([pg.socket], [], [], left)[0]:
+                    return False
+                pg.consume_input()
+            ok = True
+            while (res := pg.get_result()) is not None:
+                ok = ok and res.status == ExecStatus.COMMAND_OK
+        except (psycopg.Error, OSError):
+            return False
+        return ok and pg.transaction_status == _IDLE
+
 
 class _Pool:
     """Connections for several roles under one limit, reused per role.
@@ -175,8 +223,9 @@ class _Pool:
     """
 
     def __init__(self, limit: int, timeout: float, connect: Callable[[str], psycopg.Connection[Any]],
-                 what: str) -> None:
+                 what: str, reset: bool = True) -> None:
         self.limit = limit
+        self._reset = reset  # sessions' connections: reset before another session gets one
         self.timeout = timeout
         self._connect = connect
         self._what = what
@@ -186,6 +235,13 @@ class _Pool:
         self._closed = False
 
     def get(self, key: str) -> _Phys:
+        while True:
+            p = self._get(key)
+            if p.ready():
+                return p
+            self.discard(p)
+
+    def _get(self, key: str) -> _Phys:
         deadline = time.monotonic() + self.timeout
         victim: _Phys | None = None
         with self._cond:
@@ -229,21 +285,13 @@ class _Pool:
         for ident, p in reversed(self._idle.items()):  # most recently used first
             if p.key == key:
                 del self._idle[ident]
-                if p.alive():
-                    return p
-                self._open -= 1
-                p.conn.close()
-                return self._take_idle(key)
+                return p
         return None
 
     def put(self, p: _Phys) -> None:
         ok = p.usable and p.conn.info.transaction_status == _IDLE
-        if ok and p.state:
-            try:
-                p.conn.execute("DISCARD ALL")  # settings, temp tables, cursors, locks...
-                p.state = p.close_all = False
-            except psycopg.Error:
-                ok = False
+        if ok and self._reset:  # whatever the statements did: no classifier decides this
+            ok = p.start_reset()
         if not ok:
             self.discard(p)
             return
@@ -446,9 +494,21 @@ class _Connection(StorageConnection):
             return cur
         return self._guard(p, run)
 
-    def _bind(self, p: _Phys, sql: str, params: Sequence[Any]) -> str:
-        text = translate_qmarks(sql)
-        return self._guard(p, lambda: p.mog.mogrify(text, _params(params)))
+    def _bind(self, p: _Phys, st: Statement, params: Sequence[Any]) -> str:
+        _check_lexing(p)
+        return self._guard(p, lambda: p.mog.mogrify(st.text, _params(params)))
+
+    def _statement(self, sql: str) -> Statement:
+        """The statement read by PostgreSQL's parser, or StorageError if the session may not
+        run it (docs/postgresql.md, "What sessions may run")."""
+        try:
+            st = analyze(sql)
+        except SQLTextError as e:
+            raise StorageError(e.message, e.code) from None
+        why = refusal(st, self.policy.is_admin)
+        if why is not None:
+            raise StorageError(why, "42501", _REFUSAL_HINT)
+        return st
 
     # -- transactions --
     def begin(self) -> None:
@@ -514,14 +574,9 @@ class _Connection(StorageConnection):
 
     # -- statements --
     def execute(self, sql: str, params: Sequence[Any]) -> StorageCursor:
-        kind = classify(sql)
-        if kind.several:
-            raise StorageError("cannot run several statements at once: send one statement per "
-                               "execute", "42601")
+        kind = self._statement(sql)
         p = self._take()
-        bound = self._bind(p, sql, params)
-        if kind.session_state:
-            p.state = True
+        bound = self._bind(p, kind, params)
         if kind.cursor:
             cursor = self._declare(p, bound)
             self.note_transaction(sql)
@@ -599,16 +654,11 @@ class _Connection(StorageConnection):
             self._phys.close_all = True
 
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
-        kind = classify(sql)
-        if kind.several:
-            raise StorageError("cannot run several statements at once", "42601")
-        text = translate_qmarks(sql)
+        text = self._statement(sql).text
         rows = [_params(p) for p in seq]
         if not rows:
             return 0
         p = self._take()
-        if kind.session_state:
-            p.state = True
         owed = self._prefix(p)
 
         def run() -> int:
@@ -657,6 +707,19 @@ class _Connection(StorageConnection):
         self._give_back(force=True)
 
 
+_REFUSAL_HINT = ("Casemate refused it before PostgreSQL saw it; docs/postgresql.md, \"What "
+                 "sessions may run\", lists what is refused and why")
+
+
+def _check_lexing(p: _Phys) -> None:
+    """Placeholders were found by a lexer that reads strings as standard-conforming: refuse
+    to bind on a connection where a SET changed that (a literal would be misread)."""
+    if p.conn.info.parameter_status("standard_conforming_strings") != "on":
+        raise StorageError("standard_conforming_strings is off on this session: parameters "
+                           "cannot be bound safely", "42601",
+                           "leave standard_conforming_strings on (RESET it)")
+
+
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -693,8 +756,49 @@ _SCHEMA = [
     "(name) ON DELETE CASCADE, tbl text NOT NULL, privileges text NOT NULL, "
     "PRIMARY KEY (grp, tbl))",
 ]
+# Added after schema version 1 shipped: created by init and at server start if missing.
+_SHARED_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS casemate.servers (server text PRIMARY KEY, seen timestamptz "
+    "NOT NULL, sessions jsonb NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS casemate.drops (server text NOT NULL, session integer NOT NULL, "
+    "reason text NOT NULL, PRIMARY KEY (server, session))",
+]
+SERVER_ALIVE_SECONDS = 10  # a server that has not published its sessions for this long is gone
 _ROLE_ATTRS = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT"
 _NO_SCHEMA_HINT = "run: casemate init DIR --storage postgresql --dsn '...' (once per database)"
+
+
+def _verifier(conn: psycopg.Connection[Any], role: str, password: str) -> str:
+    """The SCRAM verifier of ``password``: PostgreSQL never sees the password itself."""
+    return conn.pgconn.encrypt_password(password.encode(), role.encode(),
+                                        b"scram-sha-256").decode()
+
+
+def check_dsn(dsn: str) -> None:
+    """Refuse a DSN that carries a password: it would sit in casemate.toml, readable by anyone
+    who can read the folder."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return  # reported, with libpq's reason, where the DSN is used
+    if parts.get("password"):
+        raise StorageError(
+            "storage.dsn contains a password; Casemate does not keep passwords in casemate.toml",
+            "28P01", "remove password= (or user:password@) from the DSN and put the password in "
+            "$CASEMATE_PG_PASSWORD, or in a file named by storage.password_file (chmod 600)")
+
+
+def _check_private(path: Path) -> None:
+    """A password file must belong to the server's user and be closed to everyone else."""
+    try:
+        st = path.stat()
+    except OSError:
+        return  # reported when it is read
+    if st.st_mode & 0o077 or st.st_uid != os.geteuid():
+        raise StorageError(
+            f"storage.password_file {path} is not private (mode {st.st_mode & 0o777:04o}, owner "
+            f"uid {st.st_uid}): the server refuses to start", "F0000",
+            f"chmod 600 {path} and make it belong to the user the server runs as")
 
 
 def _sanitize(name: str, width: int) -> str:
@@ -718,8 +822,9 @@ class PostgreSQLBackend(Backend):
         self._group_options = f"{options} -c lock_timeout={lock_ms}".strip()
         self._roles: dict[str, tuple[str, str]] = {}   # group -> (role, password)
         self._roles_lock = threading.Lock()
+        self._serving = False  # after check(): connection errors go to the log, not to users
         self._grants_cache: dict[str, tuple[float, dict[str, frozenset[str]]]] = {}
-        self._sys = _Pool(2, 30.0, self._service_connect, "service connections")
+        self._sys = _Pool(2, 30.0, self._service_connect, "service connections", reset=False)
         self._sys.put(self._sys.get(""))  # fail now, clearly, if PostgreSQL is unreachable
         self._pool = _Pool(settings.pool_size, max(0.5, settings.busy_timeout_seconds),
                            self._group_connect, "storage.pool_size")
@@ -727,9 +832,11 @@ class PostgreSQLBackend(Backend):
     # -- connections --
     def _read_password(self) -> str | None:
         s = self.settings
+        check_dsn(s.dsn)
         if s.password_env and os.environ.get(s.password_env):
             return os.environ[s.password_env]
         if s.password_file:
+            _check_private(Path(s.password_file).expanduser())
             try:
                 lines = Path(s.password_file).expanduser().read_text().splitlines()
             except OSError as e:
@@ -748,7 +855,12 @@ class PostgreSQLBackend(Backend):
         try:
             conn = psycopg.connect(conninfo, autocommit=True, prepare_threshold=None)
         except psycopg.Error as e:
-            raise _connect_error(e, self.settings.dsn, who, self._password_hint()) from None
+            err = _connect_error(e, self.settings.dsn, who, self._password_hint())
+            if not self._serving:  # casemate init, serve's start, the CLI: its administrator
+                raise err from None
+            log.error("cannot connect to PostgreSQL: %s (%s)", err.message, err.hint)
+            raise StorageError("storage unavailable: the server cannot reach its database",
+                               err.code, _UNAVAILABLE_HINT) from None
         for t in _TEXT_TYPES:
             try:
                 conn.adapters.register_loader(t, TextLoader)
@@ -778,13 +890,11 @@ class PostgreSQLBackend(Backend):
             try:
                 return self._open(make_conninfo(self.settings.dsn, **extra), role)
             except StorageError as e:
-                if e.code != "28P01":
+                if e.code != "28P01" or attempt == 1:
                     raise
-                if attempt == 1:
-                    raise StorageError(e.message, e.code, (
-                        f"the password of Casemate's role {role} was changed outside Casemate; "
-                        "set it back, or remove the role's row from casemate.groups and run "
-                        "casemate init again")) from e
+                log.warning("PostgreSQL refused the password of role %s (group %s): it was "
+                            "changed outside Casemate; setting it back", role, group)
+                self.repair_roles(group)
         raise AssertionError("unreachable")
 
     def _role(self, group: str, refresh: bool = False) -> tuple[str, str]:
@@ -855,13 +965,24 @@ class PostgreSQLBackend(Backend):
         self.check()
 
     def _initialize(self, conn: psycopg.Connection[Any]) -> None:
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INIT_LOCK,))
+        # Any role may take any advisory lock: never wait for one without end.
+        conn.execute(f"SET LOCAL lock_timeout = '{int(INIT_LOCK_SECONDS * 1000)}ms'")
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INIT_LOCK,))
+        except psycopg.errors.LockNotAvailable:
+            raise StorageError("another session holds Casemate's setup lock in this database",
+                               "55P03", f"find it with SELECT pid, usename, application_name "
+                               f"FROM pg_locks JOIN pg_stat_activity USING (pid) WHERE "
+                               f"locktype = 'advisory' AND objid = {_INIT_LOCK}; run casemate "
+                               "init again when it is gone") from None
+        conn.execute("RESET lock_timeout")
         found = conn.execute("SELECT to_regclass('casemate.meta')").fetchone()
         if found and found[0] is not None:
             row = conn.execute("SELECT schema_version, role_prefix FROM casemate.meta").fetchone()
             if row is not None and row[0] != SCHEMA_VERSION:
                 raise StorageError(*self._version_error(row[0]))
-        for stmt in _SCHEMA:
+        for stmt in _SCHEMA + _SHARED_SCHEMA:
             conn.execute(stmt)
         row = conn.execute("SELECT role_prefix FROM casemate.meta").fetchone()
         if row is None:
@@ -905,8 +1026,7 @@ class PostgreSQLBackend(Backend):
                      reset: bool) -> None:
         """The login role of one group: no special rights; the service role manages it."""
         ident = pgsql.Identifier(role)
-        verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(),
-                                                b"scram-sha-256").decode()
+        verifier = _verifier(conn, role, password)
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
         if exists is None:
             conn.execute(pgsql.SQL("CREATE ROLE {} " + _ROLE_ATTRS + " PASSWORD {}").format(
@@ -943,8 +1063,41 @@ class PostgreSQLBackend(Backend):
                                "3F000", _NO_SCHEMA_HINT)
         if rows[0][0] != SCHEMA_VERSION:
             raise StorageError(*self._version_error(rows[0][0]))
+        for stmt in _SHARED_SCHEMA:
+            self._q(stmt, fetch=False)
+        self.repair_roles()
         for g in BUILTIN_GROUPS:
             self._role(g, refresh=g == BUILTIN_GROUPS[0])
+        self._serving = True
+
+    def repair_roles(self, group: str | None = None) -> None:
+        """Put the group roles (or ``group``'s) back as Casemate made them: attributes, the
+        password kept in casemate.groups, no settings of their own.  Sessions cannot change
+        them (the guard refuses role statements), but a direct login, a DBA or an admin's
+        function could; this runs at every server start and when a password is refused."""
+        try:
+            self._txn(lambda conn: self._repair(conn, group))
+        except StorageError as e:
+            log.warning("could not check Casemate's PostgreSQL roles: %s", e.message)
+
+    @classmethod
+    def _repair(cls, conn: psycopg.Connection[Any], group: str | None) -> None:
+        rows = conn.execute(
+            "SELECT g.name, g.role, g.password, r.rolconfig, (SELECT s.setconfig FROM "
+            "pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE "
+            "s.setrole = r.oid AND d.datname = current_database()) FROM casemate.groups g "
+            "JOIN pg_roles r ON r.rolname = g.role WHERE %s::text IS NULL OR g.name = %s",
+            (group, group)).fetchall()
+        for name, role, password, settings, db_settings in rows:
+            ident = pgsql.Identifier(role)
+            conn.execute(pgsql.SQL("ALTER ROLE {} " + _ROLE_ATTRS + " PASSWORD {}").format(
+                ident, pgsql.Literal(_verifier(conn, role, password))))
+            if settings or db_settings:
+                log.warning("PostgreSQL role %s (group %s) had settings of its own (%s): "
+                            "removed", role, name, ", ".join((settings or []) + (db_settings or [])))
+                conn.execute(pgsql.SQL("ALTER ROLE {} RESET ALL").format(ident))
+                conn.execute(pgsql.SQL("ALTER ROLE {} IN DATABASE {} RESET ALL").format(
+                    ident, pgsql.Identifier(str(conn.info.dbname))))
 
     def connect(self) -> StorageConnection:
         return _Connection(self)
@@ -1086,6 +1239,37 @@ class PostgreSQLBackend(Backend):
                         pgsql.SQL(seq), role))
         self._txn(work)
         self._grants_cache.pop(group, None)
+
+    # -- sessions of every server over the database --
+    shares_sessions = True
+
+    def share_sessions(self, server: str, rows: list[dict[str, Any]]) -> list[tuple[int, str]]:
+        def work(conn: psycopg.Connection[Any]) -> list[tuple[int, str]]:
+            conn.execute("INSERT INTO casemate.servers VALUES (%s, now(), %s) ON CONFLICT "
+                         "(server) DO UPDATE SET seen = now(), sessions = EXCLUDED.sessions",
+                         (server, Jsonb(rows)))
+            conn.execute("DELETE FROM casemate.servers WHERE seen < now() - interval '1 day'")
+            return [(int(i), str(r)) for i, r in conn.execute(
+                "DELETE FROM casemate.drops WHERE server = %s RETURNING session, reason",
+                (server,)).fetchall()]
+        result: list[tuple[int, str]] = self._txn(work)
+        return result
+
+    def other_sessions(self, server: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for name, sessions in self._q(
+                "SELECT server, sessions FROM casemate.servers WHERE server <> %s AND seen > "
+                f"now() - interval '{SERVER_ALIVE_SECONDS} seconds' ORDER BY server", (server,)):
+            out.extend({**row, "server": name} for row in sessions)
+        return out
+
+    def request_drop(self, server: str, session: int, reason: str) -> None:
+        if not self._q("INSERT INTO casemate.drops SELECT server, %s, %s FROM casemate.servers "
+                       "WHERE server = %s AND seen > now() - interval "
+                       f"'{SERVER_ALIVE_SECONDS} seconds' ON CONFLICT (server, session) DO "
+                       "UPDATE SET reason = EXCLUDED.reason RETURNING server",
+                       (session, reason, server)):
+            raise KeyError(server)
 
     # -- housekeeping --
     def data_size(self) -> int:

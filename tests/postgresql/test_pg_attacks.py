@@ -1,0 +1,300 @@
+"""Attacks on Casemate's layer around PostgreSQL (issue 20), against a real PostgreSQL.
+
+Each test replays what an attacker did with a group's rights: SQL injection through
+the ``?`` translation, state left on pooled connections, taking over the group's
+PostgreSQL role, reading other sessions' activity, a password left in casemate.toml,
+and the smaller ones (COPY, large objects, connection details in errors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from casemate.pgtest import PostgresServer
+from casemate.storage import StorageConnection, StorageError
+from casemate.storage.postgresql import PostgreSQLBackend
+
+from .conftest import cli, dsn_of
+from .test_pg_storage import ENV, code_of, rows, session, settings
+
+RO, RW = "casemate_postgres_readonly", "casemate_postgres_readwrite"
+
+
+@pytest.fixture(scope="module")
+def backend(pg: PostgresServer) -> Iterator[PostgreSQLBackend]:
+    """One pooled connection: every session of a group reuses the same PostgreSQL session."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ENV, pg.password)
+        b = PostgreSQLBackend(settings(pg, pool_size=1))
+        b.initialize()
+        admin = session(b, "admin")
+        for sql in ("DROP TABLE IF EXISTS orders", "CREATE TABLE orders (id int, card text)",
+                    "INSERT INTO orders VALUES (1, 'a'), (2, 'b')"):
+            admin.execute(sql, ())
+        admin.close()
+        b.add_group("clerks")
+        b.set_grants("clerks", "orders", frozenset({"SELECT", "INSERT"}))
+        yield b
+        b.close()
+
+
+@pytest.fixture(autouse=True)
+def _password(monkeypatch: pytest.MonkeyPatch, pg: PostgresServer) -> None:
+    monkeypatch.setenv(ENV, pg.password)
+
+
+def superuser(pg: PostgresServer) -> psycopg.Connection[Any]:
+    return psycopg.connect(pg.dsn(), autocommit=True)
+
+
+def order_count(pg: PostgresServer) -> int:
+    with superuser(pg) as su:
+        row = su.execute("SELECT count(*) FROM orders").fetchone()
+    return int(row[0]) if row else -1
+
+
+def run(conn: StorageConnection, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """Rows, or [] when Casemate or PostgreSQL refused the statement."""
+    try:
+        return rows(conn, sql, params)
+    except StorageError:
+        if conn.in_transaction:
+            conn.rollback()
+        return []
+
+
+# -- 1. SQL injection through the ? translation ---------------------------------------------
+def test_parameter_value_never_runs_as_sql(backend: PostgreSQLBackend, pg: PostgresServer
+                                           ) -> None:
+    c = session(backend, "readwrite")
+    try:
+        for sql in ("SELECT $😀$ ? $😀$", "SELECT $𝔘$ ? $𝔘$", "SELECT 1 AS 😀$a$, ?"):
+            got = run(c, sql, ("$😀$, current_user, $😀$",))
+            assert not any(RW in str(v) for r in got for v in r), (sql, got)
+        run(c, "SELECT e?", ("\\' ; DELETE FROM orders; --",))  # never an escape string e'...'
+    finally:
+        c.close()
+    assert order_count(pg) == 2
+
+
+def test_hidden_second_statement_is_refused(backend: PostgreSQLBackend, pg: PostgresServer
+                                            ) -> None:
+    c = session(backend, "readwrite")
+    try:
+        for sql in ("SELECT 1 AS 😀$a$; DELETE FROM orders; SELECT 1 AS 😀$a$",
+                    "SELECT 1 AS 𝔘$q$; DELETE FROM orders; SELECT 1 AS 𝔘$q$"):
+            assert code_of(c, sql) == "42601"
+        assert order_count(pg) == 2
+    finally:
+        c.close()
+
+
+# -- 2. state left on pooled connections --------------------------------------------------------
+def test_shadow_table_does_not_reach_the_next_session(backend: PostgreSQLBackend,
+                                                     pg: PostgresServer) -> None:
+    a = session(backend, "clerks")
+    a.execute("CREATE TABLE pg_temp.orders (id int, card text)", ())  # shadows public.orders
+    a.close()
+    b = session(backend, "clerks")
+    try:
+        b.execute("INSERT INTO orders VALUES (3, 'c')", ())
+        assert rows(b, "SELECT to_regclass('pg_temp.orders') IS NULL") == [(True,)]
+    finally:
+        b.close()
+    assert order_count(pg) == 3
+    with superuser(pg) as su:
+        su.execute("DELETE FROM orders WHERE id = 3")
+
+
+def test_settings_do_not_reach_the_next_session(backend: PostgreSQLBackend) -> None:
+    a = session(backend, "admin")  # admins may change settings: for their session only
+    before = rows(a, "SHOW statement_timeout")
+    a.begin()
+    a.execute("SELECT \"set_config\"('statement_timeout', '4321', false)", ())
+    assert rows(a, "SHOW statement_timeout") == [("4321ms",)]
+    a.commit()
+    a.close()
+    b = session(backend, "admin")
+    try:
+        assert rows(b, "SHOW statement_timeout") == before
+    finally:
+        b.close()
+
+
+def test_advisory_lock_does_not_outlive_its_statement(backend: PostgreSQLBackend,
+                                                      pg: PostgresServer) -> None:
+    a = session(backend, "readwrite")
+    a.execute("SELECT \"pg_advisory_lock\"(4242)", ())
+    try:
+        with superuser(pg) as su:
+            su.execute("SET lock_timeout = '5s'")
+            su.execute("SELECT pg_advisory_lock(4242)")  # 55P03 if the lock were left behind
+            su.execute("SELECT pg_advisory_unlock_all()")
+    finally:
+        a.close()
+
+
+# -- 3. the group's PostgreSQL role -----------------------------------------------------------------
+@pytest.mark.parametrize("sql", [
+    "ALTER ROLE CURRENT_USER PASSWORD 'mine'", "ALTER USER CURRENT_USER PASSWORD 'mine'",
+    "ALTER ROLE CURRENT_USER SET default_transaction_read_only = on",
+    "ALTER ROLE CURRENT_USER IN DATABASE postgres SET default_transaction_read_only = on",
+    "ALTER ROLE casemate_postgres_readwrite RENAME TO x",
+    "DO $$BEGIN EXECUTE 'ALTER ROLE CURRENT_USER PASSWORD ''mine'''; END$$",
+    "CREATE FUNCTION pg_temp.f() RETURNS void LANGUAGE sql AS "
+    "'ALTER ROLE CURRENT_USER PASSWORD ''mine'''",
+])
+def test_members_cannot_change_their_role(backend: PostgreSQLBackend, pg: PostgresServer,
+                                          sql: str) -> None:
+    c = session(backend, "readwrite")
+    try:
+        assert code_of(c, sql) == "42501"
+    finally:
+        c.close()
+    with superuser(pg) as su:
+        row = su.execute("SELECT rolconfig FROM pg_roles WHERE rolname = %s", (RW,)).fetchone()
+    assert row == (None,)
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(pg.dsn(user=RW, password="mine")).close()
+
+
+def test_a_changed_role_is_repaired(backend: PostgreSQLBackend, pg: PostgresServer) -> None:
+    with superuser(pg) as su:  # changed outside Casemate (a DBA, a direct login...)
+        su.execute(f"ALTER ROLE {RO} PASSWORD 'taken'")
+        su.execute(f"ALTER ROLE {RO} SET default_transaction_read_only = on")
+        su.execute(f"ALTER ROLE {RO} IN DATABASE postgres SET work_mem = '64kB'")
+    fresh = PostgreSQLBackend(settings(pg))
+    try:
+        c = session(fresh, "readonly")  # the refused password is set back, then it logs in
+        assert rows(c, "SELECT current_user") == [(RO,)]
+        c.close()
+        fresh.check()  # what a server does at start
+        with superuser(pg) as su:
+            assert su.execute("SELECT rolconfig FROM pg_roles WHERE rolname = %s",
+                              (RO,)).fetchone() == (None,)
+            assert su.execute("SELECT count(*) FROM pg_db_role_setting s JOIN pg_roles r ON "
+                              "r.oid = s.setrole WHERE r.rolname = %s", (RO,)).fetchone() == (0,)
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(pg.dsn(user=RO, password="taken")).close()
+    finally:
+        fresh.close()
+
+
+# -- 4. other sessions' activity ---------------------------------------------------------------------
+@pytest.mark.parametrize("sql", [
+    "SELECT query FROM pg_stat_activity", "SELECT query FROM pg_catalog.\"pg_stat_activity\"",
+    "SELECT * FROM pg_stat_get_activity(NULL)",
+    "SELECT pg_stat_get_backend_activity(i) FROM pg_stat_get_backend_idset() i",
+    "SELECT table_to_xml('pg_stat_activity', true, false, '')::text",
+    "SELECT query_to_xml('SELECT query FROM pg_stat_activity', true, false, '')::text",
+    "SELECT pg_terminate_backend(pid) FROM pg_locks",
+    "SELECT (pid).pg_cancel_backend FROM pg_locks",
+])
+def test_a_clerk_sees_and_ends_no_other_session(backend: PostgreSQLBackend, pg: PostgresServer,
+                                                sql: str) -> None:
+    big = PostgreSQLBackend(settings(pg))  # two connections at once
+    a, b = session(big, "clerks"), session(big, "clerks")
+    try:
+        a.begin()
+        rows(a, "SELECT count(*) FROM orders WHERE card = ?", ("4111111111111111",))
+        assert code_of(b, sql) == "42501"
+        assert rows(a, "SELECT 1") == [(1,)]  # still connected
+        a.rollback()
+    finally:
+        a.close()
+        b.close()
+        big.close()
+
+
+# -- 5. the database password ----------------------------------------------------------------------
+def test_password_in_the_dsn_is_refused(pg: PostgresServer, tmp_path: Path) -> None:
+    for dsn in (dsn_of(pg) + f" password={pg.password}",
+                f"postgresql://postgres:{pg.password}@127.0.0.1:{pg.port}/postgres"):
+        r = cli("init", str(tmp_path / "db"), "--storage", "postgresql", "--dsn", dsn,
+                "--admin-password", "x-admin-pw")
+        assert r.returncode != 0 and "contains a password" in r.stderr
+        assert not (tmp_path / "db" / "casemate.toml").exists()
+    with pytest.raises(StorageError) as e:
+        PostgreSQLBackend(settings(pg, dsn=dsn_of(pg) + f" password={pg.password}"))
+    assert pg.password not in e.value.message
+
+
+def test_password_file_must_be_private(pg: PostgresServer, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV)
+    pw = tmp_path / "pgpass"
+    pw.write_text(pg.password + "\n")
+    pw.chmod(0o644)
+    with pytest.raises(StorageError) as e:
+        PostgreSQLBackend(settings(pg, password_file=str(pw)))
+    assert "not private" in e.value.message and "chmod 600" in (e.value.hint or "")
+    pw.chmod(0o600)
+    PostgreSQLBackend(settings(pg, password_file=str(pw))).close()
+
+
+# -- 6. smaller ones ------------------------------------------------------------------------------
+@pytest.mark.parametrize("sql", ["COPY orders TO STDOUT", "COPY orders FROM STDIN",
+                                 "COPY (SELECT 1) TO STDOUT"])
+def test_copy_is_refused_and_the_session_goes_on(backend: PostgreSQLBackend, sql: str) -> None:
+    c = session(backend, "admin")
+    try:
+        assert code_of(c, sql) == "42501"
+        assert rows(c, "SELECT 1") == [(1,)]
+    finally:
+        c.close()
+
+
+def test_readonly_cannot_create_large_objects(backend: PostgreSQLBackend,
+                                              pg: PostgresServer) -> None:
+    c = session(backend, "readonly")
+    try:
+        for sql in ("SELECT lo_create(0)", "SELECT lo_from_bytea(0, 'x')", "SELECT \"lo_creat\"(-1)"):
+            assert code_of(c, sql) == "42501"
+    finally:
+        c.close()
+    with superuser(pg) as su:
+        assert su.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone() == (0,)
+
+
+def test_users_are_not_told_where_the_database_is(pg: PostgresServer,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    b = PostgreSQLBackend(settings(pg))
+    try:
+        b.check()  # serving from now on
+        b.settings = dataclasses.replace(b.settings, dsn=dsn_of(pg, port=1))
+        c = session(b, "readwrite")
+        with caplog.at_level(logging.ERROR, "casemate.storage.postgresql"), \
+                pytest.raises(StorageError) as e:
+            c.execute("SELECT 1", ())
+        said = f"{e.value.message} {e.value.hint}"
+        assert "storage unavailable" in said
+        for secret in ("127.0.0.1", "port", "postgres", RW):
+            assert secret not in said
+        assert "port=1" in caplog.text  # the administrator learns it from the log
+    finally:
+        b.close()
+
+
+def test_a_session_holding_the_setup_lock_does_not_hang_init(backend: PostgreSQLBackend,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    from casemate.storage import postgresql
+    monkeypatch.setattr(postgresql, "INIT_LOCK_SECONDS", 0.5)
+    c = session(backend, "readwrite")
+    try:
+        c.begin()
+        c.execute("SELECT pg_advisory_xact_lock(?)", (postgresql._INIT_LOCK,))
+        with pytest.raises(StorageError) as e:
+            backend.initialize()
+        assert e.value.code == "55P03" and "setup lock" in e.value.message
+        c.rollback()
+        backend.initialize()
+    finally:
+        c.close()
