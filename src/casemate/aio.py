@@ -310,6 +310,14 @@ class AsyncConnection:
     async def ping(self) -> None:
         await self._simple(Msg.SYNC)
 
+    def cancel(self) -> None:
+        """Stop the statement (or method) this connection waits for, e.g. from another task;
+        the awaiting call raises OperationalError with code 57014.  A no-op when nothing
+        is waiting, and it never stops a statement sent after it."""
+        frame = self._core.cancel_frame()
+        if frame is not None and self._writer is not None and self._broken is None:
+            self._writer.write(frame)  # out of band: no reply to wait for
+
     async def close(self) -> None:
         if self._writer is None:
             return
@@ -442,6 +450,10 @@ class AsyncCursor:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
+
+    def cancel(self) -> None:
+        """Stop the statement running on this cursor's connection."""
+        self.connection.cancel()
 
     async def nextset(self) -> None:
         return None

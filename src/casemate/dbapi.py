@@ -226,6 +226,14 @@ class Connection:
         """One round trip; raises OperationalError if the connection is gone."""
         self._simple(Msg.SYNC)
 
+    def cancel(self) -> None:
+        """Stop the statement (or method) this connection waits for; call it from another
+        thread.  The waiting call raises OperationalError with code 57014.  A no-op when
+        nothing is waiting, and it never stops a statement sent after it."""
+        chan = self._chan
+        if chan is not None:
+            chan.cancel()
+
     def admin(self, command: str, **args: Any) -> list[tuple[Any, ...]]:
         """Run an administration command (admin group only); return its rows.
 
@@ -446,6 +454,10 @@ class Cursor:
                 pass
         self.rowcount, self.lastrowid = rowcount, lastrowid  # still readable, as in sqlite3
         self._closed = True
+
+    def cancel(self) -> None:
+        """Stop the statement running on this cursor's connection (:meth:`Connection.cancel`)."""
+        self.connection.cancel()
 
     def setinputsizes(self, sizes: Any) -> None:
         pass

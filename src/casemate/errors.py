@@ -115,6 +115,7 @@ class Codes:
     ADMIN_SHUTDOWN = "57P01"
     IDLE_TIMEOUT = "57P05"
     ADMIN_MESSAGE = "01M00"
+    WARNING = "01000"
     SESSION_DROPPED = "57P02"
     NOT_SUPPORTED = "0A000"
     INVALID_CURSOR = "34000"
@@ -125,6 +126,7 @@ class Codes:
     UNDEFINED_METHOD = "42883"
     WRONG_ARGUMENTS = "42804"
     TIME_LIMIT = "57014"
+    QUERY_CANCELED = "57014"  # statement_timeout or a client's cancel, as in PostgreSQL
     OPERATIONAL = "58000"
 
 

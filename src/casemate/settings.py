@@ -167,6 +167,9 @@ _SCHEMA: dict[str, list[_Field]] = {
         _Field("max_sqlite_memory_mb", 1024, int,
                "SQLite: most memory all sessions' statements use together; a statement going "
                "beyond fails with \"out of memory\" (0 = no limit).", _range(0, 1 << 20)),
+        _Field("statement_timeout_seconds", 300.0, (int, float),
+               "A statement (or method) running longer is cancelled (0 = never); sessions may "
+               "lower it, only admins may raise it.", _range(0, 30 * 86400)),
     ],
     "methods": [
         _Field("time_limit_seconds", 30.0, (int, float),
@@ -240,6 +243,7 @@ class LimitsSettings:
     max_result_buffer_bytes: int
     max_value_bytes: int
     max_sqlite_memory_mb: int
+    statement_timeout_seconds: float
 
 
 @dataclasses.dataclass(frozen=True)

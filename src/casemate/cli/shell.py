@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -94,12 +97,36 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
+@contextlib.contextmanager
+def _ctrl_c_cancels(conn: Any) -> Iterator[None]:
+    """While a statement runs, Ctrl-C asks the server to stop it and the shell goes on
+    (the statement fails with 57014); a second Ctrl-C stops waiting, as before."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed = 0
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        nonlocal pressed
+        pressed += 1
+        if pressed > 1:
+            signal.default_int_handler(signum, frame)
+        # From a thread: this one may be in the middle of sending on the connection.
+        threading.Thread(target=conn.cancel, name="casemate-cancel", daemon=True).start()
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def _run(conn: Any, sql: str, timing: bool) -> None:
     t0 = time.perf_counter()
     cur = conn.cursor()
-    cur.execute(sql)
+    with _ctrl_c_cancels(conn):
+        cur.execute(sql)
+        rows = cur.fetchall() if cur.description is not None else []
     if cur.description is not None:
-        rows = cur.fetchall()
         click.echo(format_table([d[0] for d in cur.description], rows))
         summary = f"({len(rows)} row{'s' if len(rows) != 1 else ''})"
     else:
@@ -224,7 +251,9 @@ def shell(url: str, command: str | None, tls_ca: str | None, encryption: str,
     The password comes from the URL, CASEMATE_PASSWORD, or $CASEMATE_HOME/passwords,
     else it is asked for.  With -c or SQL on standard input, statements and
     backslash commands (where a statement could begin) run in order and
-    the exit code is 1 at the first error.
+    the exit code is 1 at the first error.  Ctrl-C while a statement runs
+    cancels it on the server (a second Ctrl-C stops waiting); SET
+    statement_timeout = '30s' bounds every statement of the session.
     """
     import casemate
     interactive = command is None and sys.stdin.isatty()

@@ -71,6 +71,9 @@ class TLSSocket:
         self.obj = obj
         self._in = incoming
         self._out = outgoing
+        # The SSL object is used by the reading thread and by a cancel from another thread:
+        # one at a time (OpenSSL's rule), and records go out in the order they were made.
+        self._lock = threading.Lock()
 
     @classmethod
     def handshake(cls, sock: socket.socket, ctx: ssl.SSLContext, hostname: str,
@@ -102,22 +105,24 @@ class TLSSocket:
         return cls(sock, obj, incoming, outgoing)
 
     def sendall(self, data: bytes) -> None:
-        self.obj.write(data)
-        self.raw.sendall(self._out.read())
+        with self._lock:
+            self.obj.write(data)
+            self.raw.sendall(self._out.read())
 
     def recv_into(self, buf: bytearray) -> int:
         """Decrypted bytes into ``buf``; 0 at the end of the stream."""
         obj = self.obj
         while True:
             if self._in.pending or obj.pending():
-                try:
-                    n = cast(int, obj.read(len(buf), buf))  # with a buffer: a count
-                except ssl.SSLWantReadError:
-                    n = -1  # an incomplete record: read more
-                except ssl.SSLZeroReturnError:
-                    return 0  # close_notify
-                if self._out.pending:  # a post-handshake reply (key update)
-                    self.raw.sendall(self._out.read())
+                with self._lock:
+                    try:
+                        n = cast(int, obj.read(len(buf), buf))  # with a buffer: a count
+                    except ssl.SSLWantReadError:
+                        n = -1  # an incomplete record: read more
+                    except ssl.SSLZeroReturnError:
+                        return 0  # close_notify
+                    if self._out.pending:  # a post-handshake reply (key update)
+                        self.raw.sendall(self._out.read())
                 if n >= 0:
                     return n
             rb = _rbuf
@@ -173,14 +178,23 @@ class Channel:
         self.login = login
         self.cache_key = cache_key
         self.broken: Error | None = None
+        self._send_lock = threading.Lock()  # a cancel may write from another thread
 
     def send(self, data: bytes) -> None:
         if self.broken:
             raise self.broken
         try:
-            self.sock.sendall(data)
+            with self._send_lock:
+                self.sock.sendall(data)
         except (OSError, ssl.SSLError) as e:
             raise self._lost(str(e)) from e
+
+    def cancel(self) -> None:
+        """Ask the server to stop the request this connection waits for (any thread)."""
+        frame = self.core.cancel_frame()
+        if frame is not None and not self.broken:
+            with contextlib.suppress(Error):
+                self.send(frame)
 
     def read_messages(self) -> None:
         """Block until at least one message has been dispatched, then dispatch all buffered."""

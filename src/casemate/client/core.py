@@ -35,7 +35,7 @@ from ..errors import (
     SecurityError,
     error_from_code,
 )
-from ..protocol import Message, Msg, ProtocolConnection, Role
+from ..protocol import Message, Msg, ProtocolConnection, Role, encode_frame
 from .known import KnownServer, KnownServers
 from .params import ConnectParams, Security, client_hello
 
@@ -199,6 +199,7 @@ class Request:
     done = False
     error: Error | None = None
     sent: tuple[Msg, Any] | None = None  # the request as sent: judged only if the link is lost
+    seq = 0  # its number among the session's requests (what a CANCEL names)
 
     def on_message(self, m: Message) -> bool:
         """Consume one reply; return True when this request is complete."""
@@ -292,8 +293,18 @@ class ClientCore:
         except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
             raise InterfaceError(f"cannot send this parameter: {e}") from None
         req.sent = (msg, body)
+        req.seq = self.proto.requests
         self.pending.append(req)
         return data
+
+    def cancel_frame(self) -> bytes | None:
+        """The CANCEL frame for every request awaiting its reply (up to the newest), or None
+        when none is.  Safe from another thread: it changes no state (out of band)."""
+        try:
+            req = self.pending[-1]
+        except IndexError:
+            return None
+        return encode_frame(Msg.CANCEL, req.seq)
 
     def dispatch(self, m: Message) -> None:
         if m.type is Msg.NOTICE:

@@ -78,6 +78,7 @@ class ConnectParams:
     # A server that does not answer TCP keepalive probes (or acknowledge what we sent) for
     # this long is dead: the waiting call fails instead of blocking (0 = off).
     keepalive: float = 30.0
+    statement_timeout: float | None = None  # seconds (0 = none); None: the server's default
 
     @property
     def server_key(self) -> str:
@@ -126,7 +127,7 @@ def parse_params(dsn: str | None = None, **kw: Any) -> ConnectParams:
     opts.update({k: v for k, v in kw.items() if v is not None})
     known = {"host", "port", "user", "password", "tls_ca", "tls_cert", "tls_key", "encryption",
              "connect_timeout", "program", "reconnect_attempts", "reconnect_delay",
-             "keepalive"}
+             "keepalive", "statement_timeout"}
     unknown = set(opts) - known
     if unknown:
         raise InterfaceError(f"unknown connection option(s): {', '.join(sorted(unknown))}; "
@@ -156,6 +157,8 @@ def parse_params(dsn: str | None = None, **kw: Any) -> ConnectParams:
         reconnect_attempts=int(opts.get("reconnect_attempts", 10)),
         reconnect_delay=float(opts.get("reconnect_delay", 0.2)),
         keepalive=_keepalive(opts.get("keepalive", 30.0)),
+        statement_timeout=(float(opts["statement_timeout"]) if "statement_timeout" in opts
+                           else None),
     )
 
 
@@ -172,5 +175,8 @@ def _keepalive(v: Any) -> float:
 def client_hello(params: ConnectParams) -> dict[str, Any]:
     from ..protocol import PROTOCOL_VERSION
     # "result": this client understands RESULT frames (small results in one frame).
-    return {"protocol": PROTOCOL_VERSION, "program": params.program[:200],
-            "host": socket.gethostname()[:200], "features": ["result"]}
+    hello: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "program": params.program[:200],
+                             "host": socket.gethostname()[:200], "features": ["result"]}
+    if params.statement_timeout is not None:
+        hello["statement_timeout"] = params.statement_timeout
+    return hello

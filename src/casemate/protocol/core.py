@@ -17,6 +17,11 @@ Each direction has its own small state machine (:data:`CLIENT_TRANSITIONS`,
 :data:`SERVER_TRANSITIONS`): the handshake and SCRAM messages come first, in
 order, and nothing else is legal until the login has finished.  Sending or
 receiving a message that the table does not allow raises :class:`ProtocolError`.
+
+Both ends number the client's requests after the login (1, 2, ...; counted in
+:attr:`ProtocolConnection.requests`).  ``CANCEL`` is not one: it carries the
+number of the newest request to stop, so a cancel never reaches a request sent
+after it, however late it arrives.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ class Msg(bytes, enum.Enum):
     ADMIN = b"W"
     CALL = b"K"
     TERMINATE = b"T"
+    CANCEL = b"I"  # stop requests up to n (out of band: not a request, no reply)
     # server -> client
     HELLO_OK = b"h"
     SASL_CHALLENGE = b"A"
@@ -165,6 +171,7 @@ class ProtocolConnection:
         self._buf = bytearray()
         self._pos = 0
         self._eof = False
+        self.requests = 0  # client requests sent (client) or received (server) since login
 
     # -- outgoing ---------------------------------------------------------
     def send(self, msg: Msg, body: Any = None) -> bytes:
@@ -191,6 +198,8 @@ class ProtocolConnection:
         if msg is Msg.TERMINATE and sender_is_client:
             self.client_state = State.CLOSED
             return
+        if msg is Msg.CANCEL and sender_is_client and self.client_state is State.READY:
+            return  # out of band: no state change, not counted as a request
         if sender_is_client:
             table, state = CLIENT_TRANSITIONS, self.client_state
         else:
@@ -203,6 +212,8 @@ class ProtocolConnection:
                 Codes.PROTOCOL_VIOLATION,
             )
         if sender_is_client:
+            if state is State.READY:
+                self.requests += 1
             self.client_state = nxt
         else:
             self.server_state = nxt

@@ -5,7 +5,8 @@ A call runs in a worker thread on the session's own storage connection
 method's changes are kept with the caller's transaction on success and
 undone if it raises or runs over ``methods.time_limit_seconds``.  A method
 over its limit gets an exception raised into its thread and its SQLite
-statement interrupted; the event loop never waits on it.
+statement interrupted; the event loop never waits on it.  A cancel and the
+session's statement timeout stop it the same way (``Session.call``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from ..errors import Codes, Error
 from ..methods import ArgumentError, MethodContext, RowStream, ServerMethod
 from ..storage import StorageConnection, StorageCursor
 
-__all__ = ["MethodTimeout", "RESULT_COLUMN", "IterCursor", "run_method", "stop_thread"]
+__all__ = ["MethodTimeout", "RESULT_COLUMN", "IterCursor", "run_method", "stop_method",
+           "stop_thread"]
 
 RESULT_COLUMN = "__result__"  # DESCRIPTION of a single-value result (not rows)
 _savepoints = itertools.count(1)
@@ -140,6 +142,13 @@ def stop_thread(ident: int) -> None:
                                                ctypes.py_object(MethodTimeout))
 
 
+def stop_method(holder: dict[str, int]) -> None:
+    """Stop the method whose thread ``holder`` names, if it is still running one."""
+    with _stop_lock:
+        if "thread" in holder:
+            stop_thread(holder["thread"])
+
+
 def method_error(e: BaseException, name: str) -> Error:
     """What the caller sees when a method fails: type and message, never a traceback."""
     if isinstance(e, ArgumentError):
@@ -157,9 +166,7 @@ async def guarded(coro_factory: Any, conn: StorageConnection, holder: dict[str, 
     except TimeoutError:
         pass
     for _ in range(50):  # ask repeatedly: the thread may be inside a C call
-        with _stop_lock:
-            if "thread" in holder:
-                stop_thread(holder["thread"])
+        stop_method(holder)
         conn.interrupt()
         done, _ = await asyncio.wait({fut}, timeout=0.1)
         if done:

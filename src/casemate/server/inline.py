@@ -10,8 +10,17 @@ take less than ``limit`` seconds.  A statement never seen before, a slow one
 backend that waits on the network (PostgreSQL) go to a worker thread, so one
 slow statement still blocks only its own session.  The estimate is the mean of
 the last run and the estimate before it, so one run longer than about twice the
-limit sends the next call of its kind to a thread: the event loop is held up by
-one mispredicted long call of a kind, not by a series.
+limit sends the next call of its kind to a thread.
+
+An estimate is a guess from history, and history can be trained (the same SQL
+text with a small bound, then a huge one).  So a call run in the event loop is
+also bounded by the work it does: the storage stops it after :attr:`CostModel.cutoff`
+seconds (SQLite's progress handler) and undoes it (:class:`~casemate.storage.TooLong`),
+the session runs it again in a worker thread, and the estimate learns.  Only calls
+that can be stopped and run again are inlined: never a fetch from an open cursor
+(the rows already read would be lost), never a write inside a transaction (SQLite
+undoes the whole transaction when it stops one).  The event loop is held up for
+at most about ``cutoff``, whatever a session sends.
 """
 
 from __future__ import annotations
@@ -27,6 +36,11 @@ T = TypeVar("T")
 # Keys remembered (statement texts are part of the key; a long one is never inlined).
 MAX_KEYS = 2048
 MAX_KEY_TEXT = 4096
+# A call in the event loop is stopped after this many times the limit (at least 2 ms):
+# long enough that a call near the limit is not cut off and run twice, short enough that
+# no session holds up the others noticeably.
+CUTOFF_FACTOR = 10
+MIN_CUTOFF = 0.002
 
 
 class CostModel:
@@ -34,6 +48,8 @@ class CostModel:
 
     def __init__(self, limit_seconds: float) -> None:
         self.limit = limit_seconds
+        self.cutoff = max(MIN_CUTOFF, CUTOFF_FACTOR * limit_seconds)
+        self.cut_calls = 0  # inline calls stopped at the cut-off and run again in a thread
         self._est: dict[Hashable, float] = {}
         self.inline_calls = 0  # counted in the event loop's thread only
         self.thread_calls = 0

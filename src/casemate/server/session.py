@@ -14,6 +14,7 @@ import datetime as dt
 import itertools
 import logging
 import random
+import re
 import sqlite3
 import ssl
 import time
@@ -25,10 +26,10 @@ from ..admin import run_admin_command
 from ..errors import Codes, Error, ProtocolError
 from ..methods import MethodContext
 from ..protocol import NEED_DATA, PROTOCOL_VERSION, Message, Msg, ProtocolConnection, Role, codec
-from ..storage import Busy, StorageConnection, StorageCursor, StorageError
+from ..storage import Busy, Interrupted, StorageConnection, StorageCursor, StorageError, TooLong
 from ..storage.access import PermissionDenied, Policy
 from .auth import ScramException, ScramLogin, mechanism_for
-from .calls import IterCursor, guarded, method_error, run_method
+from .calls import IterCursor, guarded, method_error, run_method, stop_method
 from .monitor import SERVER_COMMANDS, run_server_command
 
 if TYPE_CHECKING:
@@ -48,6 +49,12 @@ BATCH_BYTES = 1024 * 1024
 SUBCHUNK_ROWS = 256
 MAX_BATCH_ROWS = 100_000
 MAX_PORTALS = 256
+# SET / SHOW statement_timeout, answered by the session itself (PostgreSQL's syntax: a
+# bare number is milliseconds), so it never reaches a pooled storage connection.
+_SET_TIMEOUT = re.compile(r"\s*SET\s+(?:SESSION\s+)?statement_timeout\s*(?:=|\s+TO\s)\s*"
+                          r"'?\s*([^';]*?)\s*'?\s*;?\s*\Z", re.I)
+_SHOW_TIMEOUT = re.compile(r"\s*SHOW\s+statement_timeout\s*;?\s*\Z", re.I)
+_UNITS = {"": 0.001, "ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
 _ids = itertools.count(1)
 _RDN_NAMES = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
@@ -87,6 +94,8 @@ def storage_error(e: BaseException, busy_timeout: float) -> Error:
     msg = str(e)
     if isinstance(e, StorageError):
         return Error(e.message, e.code, e.hint)
+    if isinstance(e, Interrupted):  # stopped without the session asking (a method's limit)
+        return Error("statement interrupted", Codes.QUERY_CANCELED)
     if isinstance(e, Busy):  # met where no retry is possible (e.g. reading a later batch)
         return Error("database is busy: another session holds the write lock", Codes.BUSY,
                      "roll back and retry the transaction")
@@ -130,6 +139,25 @@ class _Closed(Exception):
     """The peer went away or the session must end."""
 
 
+class _Running:
+    """The storage call a session has in a worker thread: what a cancel, the statement
+    timeout or the session's end stops."""
+
+    __slots__ = ("conn", "holder", "reason")
+
+    def __init__(self, conn: StorageConnection, holder: dict[str, int] | None) -> None:
+        self.conn = conn
+        self.holder = holder  # a server method's thread, to stop as well
+        self.reason: str | None = None  # why it was stopped
+
+    def stop(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.conn.interrupt()
+        if self.holder is not None:
+            stop_method(self.holder)
+
+
 class Session(asyncio.Protocol):
     """Protocol + task for one connection; the server keeps it in its registry."""
 
@@ -171,6 +199,15 @@ class Session(asyncio.Protocol):
         self.waiting = False
         self.result_frames = False  # the client takes RESULT frames (HELLO "features")
         self._holding = False  # in data_received: replies are written once, at its end
+        # Requests are numbered from 1 in the order received, as the client numbers them:
+        # a CANCEL names the one it means, so it never stops a later one.
+        self.seq = 0  # the request being served (or last served)
+        self.cancel_seq = 0  # the client cancelled every request up to this one
+        self.running: _Running | None = None
+        # The open transaction ran work in a thread (its writes all do): its COMMIT may
+        # write many pages and fsync, so it runs in a thread too, however short the last.
+        self.txn_wrote = False
+        self.statement_timeout = server.settings.limits.statement_timeout_seconds
 
     # -- asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -199,6 +236,9 @@ class Session(asyncio.Protocol):
         try:
             while (ev := self.proto.next_event()) is not NEED_DATA:
                 assert isinstance(ev, Message)
+                if ev.type is Msg.CANCEL:  # out of band: never queued behind the request
+                    self._on_cancel(ev.body)
+                    continue
                 if (self.inbox or not self.waiting or not self.can_write.is_set()
                         or not self._serve_now(ev)):
                     self.inbox.append(ev)
@@ -223,6 +263,7 @@ class Session(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_running("the client disconnected")
         self.closed = True
         self.wakeup.set()
         self.can_write.set()
@@ -270,6 +311,7 @@ class Session(asyncio.Protocol):
         self.close()
 
     def close(self) -> None:
+        self._stop_running(self.end_reason)  # a drop, a shutdown: the work stops at once
         if self.transport is not None and not self.closed:
             self._flush()
             self.transport.close()
@@ -289,17 +331,90 @@ class Session(asyncio.Protocol):
             self.transport.resume_reading()
         return self.inbox.popleft()
 
-    async def call(self, fn: Callable[..., T], *args: Any, key: Hashable | None = None) -> T:
+    async def call(self, fn: Callable[..., T], *args: Any, key: Hashable | None = None,
+                   holder: dict[str, int] | None = None) -> T:
         """Run a blocking storage call: directly, when calls of kind ``key`` have been seen
-        to be short (``server.inline``), otherwise in a worker thread."""
+        to be short (``server.inline``) and this one stays short, otherwise in a worker
+        thread, where a cancel or the statement timeout stops it (``holder``: a server
+        method's thread, stopped with it)."""
+        conn = self.storage
+        if conn is not None and self.server.cost.inline(key):
+            try:
+                return self._inline(conn, key, fn, *args)
+            except TooLong:
+                pass  # stopped at the cut-off and undone: run it again in a thread
+        return await self._in_thread(conn, key, holder, fn, *args)
+
+    def _inline(self, conn: StorageConnection, key: Hashable | None, fn: Callable[..., T],
+                *args: Any) -> T:
+        """Run in the event loop, stopped (TooLong) past the cost model's cut-off."""
         cost = self.server.cost
-        if cost.inline(key):
+        conn.arm(cost.cutoff)
+        try:
             return cost.run_inline(key, fn, *args)
+        except TooLong:
+            cost.cut_calls += 1
+            cost.record(key, cost.cutoff)  # however quickly it was stopped: a thread next time
+            raise
+        finally:
+            conn.arm()
+
+    async def _in_thread(self, conn: StorageConnection | None, key: Hashable | None,
+                         holder: dict[str, int] | None, fn: Callable[..., T], *args: Any) -> T:
+        cost = self.server.cost
         loop = asyncio.get_running_loop()
         cost.thread_calls += 1
-        if key is None:
-            return await loop.run_in_executor(self.server.executor, fn, *args)
-        return await loop.run_in_executor(self.server.executor, cost.timed, key, fn, *args)
+        work = (fn, *args) if key is None else (cost.timed, key, fn, *args)
+        if conn is None:  # no statement runs without a storage connection
+            return await loop.run_in_executor(self.server.executor, *work)
+        if self.closed:  # dropped, disconnected, shut down: start nothing more
+            raise self._stop_error(self.end_reason)
+        if self.cancel_seq >= self.seq:
+            raise self._stop_error("cancel")
+        conn.arm()
+        run = self.running = _Running(conn, holder)
+        limit = self.statement_timeout
+        timer = loop.call_later(limit, run.stop, "timeout") if limit else None
+        try:
+            return await loop.run_in_executor(self.server.executor, *work)
+        except BaseException as e:  # a stopped method's thread raises MethodTimeout
+            if run.reason is not None and not isinstance(e, asyncio.CancelledError):
+                raise self._stop_error(run.reason) from e
+            raise
+        finally:
+            if conn.in_transaction:
+                self.txn_wrote = True
+            if self.running is run:
+                self.running = None
+            if timer is not None:
+                timer.cancel()
+
+    def _stop_running(self, reason: str) -> None:
+        if self.running is not None:
+            self.running.stop(reason)
+
+    def _on_cancel(self, body: Any) -> None:
+        """CANCEL n: stop every request up to n that runs now or has not started (the
+        later ones are not the client's to cancel yet); those answered already are done."""
+        if not isinstance(body, int) or isinstance(body, bool):
+            raise ProtocolError("malformed CANCEL message", Codes.PROTOCOL_VIOLATION)
+        if body > self.cancel_seq:
+            self.cancel_seq = body
+        if body >= self.seq:
+            self._stop_running("cancel")
+
+    def _stop_error(self, reason: str) -> Error:
+        if reason == "timeout":
+            return Error(f"canceling statement due to statement timeout "
+                         f"({self.statement_timeout:g} s)", Codes.QUERY_CANCELED,
+                         "make the statement cheaper, or give this session more time: "
+                         "SET statement_timeout = '10min' (limits.statement_timeout_seconds "
+                         "is the default and, except for admins, the most)")
+        if reason == "cancel":
+            return Error("canceling statement due to user request", Codes.QUERY_CANCELED,
+                         "the client cancelled it (cancel() or Ctrl-C in casemate shell); in "
+                         "a transaction, roll back before going on")
+        return Error(f"canceling statement: {reason}", Codes.QUERY_CANCELED)
 
     def key(self, *parts: Any) -> Hashable | None:
         """The kind of a storage call, for :meth:`call` (None: always a worker thread)."""
@@ -498,7 +613,21 @@ class Session(asyncio.Protocol):
                                 "backend": self.server.backend.name,
                                 "publication": self.server.settings.network.publication_name,
                                 "user": self.user, "group": self.group})
+        self._hello_timeout(body.get("statement_timeout"))
         return True
+
+    def _hello_timeout(self, wanted: Any) -> None:
+        """The client's statement_timeout (seconds, in HELLO); one over the limit is lowered
+        to it, with a notice, rather than failing the login."""
+        if wanted is None:
+            return
+        try:
+            if not isinstance(wanted, int | float) or isinstance(wanted, bool) or wanted < 0:
+                raise Error(f"invalid statement_timeout {wanted!r}", Codes.DATA)
+            self._set_timeout(float(wanted))
+        except Error as e:
+            self.notice(Codes.WARNING, f"{e.message}; statement_timeout stays "
+                        f"{self.statement_timeout:g} s")
 
     def _login_failed(self, name: str, reason: str) -> bool:
         log.warning("login failed for user %r from %s (%s)", name, self.peer, reason)
@@ -513,6 +642,7 @@ class Session(asyncio.Protocol):
 
     # -- requests ---------------------------------------------------------
     async def handle(self, m: Message) -> None:
+        self.seq += 1
         handler = self._handlers.get(m.type)
         if handler is None:
             raise ProtocolError(f"unexpected {m.type.name} message", Codes.PROTOCOL_VIOLATION)
@@ -562,6 +692,7 @@ class Session(asyncio.Protocol):
             raise
         except _REPORTED as e:
             self._failed(e)
+        self.seq += 1
         self.last_active = time.monotonic()
         self.maybe_release()
         return True
@@ -572,17 +703,18 @@ class Session(asyncio.Protocol):
         key = self.key(sql, begin or (conn is not None and conn.in_transaction))
         if portal in self.portals or not self.server.cost.inline(key):
             return False
+        if conn is not None and not self._may_cut(conn, sql, params):
+            return False  # a write in a transaction: in a thread, where it cannot stall us
         self._check_statement(sql)
         self._check_portals()
         if conn is None:
             conn = self.storage = self._acquire()
         try:
             self._count_statement()
-            result = self.server.cost.run_inline(
-                key, _execute_first, conn, sql, params, begin, batch)
-        except Busy:
+            result = self._inline(conn, key, _execute_first, conn, sql, params, begin, batch)
+        except (Busy, TooLong):
             self._count_statement(-1)
-            return False  # nothing ran: the task waits for the lock and retries
+            return False  # nothing ran: the task waits for the lock (or a thread) and retries
         self._query_done(portal, sql, conn, result)
         return True
 
@@ -590,11 +722,11 @@ class Session(asyncio.Protocol):
         s = self.storage
         if s is not None:
             key = self.key("commit" if commit else "rollback")
-            if self.portals or not self.server.cost.inline(key):
+            if self.portals or not self.server.cost.inline(key) or (commit and self.txn_wrote):
                 return False
             try:
-                self.server.cost.run_inline(key, s.commit if commit else s.rollback)
-            except Busy:
+                self._inline(s, key, s.commit if commit else s.rollback)
+            except (Busy, TooLong):
                 return False
             self.server.lock_released()
         self._complete()
@@ -651,12 +783,55 @@ class Session(asyncio.Protocol):
         self._check_statement(sql)
         if portal in self.portals:
             await self.call(self.portals.pop(portal).close, key=self.key("close"))
+        if self._session_statement(sql):
+            return
         self._check_portals()
         conn = await self._storage()
         self._count_statement()
+        key = self.key(sql, begin or conn.in_transaction)
+        if key is not None and not self._may_cut(conn, sql, params):
+            key = None  # a write in a transaction: never cut off, so never in the event loop
         result = await self.call_retrying(_execute_first, conn, sql, params, begin, batch,
-                                          key=self.key(sql, begin or conn.in_transaction))
+                                          key=key)
         self._query_done(portal, sql, conn, result)
+
+    def _may_cut(self, conn: StorageConnection, sql: str, params: tuple[Any, ...]) -> bool:
+        """Whether ``sql`` may run in the event loop, where it is stopped at the cut-off and
+        run again: stopping a write undoes its transaction and the session's open cursors
+        with it, so with either open only a statement that writes nothing may."""
+        return not (conn.in_transaction or self.portals) or conn.read_only(sql, params)
+
+    def _session_statement(self, sql: str) -> bool:
+        """Answer SET / SHOW statement_timeout here; False for any other statement."""
+        if m := _SET_TIMEOUT.match(sql):
+            self._set_timeout(self._parse_timeout(m.group(1)))
+            self._complete()
+            return True
+        if _SHOW_TIMEOUT.match(sql):
+            self.send(Msg.DESCRIPTION, [("statement_timeout", "text")])
+            self._write(self.proto.send(Msg.ROWS, [[(f"{self.statement_timeout:g}s",)]]))
+            self._complete(1)
+            return True
+        return False
+
+    def _parse_timeout(self, text: str) -> float:
+        if text.upper() == "DEFAULT":
+            return self.server.settings.limits.statement_timeout_seconds
+        m = re.fullmatch(r"([0-9]+(?:\.[0-9]*)?)\s*([a-z]*)", text.lower())
+        if m is None or m.group(2) not in _UNITS:
+            raise Error(f"invalid value for statement_timeout: {text!r}", Codes.DATA,
+                        "a number of milliseconds, or with a unit: '500ms', '30s', '5min', '1h'")
+        return float(m.group(1)) * _UNITS[m.group(2)]
+
+    def _set_timeout(self, seconds: float) -> None:
+        """This session's statement timeout (0 = none); above the server's setting only for
+        admins, so a user cannot opt out of what protects the others."""
+        most = self.server.settings.limits.statement_timeout_seconds
+        if most and self.group != "admin" and not 0 < seconds <= most:
+            raise Error(f"statement_timeout may be at most {most:g} s for group {self.group!r} "
+                        "(limits.statement_timeout_seconds)", Codes.INSUFFICIENT_PRIVILEGE,
+                        "an administrator can raise limits.statement_timeout_seconds")
+        self.statement_timeout = seconds
 
     def _query_done(self, portal: int, sql: str, conn: StorageConnection,
                     result: tuple[StorageCursor, tuple[bytes, int, bool, list[Any]] | None]
@@ -664,8 +839,6 @@ class Session(asyncio.Protocol):
         cur, first = result
         if not conn.in_transaction:
             self.server.lock_released()  # an autocommit write just ended
-        if first is not None and first[2]:
-            cur.cost_key = self.key("fetch", sql)
         self._send_result(portal, cur, first, describe=True)
         if first is not None and portal not in self.portals:
             cur.close()  # exhausted: closing a finished cursor does no I/O
@@ -716,13 +889,15 @@ class Session(asyncio.Protocol):
         limit = self.server.settings.methods.time_limit_seconds
 
         def work() -> Any:
-            return self.call(run_method, conn, m, ctx, args, dict(kwargs), begin, holder)
+            return self.call(run_method, conn, m, ctx, args, dict(kwargs), begin, holder,
+                             holder=holder)
         try:
             # A method that meets another session's write lock is undone to its savepoint;
             # it runs again once the lock is released, like a statement.
             cur = await self.retrying(lambda: guarded(work, conn, holder, limit, name))
-            first = await guarded(lambda: self.call(fetch_batch, cur, _batch(batch)), conn,
-                                  holder, limit, name)
+            first = await guarded(lambda: self.call(fetch_batch, cur, _batch(batch),
+                                                    holder=getattr(cur, "holder", None)),
+                                  conn, holder, limit, name)
         except (Error, PermissionDenied, Busy, StorageError, sqlite3.Error):
             raise
         except BaseException as e:  # the method's own exception: type and message only
@@ -741,10 +916,10 @@ class Session(asyncio.Protocol):
             raise Error(f"cursor {portal} has no pending result", Codes.INVALID_CURSOR)
         if isinstance(cur, IterCursor) and self.storage is not None:  # a method's rows
             conn, limit = self.storage, self.server.settings.methods.time_limit_seconds
-            first = await guarded(lambda: self.call(fetch_batch, cur, batch), conn,
-                                  cur.holder, limit, cur.name)
-        else:
-            first = await self.call(fetch_batch, cur, batch, key=cur.cost_key)
+            first = await guarded(lambda: self.call(fetch_batch, cur, batch, holder=cur.holder),
+                                  conn, cur.holder, limit, cur.name)
+        else:  # in a thread: an open cursor cannot be cut off and run again
+            first = await self.call(fetch_batch, cur, batch)
         self._send_result(portal, cur, first, describe=False)
         if portal not in self.portals:
             cur.close()
@@ -762,16 +937,18 @@ class Session(asyncio.Protocol):
         conn = await self._storage()
         self.statements += 1
         self.server.statements += 1
-        n = await self.call_retrying(
-            _execute_many, conn, sql, seq, begin,
-            key=self.key(sql, len(seq).bit_length(), begin or conn.in_transaction))
+        # In a transaction, in a thread: a write stopped part-way undoes the transaction.
+        key = (None if conn.in_transaction or self.portals
+               else self.key(sql, len(seq).bit_length(), begin))
+        n = await self.call_retrying(_execute_many, conn, sql, seq, begin, key=key)
         if not conn.in_transaction:
             self.server.lock_released()
         self._complete(n, None)
 
     async def on_commit(self, body: Any) -> None:
         if self.storage is not None:
-            await self.call_retrying(self.storage.commit, key=self.key("commit"))
+            await self.call_retrying(self.storage.commit,
+                                     key=None if self.txn_wrote else self.key("commit"))
             self.server.lock_released()
         self._complete()
 
@@ -825,6 +1002,8 @@ class Session(asyncio.Protocol):
     def maybe_release(self) -> None:
         """Give the storage connection back when no transaction or cursor needs it."""
         s = self.storage
+        if s is None or not s.in_transaction:
+            self.txn_wrote = False
         if s is not None and not self.portals and not s.in_transaction:
             self.storage = None
             self.server.pool.release(s)
@@ -860,8 +1039,8 @@ class Session(asyncio.Protocol):
 
 
 # Request failures reported to the client as errors (the session goes on).
-_REPORTED = (Error, sqlite3.Error, StorageError, PermissionDenied, Busy, ValueError, TypeError,
-             ArithmeticError)
+_REPORTED = (Error, sqlite3.Error, StorageError, PermissionDenied, Busy, Interrupted, ValueError,
+             TypeError, ArithmeticError)
 
 
 def _shape(body: Any, name: str, *types: type) -> tuple[Any, ...]:

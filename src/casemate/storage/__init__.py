@@ -8,9 +8,11 @@ from .base import (
     BUILTIN_GROUPS,
     Backend,
     Busy,
+    Interrupted,
     StorageConnection,
     StorageCursor,
     StorageError,
+    TooLong,
     UserRecord,
 )
 from .sqlite import SQLiteBackend
@@ -19,6 +21,8 @@ __all__ = [
     "BUILTIN_GROUPS",
     "Backend",
     "Busy",
+    "Interrupted",
+    "TooLong",
     "StorageError",
     "StorageConnection",
     "StorageCursor",

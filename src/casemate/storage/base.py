@@ -19,7 +19,7 @@ from typing import Any
 
 from .access import Policy
 
-__all__ = ["BUILTIN_GROUPS", "Busy", "StorageError", "UserRecord", "StorageCursor",
+__all__ = ["BUILTIN_GROUPS", "Busy", "Interrupted", "TooLong", "StorageError", "UserRecord", "StorageCursor",
            "StorageConnection", "Backend"]
 
 
@@ -42,6 +42,19 @@ class Busy(Exception):
     Backends raise it at once instead of blocking a worker thread: the session
     waits (without holding a thread) and retries until the busy timeout.
     """
+
+
+class Interrupted(Exception):
+    """The running statement was stopped by :meth:`StorageConnection.interrupt` (a cancel,
+    a statement timeout, the session's end).  The statement left nothing behind; an
+    explicit transaction it ran in may be rolled back with it (then ``COMMIT`` says so)."""
+
+
+class TooLong(Exception):
+    """A call run in the event loop went past its cut-off (:meth:`StorageConnection.arm`)
+    and was stopped.  It left nothing behind (no row sent, the statement undone): the
+    caller runs it again in a worker thread."""
+
 
 BUILTIN_GROUPS = ("admin", "readwrite", "readonly")
 # Statements that never write: a transaction that ran only these holds no write lock.
@@ -136,7 +149,20 @@ class StorageConnection(abc.ABC):
 
     @abc.abstractmethod
     def interrupt(self) -> None:
-        """Abort the statement running in another thread (thread-safe)."""
+        """Abort the statement running in another thread (thread-safe); it raises
+        :class:`Interrupted` or a StorageError with code 57014.  Stays in force until the
+        next :meth:`arm`, so a cancel never reaches a later call."""
+
+    def arm(self, inline_seconds: float = 0.0) -> None:  # noqa: B027 - only SQLite inlines
+        """A new call starts: forget an earlier :meth:`interrupt`.  With ``inline_seconds``
+        (a call in the event loop), stop it with :class:`TooLong` once it has run that long."""
+
+    def read_only(self, sql: str, params: Sequence[Any]) -> bool:
+        """Whether ``sql`` writes nothing (False when unknown).  Stopping a statement that
+        writes can undo more than the statement (SQLite: the whole transaction, and the
+        connection's other open cursors), so only these may be cut off part-way and run
+        again once a transaction or a cursor is open."""
+        return False
 
     @abc.abstractmethod
     def set_policy(self, policy: Policy) -> None:

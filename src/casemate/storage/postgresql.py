@@ -427,7 +427,16 @@ class _Connection(StorageConnection):
             self._close_cursors()
             self._give_back(force=True)
 
+    def _settle(self) -> None:
+        """Wait for a cancel request still on its way (interrupt), so that it never reaches
+        a later statement of this session or, once the connection is back in the pool,
+        of another."""
+        if self._cancelling.locked():
+            with self._cancelling:
+                pass
+
     def _take(self) -> _Phys:
+        self._settle()
         if self._lost is not None:
             raise self._lost
         if self._phys is None:
@@ -435,6 +444,7 @@ class _Connection(StorageConnection):
         return self._phys
 
     def _give_back(self, force: bool = False) -> None:
+        self._settle()
         p = self._phys
         if p is None or (not force and (self._cursors or self.in_transaction)):
             return

@@ -17,6 +17,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -34,9 +35,11 @@ from .base import (
     BUILTIN_GROUPS,
     Backend,
     Busy,
+    Interrupted,
     StorageConnection,
     StorageCursor,
     StorageError,
+    TooLong,
     UserRecord,
 )
 
@@ -139,9 +142,28 @@ def _out_of_memory() -> StorageError:
                         "select fewer or smaller values at once")
 
 
+# The progress handler runs every this many virtual-machine steps (a few microseconds of
+# work): often enough to stop a statement within well under a millisecond of its cut-off,
+# rarely enough to cost nothing measurable (a primary-key lookup never reaches it).
+PROGRESS_STEPS = 1000
+# The progress handler cannot stop one long step: a function building a huge value
+# (randomblob(200000000): over a second).  In the event loop values are therefore held to
+# this size (SQLITE_LIMIT_LENGTH; a few milliseconds of work); a call that needs more is
+# stopped ("too big") and run again in a thread, with the connection's usual limit.
+INLINE_MAX_LENGTH = 256 * 1024
+_TOOBIG = 18  # SQLITE_TOOBIG
+_INLINE = "inline"  # _Connection._stop: the event-loop cut-off passed
+_STOP = "stop"      # _Connection._stop: interrupt() was called
+# SQL text -> "writes nothing" (EXPLAIN), for read_only; bounded, cleared when full.
+_readonly: dict[str, bool] = {}
+_MAX_READONLY = 2048
+_WRITE_OPS = ("Vacuum", "JournalMode")  # besides a write Transaction: what clears readOnly
+
+
 class _Cursor(StorageCursor):
-    def __init__(self, cur: sqlite3.Cursor) -> None:
+    def __init__(self, cur: sqlite3.Cursor, conn: _Connection) -> None:
         self._cur = cur
+        self._conn = conn
         d = cur.description
         self.description = [(c[0], None) for c in d] if d else None
         self.rowcount = cur.rowcount
@@ -152,6 +174,8 @@ class _Cursor(StorageCursor):
             return self._cur.fetchmany(n)
         except MemoryError as e:
             raise _out_of_memory() from e
+        except (sqlite3.OperationalError, sqlite3.DataError) as e:
+            raise self._conn._denied(e) from e
 
     def close(self) -> None:
         self._cur.close()
@@ -179,6 +203,73 @@ class _Connection(StorageConnection):
         self.policy = Policy("readonly")
         self._query_only = False
         self.set_policy(self.policy)
+        self._stop: str | None = None  # why the progress handler stops the running statement
+        self._inline_until = 0.0  # monotonic cut-off of a call run in the event loop (0: none)
+        self._lost = False  # an interrupted write took the open transaction with it
+        self._length = 0  # the usual SQLITE_LIMIT_LENGTH while a call runs in the event loop
+        self._db.set_progress_handler(self._progress, PROGRESS_STEPS)
+
+    # -- stopping a running statement (cancel, statement timeout, event-loop cut-off) --
+    def _progress(self) -> int:
+        # Called by SQLite in the thread running the statement; non-zero stops it (it
+        # fails with "interrupted" and is undone).  Unlike sqlite3_interrupt(), this stops
+        # only what runs while _stop is set, never a statement started after arm().
+        if self._stop is not None:
+            return 1
+        if self._inline_until and time.monotonic() > self._inline_until:
+            self._stop = _INLINE
+            return 1
+        return 0
+
+    def arm(self, inline_seconds: float = 0.0) -> None:
+        self._stop = None
+        limit = sqlite3.SQLITE_LIMIT_LENGTH
+        if inline_seconds:
+            self._inline_until = time.monotonic() + inline_seconds
+            self._length = self._db.getlimit(limit)
+            self._db.setlimit(limit, min(self._length, INLINE_MAX_LENGTH))
+        else:
+            self._inline_until = 0.0
+            if self._length:
+                self._db.setlimit(limit, self._length)
+                self._length = 0
+
+    def interrupt(self) -> None:
+        self._stop = _STOP
+
+    def read_only(self, sql: str, params: Sequence[Any]) -> bool:
+        # EXPLAIN tells, as SQLite's own sqlite3_stmt_readonly() does (which Python does not
+        # offer): a write Transaction opcode, VACUUM or a journal mode change.
+        ro = _readonly.get(sql)
+        if ro is None:
+            try:
+                ops = self._db.execute("EXPLAIN " + sql, _big_ints(params)).fetchall()
+            except (sqlite3.Error, ValueError):
+                return False  # it fails in a thread as well, with the real error
+            ro = not any((op[1] == "Transaction" and op[3]) or op[1] in _WRITE_OPS
+                         for op in ops)
+            if len(_readonly) >= _MAX_READONLY:
+                _readonly.clear()
+            _readonly[sql] = ro
+        return ro
+
+    def _stopped(self, was_txn: bool) -> Exception:
+        why, self._stop = self._stop, None
+        if why == _INLINE:
+            return TooLong()
+        if was_txn and not self._db.in_transaction:
+            self._lost = True  # COMMIT must not report success for what SQLite undid
+        return Interrupted("statement interrupted")
+
+    def _check_lost(self, committing: bool = False) -> None:
+        if self._lost:
+            self._lost = not committing  # COMMIT reports it and ends the transaction
+            raise StorageError(
+                "the transaction was rolled back" + (", not committed" if committing else "")
+                + ": a statement in it was cancelled (a cancel, a statement timeout or the "
+                "session's end) while it was writing", "25P02",
+                "run the transaction again" if committing
+                else "roll back, then run the transaction again")
 
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy
@@ -199,7 +290,12 @@ class _Connection(StorageConnection):
             # before the method must be prepared (and refused) again.
             self._db.set_authorizer(authorizer_for(self.policy))
 
-    def _denied(self, e: sqlite3.DatabaseError) -> Exception:
+    def _denied(self, e: sqlite3.DatabaseError, was_txn: bool = False) -> Exception:
+        code = getattr(e, "sqlite_errorcode", 0)
+        if self._stop is not None and code == sqlite3.SQLITE_INTERRUPT:
+            return self._stopped(was_txn)
+        if self._inline_until and code == _TOOBIG:
+            return TooLong()  # a value over the event loop's size: a thread may build it
         if getattr(e, "sqlite_errorcode", 0) == _BUSY_SNAPSHOT:
             # Waiting cannot help: this transaction's snapshot predates another commit.
             return StorageError(
@@ -218,9 +314,10 @@ class _Connection(StorageConnection):
 
     @property
     def in_transaction(self) -> bool:
-        return self._db.in_transaction
+        return self._db.in_transaction or self._lost
 
     def begin(self) -> None:
+        self._check_lost()
         if not self._db.in_transaction:
             try:
                 self._db.execute("BEGIN")
@@ -235,7 +332,9 @@ class _Connection(StorageConnection):
             n = self.executemany(sql, seq)
             self.commit()
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # a stopped write has been rolled back already
+                self._db.execute("ROLLBACK")
+            self._lost = False
             raise
         return n
 
@@ -258,13 +357,15 @@ class _Connection(StorageConnection):
 
     def execute(self, sql: str, params: Sequence[Any]) -> StorageCursor:
         self.policy.last_denied = ""
+        self._check_lost()
+        was_txn = self._db.in_transaction
         changes = self._db.total_changes
         try:
             if self.policy.per_table:
                 self._check_program(sql, _big_ints(params))
-            cur = _Cursor(self._db.execute(sql, _big_ints(params)))
+            cur = _Cursor(self._db.execute(sql, _big_ints(params)), self)
         except sqlite3.DatabaseError as e:
-            raise self._denied(e) from e
+            raise self._denied(e, was_txn) from e
         except MemoryError as e:
             raise _out_of_memory() from e
         if self.txn_since is None or self.write_since is None:
@@ -275,18 +376,21 @@ class _Connection(StorageConnection):
 
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
         self.policy.last_denied = ""
+        self._check_lost()
+        was_txn = self._db.in_transaction
         try:
             if self.policy.per_table and seq:
                 self._check_program(sql, _big_ints(seq[0]))
             cur = self._db.executemany(sql, (_big_ints(p) for p in seq))
         except sqlite3.DatabaseError as e:
-            raise self._denied(e) from e
+            raise self._denied(e, was_txn) from e
         n = cur.rowcount
         cur.close()
         self.note_transaction(sql, n > 0)
         return n
 
     def commit(self) -> None:
+        self._check_lost(committing=True)
         if self._db.in_transaction:
             try:
                 self._db.execute("COMMIT")
@@ -295,6 +399,7 @@ class _Connection(StorageConnection):
             self.note_transaction()
 
     def rollback(self) -> None:
+        self._lost = False
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
             self.note_transaction()
@@ -306,9 +411,6 @@ class _Connection(StorageConnection):
         if undo:
             self._db.execute(f'ROLLBACK TO "{name}"')
         self._db.execute(f'RELEASE "{name}"')
-
-    def interrupt(self) -> None:
-        self._db.interrupt()
 
     def close(self) -> None:
         self._db.close()
