@@ -117,6 +117,7 @@ class Codes:
     ADMIN_MESSAGE = "01M00"
     WARNING = "01000"
     SESSION_DROPPED = "57P02"
+    RIGHTS_CHANGED = "57P06"  # the session's user was removed or moved to another group
     NOT_SUPPORTED = "0A000"
     INVALID_CURSOR = "34000"
     NO_TRANSACTION = "25P01"

@@ -36,6 +36,7 @@ from ..storage import Backend, StorageConnection, StorageError
 from .audit import AuditLog, Throttle
 from .inline import CostModel
 from .monitor import share_sessions
+from .rights import Rights
 from .session import Session
 from .tlsproto import TLSServerProtocol
 
@@ -179,6 +180,7 @@ class Server:
         self.throttle = Throttle(a.throttle_after_failures, a.throttle_base_delay_seconds,
                                  a.throttle_max_delay_seconds, a.throttle_forget_seconds)
         self.audit = AuditLog(folder.logs_dir / "audit.jsonl")
+        self.rights = Rights(self)  # sessions follow user, group and grant changes
 
     # -- start ------------------------------------------------------------
     def prepare(self) -> None:
@@ -210,6 +212,7 @@ class Server:
         try:
             self.backend = self.folder.backend(self.settings)
             self.backend.check()
+            self.backend.watch_rights()
         except StorageError as e:
             raise ServerStartError(f"cannot open the storage: {e.message}"
                                    + (f" ({e.hint})" if e.hint else "")) from e
@@ -465,6 +468,8 @@ class Server:
         while True:
             await asyncio.sleep(2)
             self.check_settings_change()
+            with contextlib.suppress(Exception):  # a storage hiccup: the next request retries
+                await self.rights.check()  # ends idle sessions of removed or moved users
             self._rate_samples.append((time.monotonic(), self.statements))
 
     def statement_rate(self) -> float:

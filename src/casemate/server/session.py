@@ -646,6 +646,8 @@ class Session(asyncio.Protocol):
         handler = self._handlers.get(m.type)
         if handler is None:
             raise ProtocolError(f"unexpected {m.type.name} message", Codes.PROTOCOL_VIOLATION)
+        if not await self.server.rights.check(self):
+            raise _Closed  # the user was removed or moved: see server/rights.py
         try:
             await handler(self, m.body)
         except ProtocolError:
@@ -675,7 +677,7 @@ class Session(asyncio.Protocol):
         replies still meets the write buffer limit).  Saves the task switch and two loop
         iterations per request.
         """
-        if self.closed or self.server.cost.limit <= 0:
+        if self.closed or self.server.cost.limit <= 0 or not self.server.rights.current(self):
             return False
         try:
             if m.type is Msg.QUERY:
@@ -986,10 +988,10 @@ class Session(asyncio.Protocol):
         self._write(self.proto.send(Msg.ROWS, [rows]))
         self._complete(len(rows))
 
-    def drop(self, reason: str) -> None:
+    def drop(self, reason: str, code: str = Codes.SESSION_DROPPED) -> None:
         """End this session at an administrator's request; its transaction is rolled back."""
         txn = self.storage is not None and self.storage.in_transaction
-        self.notice(Codes.SESSION_DROPPED, reason + ("; its open transaction was rolled back"
+        self.notice(code, reason + ("; its open transaction was rolled back"
                                                      if txn else ""))
         self.end_reason = reason
         self.close()

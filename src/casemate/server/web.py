@@ -112,7 +112,7 @@ class WebAdmin:
             ctx.load_cert_chain(str(folder.cert_path), str(folder.key_path))
 
     async def start(self) -> None:
-        app = web.Application(middlewares=[self._headers], client_max_size=64 * 1024)
+        app = web.Application(middlewares=[self._headers, self._rights], client_max_size=64 * 1024)
         app.add_routes([
             web.get("/login", self.login_page), web.post("/login", self.login),
             web.post("/logout", self.logout), web.get("/", self.dashboard),
@@ -154,6 +154,21 @@ class WebAdmin:
             "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'")
         resp.headers["Cache-Control"] = "no-store"
         return resp
+
+    @web.middleware
+    async def _rights(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        # A web login ends when its user is removed or leaves the admin group, even when
+        # the change came from the CLI or another server (see server/rights.py).
+        await self.server.rights.check()
+        return await handler(request)  # type: ignore[no-any-return]
+
+    def forget_logins(self, gone: Any) -> None:
+        """End the web logins whose user ``gone(user)`` says lost the admin rights."""
+        for token, login in list(self.logins.items()):
+            if gone(login.user):
+                del self.logins[token]
+                self.server.audit.event("disconnect", user=login.user, channel="web",
+                                        reason="user removed or moved out of the admin group")
 
     # -- authentication -----------------------------------------------------------
     def _login_of(self, request: web.Request) -> WebLogin | None:

@@ -259,6 +259,9 @@ class Backend(abc.ABC):
         no such server is alive)."""
         raise KeyError(server)
 
+    def watch_rights(self) -> None:  # noqa: B027 - optional hook: SQLite needs nothing
+        """Start noticing other processes' user and grant changes (a server, at start)."""
+
     @abc.abstractmethod
     def data_size(self) -> int:
         """Bytes used by the data on disk."""

@@ -68,6 +68,7 @@ FIRST_FETCH = 256          # rows fetched with the DECLARE, in the same round tr
 GRANTS_CACHE_SECONDS = 1.0  # how stale another server's method grants may be seen
 IDLE_LIFETIME = 300.0      # idle pooled connections older than this are closed
 RESET_WAIT = 10.0          # a pooled connection whose DISCARD ALL takes longer is closed
+RIGHTS_CHANNEL = "casemate_rights"  # NOTIFY channel: users, groups or grants changed
 _INIT_LOCK = 0x6361736D    # pg_advisory_xact_lock key serializing `casemate init`s
 INIT_LOCK_SECONDS = 30.0   # longest wait for that lock (another init, or a session holding it)
 _cursor_ids = itertools.count(1)
@@ -833,7 +834,11 @@ class PostgreSQLBackend(Backend):
         self._roles: dict[str, tuple[str, str]] = {}   # group -> (role, password)
         self._roles_lock = threading.Lock()
         self._serving = False  # after check(): connection errors go to the log, not to users
-        self._grants_cache: dict[str, tuple[float, dict[str, frozenset[str]]]] = {}
+        self._grants_cache: dict[str, tuple[float, int, dict[str, frozenset[str]]]] = {}
+        self._changes = itertools.count(1)  # next() is atomic: the listener thread bumps it
+        self._rights_version = 0
+        self._listening = False
+        self._closing = threading.Event()
         self._sys = _Pool(2, 30.0, self._service_connect, "service connections", reset=False)
         self._sys.put(self._sys.get(""))  # fail now, clearly, if PostgreSQL is unreachable
         self._pool = _Pool(settings.pool_size, max(0.5, settings.busy_timeout_seconds),
@@ -1139,10 +1144,12 @@ class PostgreSQLBackend(Backend):
                         record.iterations, record.name))
         if not rows:
             raise KeyError(record.name)
+        self._changed()
 
     def remove_user(self, name: str) -> None:
         if not self._q("DELETE FROM casemate.users WHERE name = %s RETURNING name", (name,)):
             raise KeyError(name)
+        self._changed()
 
     def list_users(self) -> list[UserRecord]:
         return [self._user(r) for r in self._q(
@@ -1184,6 +1191,7 @@ class PostgreSQLBackend(Backend):
                 raise ValueError(f"group {name!r} still has users")
             role = pgsql.Identifier(row[0])
             conn.execute("DELETE FROM casemate.groups WHERE name = %s", (name,))
+            self._changed(conn)
             conn.execute(pgsql.SQL("DROP OWNED BY {}").format(role))  # its privileges here
             conn.execute(pgsql.SQL("DROP ROLE {}").format(role))
         self._txn(work)
@@ -1202,15 +1210,61 @@ class PostgreSQLBackend(Backend):
 
     def grants_for(self, group: str) -> dict[str, frozenset[str]]:
         # Read at every storage acquisition (for server-method rights; PostgreSQL enforces
-        # table rights itself), so cached briefly.
-        now = time.monotonic()
+        # table rights itself), so cached briefly, and only while no change was notified.
+        now, version = time.monotonic(), self._rights_version
         hit = self._grants_cache.get(group)
-        if hit is not None and now - hit[0] < GRANTS_CACHE_SECONDS:
-            return hit[1]
+        if hit is not None and now - hit[0] < GRANTS_CACHE_SECONDS and hit[1] == version:
+            return hit[2]
         grants = {t: frozenset(p.split(",")) for t, p in self._q(
             "SELECT tbl, privileges FROM casemate.grants WHERE grp = %s", (group,))}
-        self._grants_cache[group] = (now, grants)
+        self._grants_cache[group] = (now, version, grants)
         return grants
+
+    # -- noticing changes made by other processes (server/rights.py) --
+    def grants_version(self) -> int | None:
+        # Our own changes move it at once, other processes' through their NOTIFY; before
+        # watch_rights() (the CLI) it is unknown.
+        return self._rights_version if self._listening else None
+
+    def _bump(self) -> None:
+        self._rights_version = next(self._changes)
+
+    def _changed(self, conn: psycopg.Connection[Any] | None = None) -> None:
+        """Tell every server on this database that users, groups or grants changed."""
+        notify = pgsql.SQL("NOTIFY {}").format(pgsql.Identifier(RIGHTS_CHANNEL))
+        if conn is not None:
+            conn.execute(notify)  # inside the change's transaction: sent at its commit
+        else:
+            self._q(notify, fetch=False)
+        self._bump()
+
+    def watch_rights(self) -> None:
+        """LISTEN for other processes' changes (a server calls this once, at start)."""
+        conn = self._service_connect("")
+        conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(RIGHTS_CHANNEL)))
+        self._listening = True
+        threading.Thread(target=self._listen, args=(conn,), name="casemate-rights",
+                         daemon=True).start()
+
+    def _listen(self, conn: psycopg.Connection[Any] | None) -> None:
+        while not self._closing.is_set():
+            try:
+                if conn is None:
+                    conn = self._service_connect("")
+                    conn.execute(pgsql.SQL("LISTEN {}").format(
+                        pgsql.Identifier(RIGHTS_CHANNEL)))
+                    self._bump()  # a change may have been missed while not listening
+                for _ in conn.notifies(timeout=0.5):
+                    self._bump()
+            except (psycopg.Error, StorageError) as e:
+                log.warning("lost the rights notifications connection, reconnecting: %s", e)
+                self._bump()
+                if conn is not None:
+                    conn.close()
+                conn = None
+                self._closing.wait(1.0)
+        if conn is not None:
+            conn.close()
 
     def set_grants(self, group: str, table: str, privileges: frozenset[str]) -> None:
         table = table.lower()
@@ -1228,6 +1282,7 @@ class PostgreSQLBackend(Backend):
             else:
                 conn.execute("DELETE FROM casemate.grants WHERE grp = %s AND tbl = %s",
                              (group, table))
+            self._changed(conn)
             if table.startswith(METHOD_PREFIX) or builtin:
                 return  # method rights are Casemate's; built-in groups' table rights are fixed
             tbl = pgsql.Identifier(*table.split(".", 1))
@@ -1302,5 +1357,6 @@ class PostgreSQLBackend(Backend):
         return "ok"
 
     def close(self) -> None:
+        self._closing.set()
         self._pool.close()
         self._sys.close()

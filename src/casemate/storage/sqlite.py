@@ -495,6 +495,7 @@ class SQLiteBackend(Backend):
 
     def update_user(self, record: UserRecord) -> None:
         with self._lock:
+            self._grant_changes += 1  # open sessions re-check their user (server/rights.py)
             cur = self._sys.execute(
                 "UPDATE users SET grp=?, salt=?, stored_key=?, server_key=?, iterations=? "
                 "WHERE name=?", (record.group, record.salt, record.stored_key,
@@ -504,6 +505,7 @@ class SQLiteBackend(Backend):
 
     def remove_user(self, name: str) -> None:
         with self._lock:
+            self._grant_changes += 1
             cur = self._sys.execute("DELETE FROM users WHERE name=?", (name,))
         if cur.rowcount == 0:
             raise KeyError(name)

@@ -1,0 +1,98 @@
+"""Rights do not outlive their removal, on PostgreSQL storage with two servers.
+
+A change made through server ``a`` or by ``casemate user ...`` on a folder reaches the
+open sessions of server ``b`` (LISTEN/NOTIFY on the shared database) at their next
+statement.  The SQLite side of these tests is tests/access/test_live_rights.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+import casemate
+from casemate.pgtest import PostgresServer
+from casemate.testing import ServerProcess
+from tests.access.test_live_rights import METHODS, add_user, ended, login, users
+
+from .conftest import cli, init_folder
+
+ADMIN_PW = "admin-pg-live-pw"
+
+
+@pytest.fixture(scope="module")
+def pair(pg: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    base = tmp_path_factory.mktemp("pglive")
+    for name in ("a", "b"):
+        r = init_folder(pg, base / name, ADMIN_PW)
+        assert r.returncode == 0, r.stderr
+        (base / name / "Methods").mkdir(exist_ok=True)
+        (base / name / "Methods" / "tools.py").write_text(METHODS)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CASEMATE_PG_PASSWORD", pg.password)
+        a = ServerProcess(base / "a", password=ADMIN_PW).start()
+        try:
+            b = ServerProcess(base / "b", password=ADMIN_PW).start()
+        except BaseException:
+            a.stop()
+            raise
+    try:
+        with a.connect() as admin:
+            admin.execute("CREATE TABLE items (id integer PRIMARY KEY, name text)")
+            admin.execute("INSERT INTO items VALUES (1, 'apple')")
+            admin.commit()
+            admin.admin("group_add", name="clerks")
+            admin.admin("grant", group="clerks", table="items", privileges=["SELECT"])
+            admin.admin("grant", group="clerks", table="method:ping", privileges=["EXECUTE"])
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+def _cli(pg: PostgresServer, *args: str) -> None:
+    r = cli(*args, env={"CASEMATE_PG_PASSWORD": pg.password})
+    assert r.returncode == 0, r.stderr
+
+
+def test_removed_admin_on_another_server_cannot_create_an_admin(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    with a.connect() as admin:
+        add_user(admin, "boss", "admin")
+        with login(b, "boss") as boss:
+            assert "boss" in users(boss)
+            admin.admin("user_remove", name="boss")
+            e = ended(boss, lambda: add_user(boss, "mallory", "admin"))
+            assert 'user "boss" was removed' in e
+        assert "mallory" not in users(admin)
+
+
+def test_cli_group_change_reaches_the_other_server(pair, pg: PostgresServer) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    with a.connect() as admin:
+        add_user(admin, "bob", "readwrite")
+    with login(b, "bob") as bob:
+        bob.execute("SELECT 1")
+        _cli(pg, "user", "group", str(a.db), "bob", "readonly")
+        e = ended(bob, lambda: bob.execute("INSERT INTO items VALUES (2, 'pear')"))
+        assert "moved from group readwrite to readonly" in e
+
+
+def test_method_grant_revoked_on_another_server_applies_in_a_transaction(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    with a.connect() as admin:
+        add_user(admin, "clerk", "clerks")
+        with login(b, "clerk") as clerk:
+            assert clerk.execute("SELECT name FROM items").fetchall() == [("apple",)]
+            assert clerk.call("ping") == 1 and clerk.in_transaction
+            admin.admin("revoke", group="clerks", table="method:ping", privileges=["EXECUTE"])
+            admin.admin("revoke", group="clerks", table="items", privileges=["SELECT"])
+            with pytest.raises(casemate.ProgrammingError) as e:
+                clerk.call("ping")
+            assert e.value.code == "42501"
+            clerk.rollback()
+            with pytest.raises(casemate.ProgrammingError) as e:
+                clerk.execute("SELECT name FROM items")
+            assert e.value.code == "42501"
