@@ -149,6 +149,9 @@ _SCHEMA: dict[str, list[_Field]] = {
                _range(4096, 1024 * 1024 * 1024)),
         _Field("login_timeout_seconds", 10.0, (int, float),
                "A client must finish TLS, handshake and login within this time.", _range(0.1, 600)),
+        _Field("max_unauthenticated_connections", 256, int,
+               "Most connections at once that have not finished login (more are refused).",
+               _range(1, 100000)),
         _Field("idle_timeout_seconds", 0.0, (int, float),
                "Close sessions idle this long, rolling back their transaction (0 = never).",
                _range(0, 30 * 86400)),
@@ -188,6 +191,9 @@ _SCHEMA: dict[str, list[_Field]] = {
     "access": [
         _Field("max_sessions_per_address", 100, int,
                "Most sessions from one client IP address.", _range(1, 100000)),
+        _Field("max_unauthenticated_per_address", 32, int,
+               "Most connections from one client IP address that have not finished login.",
+               _range(1, 100000)),
         _Field("throttle_after_failures", 3, int,
                "Failed logins (per address and per user) before each new attempt is delayed.",
                _range(1, 1000)),
@@ -237,6 +243,7 @@ class LimitsSettings:
     max_sessions: int
     max_message_bytes: int
     login_timeout_seconds: float
+    max_unauthenticated_connections: int
     idle_timeout_seconds: float
     idle_in_transaction_timeout_seconds: float
     max_statement_bytes: int
@@ -282,6 +289,7 @@ class AccessRule:
 @dataclasses.dataclass(frozen=True)
 class AccessSettings:
     max_sessions_per_address: int
+    max_unauthenticated_per_address: int
     throttle_after_failures: int
     throttle_base_delay_seconds: float
     throttle_max_delay_seconds: float

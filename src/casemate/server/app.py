@@ -33,6 +33,7 @@ from ..methods import MethodLoadError, ServerMethod, load_methods
 from ..protocol import Msg, encode_frame
 from ..settings import Settings, SettingsError, load_settings
 from ..storage import Backend, StorageConnection, StorageError
+from .admission import PendingLogins, Ticket
 from .audit import AuditLog, Throttle
 from .inline import CostModel
 from .monitor import share_sessions
@@ -181,6 +182,8 @@ class Server:
                                  a.throttle_max_delay_seconds, a.throttle_forget_seconds)
         self.audit = AuditLog(folder.logs_dir / "audit.jsonl")
         self.rights = Rights(self)  # sessions follow user, group and grant changes
+        self.pending = PendingLogins(settings.limits.max_unauthenticated_connections,
+                                     a.max_unauthenticated_per_address)
 
     # -- start ------------------------------------------------------------
     def prepare(self) -> None:
@@ -293,14 +296,32 @@ class Server:
             self._spawn(self._admit(sock, addr))
 
     async def _admit(self, sock: socket.socket, addr: tuple[str, ...]) -> None:
-        loop = asyncio.get_running_loop()
         rule = self.settings.access.check_address(addr[0])
         if rule is not None and rule.action == "deny":
             self.audit.event("connection_refused", address=addr[0], rule=rule.text)
             await self._deny(sock)
             return
+        ticket = self.pending.admit(addr[0])
+        if isinstance(ticket, str):  # too many connections that have not logged in
+            self.audit.event("connection_refused", address=addr[0], reason=ticket)
+            with contextlib.suppress(OSError):
+                sock.send(encode_frame(Msg.ERROR, {"code": Codes.TOO_MANY_CONNECTIONS,
+                                                   "message": ticket}))
+            sock.close()
+            return
         self.audit.event("connection_accepted", address=addr[0],
                          rule=rule.text if rule else None)
+        handed_over = False
+        try:
+            handed_over = await self._start_session(sock, addr, ticket)
+        finally:
+            if not handed_over:  # the session (or its TLS layer) gives it back otherwise
+                ticket.release()
+
+    async def _start_session(self, sock: socket.socket, addr: tuple[str, ...],
+                             ticket: Ticket) -> bool:
+        """Peek, refuse a wrong mode, or run a Session on the socket; True once it runs."""
+        loop = asyncio.get_running_loop()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         enable_keepalive(sock, self.settings.network.keepalive_seconds)  # vanished peers end
         timeout = self.settings.limits.login_timeout_seconds
@@ -309,10 +330,10 @@ class Server:
             first = await asyncio.wait_for(_peek(sock), timeout)
         except (TimeoutError, OSError):
             sock.close()
-            return
+            return False
         if not first:
             sock.close()
-            return
+            return False
         is_tls = first[0] == TLS_RECORD_HANDSHAKE
         if self.encrypted and not is_tls:
             log.info("refused plaintext connection from %s: encryption required", addr[0])
@@ -320,23 +341,25 @@ class Server:
                 "code": Codes.ENCRYPTION_REQUIRED,
                 "message": "this server requires encrypted connections (TLS)",
                 "hint": "use a Casemate client that supports encryption"}))
-            return
+            return False
         if not self.encrypted and is_tls:
             log.info("refused TLS connection from %s: this server is not encrypted", addr[0])
             await _refuse(sock, TLS_ALERT_HANDSHAKE_FAILURE)
-            return
+            return False
         state = self.tls
         if state is None:
-            factory: Any = lambda: Session(self, None, deadline)  # noqa: E731
+            factory: Any = lambda: Session(self, None, deadline, ticket)  # noqa: E731
         else:
             def factory() -> TLSServerProtocol:
-                return TLSServerProtocol(state.context,
-                                         lambda: Session(self, state.cb_data, deadline), deadline)
+                return _AdmittedTLS(state.context, lambda: Session(
+                    self, state.cb_data, deadline, ticket), deadline, ticket)
         try:
             await loop.connect_accepted_socket(factory, sock)
         except (OSError, ConnectionError) as e:
             log.info("connection from %s failed: %s", addr[0], e)
             sock.close()
+            return False
+        return True
 
     async def _deny(self, sock: socket.socket) -> None:
         """Refuse a denied address, reading nothing of the protocol.  On an encrypted server a
@@ -511,6 +534,20 @@ class Server:
         self.backend.close()
         self.audit.close()
         log.info("server stopped")
+
+
+class _AdmittedTLS(TLSServerProtocol):
+    """TLS that gives the connection's pending-login ticket back when it closes (a failed
+    handshake never reaches a Session)."""
+
+    def __init__(self, context: ssl.SSLContext, app_factory: Any, deadline: float,
+                 ticket: Ticket) -> None:
+        super().__init__(context, app_factory, deadline)
+        self._ticket = ticket
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ticket.release()
+        super().connection_lost(exc)
 
 
 async def _peek(sock: socket.socket) -> bytes:

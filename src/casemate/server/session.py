@@ -33,6 +33,7 @@ from .calls import IterCursor, guarded, method_error, run_method, stop_method
 from .monitor import SERVER_COMMANDS, run_server_command
 
 if TYPE_CHECKING:
+    from .admission import Ticket
     from .app import Server
 
 __all__ = ["Session", "storage_error"]
@@ -40,6 +41,10 @@ __all__ = ["Session", "storage_error"]
 log = logging.getLogger("casemate.server")
 T = TypeVar("T")
 
+# Largest frame before login (HELLO and the SCRAM messages take a few hundred bytes):
+# nobody unauthenticated makes the server buffer megabytes.  PostgreSQL caps its
+# startup packet at 10 kB.  Raised to limits.max_message_bytes once logged in.
+PRELOGIN_MAX_FRAME = 16 * 1024
 # Pause reading when this many requests wait: a pipelining client cannot make
 # us queue without limit (each request is itself bounded by the frame limit).
 MAX_INBOX = 64
@@ -161,13 +166,15 @@ class _Running:
 class Session(asyncio.Protocol):
     """Protocol + task for one connection; the server keeps it in its registry."""
 
-    def __init__(self, server: Server, cb_data: bytes | None, deadline: float) -> None:
+    def __init__(self, server: Server, cb_data: bytes | None, deadline: float,
+                 ticket: Ticket | None = None) -> None:
         self.server = server
+        self.ticket = ticket  # our place among the connections not logged in (admission.py)
         self.deadline = deadline  # loop time by which TLS, handshake and login must be done
         self.id = next(_ids)
         self.cb_data = cb_data
         # Incoming frames are bounded by the setting; outgoing ones by what clients accept.
-        self.proto = ProtocolConnection(Role.SERVER, server.settings.limits.max_message_bytes,
+        self.proto = ProtocolConnection(Role.SERVER, PRELOGIN_MAX_FRAME,
                                         max_send=256 * 1024 * 1024)
         self.inbox: collections.deque[Message] = collections.deque()
         self.wakeup = asyncio.Event()
@@ -263,6 +270,8 @@ class Session(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.ticket is not None:
+            self.ticket.release()
         self._stop_running("the client disconnected")
         self.closed = True
         self.wakeup.set()
@@ -576,7 +585,7 @@ class Session(asyncio.Protocol):
         mech = mechanism_for(encrypted)
         self.send(Msg.HELLO_OK, {"protocol": PROTOCOL_VERSION, "encrypted": encrypted,
                                  "mechanisms": [mech],
-                                 "max_message_bytes": self.proto.max_frame})
+                                 "max_message_bytes": self.server.settings.limits.max_message_bytes})
         m = await self.next_message()
         if not (isinstance(m.body, tuple) and len(m.body) == 2 and m.body[0] == mech
                 and isinstance(m.body[1], str)):
@@ -592,11 +601,13 @@ class Session(asyncio.Protocol):
             m = await self.next_message()
             if not isinstance(m.body, str):
                 raise ScramException("malformed client-final message")
-            now = time.monotonic()
-            delay = throttle.delay(self.peer_ip, scram.username, now)
-            # Counted as a failure before the verdict, so parallel guesses see it too;
-            # a success clears it.
-            throttle.failed(self.peer_ip, scram.username, now)
+            # Counted as a failure before the verdict and queued behind the attempts in
+            # flight, so parallel guesses see it too (audit.Throttle); a success clears it.
+            left = self.deadline - asyncio.get_running_loop().time()
+            delay = throttle.reserve(self.peer_ip, scram.username, time.monotonic(), left)
+            if delay is None:
+                return self._login_failed(scram.username, "too many attempts in flight",
+                                          throttled=True)
             counted = True
             if delay:
                 await asyncio.sleep(delay)  # slows guessing; the verdict comes after the wait
@@ -607,6 +618,9 @@ class Session(asyncio.Protocol):
             return self._login_failed(scram.username, str(e))
         throttle.succeeded(self.peer_ip, scram.username)
         assert scram.user is not None
+        self.proto.max_frame = self.server.settings.limits.max_message_bytes
+        if self.ticket is not None:
+            self.ticket.release()
         self.user, self.group = scram.user.name, scram.user.group
         self.send(Msg.AUTH_OK, {"server_final": server_final, "session": self.id,
                                 "server_version": self.server.version,
@@ -629,12 +643,18 @@ class Session(asyncio.Protocol):
             self.notice(Codes.WARNING, f"{e.message}; statement_timeout stays "
                         f"{self.statement_timeout:g} s")
 
-    def _login_failed(self, name: str, reason: str) -> bool:
+    def _login_failed(self, name: str, reason: str, throttled: bool = False) -> bool:
         log.warning("login failed for user %r from %s (%s)", name, self.peer, reason)
         self.server.audit.event("login_failed", user=name, address=self.peer_ip,
                                 encrypted=self.tls_version is not None,
                                 tls_version=self.tls_version, cipher=self.cipher,
-                                client_certificate=self.client_cert_subject)
+                                client_certificate=self.client_cert_subject,
+                                **({"reason": "throttled"} if throttled else {}))
+        if throttled:  # refused unheard: the password was not checked
+            self._fatal(Error(f'too many login attempts in progress for user "{name}" or from '
+                              f"{self.peer_ip}", Codes.TOO_MANY_CONNECTIONS,
+                              "wait and try again (failed logins are throttled)"))
+            return False
         self._fatal(Error(f'password authentication failed for user "{name}"',
                           Codes.INVALID_PASSWORD,
                           "check the user name and password (user names are case-sensitive)"))

@@ -206,9 +206,13 @@ class WebAdmin:
         user, password = str(form.get("user", "")), str(form.get("password", ""))
         address = request.remote or "?"
         server = self.server
-        now = time.monotonic()
-        delay = server.throttle.delay(address, user, now)
-        server.throttle.failed(address, user, now)  # counted now: parallel guesses see it
+        # Counted now and queued behind the attempts in flight (audit.Throttle).
+        delay = server.throttle.reserve(address, user, time.monotonic(),
+                                        server.settings.limits.login_timeout_seconds)
+        if delay is None:
+            server.audit.event("login_failed", user=user, address=address, channel="web",
+                               reason="throttled")
+            return await self.login_page(request, "Too many login attempts: try again later.")
         if delay:
             await asyncio.sleep(delay)
         loop = asyncio.get_running_loop()
