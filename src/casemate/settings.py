@@ -152,6 +152,12 @@ _SCHEMA: dict[str, list[_Field]] = {
         _Field("max_unauthenticated_connections", 256, int,
                "Most connections at once that have not finished login (more are refused).",
                _range(1, 100000)),
+        _Field("log_file_max_kb", 10240, int,
+               "Logs/server.log and Logs/audit.jsonl start a new file past this size (KiB).",
+               _range(16, 100 * 1024 * 1024)),
+        _Field("log_files_kept", 5, int,
+               "Rotated log files kept (audit.jsonl.1 is the newest; older ones are deleted).",
+               _range(1, 1000)),
         _Field("idle_timeout_seconds", 0.0, (int, float),
                "Close sessions idle this long, rolling back their transaction (0 = never).",
                _range(0, 30 * 86400)),
@@ -244,6 +250,8 @@ class LimitsSettings:
     max_message_bytes: int
     login_timeout_seconds: float
     max_unauthenticated_connections: int
+    log_file_max_kb: int
+    log_files_kept: int
     idle_timeout_seconds: float
     idle_in_transaction_timeout_seconds: float
     max_statement_bytes: int

@@ -211,7 +211,7 @@ def test_cookie_flags_logout_and_headers_over_http(make_db, server_factory) -> N
     assert page.status == 200
     h = page.headers
     assert h["X-Frame-Options"] == "DENY" and h["X-Content-Type-Options"] == "nosniff"
-    assert h["Cache-Control"] == "no-store" and "default-src 'self'" in h[
+    assert h["Cache-Control"] == "no-store" and "default-src 'none'" in h[
         "Content-Security-Policy"]
     # Two logins get different cookies and CSRF tokens.
     other = Web(url)

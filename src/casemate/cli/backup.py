@@ -24,7 +24,8 @@ import click
 
 from ..database import PRIVATE_DIR, PRIVATE_FILE, PRIVATE_UMASK, make_private_dir
 from ..storage.sqlite import DATA_FILE, SYSTEM_FILE
-from .main import PID_FILE, fail, open_folder
+from .main import fail, open_folder
+from .pidfile import running_pid
 
 INFO_FILE = "BACKUP_INFO.json"
 PAGES_PER_STEP = 256
@@ -115,12 +116,7 @@ def backup(directory: Path, dest: Path) -> None:
 
 
 def _running_pid(folder_path: Path) -> int | None:
-    try:
-        pid = int((folder_path / "Logs" / PID_FILE).read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid
+    return running_pid(folder_path / "Logs")
 
 
 @click.command()

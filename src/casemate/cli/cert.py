@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives import serialization
 
 from .. import tls
 from ..database import GENERATED_MARKER, write_private
-from .main import PID_FILE, fail, open_folder
+from .main import fail, open_folder
+from .pidfile import PID_FILE, running_pid
 
 
 @click.group()
@@ -203,10 +204,14 @@ def install(directory: Path, key_file: Path, cert_file: Path) -> None:
 def reload(directory: Path) -> None:
     """Ask the running server to load the current files (SIGHUP); bad files are refused."""
     folder = open_folder(directory)
+    # Only a pid whose server still holds Logs/server.pid: a stale file names a process
+    # that may be anything by now (see pidfile.py).
+    pid = running_pid(folder.logs_dir)
     try:
-        pid = int((folder.logs_dir / PID_FILE).read_text().strip())
+        if pid is None:
+            raise ProcessLookupError
         os.kill(pid, signal.SIGHUP)
-    except (OSError, ValueError):
-        fail(f"no running server found for {directory} (no live pid in Logs/{PID_FILE})")
+    except OSError:
+        fail(f"no running server found for {directory} (no server holds Logs/{PID_FILE})")
         return
     click.echo(f"Sent SIGHUP to server pid {pid}; see Logs/server.log for the result.")

@@ -24,10 +24,12 @@ from ..database import (
     make_verifier,
 )
 from ..errors import Error
-from ..settings import SettingsError
+from ..settings import Settings, SettingsError
 from ..storage import StorageError
+from .pidfile import PID_FILE, PidFile
 
-PID_FILE = "server.pid"
+__all__ = ["PID_FILE", "fail", "open_folder"]
+
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -91,31 +93,27 @@ def _check_pg_dsn(dsn: str) -> None:
     check_dsn(dsn)
 
 
-def _setup_logging(folder: DatabaseFolder, verbose: bool) -> None:
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(folder: DatabaseFolder, settings: Settings, verbose: bool) -> None:
+    from ..server.audit import SafeFormatter, server_log_handler
+    fmt = SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger("casemate")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     err = logging.StreamHandler(sys.stderr)
     err.setFormatter(fmt)
     root.addHandler(err)
     folder.logs_dir.mkdir(exist_ok=True)
-    f = logging.FileHandler(folder.logs_dir / "server.log", encoding="utf-8")
+    f = server_log_handler(folder.logs_dir / "server.log", settings.limits)
     f.setFormatter(fmt)
     root.addHandler(f)
 
 
-def _claim_pid(folder: DatabaseFolder) -> Path:
-    pid_path = folder.logs_dir / PID_FILE
-    try:
-        other = int(pid_path.read_text().strip())
-        os.kill(other, 0)
-    except (OSError, ValueError):
-        pass
-    else:
-        if other != os.getpid():
-            fail(f"another server (pid {other}) is already running on {folder.path}")
-    pid_path.write_text(f"{os.getpid()}\n")
-    return pid_path
+def _claim_pid(folder: DatabaseFolder) -> PidFile:
+    folder.logs_dir.mkdir(exist_ok=True)
+    claim = PidFile.claim(folder.logs_dir)
+    if not isinstance(claim, PidFile):
+        fail(f"another server (pid {claim}) is already running on {folder.path}")
+        raise AssertionError("unreachable")
+    return claim
 
 
 def _raise_file_limit() -> None:
@@ -126,14 +124,6 @@ def _raise_file_limit() -> None:
         if soft < hard:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     except (ImportError, ValueError, OSError):
-        pass
-
-
-def _release_pid(pid_path: Path) -> None:
-    try:
-        if int(pid_path.read_text().strip()) == os.getpid():
-            pid_path.unlink()
-    except (OSError, ValueError):
         pass
 
 
@@ -161,7 +151,7 @@ def serve(directory: Path, host: tuple[str, ...], port: int | None, verbose: boo
     if port is not None:
         settings = settings.replace_network(port=port)
     os.umask(PRIVATE_UMASK)  # logs, audit, pid, WAL: private to the server's user
-    _setup_logging(folder, verbose)
+    _setup_logging(folder, settings, verbose)
     for w in folder.loose_permissions():
         logging.getLogger("casemate.server").warning("%s", w)
     _raise_file_limit()
@@ -173,7 +163,7 @@ def serve(directory: Path, host: tuple[str, ...], port: int | None, verbose: boo
     except ServerStartError as e:
         fail(f"{e}\nThe server did not start.", 2)
     finally:
-        _release_pid(pid_path)
+        pid_path.release()
 
 
 def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -83,9 +83,15 @@ def sessions(url: str, as_json: bool) -> None:
             "tls_version", "cipher", "statements", "transaction_seconds", "write_lock_seconds"]
     show += [c for c in ("server",) if c in columns]  # every server over a PostgreSQL database
     idx = [columns.index(c) if c in columns else -1 for c in show]
-    # Not in a transaction / not holding the write lock: an empty cell, not NULL.
-    click.echo(format_table(show, [tuple(r[i] if i >= 0 and r[i] is not None else
-                                         ("" if c.endswith("_seconds") else None)
+    from ..server.audit import clean
+
+    def cell(v: Any, c: str) -> Any:
+        if v is None:  # not in a transaction / not holding the write lock: an empty cell
+            return "" if c.endswith("_seconds") else None
+        # Program names and the like come from clients: no control characters reach the
+        # terminal (a newline would forge a row).
+        return clean(v, 1000) if isinstance(v, str) else v
+    click.echo(format_table(show, [tuple(cell(r[i] if i >= 0 else None, c)
                                          for i, c in zip(idx, show, strict=True))
                                    for r in rows]))
     click.echo(f"({len(rows)} session{'s' if len(rows) != 1 else ''})")

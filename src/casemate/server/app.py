@@ -180,7 +180,9 @@ class Server:
         a = settings.access
         self.throttle = Throttle(a.throttle_after_failures, a.throttle_base_delay_seconds,
                                  a.throttle_max_delay_seconds, a.throttle_forget_seconds)
-        self.audit = AuditLog(folder.logs_dir / "audit.jsonl")
+        lim = settings.limits
+        self.audit = AuditLog(folder.logs_dir / "audit.jsonl", lim.log_file_max_kb * 1024,
+                              lim.log_files_kept)
         self.rights = Rights(self)  # sessions follow user, group and grant changes
         self.pending = PendingLogins(settings.limits.max_unauthenticated_connections,
                                      a.max_unauthenticated_per_address)
@@ -297,11 +299,24 @@ class Server:
 
     async def _admit(self, sock: socket.socket, addr: tuple[str, ...]) -> None:
         rule = self.settings.access.check_address(addr[0])
-        if rule is not None and rule.action == "deny":
-            self.audit.event("connection_refused", address=addr[0], rule=rule.text)
-            await self._deny(sock)
-            return
+        # Denied connections count too while they are refused (inside TLS, that takes a
+        # handshake): a flood of them is held to the same caps.
         ticket = self.pending.admit(addr[0])
+        if rule is not None and rule.action == "deny":
+            self.audit.event("connection_refused", address=addr[0], rule=rule.text,
+                             channel="database")
+            if isinstance(ticket, str):
+                with contextlib.suppress(OSError):
+                    sock.send(_DENIED_FRAME)
+                sock.close()
+                return
+            taken = False
+            try:
+                taken = await self._deny(sock, ticket)
+            finally:
+                if not taken:
+                    ticket.release()
+            return
         if isinstance(ticket, str):  # too many connections that have not logged in
             self.audit.event("connection_refused", address=addr[0], reason=ticket)
             with contextlib.suppress(OSError):
@@ -361,11 +376,12 @@ class Server:
             return False
         return True
 
-    async def _deny(self, sock: socket.socket) -> None:
+    async def _deny(self, sock: socket.socket, ticket: Ticket) -> bool:
         """Refuse a denied address, reading nothing of the protocol.  On an encrypted server a
         TLS client gets the refusal inside TLS, after the handshake proved the server's key:
         a client that pinned that key can tell this refusal from a downgrade (an answer in
-        plaintext could come from anyone).  Anything else gets it in plaintext at once."""
+        plaintext could come from anyone).  Anything else gets it in plaintext at once.
+        True when the TLS refusal took ``ticket`` (it gives it back when it closes)."""
         state = self.tls
         if state is not None:
             with contextlib.suppress(TimeoutError, OSError):
@@ -374,14 +390,15 @@ class Server:
                     deadline = (asyncio.get_running_loop().time()
                                 + self.settings.limits.login_timeout_seconds)
                     await asyncio.get_running_loop().connect_accepted_socket(
-                        lambda: TLSServerProtocol(state.context, lambda: _Refusal(deadline),
-                                                  deadline), sock)
-                    return
+                        lambda: _AdmittedTLS(state.context, lambda: _Refusal(deadline),
+                                             deadline, ticket), sock)
+                    return True
             await _refuse(sock, _DENIED_FRAME)  # drains what was sent: no reset, frame read
-            return
+            return False
         with contextlib.suppress(OSError):
             sock.send(_DENIED_FRAME)
         sock.close()
+        return False
 
     def lock_released(self) -> None:
         """A transaction ended: wake the longest-waiting writer (one, not all: a herd of

@@ -1,34 +1,110 @@
-"""``Logs/audit.jsonl``: one JSON object per security-relevant event.
+"""``Logs/audit.jsonl`` and ``Logs/server.log``: what administrators read, bounded and safe.
 
-Events: ``connection_accepted``, ``connection_refused``, ``login_ok``,
+Audit events: ``connection_accepted``, ``connection_refused``, ``login_ok``,
 ``login_failed``, ``disconnect``, ``permission_refused``, ``admin``.  Never
 written: passwords, keys, SCRAM messages, statement text or parameters.
+
+Both files rotate by size (``limits.log_file_max_kb``, keeping
+``limits.log_files_kept`` old ones: ``audit.jsonl.1`` is the newest), so a
+flood of refused connections cannot fill the disk.  Strings a client chose
+(program name, host, user name of a failed login, certificate subject) pass
+through :func:`clean` before an administrator sees them, and every server log
+message is cleaned too: a newline in them cannot forge a line or a row.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+import logging.handlers
+import os
 import threading
+import unicodedata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AuditLog", "Throttle"]
+__all__ = ["AuditLog", "SafeFormatter", "Throttle", "clean", "format_address",
+           "server_log_handler"]
+
+# Control, format (bidirectional overrides, zero-width) and line/paragraph separators:
+# in a client's program name they could forge a row of `casemate sessions` or a log line.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def clean(value: object, limit: int = 200) -> str:
+    """A client-supplied string made safe to show to an administrator (CLI, web page, logs):
+    cut at ``limit`` characters, unsafe characters written as ``\\xNN``/``\\uNNNN``."""
+    text = str(value)[:limit]
+    if text.isprintable():
+        return text
+    return "".join(_escape(c) if unicodedata.category(c) in _UNSAFE_CATEGORIES else c
+                   for c in text)
+
+
+def _escape(c: str) -> str:
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+
+def format_address(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets (``[2001:db8::2]:41928``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class SafeFormatter(logging.Formatter):
+    """Log lines whose message has no control characters (tracebacks stay readable)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = clean(record.message, 100_000)
+        return super().formatMessage(record)
+
+
+def server_log_handler(path: Path, limits: Any) -> logging.Handler:
+    """``Logs/server.log``, rotated like the audit log."""
+    return logging.handlers.RotatingFileHandler(
+        path, maxBytes=limits.log_file_max_kb * 1024,
+        backupCount=limits.log_files_kept, encoding="utf-8")
+
+
+def rotate(path: Path, keep: int) -> None:
+    """``path`` -> ``path.1`` -> ... -> ``path.keep`` (the oldest is dropped)."""
+    for i in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{i}")
+        if older.exists():
+            os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
+    if path.exists():
+        os.replace(path, path.with_name(f"{path.name}.1"))
 
 
 class AuditLog:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_bytes: int = 10 * 1024 * 1024, keep: int = 5) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.max_bytes, self.keep = path, max_bytes, keep
         self._f = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - lives with the server
+        self._size = self._f.tell()
         self._lock = threading.Lock()
 
     def event(self, kind: str, **fields: Any) -> None:
         record = {"ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
                   "event": kind, **fields}
-        line = json.dumps(record, default=str, ensure_ascii=False)
+        line = json.dumps(record, default=str, ensure_ascii=False) + "\n"
+        size = len(line.encode())
         with self._lock:
-            if not self._f.closed:
-                self._f.write(line + "\n")
+            if self._f.closed:
+                return
+            if self._size and self._size + size > self.max_bytes:
+                self._rotate()
+            self._f.write(line)
+            self._size += size
+
+    def _rotate(self) -> None:
+        self._f.close()
+        try:
+            rotate(self.path, self.keep)
+        except OSError as e:  # keep writing to the full file rather than lose events
+            logging.getLogger("casemate.server").error("cannot rotate %s: %s", self.path, e)
+        self._f = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        self._size = self._f.tell()
 
     def close(self) -> None:
         with self._lock:

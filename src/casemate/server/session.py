@@ -28,6 +28,7 @@ from ..methods import MethodContext
 from ..protocol import NEED_DATA, PROTOCOL_VERSION, Message, Msg, ProtocolConnection, Role, codec
 from ..storage import Busy, Interrupted, StorageConnection, StorageCursor, StorageError, TooLong
 from ..storage.access import PermissionDenied, Policy
+from .audit import clean, format_address
 from .auth import ScramException, ScramLogin, mechanism_for
 from .calls import IterCursor, guarded, method_error, run_method, stop_method
 from .monitor import SERVER_COMMANDS, run_server_command
@@ -221,7 +222,7 @@ class Session(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
         self.transport = transport
         peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.peer = format_address(peer[0], peer[1]) if peer else "?"
         self.peer_ip = peer[0] if peer else "?"
         limit = self.server.settings.limits.max_result_buffer_bytes
         transport.set_write_buffer_limits(high=limit)
@@ -233,8 +234,8 @@ class Session(asyncio.Protocol):
             cert = sslobj.getpeercert()
             if cert:
                 subject: Any = cert.get("subject", ())
-                self.client_cert_subject = ",".join(
-                    f"{_RDN_NAMES.get(k, k)}={v}" for rdn in subject for k, v in rdn)
+                self.client_cert_subject = clean(",".join(
+                    f"{_RDN_NAMES.get(k, k)}={v}" for rdn in subject for k, v in rdn), 1000)
         self.task = asyncio.get_running_loop().create_task(self.run())
 
     def data_received(self, data: bytes) -> None:
@@ -574,10 +575,10 @@ class Session(asyncio.Protocol):
                               f"server speaks version {PROTOCOL_VERSION}",
                               Codes.UNSUPPORTED_VERSION, "upgrade the Casemate client"))
             return False
-        self.program = str(body.get("program", ""))[:200]
+        self.program = clean(body.get("program", ""))  # shown to admins: no forged rows
         features = body.get("features")
         self.result_frames = isinstance(features, tuple) and "result" in features
-        self.client_host = str(body.get("host", ""))[:200]
+        self.client_host = clean(body.get("host", ""))
         if refusal := self.server.admission_error(self):
             self._fatal(refusal)
             return False
@@ -644,6 +645,7 @@ class Session(asyncio.Protocol):
                         f"{self.statement_timeout:g} s")
 
     def _login_failed(self, name: str, reason: str, throttled: bool = False) -> bool:
+        name = clean(name)  # the client's choice, shown in logs
         log.warning("login failed for user %r from %s (%s)", name, self.peer, reason)
         self.server.audit.event("login_failed", user=name, address=self.peer_ip,
                                 encrypted=self.tls_version is not None,

@@ -11,12 +11,15 @@ a POST carrying the login's CSRF token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import html
+import ipaddress
 import json
 import os
 import secrets
+import socket
 import ssl
 import time
 import tomllib
@@ -30,6 +33,7 @@ from .. import tls
 from ..database import GENERATED_MARKER
 from ..errors import Codes
 from ..settings import SettingsError, parse_settings, set_toml_value
+from .audit import clean
 from .monitor import SESSION_COLUMNS, session_rows, status
 
 if TYPE_CHECKING:
@@ -75,12 +79,17 @@ th{background:#e8ebf0;text-align:left}.banner{background:#ffe08a;padding:.6em 1e
 .enc{color:#17703a;font-weight:bold}.plain{color:#b3261e;font-weight:bold}.err{color:#b3261e}
 label{display:block;margin:.5em 0}"""
 
-_LIVE_JS = """<script>
-setInterval(async () => {
+_LIVE_JS = """setInterval(async () => {
   const r = await fetch(location.pathname + '?fragment=1');
   if (r.ok) document.getElementById('live').innerHTML = await r.text();
 }, 2000);
-</script>"""
+"""
+# Served as files, so the Content-Security-Policy needs no 'unsafe-inline': an injected
+# <script> or style attribute would not run even if some value escaped the escaping.
+_STATIC = {"casemate.css": (_CSS, "text/css"), "live.js": (_LIVE_JS, "text/javascript")}
+_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+_DENIED = "connections from this address are refused by the server's access rules"
 
 
 class WebAdmin:
@@ -91,6 +100,7 @@ class WebAdmin:
         self.runner: web.AppRunner | None = None
         self.url = ""
         self.https = self.settings.needs_https(server.encrypted)
+        self._names = self._known_names()
 
     # -- lifecycle ----------------------------------------------------------------
     def _ssl(self) -> ssl.SSLContext | None:
@@ -112,8 +122,10 @@ class WebAdmin:
             ctx.load_cert_chain(str(folder.cert_path), str(folder.key_path))
 
     async def start(self) -> None:
-        app = web.Application(middlewares=[self._headers, self._rights], client_max_size=64 * 1024)
+        app = web.Application(middlewares=[self._headers, self._access, self._rights],
+                              client_max_size=64 * 1024)
         app.add_routes([
+            web.get("/static/{name}", self.static),
             web.get("/login", self.login_page), web.post("/login", self.login),
             web.post("/logout", self.logout), web.get("/", self.dashboard),
             web.get("/sessions", self.sessions_page),
@@ -146,14 +158,68 @@ class WebAdmin:
 
     @web.middleware
     async def _headers(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        resp: web.StreamResponse = await handler(request)
-        resp.headers["X-Frame-Options"] = "DENY"
-        resp.headers["X-Content-Type-Options"] = "nosniff"
-        resp.headers["Referrer-Policy"] = "no-referrer"
-        resp.headers["Content-Security-Policy"] = (
-            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'")
-        resp.headers["Cache-Control"] = "no-store"
+        # Also on redirects and errors, which aiohttp raises: the login's redirect sets
+        # the cookie.
+        try:
+            resp: web.StreamResponse = await handler(request)
+        except web.HTTPException as e:
+            self._secure(e.headers)
+            raise
+        self._secure(resp.headers)
         return resp
+
+    def _secure(self, headers: Any) -> None:
+        headers["X-Frame-Options"] = "DENY"
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["Referrer-Policy"] = "no-referrer"
+        headers["Content-Security-Policy"] = _CSP
+        headers["Cache-Control"] = "no-store"
+        if self.https:
+            headers["Strict-Transport-Security"] = "max-age=31536000"
+
+    @web.middleware
+    async def _access(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """The server's IP rules (same audit line as the database port) and the Host check."""
+        address = request.remote or "?"
+        rule = self.server.settings.access.check_address(address)
+        if rule is not None and rule.action == "deny":
+            self.server.audit.event("connection_refused", address=address, rule=rule.text,
+                                    channel="web")
+            raise web.HTTPForbidden(text=_DENIED, headers={"Connection": "close"})
+        if not self._host_ok(request.host):
+            # A name we do not answer to: a DNS-rebinding page would make the browser
+            # send its own name here, with this server's cookie out of its reach.
+            raise web.HTTPMisdirectedRequest(text=f"unknown host {clean(request.host)!r}")
+        return await handler(request)  # type: ignore[no-any-return]
+
+    def _host_ok(self, host: str) -> bool:
+        name = host.lower()
+        if name.startswith("["):
+            name = name[1:].split("]", 1)[0]
+        elif name.count(":") == 1:
+            name = name.rsplit(":", 1)[0]
+        try:
+            ipaddress.ip_address(name)
+            return True  # an address is no DNS name: nothing to rebind
+        except ValueError:
+            return name.rstrip(".") in self._names
+
+    def _known_names(self) -> set[str]:
+        """Names the page answers to: localhost, this machine's, the listen names and
+        the certificate's DNS names."""
+        names = {"localhost", socket.gethostname().lower(), socket.getfqdn().lower()}
+        names.update(a.lower() for a in (*self.settings.listen,
+                                         *self.server.settings.network.listen))
+        with contextlib.suppress(tls.CertificateError, OSError):
+            info = tls.inspect_cert(tls.load_chain(self.server.folder.cert_path)[0])
+            names.update(n.lower() for n in info.sans)
+        return names
+
+    async def static(self, request: web.Request) -> web.Response:
+        found = _STATIC.get(request.match_info["name"])
+        if found is None:
+            raise web.HTTPNotFound()
+        return web.Response(text=found[0], content_type=found[1])
 
     @web.middleware
     async def _rights(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -203,15 +269,15 @@ class WebAdmin:
 
     async def login(self, request: web.Request) -> web.Response:
         form = await request.post()
-        user, password = str(form.get("user", "")), str(form.get("password", ""))
+        user, password = str(form.get("user", ""))[:200], str(form.get("password", ""))
         address = request.remote or "?"
         server = self.server
         # Counted now and queued behind the attempts in flight (audit.Throttle).
         delay = server.throttle.reserve(address, user, time.monotonic(),
                                         server.settings.limits.login_timeout_seconds)
         if delay is None:
-            server.audit.event("login_failed", user=user, address=address, channel="web",
-                               reason="throttled")
+            server.audit.event("login_failed", user=clean(user), address=address,
+                               channel="web", reason="throttled")
             return await self.login_page(request, "Too many login attempts: try again later.")
         if delay:
             await asyncio.sleep(delay)
@@ -222,7 +288,8 @@ class WebAdmin:
         ok = await loop.run_in_executor(server.executor, verify_password, check, password)
         ok = ok and record is not None
         if not ok:
-            server.audit.event("login_failed", user=user, address=address, channel="web")
+            server.audit.event("login_failed", user=clean(user), address=address,
+                               channel="web")
             return await self.login_page(request, "Wrong user name or password.")
         assert record is not None
         server.throttle.succeeded(address, user)
@@ -263,8 +330,9 @@ class WebAdmin:
                 nav += ("<div class=banner id=restart-banner>Settings changed: restart the "
                         "server to apply them.</div>")
         text = (f"<!doctype html><html><head><meta charset=utf-8><title>{_esc(title)} - "
-                f"Casemate</title><style>{_CSS}</style></head><body>{nav}<main>{body}</main>"
-                f"{_LIVE_JS if live else ''}</body></html>")
+                f"Casemate</title><link rel=stylesheet href=/static/casemate.css></head><body>"
+                f"{nav}<main>{body}</main>"
+                f"{'<script src=/static/live.js></script>' if live else ''}</body></html>")
         return web.Response(text=text, content_type="text/html", status=status)
 
     def _status_html(self) -> str:
