@@ -1,0 +1,117 @@
+"""The web page keeps the server's rules: IP access rules (same audit line as the database
+port), a Host check, a CSP without 'unsafe-inline', HSTS over HTTPS, and the security
+headers on redirects too (the login's, which sets the cookie, included)."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import socket
+from typing import Any
+
+import pytest
+
+import casemate
+from tests.conftest import ADMIN_PASSWORD
+from tests.web import prepare_web_db, web_url
+from tests.web.test_web_http import Web, audit_events, start
+
+SECURITY_HEADERS = ("X-Frame-Options", "X-Content-Type-Options", "Referrer-Policy",
+                    "Content-Security-Policy", "Cache-Control")
+
+
+def _have_v6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+HAVE_V6 = _have_v6()
+
+
+def deny_rules(db: Any, *nets: str) -> None:
+    with open(db / "casemate.toml", "a", encoding="utf-8") as fh:
+        for net in nets:
+            fh.write(f'\n[[access.rules]]\naction = "deny"\nfrom = "{net}"\n')
+
+
+def test_denied_address_is_refused_by_both_listeners(make_db, server_factory) -> None:  # type: ignore[no-untyped-def]
+    hosts = ["127.0.0.1", "::1"] if HAVE_V6 else ["127.0.0.1"]
+    db = prepare_web_db(make_db, listen=("admin_web", "listen", hosts))
+    deny_rules(db, "127.0.0.0/8", *(["::1/128"] if HAVE_V6 else []))
+    extra: tuple[str, ...] = sum((("--host", h) for h in hosts), ())
+    server = server_factory(db, extra=extra)
+    url = web_url(server)
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    for host in hosts:
+        with pytest.raises(casemate.OperationalError) as e:
+            casemate.connect(host=host, port=server.port, user="admin",
+                             password=ADMIN_PASSWORD, reconnect_attempts=0)
+        assert e.value.code == "28000"
+        shown = f"[{host}]" if ":" in host else host
+        web = Web(f"http://{shown}:{port}/")
+        for r in (web.get("/login"), web.login()):
+            assert r.status == 403 and "access rules" in r.text
+            assert r.cookie() is None and "password" not in r.text
+    events = audit_events(db)
+    assert not [e for e in events if e["event"] == "login_ok"]
+    refused = [e for e in events if e["event"] == "connection_refused"]
+    for host in hosts:
+        rule = "127.0.0.0/8" if host == "127.0.0.1" else "::1/128"
+        lines = {(e["address"], e["rule"], e["channel"]) for e in refused
+                 if e["address"] == host}
+        assert lines == {(host, rule, "database"), (host, rule, "web")}, refused
+
+
+def test_security_headers_on_every_reply_and_no_inline_code(make_db, server_factory) -> None:  # type: ignore[no-untyped-def]
+    _, url = start(make_db, server_factory)
+    web = Web(url)
+    replies = {"login redirect": web.login(), "anonymous redirect": Web(url).get("/"),
+               "page": web.get("/sessions"), "not found": web.get("/nope"),
+               "static": web.get("/static/live.js")}
+    assert replies["login redirect"].status == 303 and replies["login redirect"].cookie()
+    for name, r in replies.items():
+        for h in SECURITY_HEADERS:
+            assert r.headers.get(h), (name, h)
+        csp = r.headers["Content-Security-Policy"]
+        assert "unsafe-inline" not in csp and "default-src 'none'" in csp, name
+        assert "Strict-Transport-Security" not in r.headers  # plain HTTP on loopback
+    page = replies["page"].text
+    assert "<script>" not in page and "<style>" not in page and " style=" not in page
+    assert "<script src=/static/live.js>" in page
+    css = web.get("/static/casemate.css")
+    assert css.status == 200 and css.headers["Content-Type"].startswith("text/css")
+
+
+def test_hsts_over_https(make_db, server_factory) -> None:  # type: ignore[no-untyped-def]
+    server, url = start(make_db, server_factory, encrypted=True)
+    assert url.startswith("https://")
+    web = Web(url, cafile=server.db / "Resources" / "cert.pem", check_hostname=False)
+    for r in (web.get("/login"), web.login()):
+        assert r.headers["Strict-Transport-Security"].startswith("max-age=")
+
+
+def _get_with_host(url: str, host: str) -> int:
+    m = re.match(r"http://([^/]+):(\d+)/", url)
+    assert m
+    conn = http.client.HTTPConnection(m.group(1), int(m.group(2)), timeout=10)
+    try:
+        conn.putrequest("GET", "/login", skip_host=True)
+        conn.putheader("Host", host)
+        conn.endheaders()
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_host_header_check(make_db, server_factory) -> None:  # type: ignore[no-untyped-def]
+    _, url = start(make_db, server_factory)
+    port = url.rsplit(":", 1)[1].strip("/")
+    for host in ("127.0.0.1", f"127.0.0.1:{port}", f"localhost:{port}", "[::1]:1",
+                 f"{socket.gethostname()}:{port}"):
+        assert _get_with_host(url, host) == 200, host
+    for host in ("evil.example", f"evil.example:{port}", "rebind.attacker.test:80"):
+        assert _get_with_host(url, host) == 421, host
