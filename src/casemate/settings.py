@@ -197,7 +197,7 @@ _SCHEMA: dict[str, list[_Field]] = {
     "access": [
         _Field("max_sessions_per_address", 100, int,
                "Most sessions from one client IP address.", _range(1, 100000)),
-        _Field("max_unauthenticated_per_address", 32, int,
+        _Field("max_unauthenticated_per_address", 64, int,
                "Most connections from one client IP address that have not finished login.",
                _range(1, 100000)),
         _Field("throttle_after_failures", 3, int,

@@ -14,12 +14,15 @@ message is cleaned too: a newline in them cannot forge a line or a row.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
 import logging.handlers
 import os
 import threading
+import time
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -117,14 +120,18 @@ class Throttle:
     An attempt counts as a failure from the moment it is made (a success clears it), and
     attempts queue one behind the other per address and per user: each gets its verdict
     one delay after the previous one's turn.  So guesses sent in parallel get no more
-    verdicts per second than guesses sent in turn, and an attempt whose turn would come
-    after its login deadline is refused at once, unheard, holding nothing.
+    verdicts per second than guesses sent in turn.  A success clears its address and
+    user and wakes the attempts queued behind them (a pool of clients logging in at once
+    goes through); an attempt still without a turn at its login deadline is refused
+    unheard.  Runs in the server's event loop (session logins and the web page).
     """
 
     def __init__(self, after: int, base: float, cap: float, forget: float) -> None:
         self.after, self.base, self.cap, self.forget = after, base, cap, forget
         self._failures: dict[str, list[float]] = {}
         self._turns: dict[str, float] = {}  # key -> when its last queued attempt is answered
+        self._epochs: dict[str, int] = {}  # key -> successes so far (a queue restarts)
+        self._success = asyncio.Event()  # set, then replaced, at each success
 
     def _count(self, key: str, now: float) -> int:
         times = [t for t in self._failures.get(key, ()) if now - t < self.forget]
@@ -154,6 +161,30 @@ class Throttle:
         self.failed(address, user, now)
         return turn - now
 
+    async def wait_turn(self, address: str, user: str, horizon: float) -> bool:
+        """Wait for this attempt's turn to be answered (counting it as a failure until a
+        success clears it); False when it has none within ``horizon`` seconds."""
+        keys = ("a:" + address, "u:" + user)
+        end = time.monotonic() + horizon
+        while (left := end - time.monotonic()) > 0:
+            wait = self.reserve(address, user, time.monotonic(), left)
+            if wait is None:  # the queue is full: only a success can make room
+                await self._woken(left)
+                continue
+            epochs = [self._epochs.get(k, 0) for k in keys]
+            turn = time.monotonic() + wait
+            while (left := turn - time.monotonic()) > 0:
+                if [self._epochs.get(k, 0) for k in keys] != epochs:
+                    break  # a success cleared our address or user: queue again, afresh
+                await self._woken(left)
+            else:
+                return True
+        return False
+
+    async def _woken(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._success.wait(), timeout)
+
     def failed(self, address: str, user: str, now: float) -> None:
         for key in ("a:" + address, "u:" + user):
             self._failures.setdefault(key, []).append(now)
@@ -164,5 +195,11 @@ class Throttle:
             self._turns = {k: t for k, t in self._turns.items() if t > now}
 
     def succeeded(self, address: str, user: str) -> None:
-        self._failures.pop("a:" + address, None)
-        self._failures.pop("u:" + user, None)
+        for key in ("a:" + address, "u:" + user):
+            self._failures.pop(key, None)
+            self._turns.pop(key, None)
+            self._epochs[key] = self._epochs.get(key, 0) + 1
+        if len(self._epochs) > 100_000:
+            self._epochs.clear()  # waiters see a change and queue again: harmless
+        self._success.set()
+        self._success = asyncio.Event()

@@ -604,14 +604,11 @@ class Session(asyncio.Protocol):
                 raise ScramException("malformed client-final message")
             # Counted as a failure before the verdict and queued behind the attempts in
             # flight, so parallel guesses see it too (audit.Throttle); a success clears it.
-            left = self.deadline - asyncio.get_running_loop().time()
-            delay = throttle.reserve(self.peer_ip, scram.username, time.monotonic(), left)
-            if delay is None:
+            left = self.deadline - asyncio.get_running_loop().time() - 0.05
+            counted = True
+            if not await throttle.wait_turn(self.peer_ip, scram.username, left):
                 return self._login_failed(scram.username, "too many attempts in flight",
                                           throttled=True)
-            counted = True
-            if delay:
-                await asyncio.sleep(delay)  # slows guessing; the verdict comes after the wait
             server_final = await self.call(scram.final, m.body)
         except ScramException as e:
             if not counted:

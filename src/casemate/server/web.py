@@ -273,14 +273,11 @@ class WebAdmin:
         address = request.remote or "?"
         server = self.server
         # Counted now and queued behind the attempts in flight (audit.Throttle).
-        delay = server.throttle.reserve(address, user, time.monotonic(),
-                                        server.settings.limits.login_timeout_seconds)
-        if delay is None:
+        if not await server.throttle.wait_turn(address, user,
+                                               server.settings.limits.login_timeout_seconds):
             server.audit.event("login_failed", user=clean(user), address=address,
                                channel="web", reason="throttled")
             return await self.login_page(request, "Too many login attempts: try again later.")
-        if delay:
-            await asyncio.sleep(delay)
         loop = asyncio.get_running_loop()
         record = await loop.run_in_executor(server.executor, server.backend.get_user, user)
         # An unknown user costs the same hashing as a known one: timing reveals nothing.
