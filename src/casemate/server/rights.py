@@ -57,14 +57,16 @@ class Rights:
 
     def current(self, s: Session) -> bool:
         """True when ``s`` may run a request at once (the fast path's check)."""
-        if self.stale():
+        if self.stale() or s.rights_version != self.version:
             return False
         conn = s.storage
         return conn is None or conn.policy_key == (s.group, self.version)
 
     async def check(self, s: Session | None = None) -> bool:
         """Refresh if needed; return False when ``s`` was ended by the change."""
-        if self.stale():
+        # A session whose login read its user before the last refresh was not in the
+        # registry when that refresh ran: it is checked by the next one.
+        if self.stale() or (s is not None and s.rights_version != self.version):
             await self.refresh()
         if s is None:
             return True
@@ -74,6 +76,22 @@ class Rights:
         if conn is not None and conn.policy_key != (s.group, self.version):
             s.policy = await s.call(_reapply, self.server.backend, conn, s.group, self.version)
         return True
+
+    async def still_admin(self, user: str) -> bool:
+        """Read ``user`` afresh before an admin action: True if it is still an admin.
+
+        Other processes' changes reach :meth:`stale` a moment after their commit (at
+        once for SQLite, by notification on PostgreSQL); an admin action, which could
+        create another admin, does not run in that moment.  A change found here is
+        applied to every session at once.
+        """
+        loop = asyncio.get_running_loop()
+        rec = await loop.run_in_executor(self.server.executor, self.server.backend.get_user,
+                                         user)
+        if rec is not None and rec.group == "admin":
+            return True
+        await self._reload()
+        return False
 
     async def refresh(self) -> None:
         """Read the users once (one read shared by every session that asks meanwhile)."""
@@ -91,14 +109,15 @@ class Rights:
         backend, pool = self.server.backend, self.server.executor
         version = await loop.run_in_executor(pool, backend.grants_version)
         users = await loop.run_in_executor(pool, backend.list_users)
-        self.apply({u.name: u.group for u in users})
+        self.apply({u.name: u.group for u in users}, version)
         self.version = version
 
-    def apply(self, groups: dict[str, str]) -> None:
+    def apply(self, groups: dict[str, str], version: Hashable | None) -> None:
         """End the sessions (and web logins) whose user is gone or in another group."""
         for s in list(self.server.sessions.values()):
             new = groups.get(s.user)
             if new == s.group:
+                s.rights_version = version
                 continue
             why = (f'user "{s.user}" was removed' if new is None else
                    f'user "{s.user}" was moved from group {s.group} to {new}')

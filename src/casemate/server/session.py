@@ -200,6 +200,7 @@ class Session(asyncio.Protocol):
         self.statements = 0
         self.storage: StorageConnection | None = None
         self.policy = Policy("readonly")  # replaced by the user's at each storage acquisition
+        self.rights_version: Hashable | None = None  # user store version checked (rights.py)
         self.portals: dict[int, StorageCursor] = {}
         self.task: asyncio.Task[None] | None = None
         # The task waits for a request with nothing queued: a request that arrives now may
@@ -598,6 +599,7 @@ class Session(asyncio.Protocol):
         throttle = self.server.throttle
         counted = False
         try:
+            self.rights_version = self.server.backend.grants_version()  # before the lookup
             self.send(Msg.SASL_CHALLENGE, await self.call(scram.first, m.body[1]))
             m = await self.next_message()
             if not isinstance(m.body, str):
@@ -988,6 +990,8 @@ class Session(asyncio.Protocol):
                 and isinstance(body[1], dict)):
             raise ProtocolError("malformed ADMIN message", Codes.PROTOCOL_VIOLATION)
         command, args = body
+        if self.group == "admin" and not await self.server.rights.still_admin(self.user):
+            raise _Closed  # removed or moved meanwhile: see server/rights.py
         if self.group != "admin":
             self.server.audit.event("permission_refused", session=self.id, user=self.user,
                                     address=self.peer_ip, detail=f"admin command {command}")

@@ -256,6 +256,9 @@ class WebAdmin:
         form = await request.post()
         if not hmac.compare_digest(str(form.get("csrf", "")), login.csrf):
             raise web.HTTPForbidden(text="invalid or missing CSRF token; reload the page")
+        if not await self.server.rights.still_admin(login.user):  # an action: read afresh
+            self.logins.pop(request.cookies.get(COOKIE, ""), None)
+            raise web.HTTPSeeOther("/login")
         return login, form
 
     async def login_page(self, request: web.Request, error: str = "") -> web.Response:

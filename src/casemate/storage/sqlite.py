@@ -48,6 +48,9 @@ __all__ = ["SQLiteBackend", "DATA_FILE", "SYSTEM_FILE"]
 DATA_FILE = "data.sqlite"
 SYSTEM_FILE = "system.sqlite"
 
+# How stale another process's change to users or grants may be seen (server/rights.py).
+DATA_VERSION_EVERY = 0.001
+
 
 def _lenient(parse: Any) -> Any:
     """A converter that hands back the stored text when it is not in the expected format
@@ -430,6 +433,7 @@ class SQLiteBackend(Backend):
         self.busy_timeout = busy_timeout
         self._lock = threading.Lock()
         self._grant_changes = 0  # changes made through this process's own connection
+        self._data_version = (0, -1.0)  # (PRAGMA data_version, when read)
         for f in (self.system_path, self.data_path):
             _create_private(f)
         self._sys = self._open_system()
@@ -550,9 +554,15 @@ class SQLiteBackend(Backend):
 
     def grants_version(self) -> tuple[int, int]:
         # data_version moves when another connection (another process: the casemate CLI)
-        # commits to system.sqlite; our own changes are counted here.
-        with self._lock:
-            return self._sys.execute("PRAGMA data_version").fetchone()[0], self._grant_changes
+        # commits to system.sqlite; our own changes are counted here, at once.  Servers ask
+        # before every statement: the pragma (~8 us) is read at most once a millisecond.
+        now = time.monotonic()
+        version, read_at = self._data_version
+        if now - read_at >= DATA_VERSION_EVERY:
+            with self._lock:
+                version = self._sys.execute("PRAGMA data_version").fetchone()[0]
+            self._data_version = (version, now)
+        return version, self._grant_changes
 
     def set_grants(self, group: str, table: str, privileges: frozenset[str]) -> None:
         with self._lock:
