@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -20,7 +21,7 @@ import pytest
 
 import casemate
 from tests.access.test_limits import server_with
-from tests.conftest import ADMIN_PASSWORD
+from tests.conftest import ADMIN_PASSWORD, set_setting
 
 MB = 1024 * 1024
 
@@ -33,11 +34,20 @@ def peak_rss(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-def flood_one(port: int, size: int, stop: threading.Event) -> None:
+def _open(port: int, encrypted: bool) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    if not encrypted:
+        return s
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # only the server's memory matters
+    return ctx.wrap_socket(s)
+
+
+def flood_one(port: int, size: int, stop: threading.Event, encrypted: bool = False) -> None:
     """Announce a ``size``-byte HELLO and send it, until the server stops taking it."""
     chunk = b"\x00" * MB
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        with _open(port, encrypted) as s:
             s.sendall(struct.pack(">cI", b"H", size))
             for _ in range(size // MB):
                 if stop.is_set():
@@ -49,13 +59,17 @@ def flood_one(port: int, size: int, stop: threading.Event) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
-def test_flood_of_large_first_messages_keeps_memory_flat(make_db, server_factory) -> None:  # type: ignore[no-untyped-def]
-    server = server_with(make_db, server_factory, login_timeout_seconds="20")
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "tls"])
+def test_flood_of_large_first_messages_keeps_memory_flat(make_db, server_factory,  # type: ignore[no-untyped-def]
+                                                         encrypted: bool) -> None:
+    db = make_db(encrypted=encrypted)
+    set_setting(db, "login_timeout_seconds", "20")
+    server = server_factory(db)
     with server.connect() as c:  # warm up: first login, storage open
         c.execute("SELECT 1")
     before = peak_rss(server.pid)
     stop = threading.Event()
-    threads = [threading.Thread(target=flood_one, args=(server.port, 16 * MB, stop))
+    threads = [threading.Thread(target=flood_one, args=(server.port, 16 * MB, stop, encrypted))
                for _ in range(30)]
     for t in threads:
         t.start()

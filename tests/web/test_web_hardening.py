@@ -7,6 +7,8 @@ from __future__ import annotations
 import http.client
 import re
 import socket
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -115,3 +117,29 @@ def test_host_header_check(make_db, server_factory) -> None:  # type: ignore[no-
         assert _get_with_host(url, host) == 200, host
     for host in ("evil.example", f"evil.example:{port}", "rebind.attacker.test:80"):
         assert _get_with_host(url, host) == 421, host
+
+
+def test_web_login_ends_when_its_user_is_removed_or_moved(make_db, server_factory) -> None:  # type: ignore[no-untyped-def]
+    server, url = start(make_db, server_factory)
+    for name in ("boss", "chief"):
+        r = subprocess.run([sys.executable, "-m", "casemate", "user", "add", str(server.db), name,
+                            "--group", "admin", "--password", "boss-secret-pw"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    boss, chief = Web(url), Web(url)
+    assert boss.login("boss", "boss-secret-pw").status == 303
+    assert chief.login("chief", "boss-secret-pw").status == 303
+    csrf = boss.csrf()
+    assert boss.get("/sessions").status == 200 and chief.get("/").status == 200
+    for args in (("remove", str(server.db), "boss"), ("group", str(server.db), "chief",
+                                                      "readonly")):
+        r = subprocess.run([sys.executable, "-m", "casemate", "user", *args],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    r = boss.post("/message", {"csrf": csrf, "text": "still here?"})  # an action: refused
+    assert (r.status, r.location) == (303, "/login")
+    assert boss.get("/sessions").location == "/login"
+    assert chief.get("/").location == "/login"
+    ended = [e for e in audit_events(server.db) if e["event"] == "disconnect"
+             and e.get("channel") == "web"]
+    assert {e["user"] for e in ended} == {"boss", "chief"}

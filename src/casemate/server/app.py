@@ -318,7 +318,8 @@ class Server:
                     ticket.release()
             return
         if isinstance(ticket, str):  # too many connections that have not logged in
-            self.audit.event("connection_refused", address=addr[0], reason=ticket)
+            self.audit.event("connection_refused", address=addr[0], reason=ticket,
+                             channel="database")
             with contextlib.suppress(OSError):
                 sock.send(encode_frame(Msg.ERROR, {"code": Codes.TOO_MANY_CONNECTIONS,
                                                    "message": ticket}))

@@ -364,8 +364,8 @@ class WebAdmin:
                 if c == "encrypted":
                     cells.append(f"<td class={'enc' if v else 'plain'}>"
                                  f"{'encrypted' if v else 'plain'}</td>")
-                else:
-                    cells.append(f"<td>{_esc(v)}</td>")
+                else:  # client-chosen strings: no control or bidirectional characters
+                    cells.append(f"<td>{_esc(clean(v, 1000) if isinstance(v, str) else v)}</td>")
             drop = (f"<form method=post action=/sessions/{row[0]}/drop><input type=hidden "
                     f"name=csrf value={login.csrf}><button>Drop</button></form>")
             body.append(f"<tr data-session={row[0]}>{''.join(cells)}<td>{drop}</td></tr>")
