@@ -9,6 +9,8 @@ import re
 import socket
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -143,3 +145,29 @@ def test_web_login_ends_when_its_user_is_removed_or_moved(make_db, server_factor
     ended = [e for e in audit_events(server.db) if e["event"] == "disconnect"
              and e.get("channel") == "web"]
     assert {e["user"] for e in ended} == {"boss", "chief"}
+
+
+def test_parallel_web_guesses_are_not_faster(make_db, server_factory) -> None:  # type: ignore[no-untyped-def]
+    step = 0.4
+    _, url = start(make_db, server_factory, after=("access", "throttle_after_failures", 1),
+                   base=("access", "throttle_base_delay_seconds", step),
+                   cap=("access", "throttle_max_delay_seconds", step),
+                   timeout=("limits", "login_timeout_seconds", 3))
+    times: list[float] = []
+    lock = threading.Lock()
+    t0 = time.monotonic()
+
+    def guess() -> None:
+        r = Web(url).login("admin", "wrong-guess")
+        with lock:
+            if "Wrong user name or password" in r.text:
+                times.append(time.monotonic() - t0)
+    threads = [threading.Thread(target=guess) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    times.sort()
+    assert 2 <= len(times) <= 3 / step + 3, times  # the others: "Too many login attempts"
+    for i, t in enumerate(times[2:], start=2):
+        assert t >= (i - 1) * step * 0.9, times
