@@ -97,12 +97,14 @@ class Rights:
         """Read the users once (one read shared by every session that asks meanwhile)."""
         if self._pending is None:
             self._pending = asyncio.ensure_future(self._reload())
-        fut = self._pending
-        try:
-            await asyncio.shield(fut)
-        finally:
-            if fut.done() and self._pending is fut:
-                self._pending = None
+            self._pending.add_done_callback(self._reloaded)
+        await asyncio.shield(self._pending)
+
+    def _reloaded(self, fut: asyncio.Future[None]) -> None:
+        if self._pending is fut:
+            self._pending = None
+        if not fut.cancelled():
+            fut.exception()  # retrieved: a failed read is reported to the callers that wait
 
     async def _reload(self) -> None:
         loop = asyncio.get_running_loop()

@@ -667,9 +667,10 @@ class Session(asyncio.Protocol):
         handler = self._handlers.get(m.type)
         if handler is None:
             raise ProtocolError(f"unexpected {m.type.name} message", Codes.PROTOCOL_VIOLATION)
-        if not await self.server.rights.check(self):
-            raise _Closed  # the user was removed or moved: see server/rights.py
         try:
+            # Unable to read the user store: this request fails, the session goes on.
+            if not await self.server.rights.check(self):
+                raise _Closed  # the user was removed or moved: see server/rights.py
             await handler(self, m.body)
         except ProtocolError:
             raise  # a malformed request ends the session (run() reports it and closes)
