@@ -110,3 +110,36 @@ def test_method_grant_revoked_on_another_server_applies_in_a_transaction(pair) -
             with pytest.raises(casemate.ProgrammingError) as e:
                 clerk.execute("SELECT name FROM items")
             assert e.value.code == "42501"
+
+
+def test_sessions_and_notifications_survive_a_postgresql_restart(pair, pg: PostgresServer) -> None:  # type: ignore[no-untyped-def]
+    """Last in the module: restarts PostgreSQL under both servers."""
+    a, b = pair
+    with a.connect() as admin:
+        add_user(admin, "dora", "readwrite")
+    with login(b, "dora") as dora:
+        assert dora.execute("SELECT 1").fetchone() == (1,)
+        dora.commit()
+        pg._run(str(pg.bin / "pg_ctl"), "-D", str(pg.data), "-l",
+                str(pg.base / "postgres.log"), "-m", "fast", "-w", "restart")
+        deadline = time.monotonic() + 10
+        while True:  # a request may fail while connections are reopened; the session lives
+            try:
+                assert dora.execute("SELECT 2").fetchone() == (2,)
+                break
+            except casemate.DatabaseError as e:
+                assert e.code != "57P06" and not dora.closed, e
+                assert time.monotonic() < deadline, e
+                dora.rollback()
+                time.sleep(0.2)
+        dora.commit()
+        time.sleep(1.5)  # b's listener reconnects (it retries every second)
+        with a.connect() as admin:
+            admin.admin("user_remove", name="dora")
+        deadline = time.monotonic() + 3
+        with pytest.raises(casemate.OperationalError) as e:
+            while time.monotonic() < deadline:
+                dora.execute("SELECT 3")
+                dora.commit()
+                time.sleep(0.05)
+        assert "57P06" in [c for c, _ in dora.notices], e.value
