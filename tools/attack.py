@@ -185,16 +185,13 @@ def runaway(t: Target, b: Bounds) -> Outcome:
         held &= ok
         notes.append(note)
     # A client starts the endless query (under the server's default timeout) and dies.
-    proc = subprocess.Popen([sys.executable, "-c", _RUNNER, str(t.server.port), PW, ENDLESS],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        proc.stdout.readline()
-        time.sleep(0.5)  # the query is running now
-        proc.kill()
-        proc.wait(5)
-    finally:
-        if proc.poll() is None:
+    with subprocess.Popen([sys.executable, "-c", _RUNNER, str(t.server.port), PW, ENDLESS],
+                          stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            proc.stdout.readline()
+            time.sleep(0.5)  # the query is running now
+        finally:
             proc.kill()
     server = psutil.Process(t.server.pid)
     time.sleep(0.5)
