@@ -22,12 +22,14 @@ Every loop is bounded in count and time and talks only to the server it started.
     python -m tools.attack                 # the full run, prints one line per attack
     python -m tools.attack --quick         # smaller bounds: what the test suite runs
     python -m tools.attack --only replace  # one attack
+    python -m tools.attack --backend postgresql   # the same against the PostgreSQL backend
 Exit status 0 when every attack was stopped, 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
 import struct
@@ -46,6 +48,7 @@ import psutil
 
 import casemate
 from casemate.database import create_database, make_verifier
+from casemate.pgtest import PostgresServer
 from casemate.settings import AccessSettings, load_settings
 from casemate.testing import ServerProcess
 
@@ -55,6 +58,19 @@ COUNT_TO = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE
 FRAME = 16 * 1024 * 1024
 ENDLESS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) " \
           "SELECT count(*) FROM c"
+
+
+SCHEMA = {
+    "sqlite": ["CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT UNIQUE)",
+               "CREATE TABLE kept (id INTEGER PRIMARY KEY ON CONFLICT REPLACE, "
+               "name TEXT UNIQUE ON CONFLICT REPLACE)",
+               "INSERT INTO items VALUES (1, 'original'), (2, 'second')",
+               "INSERT INTO kept VALUES (1, 'original'), (2, 'second')"],
+    "postgresql": ["CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT UNIQUE)",
+                   "CREATE TABLE kept (id INTEGER PRIMARY KEY, name TEXT UNIQUE)",
+                   "INSERT INTO items VALUES (1, 'original'), (2, 'second')",
+                   "INSERT INTO kept VALUES (1, 'original'), (2, 'second')"],
+}
 
 
 @dataclass
@@ -79,18 +95,32 @@ class Bounds:
 
 
 class Target:
-    """A fresh database served by a real server process, with one user per group."""
+    """A fresh database served by a real server process, with one user per group.
 
-    def __init__(self, base: Path, bounds: Bounds) -> None:
+    ``backend="postgresql"`` keeps the data in a throw-away PostgreSQL server (Debian's,
+    started on loopback by :class:`casemate.pgtest.PostgresServer`).
+    """
+
+    def __init__(self, base: Path, bounds: Bounds, backend: str = "sqlite") -> None:
         self.db = base / "db"
-        create_database(self.db, None, "attack-admin-pw")
+        self.backend = backend
+        self.pg: PostgresServer | None = None
+        if backend == "postgresql":
+            self.pg = PostgresServer(ssl=True).start()
+            os.environ["CASEMATE_PG_PASSWORD"] = self.pg.password  # the server reads it
+            done = subprocess.run(
+                [sys.executable, "-m", "casemate", "init", str(self.db), "--storage",
+                 "postgresql", "--dsn", f"host=127.0.0.1 port={self.pg.port} dbname=postgres "
+                 "user=postgres sslmode=require", "--admin-password", "attack-admin-pw"],
+                capture_output=True, text=True, timeout=120)
+            if done.returncode:
+                raise RuntimeError(f"casemate init failed: {done.stdout}{done.stderr}")
+        else:
+            create_database(self.db, None, "attack-admin-pw")
         self.server = ServerProcess(self.db, password="attack-admin-pw").start()
         with self.server.connect() as admin:
-            admin.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT UNIQUE)")
-            admin.execute("CREATE TABLE kept (id INTEGER PRIMARY KEY ON CONFLICT REPLACE, "
-                          "name TEXT UNIQUE ON CONFLICT REPLACE)")
-            admin.execute("INSERT INTO items VALUES (1, 'original'), (2, 'second')")
-            admin.execute("INSERT INTO kept VALUES (1, 'original'), (2, 'second')")
+            for sql in SCHEMA[backend]:
+                admin.execute(sql)
             admin.commit()
             admin.admin("group_add", name="clerks")
             for table in ("items", "kept"):
@@ -108,8 +138,24 @@ class Target:
     def admin(self) -> casemate.Connection:
         return self.server.connect()
 
+    def running(self, sql: str) -> int:
+        """How many storage-side statements with this text are running now."""
+        if self.pg is None:
+            raise ValueError("only the PostgreSQL backend runs statements elsewhere")
+        import psycopg
+        with psycopg.connect(self.pg.dsn(sslmode="require"), password=self.pg.password) as c:
+            # Casemate may wrap the text (a server-side cursor): look for it inside.
+            row = c.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                            "AND pid <> pg_backend_pid() AND strpos(query, %s) > 0",
+                            (sql,)).fetchone()
+        return int(row[0]) if row else 0
+
     def close(self) -> None:
-        self.server.stop()
+        try:
+            self.server.stop()
+        finally:
+            if self.pg is not None:
+                self.pg.stop()
 
 
 # -- the attacks --------------------------------------------------------------------------
@@ -193,18 +239,24 @@ def runaway(t: Target, b: Bounds) -> Outcome:
             time.sleep(0.5)  # the query is running now
         finally:
             proc.kill()
-    server = psutil.Process(t.server.pid)
     time.sleep(0.5)
-    cpu0 = sum(server.cpu_times()[:2])
-    time.sleep(1.0)
-    burnt = sum(server.cpu_times()[:2]) - cpu0
-    held &= burnt < 0.3
-    notes.append(f"after its client was killed the server used {burnt:.2f} s of CPU in 1 s")
+    if t.pg is not None:
+        left = t.running(ENDLESS)
+        held &= left == 0
+        notes.append(f"0.5 s after its client was killed, {left} such statement(s) still "
+                     "ran in PostgreSQL")
+    else:
+        server = psutil.Process(t.server.pid)
+        cpu0 = sum(server.cpu_times()[:2])
+        time.sleep(1.0)
+        burnt = sum(server.cpu_times()[:2]) - cpu0
+        held &= burnt < 0.3
+        notes.append(f"after its client was killed the server used {burnt:.2f} s of CPU in 1 s")
     return Outcome("runaway", held, "; ".join(notes))
 
 
 # Each tries to change or remove a row of a table where the group may only SELECT and INSERT.
-REPLACE_ATTEMPTS = [
+REPLACE_ATTEMPTS_SQLITE = [
     "INSERT OR REPLACE INTO items (id, name) VALUES (1, 'pwned')",
     "REPLACE INTO items (id, name) VALUES (1, 'pwned')",
     "INSERT OR REPLACE INTO [items] (id, name) VALUES (1, 'pwned')",
@@ -222,6 +274,24 @@ REPLACE_ATTEMPTS = [
     "INSERT INTO kept (id, name) VALUES (3, 'second')",
     "INSERT INTO [kept] (id, name) VALUES (1, 'pwned')",
 ]
+REPLACE_ATTEMPTS_POSTGRESQL = [
+    "INSERT INTO items (id, name) VALUES (1, 'pwned') "
+    "ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+    "INSERT INTO items (id, name) VALUES (3, 'second') "
+    "ON CONFLICT (name) DO UPDATE SET id = 2, name = 'pwned'",
+    "INSERT INTO \"items\" (id, name) VALUES (1, 'x') ON CONFLICT ON CONSTRAINT items_pkey "
+    "DO UPDATE SET name = 'pwned'",
+    "INSERT INTO public.kept AS k (id, name) VALUES (1, 'x') "
+    "ON CONFLICT (id) DO UPDATE SET name = 'pwned' WHERE k.id = 1",
+    "WITH d AS (DELETE FROM items RETURNING *) INSERT INTO items SELECT * FROM d",
+    "WITH u AS (UPDATE kept SET name = 'pwned' RETURNING *) SELECT * FROM u",
+    "MERGE INTO items USING (VALUES (1)) v(id) ON items.id = v.id "
+    "WHEN MATCHED THEN UPDATE SET name = 'pwned'",
+    "MERGE INTO kept USING (VALUES (1)) v(id) ON kept.id = v.id WHEN MATCHED THEN DELETE",
+    "TRUNCATE items",
+    "DELETE FROM kept",
+]
+REPLACE_ATTEMPTS = {"sqlite": REPLACE_ATTEMPTS_SQLITE, "postgresql": REPLACE_ATTEMPTS_POSTGRESQL}
 
 
 def replace(t: Target, b: Bounds) -> Outcome:
@@ -229,7 +299,7 @@ def replace(t: Target, b: Bounds) -> Outcome:
     slipped: list[str] = []
     with t.connect("clerk") as c:
         cur = c.cursor()
-        for sql in REPLACE_ATTEMPTS:
+        for sql in REPLACE_ATTEMPTS[t.backend]:
             try:
                 cur.execute(sql)
                 c.commit()
@@ -242,7 +312,7 @@ def replace(t: Target, b: Bounds) -> Outcome:
             if [tuple(r) for r in rows][:2] != [(1, "original"), (2, "second")]:
                 slipped.append(f"{table} is now {[tuple(r) for r in rows]}")
     return Outcome("replace", not slipped,
-                   f"{len(REPLACE_ATTEMPTS)} ways of overwriting tried; "
+                   f"{len(REPLACE_ATTEMPTS[t.backend])} ways of overwriting tried; "
                    + ("; ".join(slipped) if slipped else "every row is as it was"))
 
 
@@ -337,16 +407,20 @@ def main(argv: list[str] | None = None) -> list[Outcome]:
     ap.add_argument("--quick", action="store_true", help="smaller bounds (the test suite's run)")
     ap.add_argument("--only", choices=sorted(ATTACKS), action="append",
                     help="run only this attack (repeatable)")
+    ap.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite",
+                    help="storage of the attacked server (postgresql: a throw-away "
+                    "PostgreSQL server on loopback; needs tools/install-test-deps.sh)")
     args = ap.parse_args(argv)
     bounds = Bounds.quick() if args.quick else Bounds()
     outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="casemate-attack-") as tmp:
-        target = Target(Path(tmp), bounds)
+        target = Target(Path(tmp), bounds, args.backend)
         try:
             for name in args.only or list(ATTACKS):
                 outcome = ATTACKS[name](target, bounds)
                 outcomes.append(outcome)
-                print(f"{'held' if outcome.held else 'FELL'}  {name:<10} {outcome.detail}",
+                print(f"{'held' if outcome.held else 'FELL'}  {args.backend:<10} {name:<10} "
+                      f"{outcome.detail}",
                       flush=True)
         finally:
             target.close()
