@@ -12,6 +12,7 @@ This package is a PEP 249 (DB-API 2.0) module::
 __version__ = "0.1.0"
 
 from .client.params import Security  # noqa: E402
+from .protocol.codec import Json  # noqa: E402
 from .dbapi import (  # noqa: E402
     BINARY,
     DATETIME,
@@ -56,6 +57,7 @@ __all__ = [
     "Connection",
     "Cursor",
     "Security",
+    "Json",
     "Warning",
     "Error",
     "InterfaceError",
