@@ -49,10 +49,11 @@ from psycopg import ClientCursor
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import ExecStatus, TransactionStatus
-from psycopg.types.json import Jsonb, JsonbDumper
+from psycopg.types.json import Jsonb, JsonbDumper, JsonbLoader, JsonLoader
 from psycopg.types.numeric import FloatDumper
 from psycopg.types.string import TextLoader
 
+from ..protocol.codec import Json
 from ..settings import StorageSettings
 from .access import METHOD_PREFIX, Policy
 from .base import BUILTIN_GROUPS, Backend, StorageConnection, StorageCursor, StorageError, UserRecord
@@ -77,7 +78,7 @@ _IDLE, _INTRANS, _INERROR = (TransactionStatus.IDLE, TransactionStatus.INTRANS,
 
 # Values psycopg would load as Python types the Casemate wire format has no
 # encoding for: they arrive as PostgreSQL's text form instead.
-_TEXT_TYPES = ("uuid", "interval", "inet", "cidr", "macaddr", "macaddr8", "int4range",
+_TEXT_TYPES = ("interval", "inet", "cidr", "macaddr", "macaddr8", "int4range",
                "int8range", "numrange", "daterange", "tsrange", "tstzrange", "int4multirange",
                "int8multirange", "nummultirange", "datemultirange", "tsmultirange",
                "tstzmultirange")
@@ -745,7 +746,28 @@ class _Float8Dumper(FloatDumper):
 def _param(v: Any) -> Any:
     if isinstance(v, tuple | list):  # the wire's arrays arrive as tuples: PostgreSQL arrays
         return [_param(x) for x in v]
+    if isinstance(v, Json):  # casemate.Json(...): jsonb, whatever the value inside
+        return Jsonb(v.obj)
     return v
+
+
+class _JsonLoader(JsonLoader):
+    """json values come back wrapped, so they travel as JSON (a list is no array)."""
+
+    def load(self, data: Any) -> Any:
+        return Json(super().load(data))
+
+
+class _JsonbLoader(JsonbLoader):
+    def load(self, data: Any) -> Any:
+        return Json(super().load(data))
+
+
+def _client_loaders(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """Clients' connections: JSON comes back as Json (the service's own reads stay plain)."""
+    conn.adapters.register_loader("json", _JsonLoader)
+    conn.adapters.register_loader("jsonb", _JsonbLoader)
+    return conn
 
 
 def _params(params: Sequence[Any]) -> list[Any]:
@@ -903,7 +925,7 @@ class PostgreSQLBackend(Backend):
             if "connect_timeout" not in self._dsn_parts:
                 extra["connect_timeout"] = 10
             try:
-                return self._open(make_conninfo(self.settings.dsn, **extra), role)
+                return _client_loaders(self._open(make_conninfo(self.settings.dsn, **extra), role))
             except StorageError as e:
                 if e.code != "28P01" or attempt == 1:
                     raise

@@ -161,10 +161,11 @@ _TABLE_CONSTRAINTS = {"CONSTRAINT", "PRIMARY", "UNIQUE", "CHECK", "FOREIGN"}
 
 # Declared type (first word) -> (SQLSTATE, CHECK expression on {c}) for values it refuses.
 _DATE_GLOB = "'[0-9][0-9][0-9][0-9]-[0-1][0-9]-[0-3][0-9]*'"
-_DATETIME = ("22007", f"datetime({{c}}) IS NOT NULL AND {{c}} GLOB {_DATE_GLOB}")
+# (Seconds only: SQLite rounds .999999 up, past 9999-12-31 23:59:59.)
+_DATETIME = ("22007", f"datetime(substr({{c}}, 1, 19)) IS NOT NULL AND {{c}} GLOB {_DATE_GLOB}")
 _CHECKS: dict[str, tuple[str, str]] = {
     "DATE": ("22007", "date({c}) IS {c}"),
-    "TIME": ("22007", "time({c}) IS NOT NULL AND {c} GLOB '[0-2][0-9]:[0-5][0-9]*'"),
+    "TIME": ("22007", "time(substr({c}, 1, 8)) IS NOT NULL AND {c} GLOB '[0-2][0-9]:[0-5]*'"),
     "DATETIME": _DATETIME, "TIMESTAMP": _DATETIME, "TIMESTAMPTZ": _DATETIME,
     "DECIMAL": ("22P02", "casemate_is_decimal({c})"),
     "NUMERIC": ("22P02", "casemate_is_decimal({c})"),
