@@ -12,7 +12,6 @@ This package is a PEP 249 (DB-API 2.0) module::
 __version__ = "0.1.0"
 
 from .client.params import Security  # noqa: E402
-from .protocol.codec import Json  # noqa: E402
 from .dbapi import (  # noqa: E402
     BINARY,
     DATETIME,
@@ -47,6 +46,7 @@ from .errors import (  # noqa: E402
     SecurityError,
     Warning,
 )
+from .protocol.codec import Json  # noqa: E402
 
 __all__ = [
     "__version__",

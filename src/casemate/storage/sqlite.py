@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -48,6 +49,8 @@ from .base import (
 )
 
 __all__ = ["SQLiteBackend", "DATA_FILE", "SYSTEM_FILE"]
+
+log = logging.getLogger("casemate.storage.sqlite")
 
 DATA_FILE = "data.sqlite"
 SYSTEM_FILE = "system.sqlite"
@@ -495,6 +498,18 @@ class SQLiteBackend(Backend):
         db.executemany("INSERT OR IGNORE INTO builtin_groups VALUES (?)",
                        [(g,) for g in BUILTIN_GROUPS])
         return db
+
+    def check(self) -> None:
+        """At server start: warn about DECIMAL columns whose values SQLite already rounded."""
+        db = sqlite3.connect(f"file:{self.data_path}?mode=ro", uri=True)  # creates nothing
+        try:
+            found = sqlite_types.rounded_decimal_columns(db, count=False)
+        finally:
+            db.close()
+        for table, column, _ in found:
+            log.warning("column %s.%s (DECIMAL/NUMERIC, made before exact decimals) holds "
+                        "values SQLite stored as numbers, possibly rounded: see casemate "
+                        "check DIR and docs/types.md", table, column)
 
     def connect(self) -> StorageConnection:
         return _Connection(self.data_path, self.busy_timeout, self.mmap_bytes,

@@ -35,7 +35,7 @@ import sqlite3
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from decimal import Context, Decimal, InvalidOperation
+from decimal import Context, Decimal
 from typing import Any
 
 from ..protocol.codec import Json
@@ -362,14 +362,19 @@ _MOVES = {"Copy", "SCopy", "IntCopy"}
 _TABLE_OPENS = {"OpenRead", "OpenWrite", "ReopenIdx"}
 # Opcodes that write no value a result could show (jumps, tests, cursor moves; those of
 # coroutines and subroutines store a return address), and those that change p1 in place.
-_NO_VALUE = set("""Init Goto Halt Transaction OpenRead OpenWrite OpenEphemeral OpenAutoindex
-    SorterOpen Rewind Next Prev SorterSort SorterNext Sort Last Once If IfNot IsNull NotNull
-    Eq Ne Lt Le Gt Ge Jump Return Gosub EndCoroutine InitCoroutine Yield BeginSubrtn
-    ResultRow Close Noop Explain TableLock SeekGE SeekGT SeekLE SeekLT SeekRowid NotExists
-    NotFound Found NoConflict IdxGE IdxGT IdxLE IdxLT IfPos IfNotZero DecrJumpZero ElseEq
-    Compare Permutation HaltIfNull IsType ReleaseReg Delete ResetSorter ColumnsUsed
-    CursorHint FkCheck NullRow DeferredSeek FinishSeek SeekEnd SeekHit Filter FilterAdd
-    IfNullRow IfNoHope IfSmaller SorterCompare Trace Abortable Expire AggStep""".split())
+_NO_VALUE = frozenset({
+    "Init", "Goto", "Halt", "Transaction", "OpenRead", "OpenWrite", "OpenEphemeral",
+    "OpenAutoindex", "SorterOpen", "Rewind", "Next", "Prev", "SorterSort", "SorterNext",
+    "Sort", "Last", "Once", "If", "IfNot", "IsNull", "NotNull", "Eq", "Ne", "Lt", "Le", "Gt",
+    "Ge", "Jump", "Return", "Gosub", "EndCoroutine", "InitCoroutine", "Yield", "BeginSubrtn",
+    "ResultRow", "Close", "Noop", "Explain", "TableLock", "SeekGE", "SeekGT", "SeekLE",
+    "SeekLT", "SeekRowid", "NotExists", "NotFound", "Found", "NoConflict", "IdxGE", "IdxGT",
+    "IdxLE", "IdxLT", "IfPos", "IfNotZero", "DecrJumpZero", "ElseEq", "Compare", "Permutation",
+    "HaltIfNull", "IsType", "ReleaseReg", "Delete", "ResetSorter", "ColumnsUsed", "CursorHint",
+    "FkCheck", "NullRow", "DeferredSeek", "FinishSeek", "SeekEnd", "SeekHit", "Filter",
+    "FilterAdd", "IfNullRow", "IfNoHope", "IfSmaller", "SorterCompare", "Trace", "Abortable",
+    "Expire", "AggStep"
+})
 _IN_PLACE = {"Cast", "AddImm", "MustBeInt", "RealAffinity", "Affinity"}
 
 
@@ -553,11 +558,12 @@ def convert_rows(rows: list[tuple[Any, ...]], conv: list[tuple[int, Callable[[An
 
 
 # -- databases made before: DECIMAL columns already rounded -----------------------------------
-def rounded_decimal_columns(db: sqlite3.Connection) -> list[tuple[str, str, int]]:
+def rounded_decimal_columns(db: sqlite3.Connection, count: bool = True
+                            ) -> list[tuple[str, str, int]]:
     """(table, column, rows) for each DECIMAL/NUMERIC column with NUMERIC affinity that
     holds numbers SQLite stored as INTEGER/REAL: those values may have lost digits (a
     float keeps about 15) or their scale, and Casemate cannot tell which, so it reports
-    them rather than "fix" them."""
+    them rather than "fix" them.  Without ``count``, rows is 1 for "some" (a quicker scan)."""
     found = []
     tables = [r[0] for r in db.execute(
         "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
@@ -569,8 +575,9 @@ def rounded_decimal_columns(db: sqlite3.Connection) -> list[tuple[str, str, int]
             if first not in ("DECIMAL", "NUMERIC") or "TEXT" in decl:
                 continue
             qc = '"' + str(col[1]).replace('"', '""') + '"'
-            n = db.execute(f"SELECT count(*) FROM {qt} WHERE typeof({qc}) IN "
-                           "('real', 'integer')").fetchone()[0]
+            where = f"FROM {qt} WHERE typeof({qc}) IN ('real', 'integer')"
+            n = db.execute(f"SELECT count(*) {where}" if count else
+                           f"SELECT EXISTS (SELECT 1 {where})").fetchone()[0]
             if n:
                 found.append((table, str(col[1]), int(n)))
     return found
