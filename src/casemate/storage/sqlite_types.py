@@ -29,6 +29,7 @@ Three things make values come back as they went in (docs/types.md):
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 import sqlite3
@@ -86,6 +87,7 @@ def _collate(a: str, b: str) -> int:
     return (ka > kb) - (ka < kb)
 
 
+@functools.lru_cache(maxsize=4096)  # a sort compares each value ~log2(n) times
 def _key(s: str) -> tuple[int, Decimal, str]:
     try:
         d = _dec(s)
@@ -268,11 +270,13 @@ def _rewrite_add_column(toks: list[tuple[str, str]], words: list[int]) -> str | 
     return None
 
 
+_DDL_HEAD = re.compile(r"\s*(?:create|alter)\s", re.IGNORECASE)
+
+
 def rewrite_ddl(sql: str) -> str:
     """``sql`` with its DECIMAL/NUMERIC/JSON columns stored exactly and its typed columns
     checked; any other statement unchanged (cheap: most statements stop at the first word)."""
-    head = sql.lstrip()[:6].upper()
-    if head not in ("CREATE", "ALTER "):
+    if not _DDL_HEAD.match(sql):
         return sql
     try:
         toks = _tokens(sql)
@@ -498,6 +502,7 @@ def _typed(v: Any) -> type | None:
     return None
 
 
+_TYPED_TYPES = frozenset((*_READERS, dict))
 _DECIMAL_FUNCTION = re.compile(r"decimal\w*\s*\(", re.IGNORECASE)
 
 
@@ -514,9 +519,13 @@ class ResultTyper:
     def converters(self, sql: str, params: Sequence[Any]
                    ) -> list[tuple[int, Callable[[Any], Any]]]:
         """(column, converter) pairs for ``sql``'s result; empty for most statements."""
+        for p in params:  # the common case first: no typed parameter, no decimal_* call
+            if type(p) in _TYPED_TYPES:
+                break
+        else:
+            if ("ecimal" not in sql and "ECIMAL" not in sql) or not _DECIMAL_FUNCTION.search(sql):
+                return []
         types = [_typed(p) for p in params]
-        if not any(types) and not _DECIMAL_FUNCTION.search(sql):
-            return []
         version = self._db.execute("PRAGMA schema_version").fetchone()[0]
         key = (sql, tuple(types), version)
         hit = self._cache.get(key)
