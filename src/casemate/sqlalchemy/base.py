@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import exc, pool
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects.sqlite import base as sqlite_base
+from sqlalchemy.dialects.sqlite.json import JSON as SQLiteJSON
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import URL
 
@@ -132,7 +133,7 @@ class CasemateNumeric(sqltypes.Numeric):  # type: ignore[type-arg]
         return super().result_processor(dialect, coltype)  # type: ignore[no-untyped-call]
 
 
-class CasemateJSON(sqlite_base.JSON):  # type: ignore[type-arg]
+class CasemateJSON(SQLiteJSON):
     """JSON columns: the server already hands back the Python object (docs/types.md);
     an engine's own ``json_deserializer`` still gets the JSON text."""
 
@@ -185,7 +186,8 @@ class CasemateDialect(SQLiteDialect_pysqlite):
 
     def get_check_constraints(self, connection: Any, table_name: str, schema: str | None = None,
                               **kw: Any) -> Any:
-        found = super().get_check_constraints(connection, table_name, schema, **kw)
+        found = super().get_check_constraints(  # type: ignore[no-untyped-call]
+            connection, table_name, schema, **kw)
         return [c for c in found if not _TYPE_CHECK.match(c.get("name") or "")]
 
     @classmethod
