@@ -156,6 +156,10 @@ def test_rows_round_trip_by_every_path(server: ServerProcess, data: st.DataObjec
                 await a.close()
         asyncio.run(through_aio())
         _check(conn, rows)
+        selected = conn.execute(f"SELECT {marks}", rows[0]).fetchone()  # typed in expressions
+        assert selected is not None
+        for c, a, b in zip(COLUMNS, rows[0], selected, strict=True):
+            assert (a is None and b is None) or _same(a, b), (c, a, b)
         conn.rollback()
 
 
@@ -232,4 +236,18 @@ def test_nan_and_nul_where_a_backend_cannot_store_them(server: ServerProcess) ->
         else:
             with pytest.raises(casemate.DataError):  # PostgreSQL text holds no NUL
                 conn.execute("INSERT INTO vals (id, t) VALUES (951, ?)", ("a\x00b",))
+        conn.rollback()
+
+
+def test_decimal_precision_is_enforced_as_postgresql_does(server: ServerProcess) -> None:
+    with server.connect() as conn:
+        conn.execute("CREATE TABLE small (a NUMERIC(5, 2))")
+        conn.execute("INSERT INTO small VALUES (?)", (Decimal("999.99"),))
+        for too_big in (Decimal("1000"), Decimal("999.995"), Decimal("Infinity")):
+            with pytest.raises(casemate.DataError) as e:
+                conn.execute("INSERT INTO small VALUES (?)", (too_big,))
+            assert e.value.code == "22003", e.value
+            if conn.backend == "postgresql":
+                conn.rollback()
+                conn.execute("CREATE TABLE IF NOT EXISTS small (a NUMERIC(5, 2))")
         conn.rollback()

@@ -36,7 +36,7 @@ import sqlite3
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from decimal import Context, Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
 from ..protocol.codec import Json
@@ -126,6 +126,21 @@ class _Avg(_Sum):
         return None if self.total is None else str(_AVG.divide(self.total, self.n))
 
 
+def _decimal_fits(v: Any, precision: int, scale: int) -> int:
+    """0 when ``v`` would not fit DECIMAL(precision, scale): PostgreSQL refuses it with
+    22003 (once rounded to the scale, too many digits before the point; or infinite)."""
+    try:
+        d = _dec(v)
+    except ValueError:
+        return 1  # not a number at all: the 22P02 check says so
+    if d is None or d.is_nan():
+        return 1
+    if d.is_infinite():
+        return 0
+    q = d.quantize(Decimal(1).scaleb(-scale), ROUND_HALF_UP, _EXACT)
+    return int(q.is_zero() or q.adjusted() < precision - scale)
+
+
 def _decimal_ok(v: Any) -> int:
     try:
         _dec(v)
@@ -144,6 +159,7 @@ def install(db: sqlite3.Connection) -> None:
         "decimal_mul": (2, _binary(_EXACT.multiply)),
         "decimal_cmp": (2, _cmp),
         "casemate_is_decimal": (1, _decimal_ok),
+        "casemate_decimal_fits": (3, _decimal_fits),
     }
     for name, (n, fn) in fns.items():
         db.create_function(name, n, fn, deterministic=True)
@@ -177,20 +193,40 @@ _CHECKS: dict[str, tuple[str, str]] = {
 }
 _TEXT_STORED = {"DECIMAL", "NUMERIC", "JSON", "JSONB"}  # rewritten to TEXT affinity
 _CHECK_NAME = re.compile(r"CHECK constraint failed: (22\w{3}):(\w+):(.*)$", re.DOTALL)
+_PROBLEM = {"22007": "the value is not a valid date/time value",
+            "22003": "the value does not fit its declared precision and scale"}
 
 
 def _tokens(sql: str) -> list[tuple[str, str]]:
     return [(m.lastgroup or "other", m.group()) for m in _TOKEN.finditer(sql)]
 
 
-def _affinity_check(word: str) -> tuple[str, str] | None:
+def _affinity_check(word: str) -> tuple[str, str, str] | None:
+    """(SQLSTATE, CHECK expression, type named in the error) for a declared type."""
     if word in _CHECKS:
-        return _CHECKS[word]
-    if "INT" in word:
-        return ("22P02", "typeof({c}) = 'integer'")
+        return (*_CHECKS[word], word)
+    if "INT" in word:  # SQLite's affinity rules, in their order
+        return ("22P02", "typeof({c}) = 'integer'", "INTEGER")
+    if any(k in word for k in ("CHAR", "CLOB", "TEXT", "BLOB")):
+        return None
     if any(k in word for k in ("REAL", "FLOA", "DOUB")):
-        return ("22P02", "typeof({c}) IN ('real', 'integer')")
+        return ("22P02", "typeof({c}) IN ('real', 'integer')", "REAL")
     return None
+
+
+def _type_args(item: list[tuple[str, str]], after: int) -> list[int]:
+    """The integers in the parentheses that follow the type name (``(10, 2)``), if any."""
+    rest = [t for k, t in item[after + 1:] if k != "space"]
+    if not rest or rest[0] != "(" or ")" not in rest:
+        return []
+    inner = rest[1:rest.index(")")]
+    nums = [t for t in inner if t != ","]
+    return [int(t) for t in nums] if all(t.isdigit() for t in nums) else []
+
+
+def _named_check(code: str, typ: str, name: str, expr: str) -> str:
+    label = f"{code}:{typ}:{name}".replace('"', '""')
+    return f' CONSTRAINT "{label}" CHECK ({{c}} IS NULL OR ({expr}))'.format(c=name)
 
 
 def _column(item: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
@@ -212,11 +248,17 @@ def _column(item: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
     suffix = ""
     if first in ("DECIMAL", "NUMERIC") and "COLLATE" not in rest_words:
         suffix += " COLLATE DECIMAL"
-    check = _affinity_check(first)
+    type_words = [t.upper() for _, t in words[1:]]
+    whole = " ".join(type_words[:next((i for i, w in enumerate(type_words)
+                                       if w in _CONSTRAINT_WORDS or not w.isidentifier()),
+                                      len(type_words))])
+    check = _affinity_check(first) or _affinity_check(whole)
     if check is not None:
-        code, expr = check
-        label = f"{code}:{first}:{name}".replace('"', '""')
-        suffix += f' CONSTRAINT "{label}" CHECK ({{c}} IS NULL OR ({expr}))'.format(c=name)
+        suffix += _named_check(check[0], check[2], name, check[1])
+    args = _type_args(item, type_at)
+    if first in ("DECIMAL", "NUMERIC") and args:
+        p, sc = args[0], args[1] if len(args) > 1 else 0
+        suffix += _named_check("22003", first, name, f"casemate_decimal_fits({{c}}, {p}, {sc})")
     while out and out[-1][0] == "space":
         out.pop()
     return [*out, ("other", suffix)]
@@ -305,10 +347,9 @@ def type_error(e: sqlite3.DatabaseError) -> tuple[str, str] | None:
     if m is None:
         return None
     code, typ, col = m.groups()
-    what = "date/time" if code == "22007" else typ.lower()
-    return (f"invalid input for column {col} of type {typ}: the value is not a valid "
-            f"{what} value (a value that does not fit its column's declared type is "
-            "refused, see docs/types.md)", code)
+    problem = _PROBLEM.get(code, f"the value is not a valid {typ.lower()} value")
+    return (f"invalid input for column {col} of type {typ}: {problem} (a value that does "
+            "not fit its column's declared type is refused, see docs/types.md)", code)
 
 
 # -- reading typed values back --------------------------------------------------------------
