@@ -178,12 +178,15 @@ _CONSTRAINT_WORDS = {"CONSTRAINT", "PRIMARY", "NOT", "NULL", "UNIQUE", "CHECK", 
 _TABLE_CONSTRAINTS = {"CONSTRAINT", "PRIMARY", "UNIQUE", "CHECK", "FOREIGN"}
 
 # Declared type (first word) -> (SQLSTATE, CHECK expression on {c}) for values it refuses.
-_DATE_GLOB = "'[0-9][0-9][0-9][0-9]-[0-1][0-9]-[0-3][0-9]*'"
+# date(julianday(x)) IS x: a real calendar day (date('2024-02-30') would let it through).
+_REAL_DAY = "date(julianday({d})) IS {d}"
 # (Seconds only: SQLite rounds .999999 up, past 9999-12-31 23:59:59.)
-_DATETIME = ("22007", f"datetime(substr({{c}}, 1, 19)) IS NOT NULL AND {{c}} GLOB {_DATE_GLOB}")
+_DATETIME = ("22007", "datetime(substr({c}, 1, 19)) IS NOT NULL AND "
+             + _REAL_DAY.format(d="substr({c}, 1, 10)"))
 _CHECKS: dict[str, tuple[str, str]] = {
-    "DATE": ("22007", "date({c}) IS {c}"),
-    "TIME": ("22007", "time(substr({c}, 1, 8)) IS NOT NULL AND {c} GLOB '[0-2][0-9]:[0-5]*'"),
+    "DATE": ("22007", _REAL_DAY.format(d="{c}")),
+    "TIME": ("22007", "time(substr({c}, 1, 8)) IS NOT NULL AND substr({c}, 1, 2) < '24' AND "
+             "{c} GLOB '[0-2][0-9]:[0-5]*'"),
     "DATETIME": _DATETIME, "TIMESTAMP": _DATETIME, "TIMESTAMPTZ": _DATETIME,
     "DECIMAL": ("22P02", "casemate_is_decimal({c})"),
     "NUMERIC": ("22P02", "casemate_is_decimal({c})"),
