@@ -30,13 +30,22 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import json
 import re
 import sqlite3
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from decimal import ROUND_HALF_UP, Context, Decimal
+from decimal import (
+    ROUND_HALF_UP,
+    Context,
+    Decimal,
+    DivisionByZero,
+    Inexact,
+    InvalidOperation,
+    Overflow,
+)
 from typing import Any
 
 from ..protocol.codec import Json
@@ -45,10 +54,13 @@ __all__ = ["install", "rewrite_ddl", "type_error", "ResultTyper", "decimal_text"
            "rounded_decimal_columns"]
 
 # -- decimals ---------------------------------------------------------------------------
-# Exact for + - * (the digits a result needs are at most the sum of its operands'):
-# a precision beyond any stored value's keeps every digit.
-_EXACT = Context(prec=10_000, Emax=999_999, Emin=-999_999)
+# Exact for + - * (the digits a result needs are at most the sum of its operands'): a
+# result that would need more than 10,000 digits raises (Inexact is trapped) rather than
+# being rounded, and SQLite reports "user-defined function raised exception".
+_EXACT = Context(prec=10_000, Emax=999_999, Emin=-999_999,
+                 traps=[InvalidOperation, DivisionByZero, Overflow, Inexact])
 _AVG = Context(prec=40)  # a mean has no exact finite form in general: 40 significant digits
+_ROUNDING = Context(prec=10_000, Emax=999_999, Emin=-999_999)  # rounds to a scale, on purpose
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:Infinity|Inf|NaN)",
                      re.IGNORECASE)
 
@@ -88,7 +100,16 @@ def _collate(a: str, b: str) -> int:
 
 
 @functools.lru_cache(maxsize=4096)  # a sort compares each value ~log2(n) times
+def _cached_key(s: str) -> tuple[int, Decimal, str]:
+    return _parse_key(s)
+
+
 def _key(s: str) -> tuple[int, Decimal, str]:
+    # Only short texts are cached: the cache must not keep 4096 huge values alive.
+    return _cached_key(s) if len(s) <= 64 else _parse_key(s)
+
+
+def _parse_key(s: str) -> tuple[int, Decimal, str]:
     try:
         d = _dec(s)
     except ValueError:
@@ -137,7 +158,7 @@ def _decimal_fits(v: Any, precision: int, scale: int) -> int:
         return 1
     if d.is_infinite():
         return 0
-    q = d.quantize(Decimal(1).scaleb(-scale), ROUND_HALF_UP, _EXACT)
+    q = d.quantize(Decimal(1).scaleb(-scale), ROUND_HALF_UP, _ROUNDING)
     return int(q.is_zero() or q.adjusted() < precision - scale)
 
 
@@ -571,7 +592,9 @@ class ResultTyper:
                 return []
         types = [_typed(p) for p in params]
         version = self._db.execute("PRAGMA schema_version").fetchone()[0]
-        key = (sql, tuple(types), version)
+        # A long statement is cached under its digest: the cache must stay small.
+        text: str | bytes = sql if len(sql) <= 1024 else hashlib.blake2b(sql.encode()).digest()
+        key = (text, tuple(types), version)
         hit = self._cache.get(key)
         if hit is None:
             hit = self._analyse(sql, params, types)
