@@ -110,3 +110,9 @@ def test_dates_must_be_real_days(conn: StorageConnection, value: object, ok: boo
         assert not ok and e.code == "22007"
     else:
         assert ok
+
+
+def test_ddl_through_executemany_is_rewritten(conn: StorageConnection) -> None:
+    conn.executemany("CREATE TABLE m (a DECIMAL)", [()])
+    conn.execute("INSERT INTO m VALUES (?)", (Decimal("0.10000000000000000001"),))
+    assert rows(conn, "SELECT a FROM m") == [(Decimal("0.10000000000000000001"),)]

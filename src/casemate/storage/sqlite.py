@@ -393,8 +393,9 @@ class _Connection(StorageConnection):
             if self.policy.per_table:
                 self._check_program(sql, _big_ints(params))
             raw = self._db.execute(sql, _big_ints(params))
-            cur = _Cursor(raw, self,
-                          self._typer.converters(sql, params) if raw.description else None)
+            conv = (self._typer.converters(sql, params, len(raw.description))
+                    if raw.description else None)
+            cur = _Cursor(raw, self, conv)
         except sqlite3.DatabaseError as e:
             raise self._denied(e, was_txn) from e
         except MemoryError as e:
@@ -409,6 +410,7 @@ class _Connection(StorageConnection):
         self.policy.last_denied = ""
         self._check_lost()
         was_txn = self._db.in_transaction
+        sql = sqlite_types.rewrite_ddl(sql)
         try:
             if self.policy.per_table and seq:
                 self._check_program(sql, _big_ints(seq[0]))

@@ -581,9 +581,10 @@ class ResultTyper:
         self._cache: OrderedDict[tuple[Any, ...], list[tuple[int, Callable[[Any], Any]]]] = (
             OrderedDict())
 
-    def converters(self, sql: str, params: Sequence[Any]
+    def converters(self, sql: str, params: Sequence[Any], ncols: int
                    ) -> list[tuple[int, Callable[[Any], Any]]]:
-        """(column, converter) pairs for ``sql``'s result; empty for most statements."""
+        """(column, converter) pairs for ``sql``'s result of ``ncols`` columns; empty for
+        most statements."""
         for p in params:  # the common case first: no typed parameter, no decimal_* call
             if type(p) in _TYPED_TYPES:
                 break
@@ -594,16 +595,17 @@ class ResultTyper:
         version = self._db.execute("PRAGMA schema_version").fetchone()[0]
         # A long statement is cached under its digest: the cache must stay small.
         text: str | bytes = sql if len(sql) <= 1024 else hashlib.blake2b(sql.encode()).digest()
-        key = (text, tuple(types), version)
+        # ncols: a cached analysis must have the shape of this result (belt and braces).
+        key = (text, tuple(types), version, ncols)
         hit = self._cache.get(key)
         if hit is None:
-            hit = self._analyse(sql, params, types)
+            hit = self._analyse(sql, params, types, ncols)
             self._cache[key] = hit
             if len(self._cache) > self.CACHE:
                 self._cache.popitem(last=False)
         return hit
 
-    def _analyse(self, sql: str, params: Sequence[Any], types: list[type | None]
+    def _analyse(self, sql: str, params: Sequence[Any], types: list[type | None], ncols: int
                  ) -> list[tuple[int, Callable[[Any], Any]]]:
         try:
             ops = self._db.execute("EXPLAIN " + sql, params).fetchall()
@@ -613,6 +615,8 @@ class ResultTyper:
         flow.run()
         cols = flow.results() or []
         out = []
+        if len(cols) != ncols:
+            return []  # not the statement's shape (several result rows of other widths)
         for j, srcs in enumerate(cols):
             t = _column_type(srcs, types)
             if t is not None:
