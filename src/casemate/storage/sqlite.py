@@ -392,10 +392,9 @@ class _Connection(StorageConnection):
         try:
             if self.policy.per_table:
                 self._check_program(sql, _big_ints(params))
+            plan = self._typer.plan(sql, params)  # before the statement runs: see ResultTyper
             raw = self._db.execute(sql, _big_ints(params))
-            conv = (self._typer.converters(sql, params, len(raw.description))
-                    if raw.description else None)
-            cur = _Cursor(raw, self, conv)
+            cur = _Cursor(raw, self, sqlite_types.converters_for(plan, raw.description))
         except sqlite3.DatabaseError as e:
             raise self._denied(e, was_txn) from e
         except MemoryError as e:

@@ -50,8 +50,8 @@ from typing import Any
 
 from ..protocol.codec import Json
 
-__all__ = ["install", "rewrite_ddl", "type_error", "ResultTyper", "decimal_text",
-           "rounded_decimal_columns"]
+__all__ = ["install", "rewrite_ddl", "type_error", "ResultTyper", "converters_for",
+           "convert_rows", "decimal_text", "rounded_decimal_columns"]
 
 # -- decimals ---------------------------------------------------------------------------
 # Exact for + - * (the digits a result needs are at most the sum of its operands'): a
@@ -571,57 +571,78 @@ _TYPED_TYPES = frozenset((*_READERS, dict))
 _DECIMAL_FUNCTION = re.compile(r"decimal\w*\s*\(", re.IGNORECASE)
 
 
+Converters = list[tuple[int, Callable[[Any], Any]]]
+# (result width, converters): what ResultTyper.plan found for one statement.
+Plan = tuple[int, Converters]
+_WRITE_HEAD = re.compile(r"\s*(?:insert|update|delete|replace)\b", re.IGNORECASE)
+_STOPPED = (sqlite3.SQLITE_INTERRUPT, 18)  # interrupted, SQLITE_TOOBIG: the caller decides
+
+
 class ResultTyper:
-    """Per connection: which result columns of a statement to convert, cached by statement."""
+    """Per connection: which result columns of a statement to convert, cached by statement.
+
+    :meth:`plan` runs before the statement does, so that an EXPLAIN stopped by the
+    progress handler (a cancel, the event loop's cut-off) leaves nothing half done: the
+    statement is then run again whole, as any stopped statement is.
+    """
 
     CACHE = 256
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
-        self._cache: OrderedDict[tuple[Any, ...], list[tuple[int, Callable[[Any], Any]]]] = (
-            OrderedDict())
+        self._cache: OrderedDict[tuple[Any, ...], Plan] = OrderedDict()
 
-    def converters(self, sql: str, params: Sequence[Any], ncols: int
-                   ) -> list[tuple[int, Callable[[Any], Any]]]:
-        """(column, converter) pairs for ``sql``'s result of ``ncols`` columns; empty for
-        most statements."""
+    def plan(self, sql: str, params: Sequence[Any]) -> Plan | None:
+        """How to read ``sql``'s result; None for most statements (checked cheaply)."""
         for p in params:  # the common case first: no typed parameter, no decimal_* call
             if type(p) in _TYPED_TYPES:
                 break
         else:
             if ("ecimal" not in sql and "ECIMAL" not in sql) or not _DECIMAL_FUNCTION.search(sql):
-                return []
+                return None
+        if _WRITE_HEAD.match(sql) and "returning" not in sql.lower():
+            return None  # a write without RETURNING has no result to read
         types = [_typed(p) for p in params]
         version = self._db.execute("PRAGMA schema_version").fetchone()[0]
         # A long statement is cached under its digest: the cache must stay small.
         text: str | bytes = sql if len(sql) <= 1024 else hashlib.blake2b(sql.encode()).digest()
-        # ncols: a cached analysis must have the shape of this result (belt and braces).
-        key = (text, tuple(types), version, ncols)
+        key = (text, tuple(types), version)
         hit = self._cache.get(key)
         if hit is None:
-            hit = self._analyse(sql, params, types, ncols)
+            hit = self._analyse(sql, params, types)
+            if hit is None:
+                return None  # EXPLAIN failed: the statement will say why; nothing cached
             self._cache[key] = hit
             if len(self._cache) > self.CACHE:
                 self._cache.popitem(last=False)
         return hit
 
-    def _analyse(self, sql: str, params: Sequence[Any], types: list[type | None], ncols: int
-                 ) -> list[tuple[int, Callable[[Any], Any]]]:
+    def _analyse(self, sql: str, params: Sequence[Any], types: list[type | None]
+                 ) -> Plan | None:
         try:
             ops = self._db.execute("EXPLAIN " + sql, params).fetchall()
-        except sqlite3.Error:
-            return []
+        except sqlite3.Error as e:
+            if getattr(e, "sqlite_errorcode", 0) in _STOPPED:
+                raise
+            return None
         flow = _Flow(ops)
         flow.run()
-        cols = flow.results() or []
+        cols = flow.results()
+        if cols is None:
+            return (-1, [])  # several result shapes: leave values as they are
         out = []
-        if len(cols) != ncols:
-            return []  # not the statement's shape (several result rows of other widths)
         for j, srcs in enumerate(cols):
             t = _column_type(srcs, types)
             if t is not None:
                 out.append((j, _LENIENT[t]))
-        return out
+        return (len(cols), out)
+
+
+def converters_for(plan: Plan | None, description: Sequence[Any] | None) -> Converters | None:
+    """The converters of ``plan`` if the statement's result has the width it was made for."""
+    if plan is None or description is None or len(description) != plan[0] or not plan[1]:
+        return None
+    return plan[1]
 
 
 def convert_rows(rows: list[tuple[Any, ...]], conv: list[tuple[int, Callable[[Any], Any]]]
