@@ -336,14 +336,15 @@ def _rewrite_add_column(toks: list[tuple[str, str]], words: list[int]) -> str | 
     return None
 
 
+_DDL_FIRST = frozenset("cCaA \t\r\n")
 _DDL_HEAD = re.compile(r"\s*(?:create|alter)\s", re.IGNORECASE)
 
 
 def rewrite_ddl(sql: str) -> str:
     """``sql`` with its DECIMAL/NUMERIC/JSON columns stored exactly and its typed columns
     checked; any other statement unchanged (cheap: most statements stop at the first word)."""
-    if not _DDL_HEAD.match(sql):
-        return sql
+    if sql[:1] not in _DDL_FIRST or not _DDL_HEAD.match(sql):
+        return sql  # (the first character settles it for almost every statement)
     try:
         toks = _tokens(sql)
         words = [i for i, (k, _) in enumerate(toks) if k in ("word", "quoted")]
