@@ -251,3 +251,13 @@ def test_decimal_precision_is_enforced_as_postgresql_does(server: ServerProcess)
                 conn.rollback()
                 conn.execute("CREATE TABLE IF NOT EXISTS small (a NUMERIC(5, 2))")
         conn.rollback()
+
+
+@pytest.mark.parametrize("value", [Decimal("0"), Decimal("5"), Decimal("-0.00"), Decimal("5E+3"),
+                                   Decimal("-12.5"), Decimal("NaN"), Decimal("-Infinity")])
+def test_integral_decimals_stay_decimals(server: ServerProcess, value: Decimal) -> None:
+    # Found by the property test: PostgreSQL read a bare 0 as an integer.
+    with server.connect() as conn:
+        (got,) = conn.execute("SELECT ?", (value,)).fetchone() or (None,)
+        assert isinstance(got, Decimal) and _same(value, got), got
+        conn.rollback()

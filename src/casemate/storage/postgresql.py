@@ -41,6 +41,7 @@ import select
 import threading
 import time
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,7 +51,7 @@ from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.types.json import Jsonb, JsonbDumper, JsonbLoader, JsonLoader
-from psycopg.types.numeric import FloatDumper
+from psycopg.types.numeric import DecimalDumper, FloatDumper
 from psycopg.types.string import TextLoader
 
 from ..protocol.codec import Json
@@ -743,6 +744,15 @@ class _Float8Dumper(FloatDumper):
         return b"'" + bytes(self.dump(obj) or b"") + b"'::float8"
 
 
+class _NumericDumper(DecimalDumper):
+    """Decimals bound client-side as numeric: a bare ``5`` would be an integer to
+    PostgreSQL, and ``SELECT ?`` would give back an int for Decimal("5")."""
+
+    def quote(self, obj: Any) -> bytes:
+        value = bytes(super().quote(obj)).strip()
+        return value if value.endswith(b"::numeric") else b"'" + value + b"'::numeric"
+
+
 def _param(v: Any) -> Any:
     if isinstance(v, tuple | list):  # the wire's arrays arrive as tuples: PostgreSQL arrays
         return [_param(x) for x in v]
@@ -905,6 +915,7 @@ class PostgreSQLBackend(Backend):
                 pass
         conn.adapters.register_dumper(dict, JsonbDumper)
         conn.adapters.register_dumper(float, _Float8Dumper)
+        conn.adapters.register_dumper(Decimal, _NumericDumper)
         return conn
 
     def _service_connect(self, _key: str) -> psycopg.Connection[Any]:
