@@ -273,8 +273,6 @@ def test_declared_types_roundtrip(plain_server) -> None:  # type: ignore[no-unty
         assert cur.fetchall() == [(1,)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: DECIMAL columns have SQLite NUMERIC affinity; the "
-                   "Decimal adapter stores text that SQLite converts to REAL (15 digits)")
 def test_decimal_keeps_its_precision(plain_server) -> None:  # type: ignore[no-untyped-def]
     exact = Decimal("12345678901234567890.123456789")
     with plain_server.connect() as conn:

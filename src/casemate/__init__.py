@@ -46,6 +46,7 @@ from .errors import (  # noqa: E402
     SecurityError,
     Warning,
 )
+from .protocol.codec import Json  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -56,6 +57,7 @@ __all__ = [
     "Connection",
     "Cursor",
     "Security",
+    "Json",
     "Warning",
     "Error",
     "InterfaceError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from casemate.pgtest import PostgresServer
 from casemate.protocol import codec
+from casemate.protocol.codec import Json
 from casemate.settings import StorageSettings
 from casemate.storage import StorageConnection, StorageError
 from casemate.storage.access import Policy
@@ -227,9 +229,11 @@ def test_values_have_wire_encodings(backend: PostgreSQLBackend) -> None:
                          "1.50::numeric, '\\x0102'::bytea, ?::int[], ?::jsonb, ? || '%'",
                       ((4, 5), {"k": "v"}, "100"))
         codec.pack(row)  # every value can travel to the client
-        assert row[1] == "1 day 02:00:00" and row[2] == {"a": [1, 2]} and row[3] == [1, 2]
+        assert row[1] == "1 day 02:00:00" and row[2] == Json({"a": [1, 2]}) and row[3] == [1, 2]
         assert row[4] == "[1,3)" and row[7] == b"\x01\x02" and row[8] == [4, 5]
-        assert row[9] == {"k": "v"} and row[10] == "100%"
+        assert row[9] == Json({"k": "v"}) and row[10] == "100%"
+        assert isinstance(row[0], uuid.UUID)  # JSON and UUID travel typed (docs/types.md)
+        assert codec.unpack(codec.pack(row[2])) == {"a": [1, 2]}
     finally:
         c.close()
 

@@ -9,6 +9,7 @@ import click
 from .. import __version__
 from .backup import backup, restore
 from .cert import cert
+from .check import check
 from .demo import demo
 from .main import group, init, methods, serve, trust, user
 from .monitor import accept, drop, message, reject, sessions, status
@@ -32,7 +33,7 @@ def cli() -> None:
 
 
 for command in (demo, init, serve, user, group, cert, trust, shell, backup, restore, status,
-                sessions, drop, message, accept, reject, methods):
+                sessions, drop, message, accept, reject, methods, check):
     cli.add_command(command)
 
 

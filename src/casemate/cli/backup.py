@@ -23,6 +23,7 @@ from typing import Any
 import click
 
 from ..database import PRIVATE_DIR, PRIVATE_FILE, PRIVATE_UMASK, make_private_dir
+from ..storage import sqlite_types
 from ..storage.sqlite import DATA_FILE, SYSTEM_FILE
 from .main import fail, open_folder
 from .pidfile import running_pid
@@ -68,6 +69,7 @@ def _sha256(path: Path) -> str:
 def _integrity(path: Path) -> str:
     # immutable: read the file as it is, creating no -wal/-shm files beside it
     db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+    sqlite_types.install(db)  # the typed columns' CHECKs and collation name its functions
     try:
         return "; ".join(r[0] for r in db.execute("PRAGMA integrity_check").fetchall())
     except sqlite3.DatabaseError as e:

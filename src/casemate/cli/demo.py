@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..database import DatabaseFolder, create_database
+from ..storage import sqlite_types
 from ..storage.sqlite import DATA_FILE
 
 DEMO_PASSWORD = "demo"
@@ -33,7 +34,7 @@ from casemate.methods import Rows, method
 @method
 def customer_total(db, customer_id: int) -> Decimal:
     """Total amount of a customer's orders, computed next to the data."""
-    row = db.execute("SELECT coalesce(sum(amount), 0) FROM orders WHERE customer_id = ?",
+    row = db.execute("SELECT coalesce(decimal_sum(amount), 0) FROM orders WHERE customer_id = ?",
                      (customer_id,)).fetchone()
     return Decimal(str(row[0]))
 
@@ -50,7 +51,9 @@ def create_demo(path: Path) -> DatabaseFolder:
     folder, _ = create_database(path, "Casemate Demo", DEMO_PASSWORD)
     (path / "Methods" / "demo.py").write_text(_METHODS)
     with sqlite3.connect(folder.data_dir / DATA_FILE) as db:
-        db.executescript(_SCHEMA)
+        sqlite_types.install(db)
+        for statement in _SCHEMA.split(";"):  # as the server creates tables (docs/types.md)
+            db.execute(sqlite_types.rewrite_ddl(statement))
         db.executemany("INSERT INTO customers VALUES (?,?,?,?)", _CUSTOMERS)
         db.executemany("INSERT INTO orders VALUES (?,?,?,?)", _ORDERS)
     db.close()

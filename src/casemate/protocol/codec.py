@@ -11,21 +11,29 @@ code  Python type         payload
 3     datetime.date       ISO 8601 text ``YYYY-MM-DD``
 4     datetime.time       ISO 8601 text, with ``+HH:MM`` offset if aware
 5     datetime.datetime   ISO 8601 text, with ``+HH:MM`` offset if aware
+6     uuid.UUID           the 16 bytes of the UUID
+7     :class:`Json`       UTF-8 JSON text (``dict`` values travel as JSON too)
 ====  ==================  =============================================
+
+A JSON value arrives at the server as a :class:`Json` (so the storage knows to
+store JSON and not, say, a PostgreSQL array for a list) and at a client as the
+plain Python object (``dict``, ``list``...), as psycopg returns ``jsonb``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
+import uuid
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgpack
 
 __all__ = [
-    "pack", "unpack", "pack_array_of_packed", "array_header",
-    "EXT_BIGINT", "EXT_DECIMAL", "EXT_DATE", "EXT_TIME", "EXT_DATETIME",
+    "pack", "unpack", "unpack_wrapped", "pack_array_of_packed", "array_header", "Json",
+    "EXT_BIGINT", "EXT_DECIMAL", "EXT_DATE", "EXT_TIME", "EXT_DATETIME", "EXT_UUID", "EXT_JSON",
 ]
 
 EXT_BIGINT = 1
@@ -33,6 +41,34 @@ EXT_DECIMAL = 2
 EXT_DATE = 3
 EXT_TIME = 4
 EXT_DATETIME = 5
+EXT_UUID = 6
+EXT_JSON = 7
+
+
+class Json:
+    """A value to store as JSON (like psycopg's ``Json``): ``casemate.Json([1, 2])``.
+
+    A ``dict`` parameter is JSON without the wrapper; a ``list`` needs it (on
+    PostgreSQL a bare list is an array).
+    """
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def dumps(self) -> str:
+        """The JSON text (NaN and infinities refused: JSON has none)."""
+        return json.dumps(self.obj, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Json) and other.obj == self.obj
+
+    def __hash__(self) -> int:
+        return hash(self.dumps())
+
+    def __repr__(self) -> str:
+        return f"Json({self.obj!r})"
 
 _INT64_MIN = -(2**63)
 _UINT64_MAX = 2**64 - 1
@@ -51,6 +87,10 @@ def _default(value: Any) -> Any:
         return _bigint(value)
     if isinstance(value, memoryview | bytearray):
         return bytes(value)
+    if isinstance(value, uuid.UUID):
+        return msgpack.ExtType(EXT_UUID, value.bytes)
+    if isinstance(value, Json):
+        return msgpack.ExtType(EXT_JSON, value.dumps().encode())
     raise TypeError(f"cannot send a value of type {type(value).__name__} to the server")
 
 
@@ -106,6 +146,18 @@ def pack_array_of_packed(items: list[bytes]) -> bytes:
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
+    if code == EXT_JSON:
+        return json.loads(data)
+    return _ext_common(code, data)
+
+
+def _ext_hook_wrapped(code: int, data: bytes) -> Any:
+    if code == EXT_JSON:
+        return Json(json.loads(data))
+    return _ext_common(code, data)
+
+
+def _ext_common(code: int, data: bytes) -> Any:
     if code == EXT_BIGINT:
         return int.from_bytes(data, "big", signed=True)
     if code == EXT_DECIMAL:
@@ -116,14 +168,25 @@ def _ext_hook(code: int, data: bytes) -> Any:
         return dt.time.fromisoformat(data.decode())
     if code == EXT_DATETIME:
         return dt.datetime.fromisoformat(data.decode())
+    if code == EXT_UUID:
+        return uuid.UUID(bytes=data)
     raise ValueError(f"unknown extension type {code}")
 
 
 def unpack(data: bytes | memoryview) -> Any:
     """Decode one value; arrays come back as tuples. Raises ValueError on malformed input."""
+    return _unpack(data, _ext_hook)
+
+
+def unpack_wrapped(data: bytes | memoryview) -> Any:
+    """:func:`unpack`, with JSON values as :class:`Json` (the server's view of parameters)."""
+    return _unpack(data, _ext_hook_wrapped)
+
+
+def _unpack(data: bytes | memoryview, hook: Any) -> Any:
     try:
         return msgpack.unpackb(
-            data, ext_hook=_ext_hook, raw=False, use_list=False, strict_map_key=False
+            data, ext_hook=hook, raw=False, use_list=False, strict_map_key=False
         )
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, UnicodeDecodeError) as e:
         raise ValueError(f"malformed value: {str(e) or type(e).__name__}") from e

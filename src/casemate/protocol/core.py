@@ -266,7 +266,8 @@ class ProtocolConnection:
             # Decoded in place: the values decoded are copies, and the view is released
             # before the buffer changes again.
             with memoryview(self._buf) as view:
-                body = codec.unpack(view[start : start + length])
+                body = (codec.unpack_wrapped if self.role is Role.SERVER else codec.unpack)(
+                    view[start : start + length])
         except ValueError as e:
             raise ProtocolError(f"malformed {msg.name} message: {e}",
                                 Codes.PROTOCOL_VIOLATION) from e

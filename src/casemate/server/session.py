@@ -18,6 +18,7 @@ import re
 import sqlite3
 import ssl
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Hashable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -72,7 +73,8 @@ def _type_code(v: Any) -> str | None:
 
 
 _TYPE_NAMES = {int: "integer", float: "float", str: "text", bytes: "bytes", bool: "bool",
-               Decimal: "decimal", dt.date: "date", dt.time: "time", dt.datetime: "datetime"}
+               Decimal: "decimal", dt.date: "date", dt.time: "time", dt.datetime: "datetime",
+               uuid.UUID: "uuid", codec.Json: "json"}
 
 
 def fetch_batch(cur: StorageCursor, max_rows: int) -> tuple[bytes, int, bool, list[Any]]:

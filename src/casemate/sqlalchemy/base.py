@@ -16,6 +16,8 @@ would have to run on the server).
 
 from __future__ import annotations
 
+import json
+import re
 import sqlite3
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -24,6 +26,7 @@ from typing import Any
 from sqlalchemy import exc, pool
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects.sqlite import base as sqlite_base
+from sqlalchemy.dialects.sqlite.json import JSON as SQLiteJSON
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import URL
 
@@ -130,6 +133,24 @@ class CasemateNumeric(sqltypes.Numeric):  # type: ignore[type-arg]
         return super().result_processor(dialect, coltype)  # type: ignore[no-untyped-call]
 
 
+class CasemateJSON(SQLiteJSON):
+    """JSON columns: the server already hands back the Python object (docs/types.md);
+    an engine's own ``json_deserializer`` still gets the JSON text."""
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:
+        custom = getattr(dialect, "_json_deserializer", None)
+        if custom is None:
+            return None
+        return lambda v: None if v is None else custom(json.dumps(v))
+
+
+# Casemate stores a DECIMAL/NUMERIC/JSON column as "DECIMAL TEXT(p,s)" (TEXT affinity keeps
+# exact digits) and checks typed columns with CHECKs named "22xxx:TYPE:column"
+# (storage/sqlite_types.py): reflection shows the types and constraints the user wrote.
+_STORED_AS_TEXT = re.compile(r"(?i)^\s*(DECIMAL|NUMERIC|JSONB?) TEXT\b")
+_TYPE_CHECK = re.compile(r"^22\w{3}:\w+:")
+
+
 class CasemateExecutionContext(sqlite_base.SQLiteExecutionContext):
     def post_exec(self) -> None:
         super().post_exec()  # type: ignore[no-untyped-call]
@@ -156,7 +177,18 @@ class CasemateDialect(SQLiteDialect_pysqlite):
         sqltypes.TIMESTAMP: _lenient(sqlite_base.DATETIME),
         sqltypes.Numeric: CasemateNumeric,
         sqltypes.Float: sqltypes.Float,  # unchanged (a Numeric subclass in SQLAlchemy 2.0)
+        sqltypes.JSON: CasemateJSON,
     }
+
+    def _resolve_type_affinity(self, type_: str) -> Any:
+        return super()._resolve_type_affinity(  # type: ignore[no-untyped-call]
+            _STORED_AS_TEXT.sub(r"\1", type_))
+
+    def get_check_constraints(self, connection: Any, table_name: str, schema: str | None = None,
+                              **kw: Any) -> Any:
+        found = super().get_check_constraints(  # type: ignore[no-untyped-call]
+            connection, table_name, schema, **kw)
+        return [c for c in found if not _TYPE_CHECK.match(c.get("name") or "")]
 
     @classmethod
     def import_dbapi(cls) -> Any:

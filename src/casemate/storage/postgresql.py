@@ -41,6 +41,7 @@ import select
 import threading
 import time
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,10 +50,11 @@ from psycopg import ClientCursor
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import ExecStatus, TransactionStatus
-from psycopg.types.json import Jsonb, JsonbDumper
-from psycopg.types.numeric import FloatDumper
+from psycopg.types.json import Jsonb, JsonbDumper, JsonbLoader, JsonLoader
+from psycopg.types.numeric import DecimalDumper, FloatDumper
 from psycopg.types.string import TextLoader
 
+from ..protocol.codec import Json
 from ..settings import StorageSettings
 from .access import METHOD_PREFIX, Policy
 from .base import BUILTIN_GROUPS, Backend, StorageConnection, StorageCursor, StorageError, UserRecord
@@ -77,7 +79,7 @@ _IDLE, _INTRANS, _INERROR = (TransactionStatus.IDLE, TransactionStatus.INTRANS,
 
 # Values psycopg would load as Python types the Casemate wire format has no
 # encoding for: they arrive as PostgreSQL's text form instead.
-_TEXT_TYPES = ("uuid", "interval", "inet", "cidr", "macaddr", "macaddr8", "int4range",
+_TEXT_TYPES = ("interval", "inet", "cidr", "macaddr", "macaddr8", "int4range",
                "int8range", "numrange", "daterange", "tsrange", "tstzrange", "int4multirange",
                "int8multirange", "nummultirange", "datemultirange", "tsmultirange",
                "tstzmultirange")
@@ -742,10 +744,40 @@ class _Float8Dumper(FloatDumper):
         return b"'" + bytes(self.dump(obj) or b"") + b"'::float8"
 
 
+class _NumericDumper(DecimalDumper):
+    """Decimals bound client-side as numeric: a bare ``5`` would be an integer to
+    PostgreSQL, and ``SELECT ?`` would give back an int for Decimal("5")."""
+
+    def quote(self, obj: Any) -> bytes:
+        value = bytes(super().quote(obj)).strip()
+        return value if value.endswith(b"::numeric") else b"'" + value + b"'::numeric"
+
+
 def _param(v: Any) -> Any:
     if isinstance(v, tuple | list):  # the wire's arrays arrive as tuples: PostgreSQL arrays
         return [_param(x) for x in v]
+    if isinstance(v, Json):  # casemate.Json(...): jsonb, whatever the value inside
+        return Jsonb(v.obj)
     return v
+
+
+class _JsonLoader(JsonLoader):
+    """json values come back wrapped, so they travel as JSON (a list is no array)."""
+
+    def load(self, data: Any) -> Any:
+        return Json(super().load(data))
+
+
+class _JsonbLoader(JsonbLoader):
+    def load(self, data: Any) -> Any:
+        return Json(super().load(data))
+
+
+def _client_loaders(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """Clients' connections: JSON comes back as Json (the service's own reads stay plain)."""
+    conn.adapters.register_loader("json", _JsonLoader)
+    conn.adapters.register_loader("jsonb", _JsonbLoader)
+    return conn
 
 
 def _params(params: Sequence[Any]) -> list[Any]:
@@ -883,6 +915,7 @@ class PostgreSQLBackend(Backend):
                 pass
         conn.adapters.register_dumper(dict, JsonbDumper)
         conn.adapters.register_dumper(float, _Float8Dumper)
+        conn.adapters.register_dumper(Decimal, _NumericDumper)
         return conn
 
     def _service_connect(self, _key: str) -> psycopg.Connection[Any]:
@@ -903,7 +936,7 @@ class PostgreSQLBackend(Backend):
             if "connect_timeout" not in self._dsn_parts:
                 extra["connect_timeout"] = 10
             try:
-                return self._open(make_conninfo(self.settings.dsn, **extra), role)
+                return _client_loaders(self._open(make_conninfo(self.settings.dsn, **extra), role))
             except StorageError as e:
                 if e.code != "28P01" or attempt == 1:
                     raise

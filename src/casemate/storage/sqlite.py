@@ -13,17 +13,22 @@ the server user's alone.  Each connection caps one value's size
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
 import os
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from ..protocol.codec import Json
 from ..settings import LimitsSettings
+from . import sqlite_types
 from .access import (
     PermissionDenied,
     Policy,
@@ -44,6 +49,8 @@ from .base import (
 )
 
 __all__ = ["SQLiteBackend", "DATA_FILE", "SYSTEM_FILE"]
+
+log = logging.getLogger("casemate.storage.sqlite")
 
 DATA_FILE = "data.sqlite"
 SYSTEM_FILE = "system.sqlite"
@@ -70,6 +77,9 @@ def _register_types() -> None:
     sqlite3.register_adapter(dt.date, lambda v: v.isoformat())
     sqlite3.register_adapter(dt.datetime, lambda v: v.isoformat())
     sqlite3.register_adapter(dt.time, lambda v: v.isoformat())
+    sqlite3.register_adapter(uuid.UUID, str)
+    sqlite3.register_adapter(Json, Json.dumps)
+    sqlite3.register_adapter(dict, lambda v: Json(v).dumps())
     conv_dt = lambda b: dt.datetime.fromisoformat(b.decode())  # noqa: E731
     for name, parse in {
         "DATE": lambda b: dt.date.fromisoformat(b.decode()),
@@ -77,6 +87,8 @@ def _register_types() -> None:
         "DATETIME": conv_dt, "TIMESTAMP": conv_dt, "TIMESTAMPTZ": conv_dt,
         "DECIMAL": lambda b: Decimal(b.decode()), "NUMERIC": lambda b: Decimal(b.decode()),
         "BOOLEAN": lambda b: b not in (b"0", b""), "BOOL": lambda b: b not in (b"0", b""),
+        "UUID": lambda b: uuid.UUID(b.decode()),
+        "JSON": lambda b: Json(json.loads(b)), "JSONB": lambda b: Json(json.loads(b)),
     }.items():
         sqlite3.register_converter(name, _lenient(parse))
 
@@ -127,6 +139,9 @@ def _big_ints(params: Sequence[Any]) -> Sequence[Any]:
         if type(p) is int and not -(2**63) <= p < 2**63:
             raise OutOfRange(f"integer {p} does not fit in 64 bits, the largest integer the "
                              "SQLite storage holds; store it as text (str(value))")
+        if type(p) is float and p != p:
+            raise StorageError("SQLite cannot store a float NaN (it would become NULL)",
+                               "22000", "store Decimal('NaN') in a DECIMAL column, or NULL")
     return params
 
 
@@ -164,9 +179,11 @@ _WRITE_OPS = ("Vacuum", "JournalMode")  # besides a write Transaction: what clea
 
 
 class _Cursor(StorageCursor):
-    def __init__(self, cur: sqlite3.Cursor, conn: _Connection) -> None:
+    def __init__(self, cur: sqlite3.Cursor, conn: _Connection,
+                 conv: list[tuple[int, Callable[[Any], Any]]] | None = None) -> None:
         self._cur = cur
         self._conn = conn
+        self._conv = conv
         d = cur.description
         self.description = [(c[0], None) for c in d] if d else None
         self.rowcount = cur.rowcount
@@ -174,11 +191,14 @@ class _Cursor(StorageCursor):
 
     def fetch(self, n: int) -> list[tuple[Any, ...]]:
         try:
-            return self._cur.fetchmany(n)
+            rows = self._cur.fetchmany(n)
         except MemoryError as e:
             raise _out_of_memory() from e
         except (sqlite3.OperationalError, sqlite3.DataError) as e:
             raise self._conn._denied(e) from e
+        if self._conv:  # typed parameters selected back (sqlite_types.ResultTyper)
+            return sqlite_types.convert_rows(rows, self._conv)
+        return rows
 
     def close(self) -> None:
         self._cur.close()
@@ -203,6 +223,8 @@ class _Connection(StorageConnection):
         # One value (and one stored row) at most this big: a zeroblob() or repeat() of a
         # gigabyte is refused ("string or blob too big") instead of allocated.
         self._db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max_value_bytes)
+        sqlite_types.install(self._db)
+        self._typer = sqlite_types.ResultTyper(self._db)
         self.policy = Policy("readonly")
         self._query_only = False
         self.set_policy(self.policy)
@@ -310,6 +332,9 @@ class _Connection(StorageConnection):
         if self._query_only and getattr(e, "sqlite_errorcode", 0) & 0xFF == _READONLY:
             return self.policy.refusal("taking the write lock (BEGIN IMMEDIATE or EXCLUSIVE) "
                                        "or writing: the group may only read")
+        typed = sqlite_types.type_error(e)
+        if typed is not None:  # a value its column's declared type refuses
+            return StorageError(*typed)
         if self.policy.last_denied:  # the authorizer refused: say what, not SQLite's wording
             what, self.policy.last_denied = self.policy.last_denied, ""
             return PermissionDenied(f"permission denied for group {self.policy.group!r}: {what}")
@@ -362,11 +387,14 @@ class _Connection(StorageConnection):
         self.policy.last_denied = ""
         self._check_lost()
         was_txn = self._db.in_transaction
+        sql = sqlite_types.rewrite_ddl(sql)
         changes = self._db.total_changes
         try:
             if self.policy.per_table:
                 self._check_program(sql, _big_ints(params))
-            cur = _Cursor(self._db.execute(sql, _big_ints(params)), self)
+            plan = self._typer.plan(sql, params)  # before the statement runs: see ResultTyper
+            raw = self._db.execute(sql, _big_ints(params))
+            cur = _Cursor(raw, self, sqlite_types.converters_for(plan, raw.description))
         except sqlite3.DatabaseError as e:
             raise self._denied(e, was_txn) from e
         except MemoryError as e:
@@ -381,6 +409,7 @@ class _Connection(StorageConnection):
         self.policy.last_denied = ""
         self._check_lost()
         was_txn = self._db.in_transaction
+        sql = sqlite_types.rewrite_ddl(sql)
         try:
             if self.policy.per_table and seq:
                 self._check_program(sql, _big_ints(seq[0]))
@@ -470,6 +499,18 @@ class SQLiteBackend(Backend):
         db.executemany("INSERT OR IGNORE INTO builtin_groups VALUES (?)",
                        [(g,) for g in BUILTIN_GROUPS])
         return db
+
+    def check(self) -> None:
+        """At server start: warn about DECIMAL columns whose values SQLite already rounded."""
+        db = sqlite3.connect(f"file:{self.data_path}?mode=ro", uri=True)  # creates nothing
+        try:
+            found = sqlite_types.rounded_decimal_columns(db, count=False)
+        finally:
+            db.close()
+        for table, column, _ in found:
+            log.warning("column %s.%s (DECIMAL/NUMERIC, made before exact decimals) holds "
+                        "values SQLite stored as numbers, possibly rounded: see casemate "
+                        "check DIR and docs/types.md", table, column)
 
     def connect(self) -> StorageConnection:
         return _Connection(self.data_path, self.busy_timeout, self.mmap_bytes,
@@ -585,6 +626,7 @@ class SQLiteBackend(Backend):
 
     def integrity_check(self) -> str:
         db = sqlite3.connect(self.data_path)
+        sqlite_types.install(db)  # CHECK constraints and collations name its functions
         try:
             rows = db.execute("PRAGMA integrity_check").fetchall()
         finally:
