@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sys
+import warnings
+from typing import TextIO
 
 import click
 
 from .. import __version__
+from ..errors import CasemateWarning
 from .backup import backup, restore
 from .cert import cert
 from .demo import demo
@@ -36,7 +39,21 @@ for command in (demo, init, serve, user, group, cert, trust, shell, backup, rest
     cli.add_command(command)
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """Casemate's own warnings read as command output ("warning: ..."), not as Python's
+    file:line report; others keep Python's format."""
+    if issubclass(category, CasemateWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def main() -> None:
+    warnings.showwarning = _show_warning
     try:
         cli(standalone_mode=True)
     except KeyboardInterrupt:

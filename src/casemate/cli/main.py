@@ -26,6 +26,7 @@ from ..database import (
 from ..errors import Error
 from ..settings import Settings, SettingsError
 from ..storage import StorageError
+from .connect import PORT, cli_connect
 from .pidfile import PID_FILE, PidFile
 
 __all__ = ["PID_FILE", "fail", "open_folder"]
@@ -130,7 +131,7 @@ def _raise_file_limit() -> None:
 @click.command()
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--host", multiple=True, help="Listen address (repeatable); overrides the settings.")
-@click.option("--port", type=int, help="TCP port; 0 picks a free one.")
+@click.option("--port", type=PORT, help="TCP port (0 to 65535); 0 picks a free one.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(directory: Path, host: tuple[str, ...], port: int | None, verbose: bool) -> None:
     """Run the server on database folder DIRECTORY until SIGINT/SIGTERM.
@@ -222,11 +223,7 @@ def group() -> None:
 
 def _admin(target: str) -> Admin:
     if target.startswith("casemate://"):
-        import casemate
-        try:
-            return RemoteAdmin(casemate.connect(target, program="casemate admin"))
-        except Error as e:
-            fail(str(e), 2)
+        return RemoteAdmin(cli_connect(target, program="casemate admin"))
     folder = open_folder(Path(target))
     try:
         return LocalAdmin(folder.backend())
@@ -268,12 +265,7 @@ def _ask_password(password: str | None) -> str:
 def _check_secure(target: str) -> None:
     """A password verifier lets its holder impersonate the server: never send it in clear."""
     if target.startswith("casemate://"):
-        import casemate
-        try:
-            conn = casemate.connect(target, program="casemate admin", reconnect_attempts=0)
-        except Error as e:
-            fail(str(e), 2)
-            return
+        conn = cli_connect(target, program="casemate admin", reconnect_attempts=0)
         encrypted = conn.security.encrypted
         conn.close()
         if not encrypted:

@@ -14,6 +14,7 @@ import click
 
 from ..client.params import casemate_home
 from ..errors import Error, InterfaceError
+from .connect import cli_connect
 
 __all__ = ["shell", "split_statements", "split_script", "format_table"]
 
@@ -255,13 +256,9 @@ def shell(url: str, command: str | None, tls_ca: str | None, encryption: str,
     cancels it on the server (a second Ctrl-C stops waiting); SET
     statement_timeout = '30s' bounds every statement of the session.
     """
-    import casemate
     interactive = command is None and sys.stdin.isatty()
-    try:
-        conn = _connect(casemate, url, tls_ca, encryption, interactive)
-    except Error as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    kw: dict[str, Any] = {"encryption": encryption, "program": "casemate shell"}
+    conn = cli_connect(url, **kw, **({"tls_ca": tls_ca} if tls_ca else {}))
     conn.on_notice = lambda code, text: click.echo(f"NOTICE [{code}]: {text}", err=True)
     conn.autocommit = (not interactive) if autocommit is None else autocommit
     if interactive:
@@ -275,15 +272,3 @@ def shell(url: str, command: str | None, tls_ca: str | None, encryption: str,
     sys.exit(status)
 
 
-def _connect(casemate: Any, url: str, tls_ca: str | None, encryption: str,
-             interactive: bool) -> Any:
-    kw: dict[str, Any] = {"encryption": encryption, "program": "casemate shell"}
-    if tls_ca:
-        kw["tls_ca"] = tls_ca
-    try:
-        return casemate.connect(url, **kw)
-    except casemate.InterfaceError as e:
-        if not interactive or "no password" not in str(e):
-            raise
-    import getpass
-    return casemate.connect(url, password=getpass.getpass("Password: "), **kw)
