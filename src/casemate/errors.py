@@ -116,6 +116,7 @@ class Codes:
     NOT_ENCRYPTED = "08P03"
     UNSUPPORTED_VERSION = "08P04"
     TOO_MANY_CONNECTIONS = "53300"
+    POOL_TIMEOUT = "53P05"  # client side: no pooled connection free in time
     OUT_OF_MEMORY = "53200"
     MESSAGE_TOO_LARGE = "54000"
     INVALID_PASSWORD = "28P01"

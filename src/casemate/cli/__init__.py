@@ -12,6 +12,7 @@ from .. import __version__
 from ..errors import CasemateWarning
 from .backup import backup, restore
 from .cert import cert
+from .control import stop
 from .demo import demo
 from .main import group, init, methods, serve, trust, user
 from .monitor import accept, drop, message, reject, sessions, status
@@ -29,12 +30,13 @@ def cli() -> None:
     Quick start:
       casemate demo                      create and serve a demo database
       casemate init mydb                 create a database folder
-      casemate serve mydb                start its server
+      casemate serve mydb                start its server (--detach: in the background)
+      casemate stop mydb                 stop the server running on mydb
       casemate shell casemate://admin@localhost
     """
 
 
-for command in (demo, init, serve, user, group, cert, trust, shell, backup, restore, status,
+for command in (demo, init, serve, stop, user, group, cert, trust, shell, backup, restore, status,
                 sessions, drop, message, accept, reject, methods):
     cli.add_command(command)
 

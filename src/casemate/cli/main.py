@@ -32,7 +32,6 @@ from .pidfile import PID_FILE, PidFile
 __all__ = ["PID_FILE", "fail", "open_folder"]
 
 
-
 def fail(message: str, code: int = 1) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
@@ -94,14 +93,16 @@ def _check_pg_dsn(dsn: str) -> None:
     check_dsn(dsn)
 
 
-def _setup_logging(folder: DatabaseFolder, settings: Settings, verbose: bool) -> None:
+def _setup_logging(folder: DatabaseFolder, settings: Settings, verbose: bool,
+                   console: bool = True) -> None:
     from ..server.audit import SafeFormatter, server_log_handler
     fmt = SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger("casemate")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    err = logging.StreamHandler(sys.stderr)
-    err.setFormatter(fmt)
-    root.addHandler(err)
+    if console:  # a detached server's stderr is Logs/console.log: server.log is enough
+        err = logging.StreamHandler(sys.stderr)
+        err.setFormatter(fmt)
+        root.addHandler(err)
     folder.logs_dir.mkdir(exist_ok=True)
     f = server_log_handler(folder.logs_dir / "server.log", settings.limits)
     f.setFormatter(fmt)
@@ -133,13 +134,23 @@ def _raise_file_limit() -> None:
 @click.option("--host", multiple=True, help="Listen address (repeatable); overrides the settings.")
 @click.option("--port", type=PORT, help="TCP port (0 to 65535); 0 picks a free one.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def serve(directory: Path, host: tuple[str, ...], port: int | None, verbose: bool) -> None:
-    """Run the server on database folder DIRECTORY until SIGINT/SIGTERM.
+@click.option("--detach", is_flag=True, help="Run in the background (output in "
+              "Logs/console.log); return once it listens. 'casemate stop DIRECTORY' stops it.")
+@click.option("--detached-child", "detached", is_flag=True, hidden=True)
+def serve(directory: Path, host: tuple[str, ...], port: int | None, verbose: bool,
+          detach: bool, detached: bool) -> None:
+    """Run the server on database folder DIRECTORY until SIGINT/SIGTERM (or
+    'casemate stop DIRECTORY').
 
     Prints the address it listens on and its mode (plain or encrypted).
     SIGHUP reloads the certificate files.
     """
     from ..server import Server, ServerStartError
+    if detach:
+        from .control import detach as run_detached
+        run_detached(directory, [*(a for h in host for a in ("--host", h)),
+                                 *(["--port", str(port)] if port is not None else []),
+                                 *(["-v"] if verbose else [])])
     folder = open_folder(directory)
     try:
         file_settings = folder.settings()
@@ -152,7 +163,7 @@ def serve(directory: Path, host: tuple[str, ...], port: int | None, verbose: boo
     if port is not None:
         settings = settings.replace_network(port=port)
     os.umask(PRIVATE_UMASK)  # logs, audit, pid, WAL: private to the server's user
-    _setup_logging(folder, settings, verbose)
+    _setup_logging(folder, settings, verbose, console=not detached)
     for w in folder.loose_permissions():
         logging.getLogger("casemate.server").warning("%s", w)
     _raise_file_limit()
