@@ -80,8 +80,17 @@ def test_transaction_blocks_nest_with_savepoints(plain_server: Any) -> None:
         assert conn.in_transaction
         await tx.rollback()
         assert _count(plain_server) == 2
-        # a block opened inside a transaction begun without one is a savepoint in it
+        # after reads outside any block, the block owns the transaction and commits it
         conn.autocommit = False
+        assert await conn.fetchval("SELECT count(*) FROM t") == 2
+        assert conn.in_transaction
+        async with conn.transaction() as tx1:
+            assert tx1.savepoint is None
+            await conn.execute("INSERT INTO t (v) VALUES ('after reads')")
+        assert not conn.in_transaction and _count(plain_server) == 3
+        await conn.execute("DELETE FROM t WHERE v = 'after reads'")
+        await conn.commit()
+        # with changes outside any block still uncommitted, a block is a savepoint in them
         await conn.execute("INSERT INTO t (v) VALUES ('mine')")
         async with conn.transaction() as tx2:
             assert tx2.savepoint is not None

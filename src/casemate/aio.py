@@ -319,8 +319,9 @@ class AsyncConnection:
 
     def transaction(self) -> Transaction:
         """``async with conn.transaction():`` commits at the end of the block, or rolls
-        back if it raises; a block inside another (or inside a transaction already open)
-        is a savepoint, undone alone if it raises."""
+        back if it raises; a block inside another, or opened while changes made outside
+        any block are uncommitted, is a savepoint, undone alone if it raises (and those
+        changes stay the caller's to commit)."""
         return Transaction(self)
 
     async def call(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
@@ -514,9 +515,9 @@ class AsyncCursor:
 
 
 class Transaction:
-    """A ``conn.transaction()`` block (asyncpg's): the outermost owns the transaction,
-    an inner one (or one opened inside a transaction begun outside any block) is a
-    savepoint.  Also usable as ``tx = conn.transaction(); await tx.start(); ...
+    """A ``conn.transaction()`` block (asyncpg's): the outermost owns the transaction
+    (one that only read before it is taken over), an inner one (or one opened while
+    changes made outside any block are uncommitted) is a savepoint.  Also usable as ``tx = conn.transaction(); await tx.start(); ...
     await tx.commit()``."""
 
     _names = itertools.count(1)
@@ -530,7 +531,7 @@ class Transaction:
         conn = self.connection
         if self._active:
             raise InterfaceError("this transaction block is already started")
-        if conn._blocks or conn.in_transaction:
+        if conn._blocks or conn._core.wrote:  # (a transaction that only read is taken over)
             self.savepoint = f"casemate_sp_{next(self._names)}"
         conn._blocks.append(self)
         self._active = True
