@@ -367,8 +367,7 @@ class AsyncConnection:
         :class:`~casemate.errors.UncommittedWorkWarning` if it may hold changes."""
         if self._writer is None:
             return
-        if self._core.wrote and not self._broken:
-            warn_uncommitted(stacklevel=3)
+        lost = self._core.wrote and not self._broken
         if not self._broken:
             try:
                 self._writer.write(self._core.proto.send(Msg.TERMINATE))
@@ -380,6 +379,8 @@ class AsyncConnection:
             await w.wait_closed()
         except (OSError, ssl.SSLError):
             pass
+        if lost:  # after closing: a warnings filter that raises must not leak the socket
+            warn_uncommitted(stacklevel=3)
 
     async def __aenter__(self) -> AsyncConnection:
         return self
@@ -517,8 +518,8 @@ class AsyncCursor:
 class Transaction:
     """A ``conn.transaction()`` block (asyncpg's): the outermost owns the transaction
     (one that only read before it is taken over), an inner one (or one opened while
-    changes made outside any block are uncommitted) is a savepoint.  Also usable as ``tx = conn.transaction(); await tx.start(); ...
-    await tx.commit()``."""
+    changes made outside any block are uncommitted) is a savepoint.  Also usable as
+    ``tx = conn.transaction(); await tx.start(); ...; await tx.commit()``."""
 
     _names = itertools.count(1)
 

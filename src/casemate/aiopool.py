@@ -93,20 +93,23 @@ class AsyncPool:
     async def release(self, conn: AsyncConnection) -> None:
         """Give ``conn`` back: an open transaction is rolled back (with a warning if it
         may hold changes); a broken connection is closed."""
+        lost = conn._core.wrote and not conn.closed
         try:
-            if not await self._reset(conn) or self._closed:
+            kept = await self._reset(conn)  # rolled back here: else close() says what it lost
+            lost = lost and kept
+            if not kept or self._closed:
                 await conn.close()
             else:
                 self._idle.append(conn)
         finally:
             self._slots.release()
+        if lost:  # last: a warnings filter that raises must not leak the connection
+            warn_uncommitted(stacklevel=2)
 
     async def _reset(self, conn: AsyncConnection) -> bool:
         """Make ``conn`` fit for the next user; False if it is not."""
         if conn.closed or conn._broken or conn._peer_closed():
             return False
-        if conn._core.wrote:
-            warn_uncommitted(stacklevel=4)
         conn._blocks.clear()
         conn.autocommit = False
         try:

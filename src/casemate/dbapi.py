@@ -256,14 +256,15 @@ class Connection:
         chan, self._chan = self._chan, None
         if chan is None:
             return
-        if chan.core.wrote and not chan.broken:
-            warn_uncommitted(stacklevel=3)
+        lost = chan.core.wrote and not chan.broken
         if not chan.broken:
             try:
                 chan.send(chan.core.proto.send(Msg.TERMINATE))
             except Error:
                 pass
         chan.close()
+        if lost:  # after closing: a warnings filter that raises must not leak the socket
+            warn_uncommitted(stacklevel=3)
 
     def call(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run server method ``name`` in this session and transaction; return its result.

@@ -78,21 +78,25 @@ class ConnectionPool:
     def putconn(self, conn: Connection) -> None:
         """Give ``conn`` back: an open transaction is rolled back (with a warning if it
         may hold changes); a broken connection is closed."""
+        lost = False
         try:
-            if self._reset(conn) and not self._closed:
+            lost = not conn.closed and conn._channel.core.wrote
+            kept = self._reset(conn)  # rolled back here: else close() says what it lost
+            lost = lost and kept
+            if kept and not self._closed:
                 with self._lock:
                     self._idle.append(conn)
             else:
                 conn.close()
         finally:
             self._slots.release()
+        if lost:  # last: a warnings filter that raises must not leak the connection
+            warn_uncommitted(stacklevel=2)
 
     def _reset(self, conn: Connection) -> bool:
         """Make ``conn`` fit for the next thread; False if it is not."""
         if conn.closed or not conn._channel.poll_alive():
-            return False  # (a broken link's transaction is gone already: nothing to say)
-        if conn._channel.core.wrote:
-            warn_uncommitted(stacklevel=4)
+            return False
         try:
             conn.rollback()
             conn.autocommit = False

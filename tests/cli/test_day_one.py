@@ -242,3 +242,13 @@ def test_server_and_clients_run_without_sqlalchemy(make_db, tmp_path: Path,
         assert r.returncode == 0 and "42" in r.stdout, r.stderr
     finally:
         server.stop()
+
+
+def test_shell_script_leaving_changes_says_so_in_cli_words(plain_server: ServerProcess) -> None:
+    r = _casemate("shell", plain_server.url, "--no-autocommit", "-c",
+                  "CREATE TABLE x (a INTEGER); INSERT INTO x VALUES (1); SELEC 2")
+    assert r.returncode == 1, r.stderr  # stopped at the error, before its final commit
+    assert "Uncommitted changes were rolled back" in r.stderr
+    assert "warning:" not in r.stderr and "commit()" not in r.stderr
+    r = _casemate("shell", plain_server.url, "--no-autocommit", "-c", "SELECT 1; SELEC 2")
+    assert r.returncode == 1 and "rolled back" not in r.stderr  # read-only: nothing lost

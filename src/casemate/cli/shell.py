@@ -7,13 +7,14 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import click
 
 from ..client.params import casemate_home
-from ..errors import Error, InterfaceError
+from ..errors import Error, InterfaceError, UncommittedWorkWarning
 from .connect import cli_connect
 
 __all__ = ["shell", "split_statements", "split_script", "format_table"]
@@ -268,7 +269,12 @@ def shell(url: str, command: str | None, tls_ca: str | None, encryption: str,
         status = _interactive(conn)
     else:
         status = _script(conn, command if command is not None else sys.stdin.read(), timing)
-    conn.close()
+    with warnings.catch_warnings(record=True) as lost:  # said here in the shell's words
+        warnings.simplefilter("always", UncommittedWorkWarning)
+        conn.close()
+    if lost and not interactive:  # (the interactive shell said so already)
+        click.echo("Uncommitted changes were rolled back (end the script with \\commit).",
+                   err=True)
     sys.exit(status)
 
 

@@ -398,8 +398,9 @@ def warn_uncommitted(stacklevel: int) -> None:
     """Say that closing loses changes (the server rolls them back), as a warning: a
     program that meant to commit learns it here rather than from missing rows later."""
     warnings.warn(UncommittedWorkWarning(
-        "closing a connection with uncommitted changes: the server rolls them back; call "
-        "commit() (or rollback() to discard them) before close()"), stacklevel=stacklevel + 1)
+        "closing a connection with uncommitted changes (or a server method call that may "
+        "have made some): the server rolls them back; call commit() (or rollback() to "
+        "discard them) before close()"), stacklevel=stacklevel + 1)
 
 
 def may_write(sent: tuple[Msg, Any] | None) -> bool:
