@@ -222,3 +222,30 @@ def test_pool_replaces_a_broken_connection(make_db: Any, server_factory: Any) ->
     with pool.connection() as c2:
         assert c2.execute("SELECT count(*) FROM t").fetchone() == (0,)
     pool.close()
+
+
+def test_failed_statement_in_a_nested_block(plain_server: Any) -> None:
+    with plain_server.connect() as c:
+        c.execute("CREATE TABLE u (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+
+    async def main() -> None:
+        conn = await casemate.aio.connect(plain_server.url)
+        async with conn.transaction():
+            await conn.execute("INSERT INTO u (v) VALUES ('a')")
+            with pytest.raises(casemate.IntegrityError):
+                async with conn.transaction():
+                    await conn.execute("INSERT INTO u (v) VALUES ('b')")
+                    await conn.execute("INSERT INTO u (v) VALUES (NULL)")
+            assert await conn.fetch("SELECT v FROM u") == [("a",)]
+        assert not conn.in_transaction
+        with plain_server.connect() as c:  # committed: seen from another session
+            assert c.execute("SELECT v FROM u").fetchall() == [("a",)]
+        with pytest.raises(casemate.InterfaceError, match="reverse order"):
+            outer, inner = conn.transaction(), conn.transaction()
+            await outer.start()
+            await inner.start()
+            await outer.commit()
+        await inner.rollback()
+        await outer.rollback()
+        await conn.close()
+    _run(main())

@@ -93,6 +93,9 @@ def stop(directory: Path, timeout: int) -> None:
     except ProcessLookupError:
         click.echo(f"The server (pid {pid}) has already ended.")
         return
+    except PermissionError:
+        fail(f"not allowed to signal the server (pid {pid}): run 'casemate stop' as the "
+             "user the server runs as")
     click.echo(f"Stopping the server (pid {pid})...")
     deadline = time.monotonic() + timeout
     while running_pid(folder.logs_dir) == pid:
