@@ -249,3 +249,18 @@ def test_failed_statement_in_a_nested_block(plain_server: Any) -> None:
         await outer.rollback()
         await conn.close()
     _run(main())
+
+
+@pytest.mark.parametrize(("sql", "writes"), [
+    ("SELECT 1", False), ("  /* c */ -- d\n select 1", False), ("VALUES (1)", False),
+    ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c", False),
+    ("WITH a AS (SELECT replace(v, 'x', 'y') AS v FROM t) SELECT * FROM a", False),
+    ("WITH a AS (SELECT 'DELETE') SELECT * FROM a", False),
+    ("WITH a AS (SELECT 1) INSERT INTO t SELECT * FROM a", True),
+    ("with x as (delete from t returning *) select * from x", True),
+    ("INSERT INTO t VALUES (1)", True), ("CREATE TABLE u (a)", True), ("PRAGMA user_version = 3", True),
+])
+def test_which_statements_count_as_changes(sql: str, writes: bool) -> None:
+    from casemate.client.core import may_write
+    from casemate.protocol import Msg
+    assert may_write((Msg.QUERY, (1, sql, (), True, 100))) is writes

@@ -394,6 +394,11 @@ _READ_SQL = re.compile(r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*(?:SELECT|VALUES|EXPL
                        r"BEGIN|START|SAVEPOINT|RELEASE|ROLLBACK)\b", re.IGNORECASE | re.DOTALL)
 
 
+_WITH_SQL = re.compile(r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*WITH\b", re.IGNORECASE | re.DOTALL)
+_QUOTED_OR_COMMENT = re.compile(r"'(?:[^']|'')*'|--[^\n]*|/\*.*?\*/", re.DOTALL)
+_DML_WORD = re.compile(r"\b(?:INSERT|UPDATE|DELETE|MERGE|REPLACE\b(?!\s*\())\b", re.IGNORECASE)
+
+
 def warn_uncommitted(stacklevel: int) -> None:
     """Say that closing loses changes (the server rolls them back), as a warning: a
     program that meant to commit learns it here rather than from missing rows later."""
@@ -404,14 +409,23 @@ def warn_uncommitted(stacklevel: int) -> None:
 
 
 def may_write(sent: tuple[Msg, Any] | None) -> bool:
-    """Whether a request may have changed data (a guess on the side of caution: a
-    ``SELECT`` that calls a writing function is not seen, a ``WITH`` always counts)."""
+    """Whether a request may have changed data (a guess on the side of caution; a
+    ``SELECT`` that calls a writing function is not seen)."""
     if sent is None:
         return False
     msg, body = sent
     if msg is Msg.QUERY:
-        return not (isinstance(body[1], str) and _READ_SQL.match(body[1]))
+        return not isinstance(body[1], str) or _sql_may_write(body[1])
     return msg in (Msg.EXECUTE_MANY, Msg.CALL)
+
+
+def _sql_may_write(sql: str) -> bool:
+    if _READ_SQL.match(sql):
+        return False
+    if not _WITH_SQL.match(sql):
+        return True
+    # WITH ... SELECT reads; WITH ... INSERT/UPDATE/DELETE (or such a CTE) writes.
+    return bool(_DML_WORD.search(_QUOTED_OR_COMMENT.sub(" ", sql)))
 
 
 def commit_risk(sent: tuple[Msg, Any] | None, autocommit_portals: set[int]) -> str:
