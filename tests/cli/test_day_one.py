@@ -88,7 +88,10 @@ def test_environment_variables_fill_the_url(plain_server: ServerProcess,
     with casemate.connect(f"casemate://127.0.0.1:{plain_server.port}") as conn:
         assert conn.params.user == "admin"
     monkeypatch.setenv("CASEMATE_PORT", "70000")
-    with pytest.raises(casemate.InterfaceError, match="port '70000' is out of range"):
+    with pytest.raises(casemate.InterfaceError, match="CASEMATE_PORT '70000' is out of range"):
+        casemate.connect()
+    monkeypatch.setenv("CASEMATE_PORT", "db")
+    with pytest.raises(casemate.InterfaceError, match="CASEMATE_PORT 'db' is not a number"):
         casemate.connect()
 
 

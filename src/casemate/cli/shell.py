@@ -251,7 +251,8 @@ def shell(url: str, command: str | None, tls_ca: str | None, encryption: str,
     """Interactive SQL on the server at URL (casemate://user[:password]@host[:port]).
 
     The password comes from the URL, CASEMATE_PASSWORD, or $CASEMATE_HOME/passwords,
-    else it is asked for.  With -c or SQL on standard input, statements and
+    else it is asked for on a terminal; CASEMATE_HOST, CASEMATE_PORT and CASEMATE_USER
+    fill what the URL leaves out.  With -c or SQL on standard input, statements and
     backslash commands (where a statement could begin) run in order and
     the exit code is 1 at the first error.  Ctrl-C while a statement runs
     cancels it on the server (a second Ctrl-C stops waiting); SET

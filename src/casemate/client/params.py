@@ -202,6 +202,8 @@ def _env_defaults(opts: dict[str, Any]) -> dict[str, Any]:
     for key, var in env.items():
         if not out.get(key) and os.environ.get(var):
             out[key] = os.environ[var]
+            if key == "port":  # checked here, to name the variable in the error
+                _number({"CASEMATE_PORT": out[key]}, "CASEMATE_PORT", int, 0, 1, 65535)
     return out
 
 
