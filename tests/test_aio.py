@@ -23,7 +23,8 @@ def test_aio_query_stream_and_transactions(request: pytest.FixtureRequest, fixtu
         assert await conn.executemany("INSERT INTO t (v) VALUES (?)",
                                       [(f"v{i}",) for i in range(5000)]) == 5000
         await conn.commit()
-        cur = await conn.execute("SELECT id, v FROM t ORDER BY id")
+        cur = conn.cursor()
+        await cur.execute("SELECT id, v FROM t ORDER BY id")
         n = 0
         async for row in cur:
             n += 1

@@ -3,11 +3,20 @@
 ::
 
     conn = await casemate.aio.connect("casemate://admin:pw@localhost")
-    cur = await conn.execute("SELECT id, name FROM t WHERE id > ?", (10,))
-    async for row in cur:
-        ...
-    await conn.commit()
+    async with conn.transaction():                 # committed at the end of the block
+        status = await conn.execute("UPDATE t SET n = n + 1 WHERE id = ?", (7,))  # "UPDATE 1"
+    row = await conn.fetchrow("SELECT id, name FROM t WHERE id = ?", (7,))
+    async with conn.cursor() as cur:               # a large result, streamed
+        await cur.execute("SELECT id, name FROM t WHERE id > ?", (10,))
+        async for row in cur:
+            ...
     await conn.close()
+
+The names are asyncpg's (``execute`` returns a status, ``fetch``, ``fetchrow``,
+``fetchval``, ``transaction()``, :func:`create_pool`); parameters are a sequence
+for ``?`` placeholders, as in the DB-API module.  Autocommit is off, as there: a
+statement outside a ``transaction()`` block opens a transaction that ``commit()``
+ends (``autocommit = True`` makes each statement commit by itself).
 
 Several tasks may share one connection: their requests are pipelined and the
 replies dispatched in order.  Trust rules, fallback and errors are those of
@@ -24,6 +33,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from . import tls
+from .aiopool import AsyncPool
 from .client.blocking import _context
 from .client.core import (
     PLAIN,
@@ -39,14 +49,16 @@ from .client.core import (
     login_flow,
     plan_attempts,
     record_trust,
+    warn_uncommitted,
 )
 from .client.known import KnownServer, KnownServers
 from .client.params import ConnectParams, Security, parse_params
+from .client.status import command_status
 from .errors import Codes, Error, InterfaceError, OperationalError, ProgrammingError, SecurityError
 from .keepalive import enable_keepalive
 from .protocol import NEED_DATA, Message, Msg
 
-__all__ = ["connect", "AsyncConnection", "AsyncCursor"]
+__all__ = ["connect", "create_pool", "AsyncConnection", "AsyncCursor", "AsyncPool", "Transaction"]
 
 READ_SIZE = 256 * 1024
 _portal_ids = itertools.count(1_000_000_000)
@@ -75,6 +87,7 @@ class AsyncConnection:
         self._writer: asyncio.StreamWriter | None = None
         self._read_lock = asyncio.Lock()
         self._broken: Error | None = None
+        self._blocks: list[Transaction] = []  # open transaction() blocks, outermost first
 
     # -- connecting -----------------------------------------------------------
     async def _tcp(self, ctx: ssl.SSLContext | None) -> tuple[asyncio.StreamReader,
@@ -264,28 +277,59 @@ class AsyncConnection:
         return self._core.in_transaction
 
     @property
+    def _begin(self) -> bool:
+        """Whether a statement runs in a transaction: autocommit off, or inside a block."""
+        return not self.autocommit or bool(self._blocks)
+
+    @property
     def closed(self) -> bool:
         return self._writer is None
 
     def cursor(self) -> AsyncCursor:
         return AsyncCursor(self)
 
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> AsyncCursor:
-        cur = self.cursor()
-        await cur.execute(sql, params)
-        return cur
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> str:
+        """Run a statement; return its status ("INSERT 0 1", "UPDATE 3", "CREATE TABLE").
+        Rows of a query are read and dropped ("SELECT 5"): use :meth:`fetch` or a cursor."""
+        async with self.cursor() as cur:
+            await cur.execute(sql, params)
+            n = cur.rowcount
+            if cur.description is not None:
+                n = 0
+                while batch := await cur.fetchmany(2000):
+                    n += len(batch)
+            return command_status(sql, n)
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a query and return all its rows."""
-        cur = await self.execute(sql, params)
-        return await cur.fetchall()
+        async with self.cursor() as cur:
+            await cur.execute(sql, params)
+            return await cur.fetchall()
+
+    async def fetchrow(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        """Run a query and return its first row, or None if it has none."""
+        async with self.cursor() as cur:
+            await cur.execute(sql, params)
+            return await cur.fetchone()
+
+    async def fetchval(self, sql: str, params: Sequence[Any] = (), column: int = 0) -> Any:
+        """Run a query and return one value of its first row (None if there is no row)."""
+        row = await self.fetchrow(sql, params)
+        return None if row is None else row[column]
+
+    def transaction(self) -> Transaction:
+        """``async with conn.transaction():`` commits at the end of the block, or rolls
+        back if it raises; a block inside another, or opened while changes made outside
+        any block are uncommitted, is a savepoint, undone alone if it raises (and those
+        changes stay the caller's to commit)."""
+        return Transaction(self)
 
     async def call(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run server method ``name`` (see :meth:`casemate.Connection.call`)."""
         cur = self.cursor()
         req = ExecRequest(cur._sink)
         await self._request(req, Msg.CALL, (cur._portal, name, tuple(args), kwargs,
-                                             not self.autocommit, 2000))
+                                             self._begin, 2000))
         await self._wait(req)
         await cur._after(req)
         desc = req.description or []
@@ -319,8 +363,11 @@ class AsyncConnection:
             self._writer.write(frame)  # out of band: no reply to wait for
 
     async def close(self) -> None:
+        """Close; an uncommitted transaction is rolled back by the server, with an
+        :class:`~casemate.errors.UncommittedWorkWarning` if it may hold changes."""
         if self._writer is None:
             return
+        lost = self._core.wrote and not self._broken
         if not self._broken:
             try:
                 self._writer.write(self._core.proto.send(Msg.TERMINATE))
@@ -332,6 +379,8 @@ class AsyncConnection:
             await w.wait_closed()
         except (OSError, ssl.SSLError):
             pass
+        if lost:  # after closing: a warnings filter that raises must not leak the socket
+            warn_uncommitted(stacklevel=3)
 
     async def __aenter__(self) -> AsyncConnection:
         return self
@@ -379,7 +428,7 @@ class AsyncCursor:
         await self._reset()
         req = ExecRequest(self._sink)
         await conn._request(req, Msg.QUERY, (self._portal, sql, tuple(params or ()),
-                                              not conn.autocommit, max(self.arraysize, 2000)))
+                                              conn._begin, max(self.arraysize, 2000)))
         await conn._wait(req)
         if req.description is not None:
             self.description = tuple((n, t, None, None, None, None, None)
@@ -401,7 +450,7 @@ class AsyncCursor:
         total = 0
         it = iter(seq)
         while chunk := [tuple(p) for p in itertools.islice(it, 2000)]:
-            req = await conn._simple(Msg.EXECUTE_MANY, (sql, chunk, not conn.autocommit))
+            req = await conn._simple(Msg.EXECUTE_MANY, (sql, chunk, conn._begin))
             total += max(req.rowcount, 0)
         self.rowcount = total
 
@@ -464,3 +513,74 @@ class AsyncCursor:
     @property
     def lastrowid_value(self) -> int | None:
         return self.lastrowid
+
+
+class Transaction:
+    """A ``conn.transaction()`` block (asyncpg's): the outermost owns the transaction
+    (one that only read before it is taken over), an inner one (or one opened while
+    changes made outside any block are uncommitted) is a savepoint.  Also usable as
+    ``tx = conn.transaction(); await tx.start(); ...; await tx.commit()``."""
+
+    _names = itertools.count(1)
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.connection = conn
+        self.savepoint: str | None = None
+        self._active = False
+
+    async def start(self) -> None:
+        conn = self.connection
+        if self._active:
+            raise InterfaceError("this transaction block is already started")
+        if conn._blocks or conn._core.wrote:  # (a transaction that only read is taken over)
+            self.savepoint = f"casemate_sp_{next(self._names)}"
+        conn._blocks.append(self)
+        self._active = True
+        if self.savepoint is not None:
+            try:
+                await conn.execute(f"SAVEPOINT {self.savepoint}")
+            except BaseException:
+                self._end()
+                raise
+
+    def _end(self) -> None:
+        blocks = self.connection._blocks
+        if not self._active or blocks[-1] is not self:
+            raise InterfaceError("transaction blocks must end in the reverse order of their start")
+        blocks.pop()
+        self._active = False
+
+    async def commit(self) -> None:
+        self._end()
+        if self.savepoint is None:
+            await self.connection.commit()
+        else:
+            await self.connection.execute(f"RELEASE SAVEPOINT {self.savepoint}")
+
+    async def rollback(self) -> None:
+        self._end()
+        conn = self.connection
+        if self.savepoint is None:
+            await conn.rollback()
+        elif conn.in_transaction:  # (a lost connection took the transaction with it)
+            await conn.execute(f"ROLLBACK TO SAVEPOINT {self.savepoint}")
+            await conn.execute(f"RELEASE SAVEPOINT {self.savepoint}")
+
+    async def __aenter__(self) -> Transaction:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            await self.commit()
+        elif not self.connection._broken:
+            await self.rollback()
+        else:
+            self._end()
+
+
+def create_pool(dsn: str | None = None, *, min_size: int = 1, max_size: int = 10,
+                **kwargs: Any) -> AsyncPool:
+    """A pool of connections (asyncpg's ``create_pool``): ``pool = await create_pool(url)``
+    or ``async with create_pool(url) as pool``; see :class:`AsyncPool`."""
+    return AsyncPool(connect, dsn, min_size=min_size, max_size=max_size, **kwargs)

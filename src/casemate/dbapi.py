@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .client.blocking import Channel, open_channel
-from .client.core import ExecRequest, Request, SimpleRequest
+from .client.core import ExecRequest, Request, SimpleRequest, warn_uncommitted
 from .client.params import ConnectParams, Security, parse_params
 from .errors import Codes, Error, InterfaceError, OperationalError, ProgrammingError
 from .protocol import Msg
@@ -251,16 +251,20 @@ class Connection:
         return [c[0] for c in req.description or ()], rows
 
     def close(self) -> None:
-        """Close; an uncommitted transaction is rolled back by the server."""
+        """Close; an uncommitted transaction is rolled back by the server, with an
+        :class:`~casemate.errors.UncommittedWorkWarning` if it may hold changes."""
         chan, self._chan = self._chan, None
         if chan is None:
             return
+        lost = chan.core.wrote and not chan.broken
         if not chan.broken:
             try:
                 chan.send(chan.core.proto.send(Msg.TERMINATE))
             except Error:
                 pass
         chan.close()
+        if lost:  # after closing: a warnings filter that raises must not leak the socket
+            warn_uncommitted(stacklevel=3)
 
     def call(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run server method ``name`` in this session and transaction; return its result.

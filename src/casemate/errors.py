@@ -21,6 +21,9 @@ __all__ = [
     "NotSupportedError",
     "ProtocolError",
     "SecurityError",
+    "CasemateWarning",
+    "UncommittedWorkWarning",
+    "PasswordsFileWarning",
     "Codes",
     "error_from_code",
 ]
@@ -28,6 +31,20 @@ __all__ = [
 
 class Warning(Exception):  # noqa: A001 - PEP 249 requires this name
     """Important warnings, such as data truncation (PEP 249)."""
+
+
+class CasemateWarning(UserWarning):
+    """Base of what Casemate reports through :mod:`warnings` (PEP 249's ``Warning`` above
+    is an exception, raised, not a warning category)."""
+
+
+class UncommittedWorkWarning(CasemateWarning):
+    """A connection was closed with changes not committed: the server rolls them back."""
+
+
+class PasswordsFileWarning(CasemateWarning):
+    """``$CASEMATE_HOME/passwords`` was ignored (readable by group or others, as libpq's
+    ``.pgpass``)."""
 
 
 class Error(Exception):
@@ -99,10 +116,12 @@ class Codes:
     NOT_ENCRYPTED = "08P03"
     UNSUPPORTED_VERSION = "08P04"
     TOO_MANY_CONNECTIONS = "53300"
+    POOL_TIMEOUT = "53P05"  # client side: no pooled connection free in time
     OUT_OF_MEMORY = "53200"
     MESSAGE_TOO_LARGE = "54000"
     INVALID_PASSWORD = "28P01"
     INVALID_AUTHORIZATION = "28000"
+    NO_PASSWORD = "28P02"  # client side: no password given or found for the login
     SYNTAX_ERROR = "42601"
     UNDEFINED_TABLE = "42P01"
     PROGRAMMING = "42000"

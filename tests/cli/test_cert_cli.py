@@ -111,7 +111,7 @@ def test_generate_needs_force_and_limits_days(make_db) -> None:  # type: ignore[
 
     proc = _cert_cli(db, "generate", "--force", "--days", "400")
     assert proc.returncode != 0
-    assert "--days must be between 1 and 366" in proc.stderr
+    assert "'--days': 400 is not in the range 1<=x<=366" in proc.stderr
     assert _files(db) == before
 
     proc = _cert_cli(db, "generate", "--force", "--days", "30")

@@ -160,3 +160,32 @@ def test_decimal_values(server: ServerProcess) -> None:
         conn.execute("INSERT INTO money VALUES (?)", (Decimal("12.34"),))
         assert conn.execute("SELECT amount FROM money").fetchone() == (Decimal("12.34"),)
         conn.rollback()
+
+
+def test_transaction_blocks_and_pools_on_both_backends(server: ServerProcess) -> None:
+    """asyncio transaction() blocks are savepoints inside; a failed statement in a nested
+    block (which aborts the transaction on PostgreSQL) is undone with its savepoint alone."""
+    import asyncio
+
+    import casemate.aio
+    from casemate.pool import ConnectionPool
+
+    with server.connect() as conn:
+        conn.execute("CREATE TABLE txb (k integer PRIMARY KEY, v text NOT NULL)")
+
+    async def main() -> None:
+        conn = await casemate.aio.connect(server.url)
+        async with conn.transaction():
+            assert await conn.execute("INSERT INTO txb VALUES (?, ?)", (1, "a")) == "INSERT 0 1"
+            with pytest.raises(casemate.IntegrityError):
+                async with conn.transaction():
+                    await conn.execute("INSERT INTO txb VALUES (?, ?)", (2, "b"))
+                    await conn.execute("INSERT INTO txb VALUES (?, ?)", (1, "dup"))
+            assert await conn.fetchval("SELECT count(*) FROM txb") == 1
+        await conn.close()
+        async with casemate.aio.create_pool(server.url, max_size=2) as pool:
+            assert await pool.execute("UPDATE txb SET v = ?", ("z",)) == "UPDATE 1"
+            assert await pool.fetchrow("SELECT k, v FROM txb") == (1, "z")
+    asyncio.run(main())
+    with ConnectionPool(server.url, max_size=2) as pool, pool.connection() as c:
+        assert c.execute("SELECT v FROM txb").fetchall() == [("z",)]

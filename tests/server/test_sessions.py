@@ -17,6 +17,7 @@ import pytest
 from scramp import ScramClient
 
 import casemate
+from casemate.errors import UncommittedWorkWarning
 from casemate.protocol import NEED_DATA, PROTOCOL_VERSION, Message, Msg, ProtocolConnection, Role
 from tests.conftest import ADMIN_PASSWORD, set_setting
 
@@ -120,7 +121,8 @@ def test_context_manager_commits_or_rolls_back(plain_server) -> None:  # type: i
     # Closing without commit rolls back too.
     conn = plain_server.connect()
     conn.execute("INSERT INTO t VALUES ('closed without commit')")
-    conn.close()
+    with pytest.warns(UncommittedWorkWarning):  # said, not lost in silence
+        conn.close()
     with plain_server.connect() as conn:
         assert conn.execute("SELECT v FROM t").fetchall() == [("kept",)]
 
@@ -141,7 +143,8 @@ def test_kill_9_after_acknowledged_commit_loses_nothing(make_db, server_factory)
     conn.commit()
     conn.execute("INSERT INTO t (v) VALUES ('never committed')")
     server.kill()  # SIGKILL: no shutdown code runs
-    conn.close()
+    with pytest.warns(UncommittedWorkWarning):  # the uncommitted INSERT: lost, and said so
+        conn.close()
 
     server2 = server_factory(db)
     with server2.connect() as c2:

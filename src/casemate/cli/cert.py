@@ -65,7 +65,8 @@ def show(directory: Path) -> None:
 
 @cert.command("generate")
 @click.pass_obj
-@click.option("--days", type=int, default=365, show_default=True, help="Validity (at most 366).")
+@click.option("--days", type=click.IntRange(1, 366), default=365, show_default=True,
+              help="Validity in days (1 to 366, the most Mozilla's TLS profiles allow).")
 @click.option("--san", multiple=True, help="Extra subject alternative name (repeatable), e.g. "
               "the LAN name or address clients verifying with tls_ca connect to.")
 @click.option("--keep-key", is_flag=True, help="Reissue the certificate on the existing "

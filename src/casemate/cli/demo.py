@@ -10,6 +10,7 @@ import click
 from ..database import DatabaseFolder, create_database
 from ..storage import sqlite_types
 from ..storage.sqlite import DATA_FILE
+from .connect import PORT
 
 DEMO_PASSWORD = "demo"
 
@@ -62,7 +63,7 @@ def create_demo(path: Path) -> DatabaseFolder:
 
 @click.command()
 @click.argument("directory", type=click.Path(path_type=Path), default="casemate-demo")
-@click.option("--port", type=int, default=None, help="TCP port (default: the settings', 19812).")
+@click.option("--port", type=PORT, default=None, help="TCP port (default: the settings', 19812).")
 @click.pass_context
 def demo(ctx: click.Context, directory: Path, port: int | None) -> None:
     """Create a demo database in DIRECTORY (once) and serve it.

@@ -26,10 +26,10 @@ from ..database import (
 from ..errors import Error
 from ..settings import Settings, SettingsError
 from ..storage import StorageError
+from .connect import PORT, cli_connect
 from .pidfile import PID_FILE, PidFile
 
 __all__ = ["PID_FILE", "fail", "open_folder"]
-
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -93,14 +93,16 @@ def _check_pg_dsn(dsn: str) -> None:
     check_dsn(dsn)
 
 
-def _setup_logging(folder: DatabaseFolder, settings: Settings, verbose: bool) -> None:
+def _setup_logging(folder: DatabaseFolder, settings: Settings, verbose: bool,
+                   console: bool = True) -> None:
     from ..server.audit import SafeFormatter, server_log_handler
     fmt = SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger("casemate")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    err = logging.StreamHandler(sys.stderr)
-    err.setFormatter(fmt)
-    root.addHandler(err)
+    if console:  # a detached server's stderr is Logs/console.log: server.log is enough
+        err = logging.StreamHandler(sys.stderr)
+        err.setFormatter(fmt)
+        root.addHandler(err)
     folder.logs_dir.mkdir(exist_ok=True)
     f = server_log_handler(folder.logs_dir / "server.log", settings.limits)
     f.setFormatter(fmt)
@@ -130,15 +132,25 @@ def _raise_file_limit() -> None:
 @click.command()
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--host", multiple=True, help="Listen address (repeatable); overrides the settings.")
-@click.option("--port", type=int, help="TCP port; 0 picks a free one.")
+@click.option("--port", type=PORT, help="TCP port (0 to 65535); 0 picks a free one.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def serve(directory: Path, host: tuple[str, ...], port: int | None, verbose: bool) -> None:
-    """Run the server on database folder DIRECTORY until SIGINT/SIGTERM.
+@click.option("--detach", is_flag=True, help="Run in the background (output in "
+              "Logs/console.log); return once it listens. 'casemate stop DIRECTORY' stops it.")
+@click.option("--detached-child", "detached", is_flag=True, hidden=True)
+def serve(directory: Path, host: tuple[str, ...], port: int | None, verbose: bool,
+          detach: bool, detached: bool) -> None:
+    """Run the server on database folder DIRECTORY until SIGINT/SIGTERM (or
+    'casemate stop DIRECTORY').
 
     Prints the address it listens on and its mode (plain or encrypted).
     SIGHUP reloads the certificate files.
     """
     from ..server import Server, ServerStartError
+    if detach:
+        from .control import detach as run_detached
+        run_detached(directory, [*(a for h in host for a in ("--host", h)),
+                                 *(["--port", str(port)] if port is not None else []),
+                                 *(["-v"] if verbose else [])])
     folder = open_folder(directory)
     try:
         file_settings = folder.settings()
@@ -151,7 +163,7 @@ def serve(directory: Path, host: tuple[str, ...], port: int | None, verbose: boo
     if port is not None:
         settings = settings.replace_network(port=port)
     os.umask(PRIVATE_UMASK)  # logs, audit, pid, WAL: private to the server's user
-    _setup_logging(folder, settings, verbose)
+    _setup_logging(folder, settings, verbose, console=not detached)
     for w in folder.loose_permissions():
         logging.getLogger("casemate.server").warning("%s", w)
     _raise_file_limit()
@@ -222,11 +234,7 @@ def group() -> None:
 
 def _admin(target: str) -> Admin:
     if target.startswith("casemate://"):
-        import casemate
-        try:
-            return RemoteAdmin(casemate.connect(target, program="casemate admin"))
-        except Error as e:
-            fail(str(e), 2)
+        return RemoteAdmin(cli_connect(target, program="casemate admin"))
     folder = open_folder(Path(target))
     try:
         return LocalAdmin(folder.backend())
@@ -268,12 +276,7 @@ def _ask_password(password: str | None) -> str:
 def _check_secure(target: str) -> None:
     """A password verifier lets its holder impersonate the server: never send it in clear."""
     if target.startswith("casemate://"):
-        import casemate
-        try:
-            conn = casemate.connect(target, program="casemate admin", reconnect_attempts=0)
-        except Error as e:
-            fail(str(e), 2)
-            return
+        conn = cli_connect(target, program="casemate admin", reconnect_attempts=0)
         encrypted = conn.security.encrypted
         conn.close()
         if not encrypted:

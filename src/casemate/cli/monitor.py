@@ -9,16 +9,12 @@ from typing import Any
 import click
 
 from ..errors import Error
+from .connect import SESSION_ID, cli_connect
 from .shell import format_table
 
 
 def _call(url: str, command: str, **args: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
-    import casemate
-    try:
-        conn = casemate.connect(url, program="casemate admin", reconnect_attempts=0)
-    except Error as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    conn = cli_connect(url, program="casemate admin", reconnect_attempts=0)
     try:
         return conn.admin_table(command, **args)
     except Error as e:
@@ -99,7 +95,7 @@ def sessions(url: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("url")
-@click.argument("session", type=int)
+@click.argument("session", type=SESSION_ID)
 @click.option("--reason", default="", help="Told to the client.")
 @click.option("--server", default="", help="The session's server, as casemate sessions shows "
               "it (PostgreSQL storage: another server over the same database drops it within "
@@ -114,7 +110,7 @@ def drop(url: str, session: int, reason: str, server: str) -> None:
 @click.command()
 @click.argument("url")
 @click.argument("text")
-@click.option("--session", type=int, help="Only this session (default: all).")
+@click.option("--session", type=SESSION_ID, help="Only this session (default: all).")
 def message(url: str, text: str, session: int | None) -> None:
     """Send TEXT to every session (or one) as a notice."""
     _, rows = _call(url, "message", text=text, session=session)

@@ -7,13 +7,15 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import click
 
 from ..client.params import casemate_home
-from ..errors import Error, InterfaceError
+from ..errors import Error, InterfaceError, UncommittedWorkWarning
+from .connect import cli_connect
 
 __all__ = ["shell", "split_statements", "split_script", "format_table"]
 
@@ -249,19 +251,16 @@ def shell(url: str, command: str | None, tls_ca: str | None, encryption: str,
     """Interactive SQL on the server at URL (casemate://user[:password]@host[:port]).
 
     The password comes from the URL, CASEMATE_PASSWORD, or $CASEMATE_HOME/passwords,
-    else it is asked for.  With -c or SQL on standard input, statements and
+    else it is asked for on a terminal; CASEMATE_HOST, CASEMATE_PORT and CASEMATE_USER
+    fill what the URL leaves out.  With -c or SQL on standard input, statements and
     backslash commands (where a statement could begin) run in order and
     the exit code is 1 at the first error.  Ctrl-C while a statement runs
     cancels it on the server (a second Ctrl-C stops waiting); SET
     statement_timeout = '30s' bounds every statement of the session.
     """
-    import casemate
     interactive = command is None and sys.stdin.isatty()
-    try:
-        conn = _connect(casemate, url, tls_ca, encryption, interactive)
-    except Error as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    kw: dict[str, Any] = {"encryption": encryption, "program": "casemate shell"}
+    conn = cli_connect(url, **kw, **({"tls_ca": tls_ca} if tls_ca else {}))
     conn.on_notice = lambda code, text: click.echo(f"NOTICE [{code}]: {text}", err=True)
     conn.autocommit = (not interactive) if autocommit is None else autocommit
     if interactive:
@@ -271,19 +270,12 @@ def shell(url: str, command: str | None, tls_ca: str | None, encryption: str,
         status = _interactive(conn)
     else:
         status = _script(conn, command if command is not None else sys.stdin.read(), timing)
-    conn.close()
+    with warnings.catch_warnings(record=True) as lost:  # said here in the shell's words
+        warnings.simplefilter("always", UncommittedWorkWarning)
+        conn.close()
+    if lost and not interactive:  # (the interactive shell said so already)
+        click.echo("Uncommitted changes were rolled back (end the script with \\commit).",
+                   err=True)
     sys.exit(status)
 
 
-def _connect(casemate: Any, url: str, tls_ca: str | None, encryption: str,
-             interactive: bool) -> Any:
-    kw: dict[str, Any] = {"encryption": encryption, "program": "casemate shell"}
-    if tls_ca:
-        kw["tls_ca"] = tls_ca
-    try:
-        return casemate.connect(url, **kw)
-    except casemate.InterfaceError as e:
-        if not interactive or "no password" not in str(e):
-            raise
-    import getpass
-    return casemate.connect(url, password=getpass.getpass("Password: "), **kw)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import re
+import warnings
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -33,6 +34,7 @@ from ..errors import (
     ProgrammingError,
     ProtocolError,
     SecurityError,
+    UncommittedWorkWarning,
     error_from_code,
 )
 from ..protocol import Message, Msg, ProtocolConnection, Role, encode_frame
@@ -275,6 +277,7 @@ class ClientCore:
         self.shutdown_notice: str | None = None
         self.in_transaction = False
         self.autocommit_portals: set[int] = set()  # suspended results of autocommit statements
+        self.wrote = False  # the open transaction may hold changes (closing would lose them)
 
     @classmethod
     def new(cls) -> ClientCore:
@@ -330,6 +333,7 @@ class ClientCore:
                     self._track_portal(req)
                 else:
                     self.in_transaction = req.in_transaction
+                self.wrote = self.in_transaction and (self.wrote or may_write(req.sent))
 
     def _track_portal(self, req: ExecRequest) -> None:
         """Follow results left open (SUSPENDED): which run in autocommit (fetching their end
@@ -384,6 +388,44 @@ _COMMIT_SQL = re.compile(
     r"(?:^|;)(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*(?:COMMIT|END|RELEASE|PREPARE)\b",
     re.IGNORECASE | re.DOTALL)
 _READ_ONLY_ADMIN = frozenset({"status", "sessions"})
+# Statements that read (or only open or mark a transaction): after them alone, closing an
+# open transaction loses nothing.  Anything else in a transaction may have written.
+_READ_SQL = re.compile(r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*(?:SELECT|VALUES|EXPLAIN|SHOW|"
+                       r"BEGIN|START|SAVEPOINT|RELEASE|ROLLBACK)\b", re.IGNORECASE | re.DOTALL)
+
+
+_WITH_SQL = re.compile(r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*WITH\b", re.IGNORECASE | re.DOTALL)
+_QUOTED_OR_COMMENT = re.compile(r"'(?:[^']|'')*'|--[^\n]*|/\*.*?\*/", re.DOTALL)
+_DML_WORD = re.compile(r"\b(?:INSERT|UPDATE|DELETE|MERGE|REPLACE\b(?!\s*\())\b", re.IGNORECASE)
+
+
+def warn_uncommitted(stacklevel: int) -> None:
+    """Say that closing loses changes (the server rolls them back), as a warning: a
+    program that meant to commit learns it here rather than from missing rows later."""
+    warnings.warn(UncommittedWorkWarning(
+        "closing a connection with uncommitted changes (or a server method call that may "
+        "have made some): the server rolls them back; call commit() (or rollback() to "
+        "discard them) before close()"), stacklevel=stacklevel + 1)
+
+
+def may_write(sent: tuple[Msg, Any] | None) -> bool:
+    """Whether a request may have changed data (a guess on the side of caution; a
+    ``SELECT`` that calls a writing function is not seen)."""
+    if sent is None:
+        return False
+    msg, body = sent
+    if msg is Msg.QUERY:
+        return not isinstance(body[1], str) or _sql_may_write(body[1])
+    return msg in (Msg.EXECUTE_MANY, Msg.CALL)
+
+
+def _sql_may_write(sql: str) -> bool:
+    if _READ_SQL.match(sql):
+        return False
+    if not _WITH_SQL.match(sql):
+        return True
+    # WITH ... SELECT reads; WITH ... INSERT/UPDATE/DELETE (or such a CTE) writes.
+    return bool(_DML_WORD.search(_QUOTED_OR_COMMENT.sub(" ", sql)))
 
 
 def commit_risk(sent: tuple[Msg, Any] | None, autocommit_portals: set[int]) -> str:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
-from ..errors import InterfaceError
+from ..errors import Codes, InterfaceError, PasswordsFileWarning
 from ..settings import DEFAULT_PORT
 
-__all__ = ["ConnectParams", "Security", "casemate_home", "parse_params"]
+__all__ = ["ConnectParams", "Security", "casemate_home", "login_user", "parse_params"]
 
 ENCRYPTION_MODES = ("auto", "required")
 
@@ -87,8 +89,45 @@ class ConnectParams:
         return f"[{h}]:{self.port}" if ":" in h else f"{h}:{self.port}"
 
 
+def _split_escaped(line: str) -> list[str]:
+    """Split a passwords-file line on ``:``, as libpq reads ``.pgpass``: ``\\:`` is a colon
+    inside a field and ``\\\\`` a backslash."""
+    fields, cur, i = [], [], 0
+    while i < len(line):
+        ch = line[i]
+        if ch == "\\" and i + 1 < len(line):
+            cur.append(line[i + 1])
+            i += 2
+            continue
+        if ch == ":":
+            fields.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    fields.append("".join(cur))
+    return fields
+
+
+def _readable_by_others(path: Path) -> bool:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return os.name == "posix" and bool(mode & (stat.S_IRWXG | stat.S_IRWXO))
+
+
 def _password_from_file(host: str, port: int, user: str) -> str | None:
+    """The first matching ``host:port:user:password`` line (``*`` matches any field).
+
+    Like libpq's ``.pgpass``, the file is ignored, with a warning, when its mode lets
+    group or others in: a password there may already have leaked."""
     path = casemate_home() / "passwords"
+    if _readable_by_others(path):
+        warnings.warn(PasswordsFileWarning(
+            f"{path} is ignored: it has group or world access; its mode should be 0600 "
+            f"(chmod 600 {path})"), stacklevel=4)
+        return None
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError:
@@ -96,54 +135,113 @@ def _password_from_file(host: str, port: int, user: str) -> str | None:
     for line in lines:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        parts = line.rsplit(":", 3)
-        if len(parts) != 4:
+        fields = _split_escaped(line)
+        if len(fields) < 4:
             continue
-        h, p, u, pw = parts
+        h, p, u, pw = fields[:4]
         if h in ("*", host) and p in ("*", str(port)) and u in ("*", user):
             return pw
     return None
 
 
+KNOWN_OPTIONS = ("host", "port", "user", "password", "tls_ca", "tls_cert", "tls_key",
+                 "encryption", "connect_timeout", "program", "reconnect_attempts",
+                 "reconnect_delay", "keepalive", "statement_timeout")
+
+
+def _url_options(dsn: str) -> dict[str, Any]:
+    """The options a ``casemate://`` URL gives; anything it cannot mean is an error."""
+    u = urlsplit(dsn)
+    if u.scheme != "casemate":
+        raise InterfaceError(f"not a casemate:// URL: {dsn!r}")
+    try:
+        port = u.port
+    except ValueError as e:
+        raise InterfaceError(f"bad port in URL {dsn!r}: {e}") from e
+    if u.path not in ("", "/"):
+        raise InterfaceError(f"URL path {u.path!r} is not understood: a server serves one "
+                             "database, so a casemate:// URL has no database part")
+    if u.fragment:
+        raise InterfaceError(f"URL fragment {'#' + u.fragment!r} is not understood")
+    opts: dict[str, Any] = {
+        "host": u.hostname, "port": port, "user": unquote(u.username or "") or None,
+        "password": unquote(u.password) if u.password is not None else None}
+    try:
+        pairs = parse_qsl(u.query, keep_blank_values=True, strict_parsing=bool(u.query))
+    except ValueError as e:
+        raise InterfaceError(f"malformed option in URL {dsn!r}: {e}") from e
+    for k, v in pairs:
+        if opts.get(k) is not None:
+            raise InterfaceError(f"URL option {k!r} is given twice")
+        if not v:
+            raise InterfaceError(f"URL option {k!r} has no value")
+        opts[k] = v
+    return opts
+
+
+def _number(opts: dict[str, Any], key: str, kind: type[int] | type[float], default: float,
+            low: float, high: float) -> Any:
+    v = opts.get(key)
+    if v is None or v == "":
+        return kind(default)
+    try:
+        n = kind(v)
+    except (TypeError, ValueError):
+        raise InterfaceError(f"{key} {v!r} is not a number") from None
+    if not low <= n <= high:
+        raise InterfaceError(f"{key} {v!r} is out of range ({low:g} to {high:g})")
+    return n
+
+
+def _env_defaults(opts: dict[str, Any]) -> dict[str, Any]:
+    """``CASEMATE_HOST``, ``CASEMATE_PORT``, ``CASEMATE_USER`` and ``CASEMATE_PASSWORD``
+    fill what the URL and keywords left out (as libpq's ``PGHOST``... do)."""
+    env = {"host": "CASEMATE_HOST", "port": "CASEMATE_PORT", "user": "CASEMATE_USER",
+           "password": "CASEMATE_PASSWORD"}
+    out = dict(opts)
+    for key, var in env.items():
+        if not out.get(key) and os.environ.get(var):
+            out[key] = os.environ[var]
+            if key == "port":  # checked here, to name the variable in the error
+                _number({"CASEMATE_PORT": out[key]}, "CASEMATE_PORT", int, 0, 1, 65535)
+    return out
+
+
+def login_user(dsn: str | None) -> str:
+    """The user a connection to ``dsn`` logs in as (for a password prompt)."""
+    opts = _env_defaults(_url_options(dsn) if dsn else {})
+    return str(opts.get("user") or "admin")
+
+
 def parse_params(dsn: str | None = None, **kw: Any) -> ConnectParams:
     """Merge a ``casemate://user:password@host:port?tls_ca=...`` URL with keywords.
 
-    Keywords win over the URL.  Raises InterfaceError for a malformed URL, an
-    unknown option or no password found.
+    Keywords win over the URL, which wins over ``CASEMATE_HOST``, ``CASEMATE_PORT``,
+    ``CASEMATE_USER`` and ``CASEMATE_PASSWORD``; the passwords file comes last.
+    Raises InterfaceError for a malformed URL, a URL path, an unknown option, a value
+    out of range, or (code 28P02) no password found.
     """
-    opts: dict[str, Any] = {}
-    if dsn:
-        u = urlsplit(dsn)
-        if u.scheme != "casemate":
-            raise InterfaceError(f"not a casemate:// URL: {dsn!r}")
-        try:
-            port = u.port
-        except ValueError as e:
-            raise InterfaceError(f"bad port in URL {dsn!r}") from e
-        opts.update(host=u.hostname, port=port, user=unquote(u.username or "") or None,
-                    password=unquote(u.password) if u.password is not None else None)
-        for k, v in parse_qs(u.query).items():
-            opts[k] = v[-1]
+    opts: dict[str, Any] = _url_options(dsn) if dsn else {}
     opts.update({k: v for k, v in kw.items() if v is not None})
-    known = {"host", "port", "user", "password", "tls_ca", "tls_cert", "tls_key", "encryption",
-             "connect_timeout", "program", "reconnect_attempts", "reconnect_delay",
-             "keepalive", "statement_timeout"}
-    unknown = set(opts) - known
+    unknown = set(opts) - set(KNOWN_OPTIONS)
     if unknown:
         raise InterfaceError(f"unknown connection option(s): {', '.join(sorted(unknown))}; "
-                             f"known: {', '.join(sorted(known))}")
+                             f"known: {', '.join(KNOWN_OPTIONS)}")
+    opts = _env_defaults(opts)
     host = opts.get("host") or "localhost"
-    port = int(opts.get("port") or DEFAULT_PORT)
-    user = opts.get("user") or os.environ.get("CASEMATE_USER") or "admin"
-    password = (opts.get("password") or os.environ.get("CASEMATE_PASSWORD")
-                or _password_from_file(host, port, user))
+    port = _number(opts, "port", int, DEFAULT_PORT, 1, 65535)
+    user = opts.get("user") or "admin"
+    password = opts.get("password") or _password_from_file(host, port, user)
     if not password:
         raise InterfaceError(
-            f"no password for user {user!r}: pass password=, set CASEMATE_PASSWORD, or add "
-            f"'{host}:{port}:{user}:PASSWORD' to {casemate_home() / 'passwords'}")
-    encryption = opts.get("encryption", "auto")
+            f"no password for user {user!r} at {host}:{port}", Codes.NO_PASSWORD,
+            f"give it in the URL (casemate://{user}:PASSWORD@...), set "
+            f"CASEMATE_PASSWORD, or add the line '{host}:{port}:{user}:PASSWORD' to "
+            f"{casemate_home() / 'passwords'} (mode 0600)")
+    encryption = opts.get("encryption") or "auto"
     if encryption not in ENCRYPTION_MODES:
-        raise InterfaceError(f"encryption={encryption!r}: expected one of {ENCRYPTION_MODES}")
+        raise InterfaceError(f"encryption {encryption!r}: expected one of "
+                             f"{', '.join(ENCRYPTION_MODES)}")
     ca = opts.get("tls_ca")
     if ca is None and (casemate_home() / "Resources" / "cert.pem").exists():
         ca = casemate_home() / "Resources" / "cert.pem"
@@ -152,13 +250,14 @@ def parse_params(dsn: str | None = None, **kw: Any) -> ConnectParams:
     return ConnectParams(
         host=host, port=port, user=user, password=password, tls_ca=path(ca),
         tls_cert=path(opts.get("tls_cert")), tls_key=path(opts.get("tls_key")),
-        encryption=encryption, connect_timeout=float(opts.get("connect_timeout", 10.0)),
+        encryption=encryption,
+        connect_timeout=_number(opts, "connect_timeout", float, 10.0, 0.001, 86400),
         program=opts.get("program") or Path(sys.argv[0]).name or "python",
-        reconnect_attempts=int(opts.get("reconnect_attempts", 10)),
-        reconnect_delay=float(opts.get("reconnect_delay", 0.2)),
+        reconnect_attempts=_number(opts, "reconnect_attempts", int, 10, 0, 1000),
+        reconnect_delay=_number(opts, "reconnect_delay", float, 0.2, 0, 3600),
         keepalive=_keepalive(opts.get("keepalive", 30.0)),
-        statement_timeout=(float(opts["statement_timeout"]) if "statement_timeout" in opts
-                           else None),
+        statement_timeout=(_number(opts, "statement_timeout", float, 0, 0, 10**9)
+                           if opts.get("statement_timeout") is not None else None),
     )
 
 
