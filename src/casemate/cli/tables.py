@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import shutil
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +27,10 @@ _NUMBERS = (int, float, decimal.Decimal)
 
 
 def terminal_width(default: int = 100) -> int:
-    """Columns of the terminal; ``default`` when the output is not one."""
+    """Columns of the terminal; ``default`` when the output is not one (a file or a pipe
+    gets the same table whatever terminal the command was started from)."""
+    if not sys.stdout.isatty():
+        return default
     return shutil.get_terminal_size((default, 24)).columns
 
 
