@@ -105,9 +105,11 @@ def expanded(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, null: str
     w = max(_visible(h) for h in headers)
     out: list[str] = []
     for n, r in enumerate(rows, 1):
-        out.append(f"-[ RECORD {n} ]".ljust(w + 1, "-") + "+" + "-" * 10)
-        for h, v in zip(headers, r, strict=True):
-            first, *more = cell(v, null).split("\n")
+        values = [cell(v, null).split("\n") for v in r]
+        vw = max((_visible(ln) for v in values for ln in v), default=0)
+        rule, label = "-" * w + "-+-" + "-" * vw, f"-[ RECORD {n} ]"
+        out.append(label + rule[len(label):])  # psql draws the label over the rule
+        for h, (first, *more) in zip(headers, values, strict=True):
             pad = " " * (w - _visible(h))
             out.append(f"{h}{pad} | {first}".rstrip())
             out += [f"{'':{w}} | {ln}".rstrip() for ln in more]
