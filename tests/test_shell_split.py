@@ -147,6 +147,13 @@ def test_format_table_row_of_the_wrong_width_fails() -> None:
     # waits for its ';' (here the end of the script)
     ("SELECT 1\n\\commit", [(True, "\\commit"), (False, "SELECT 1")]),
     ("SELECT 1 \\g", [(True, "\\g"), (False, "SELECT 1")]),
+    # PostgreSQL's quotes: E'' escapes, dollar quoting (a function body has ';' and '\\')
+    ("SELECT E'it\\'s; ok'; \\x", [(False, "SELECT E'it\\'s; ok'"), (True, "\\x")]),
+    ("SELECT one'b\\'; \\x", [(False, "SELECT one'b\\'"), (True, "\\x")]),
+    ("DO $$ BEGIN PERFORM 1; END $$; \\x", [(False, "DO $$ BEGIN PERFORM 1; END $$"),
+                                         (True, "\\x")]),
+    ("SELECT $t$ a;\\d $t$; \\d", [(False, "SELECT $t$ a;\\d $t$"), (True, "\\d")]),
+    ("SELECT price$1 FROM t; \\x", [(False, "SELECT price$1 FROM t"), (True, "\\x")]),
 ])
 def test_script_commands(text: str, expected: list[tuple[bool, str]]) -> None:
     assert list(split_script(text)) == expected

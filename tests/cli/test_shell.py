@@ -96,3 +96,35 @@ def test_commands_in_scripts_are_psqls(plain_server: ServerProcess, tmp_path) ->
     assert "-[ RECORD 1 ]\na | 1\nb | two\n" in out
     assert " answer\n--------\n     42" in out
     assert "(null)" in out
+
+
+def test_include_loop_stops(plain_server: ServerProcess, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    loop = tmp_path / "loop.sql"
+    loop.write_text(f"SELECT 1 AS one;\n\\i {loop}\n")
+    code, out, err = _shell(plain_server, "-f", str(loop))
+    assert code == 1 and "more than 16 deep" in err
+    assert out.count("(1 row)") == 17  # the script, then 16 levels of \\i
+
+
+def test_describe_leaves_no_transaction_open(plain_server: ServerProcess) -> None:
+    """With autocommit off, a read opens a transaction that would then sit idle; \\d and
+    completion must not leave one behind (psql's catalog queries do not either)."""
+    from prompt_toolkit.completion import CompleteEvent
+    from prompt_toolkit.document import Document
+
+    from casemate.cli.prompt import SqlCompleter
+    from casemate.cli.shell import Options, Shell
+    with plain_server.connect() as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER, total REAL)")
+        conn.commit()
+        sh = Shell(conn, Options(), interactive=True)
+        sh.command("\\dt")
+        sh.command("\\d orders")
+        words = [c.text for c in SqlCompleter(sh).get_completions(
+            Document("SELECT orders.to"), CompleteEvent())]
+        assert words == ["total"]
+        assert not conn.in_transaction
+        conn.execute("INSERT INTO orders VALUES (1, 2.5)")  # the user's own transaction
+        sh.command("\\dt")
+        assert conn.in_transaction  # ... is left alone
+        conn.rollback()

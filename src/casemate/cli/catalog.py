@@ -48,12 +48,18 @@ class Catalog:
 
 
 def _rows(conn: Any, sql: str, params: tuple[Any, ...]) -> Rows:
+    """Run a catalog query.  With autocommit off a read opens a transaction, which would
+    then sit idle (and be ended by limits.idle_in_transaction_timeout_seconds): one this
+    query opened is closed again, as psql's own queries leave no transaction behind."""
+    opened = not conn.in_transaction
     cur = conn.cursor()
     try:
         cur.execute(sql, params)
         return list(cur.fetchall())
     finally:
         cur.close()
+        if opened and conn.in_transaction and not conn.closed:
+            conn.rollback()
 
 
 _SQLITE = Catalog(

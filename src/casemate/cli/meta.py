@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..errors import InterfaceError
+from .split import Splitter
 
 if TYPE_CHECKING:
     from .shell import Shell
 
 __all__ = ["run_command", "COMMANDS"]
+
+MAX_INCLUDE_DEPTH = 16  # \i of a file that includes itself stops here
 
 Handler = Callable[["Shell", str], bool | None]
 
@@ -103,14 +106,24 @@ def _print(sh: Shell, arg: str) -> None:
 
 
 def _include(sh: Shell, arg: str) -> bool:
+    """The file runs as a script of its own (its last statement needs no ';') inside the
+    session; the query buffer typed so far waits."""
     path = arg.strip()
     if not path:
         raise InterfaceError("\\i: missing the file name")
+    if sh.depth >= MAX_INCLUDE_DEPTH:
+        raise InterfaceError(f"\\i {path}: files include each other more than "
+                             f"{MAX_INCLUDE_DEPTH} deep")
     try:
         text = Path(path).expanduser().read_text(encoding="utf-8")
     except OSError as e:
         raise InterfaceError(f"{path}: {e.strerror}") from e
-    return sh.feed(text + "\n")
+    outer, sh.split = sh.split, Splitter()
+    sh.depth += 1
+    try:
+        return sh.feed(text) or sh.finish()
+    finally:
+        sh.split, sh.depth = outer, sh.depth - 1
 
 
 def _echo(sh: Shell, arg: str) -> None:

@@ -32,97 +32,11 @@ import click
 
 from ..errors import Error
 from .catalog import catalog_for
+from .split import Splitter, split_script, split_statements
 from .tables import cell, expanded, render
 
 __all__ = ["shell", "Shell", "Options", "Splitter", "split_statements", "split_script",
            "format_table"]
-
-
-class Splitter:
-    """Cuts text fed line by line into statements (at ``;`` outside quotes and comments)
-    and backslash commands (from a backslash outside quotes to the end of its line).  The
-    unfinished statement stays in :attr:`pending`, psql's query buffer, across commands."""
-
-    def __init__(self) -> None:
-        self.buf: list[str] = []
-        self.quote: str | None = None
-        self.in_comment = False
-
-    @property
-    def pending(self) -> str:
-        return "".join(self.buf).strip()
-
-    @property
-    def state(self) -> str:
-        """What the next line continues: a quote character, ``*`` (a comment), ``-`` (a
-        statement) or ``=`` (nothing), as psql's prompt shows it."""
-        return self.quote or ("*" if self.in_comment else "-" if self.pending else "=")
-
-    def reset(self) -> None:
-        self.buf, self.quote, self.in_comment = [], None, False
-
-    def take(self) -> str:
-        stmt = self.pending
-        self.reset()
-        return stmt
-
-    def feed(self, text: str, commands: bool = True) -> Iterator[tuple[bool, str]]:
-        """Yield ``(is_command, text)`` for each complete statement and command."""
-        i, n = 0, len(text)
-        while i < n:
-            ch = text[i]
-            if self.in_comment:
-                end = text.find("*/", i)
-                self.in_comment = end < 0
-                i = n if end < 0 else end + 2
-                continue
-            if self.quote:
-                self.buf.append(ch)
-                if ch == self.quote:
-                    self.quote = None
-            elif commands and ch == "\\":
-                end = text.find("\n", i)
-                end = n if end < 0 else end
-                yield True, text[i:end].strip()
-                i = end
-                continue
-            elif ch in "'\"`[":
-                self.quote = "]" if ch == "[" else ch
-                self.buf.append(ch)
-            elif text.startswith("--", i):
-                end = text.find("\n", i)
-                i = n if end < 0 else end
-                continue
-            elif text.startswith("/*", i):
-                self.in_comment = True
-                self.buf.append(" ")  # a comment separates tokens: SELECT/**/1 is SELECT 1
-                i += 2
-                continue
-            elif ch == ";":
-                if stmt := self.take():
-                    yield False, stmt
-            else:
-                self.buf.append(ch)
-            i += 1
-
-
-def split_statements(text: str) -> Iterator[str]:
-    """Split SQL on ``;`` outside quotes and comments; yields non-empty statements."""
-    s = Splitter()
-    for _is_command, stmt in s.feed(text, commands=False):
-        yield stmt
-    if last := s.take():
-        yield last
-
-
-def split_script(text: str) -> Iterator[tuple[bool, str]]:
-    """Like :func:`split_statements`, with backslash commands as the shell runs them: a
-    command runs when it is read, an unfinished statement before it waits for its ``;``
-    (or the end of the script).  Yields ``(is_command, text)``."""
-    s = Splitter()
-    yield from s.feed(text)
-    if last := s.take():
-        yield False, last
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -202,6 +116,7 @@ class Shell:
         self.catalog = catalog_for(getattr(conn, "backend", "sqlite"))
         self.wrote = False
         self.failed = False
+        self.depth = 0  # \\i files being run
         self.schema_changed = True  # completion reloads names when set
 
     # -- input ------------------------------------------------------------------------
@@ -213,10 +128,10 @@ class Shell:
                 return True
         return False
 
-    def finish(self) -> None:
+    def finish(self) -> bool:
         """End of a script: an unfinished last statement runs, as with ``-c``."""
-        if stmt := self.split.take():
-            self._guard(self.run, stmt)
+        stmt = self.split.take()
+        return bool(stmt) and self._guard(self.run, stmt)
 
     def _guard(self, step: Any, item: str) -> bool:
         try:
@@ -288,7 +203,7 @@ class Shell:
         fits = len(lines) < size.lines - 1 and max(map(len, lines)) <= size.columns
         cmd = os.environ.get("CASEMATE_PAGER", os.environ.get("PAGER")) or (
             "less -SFX" if shutil.which("less") else "more")
-        if (self.options.pager == "off" or not self.interactive or not sys.stdout.isatty()
+        if (self.options.pager == "off" or not sys.stdout.isatty()
                 or (fits and self.options.pager != "always")):
             click.echo(text)
             return
@@ -303,7 +218,8 @@ class Shell:
     def command(self, line: str) -> bool:
         """Run a backslash command; True means quit.  Raises Error if unknown."""
         from .meta import run_command
-        return run_command(self, line)
+        with _ctrl_c_cancels(self.conn):  # \\d runs queries too
+            return run_command(self, line)
 
     def leave(self) -> None:
         """The end of an interactive session: say so if written work is dropped."""
@@ -329,8 +245,14 @@ def _interactive(sh: Shell) -> None:
         except EOFError:
             click.echo()
             break
-        if sh.feed(line + "\n"):
-            break
+        try:
+            if sh.feed(line + "\n"):
+                break
+        except KeyboardInterrupt:  # a second Ctrl-C: the shell stopped waiting
+            sh.split.reset()
+            click.echo("\nInterrupted.", err=True)
+            if sh.conn.closed:
+                break
     sh.leave()
 
 
