@@ -96,6 +96,7 @@ def _history_file() -> str:
     path = home / "shell_history"
     fd = os.open(path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600)
     os.close(fd)
+    os.chmod(path, 0o600)  # also a history an older version left readable
     return str(path)
 
 

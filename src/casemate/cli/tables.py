@@ -22,7 +22,6 @@ from wcwidth import wcswidth
 __all__ = ["cell", "render", "expanded", "human_bytes", "human_duration", "human_time",
            "terminal_width"]
 
-_tabulate.MIN_PADDING = 0  # psql's widths: a column is as wide as its widest value
 _NUMBERS = (int, float, decimal.Decimal)
 
 
@@ -92,8 +91,14 @@ def _width(table: str) -> int:
 
 
 def _draw(headers: Sequence[str], cells: list[list[str]], align: list[str]) -> str:
-    text = _tabulate.tabulate(cells, headers=list(headers), tablefmt="presto",
-                              disable_numparse=True, colalign=align or None)
+    # psql's widths: a column is as wide as its widest value, with no extra room for the
+    # header (tabulate's module-wide MIN_PADDING, restored for other users such as pandas)
+    padding, _tabulate.MIN_PADDING = _tabulate.MIN_PADDING, 0
+    try:
+        text = _tabulate.tabulate(cells, headers=list(headers), tablefmt="presto",
+                                  disable_numparse=True, colalign=align or None)
+    finally:
+        _tabulate.MIN_PADDING = padding
     return "\n".join(ln.rstrip() for ln in text.splitlines())
 
 
