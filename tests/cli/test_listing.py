@@ -105,3 +105,14 @@ def test_status_in_human_units(plain_server: ServerProcess) -> None:
     assert re.search(r"Uptime:\s+\d+\.\d s", out) or re.search(r"Uptime:\s+\d+ (s|min)", out)
     assert re.search(r"Data size:\s+\d+(\.\d)? (bytes|kB|MB)", out), out
     assert casemate  # the client package is importable alongside
+
+
+def test_control_characters_cannot_drive_the_admins_terminal(plain_server: ServerProcess) -> None:
+    """A user names their program with escape sequences (clear the screen, retitle the
+    window); the admin's session list shows them as text."""
+    hostile = "evil\x1b[2J\x1b]0;owned\x07\r"
+    with plain_server.connect(program=hostile):
+        for args in ([], ["--wide"]):
+            out = cli("sessions", plain_server.url, *args).stdout
+            assert "\x1b" not in out and "\x07" not in out and "\r" not in out
+            assert "evil\\x1b[2J" in out

@@ -128,3 +128,12 @@ def test_describe_leaves_no_transaction_open(plain_server: ServerProcess) -> Non
         sh.command("\\dt")
         assert conn.in_transaction  # ... is left alone
         conn.rollback()
+
+
+def test_control_characters_in_values_are_shown_as_text(plain_server: ServerProcess) -> None:
+    code, out, err = _shell(plain_server, "-c", "SELECT 'a' || char(27) || '[2Jb' AS v;\n"
+                                                "\\x\nSELECT char(27) AS w")
+    assert code == 0, err
+    assert "\x1b" not in out and " a\\x1b[2Jb" in out and "w | \\x1b" in out
+    code, out, err = _shell(plain_server, "--csv", "-c", "SELECT 'a' || char(27) AS v")
+    assert out == "v\na\x1b\n"  # machine formats keep the exact value

@@ -15,6 +15,7 @@ import click
 
 from ..errors import InterfaceError
 from .split import Splitter
+from .tables import human_time, printable, render
 
 if TYPE_CHECKING:
     from .shell import Shell
@@ -155,15 +156,14 @@ def _describe_one(sh: Shell, name: str) -> None:
     kind, columns, indexes = found
     rows = [(col, typ or "", "not null" if notnull else "", default)
             for col, typ, notnull, default in columns]
-    text = [f'{kind.capitalize()} "{name}"',
+    text = [printable(f'{kind.capitalize()} "{name}"'),
             _table(["column", "type", "nullable", "default"], rows)]
     if indexes:
-        text += ["Indexes:", *[f'    "{n}" {d}' for n, d in indexes]]
+        text += ["Indexes:", *[printable(f'    "{n}" {d}') for n, d in indexes]]
     sh.page("\n".join(text))
 
 
 def _table(headers: list[str], rows: list[tuple[Any, ...]]) -> str:
-    from .tables import render
     return render(headers, rows)
 
 
@@ -171,7 +171,6 @@ def _users(sh: Shell, arg: str) -> None:
     rows = sh.conn.admin("user_list")
     name = arg.strip()
     rows = [(n, g, c) for n, g, c in rows if not name or n == name]
-    from .tables import human_time
     sh.show(["name", "group", "created"], [(n, g, human_time(c)) for n, g, c in rows],
             title="List of users")
 

@@ -33,7 +33,7 @@ import click
 from ..errors import Error
 from .catalog import catalog_for
 from .split import Splitter, split_script, split_statements
-from .tables import cell, expanded, render
+from .tables import cell, expanded, printable, render
 
 __all__ = ["shell", "Shell", "Options", "Splitter", "split_statements", "split_script",
            "format_table"]
@@ -138,7 +138,7 @@ class Shell:
             return bool(step(item))
         except Error as e:
             self.failed = True
-            click.echo(f"error: {e}", err=True)
+            click.echo(printable(f"error: {e}"), err=True)
             return not self.interactive or bool(self.conn.closed)
 
     def prompt(self) -> str:
@@ -180,7 +180,7 @@ class Shell:
             buf = io.StringIO()
             w = csv.writer(buf, lineterminator="\n")
             w.writerow(headers)
-            w.writerows([[cell(v, o.null) for v in r] for r in rows])
+            w.writerows([[cell(v, o.null, escape=False) for v in r] for r in rows])
             click.echo(buf.getvalue(), nl=False)
             return
         if o.format == "json":
@@ -294,7 +294,8 @@ def shell(url: str, command: str | None, file: str | None, fmt: str | None,
     except Error as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
-    conn.on_notice = lambda code, text: click.echo(f"NOTICE [{code}]: {text}", err=True)
+    conn.on_notice = lambda code, text: click.echo(printable(f"NOTICE [{code}]: {text}"),
+                                                   err=True)
     conn.autocommit = autocommit
     sh = Shell(conn, Options(format=fmt or "aligned", timing=timing,
                              pager="on" if pager else "off"), interactive)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from typing import Any
 import tabulate as _tabulate
 from wcwidth import wcswidth
 
-__all__ = ["cell", "render", "expanded", "human_bytes", "human_duration", "human_time",
+__all__ = ["cell", "printable", "render", "expanded", "human_bytes", "human_duration", "human_time",
            "terminal_width"]
 
 _NUMBERS = (int, float, decimal.Decimal)
@@ -33,15 +34,28 @@ def terminal_width(default: int = 100) -> int:
     return shutil.get_terminal_size((default, 24)).columns
 
 
-def cell(v: Any, null: str = "") -> str:
-    """A value as psql shows it: NULL as ``null`` (empty), booleans t/f, bytes as hex."""
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Control characters as ``\\xNN`` (newlines kept, tabs expanded): a value someone
+    else stored (a row, a table name, a session's program name) must not drive the
+    reader's terminal with escape sequences."""
+    if "\t" in text:
+        text = "\n".join(ln.expandtabs(8) for ln in text.split("\n"))
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def cell(v: Any, null: str = "", escape: bool = True) -> str:
+    """A value as psql shows it: NULL as ``null`` (empty), booleans t/f, bytes as hex,
+    control characters escaped (unless ``escape`` is false: CSV keeps exact values)."""
     if v is None:
         return null
     if isinstance(v, bool):
         return "t" if v else "f"
     if isinstance(v, bytes | bytearray | memoryview):
         return "\\x" + bytes(v).hex()
-    return str(v)
+    return printable(str(v)) if escape else str(v)
 
 
 def _visible(text: str) -> int:
@@ -68,6 +82,7 @@ def render(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, null: str =
         if len(r) != len(headers):
             raise ValueError(f"a row has {len(r)} values for {len(headers)} columns")
     align = ["right" if _numeric(rows, i) else "left" for i in range(len(headers))]
+    headers = [printable(h) for h in headers]
     cells = [[cell(v, null) for v in r] for r in rows]
     out = _draw(headers, cells, align)
     idx = [headers.index(c) for c in shrink if c in headers]
@@ -107,6 +122,7 @@ def expanded(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, null: str
     column (a multi-line value continues under its first line)."""
     if not rows:
         return "(0 rows)"
+    headers = [printable(h) for h in headers]
     w = max(_visible(h) for h in headers)
     out: list[str] = []
     for n, r in enumerate(rows, 1):
