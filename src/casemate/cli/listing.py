@@ -49,8 +49,8 @@ def echo_sessions(columns: list[str], rows: Sequence[Sequence[Any]], wide: bool,
     from ..server.audit import clean
     # Program names and the like come from clients: one line each, control characters
     # as text (a newline would forge a row).
-    recs = [{c: clean(v, 1000) if isinstance(v, str) else v
-             for c, v in zip(columns, r, strict=True)} for r in rows]
+    recs: list[dict[str, Any]] = [{c: clean(v, 1000) if isinstance(v, str) else v
+                                   for c, v in zip(columns, r, strict=True)} for r in rows]
     headers = ["id", "user", "address", "program", "connected", "idle", "tls", "stmts",
                "txn", "lock"]
     table: list[tuple[Any, ...]] = [(r["id"], r["user"], r.get("address") or "",
