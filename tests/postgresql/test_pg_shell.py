@@ -44,3 +44,23 @@ def test_describe_on_postgresql(server: ServerProcess) -> None:
     assert " person_pkey | index" in out
     assert "casemate" not in out.split('Table "person"')[0]  # Casemate's own schema is hidden
     assert 'Did not find any relation named "nope"' in result.stderr
+
+
+def test_completion_names_on_postgresql(server: ServerProcess) -> None:
+    from prompt_toolkit.completion import CompleteEvent
+    from prompt_toolkit.document import Document
+
+    from casemate.cli.prompt import SqlCompleter
+    from casemate.cli.shell import Options, Shell
+    with server.connect() as conn:
+        conn.execute("CREATE TABLE orders (id integer, total numeric)")
+        conn.commit()
+        sh = Shell(conn, Options(), interactive=True)
+        done = SqlCompleter(sh)
+
+        def complete(text: str) -> list[str]:
+            return [c.text for c in done.get_completions(Document(text), CompleteEvent())]
+        assert complete("SELECT * FROM ord") == ["orders"]
+        assert complete("SELECT orders.to") == ["total"]
+        assert "meta" not in complete("SELECT * FROM me")  # Casemate's own schema is hidden
+        assert not conn.in_transaction
