@@ -137,3 +137,16 @@ def test_control_characters_in_values_are_shown_as_text(plain_server: ServerProc
     assert "\x1b" not in out and " a\\x1b[2Jb" in out and "w | \\x1b" in out
     code, out, err = _shell(plain_server, "--csv", "-c", "SELECT 'a' || char(27) AS v")
     assert out == "v\na\x1b\n"  # machine formats keep the exact value
+
+
+def test_a_script_leaving_a_transaction_open_is_rolled_back(plain_server: ServerProcess) -> None:
+    """As psql: what a script did not commit is not kept, and it says so."""
+    assert _shell(plain_server, "-c", "CREATE TABLE t (v INTEGER)")[0] == 0
+    code, out, err = _shell(plain_server, "-c", "BEGIN; INSERT INTO t VALUES (1);")
+    assert code == 0 and "Uncommitted changes were rolled back" in err
+    code, out, err = _shell(plain_server, "-c", "BEGIN; SELECT * FROM t;")
+    assert code == 0 and "rolled back" not in err  # read-only: nothing to say
+    code, out, err = _shell(plain_server, "-c", "INSERT INTO t VALUES (2);")  # autocommit
+    assert code == 0 and "INSERT 0 1" in out
+    with plain_server.connect() as conn:
+        assert conn.execute("SELECT v FROM t").fetchall() == [(2,)]

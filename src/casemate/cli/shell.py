@@ -222,9 +222,11 @@ class Shell:
             return run_command(self, line)
 
     def leave(self) -> None:
-        """The end of an interactive session: say so if written work is dropped."""
+        """The end of the session, whose open transaction is rolled back (closing does it,
+        as in psql): say so if it had written something."""
         if self.conn.in_transaction and self.wrote and not self.conn.closed:
-            click.echo("Uncommitted changes were rolled back (COMMIT or \\commit saves them).")
+            click.echo("Uncommitted changes were rolled back (COMMIT or \\commit saves them).",
+                       err=True)
 
 
 def _json_value(v: Any) -> Any:
@@ -308,8 +310,7 @@ def shell(url: str, command: str | None, file: str | None, fmt: str | None,
     else:
         if not sh.feed(script if script is not None else sys.stdin.read()):
             sh.finish()
-        if not sh.failed and not conn.closed and conn.in_transaction:
-            conn.commit()  # scripts keep their work, as before (\autocommit off, then no COMMIT)
+        sh.leave()  # as psql: a transaction the script left open is rolled back
     conn.close()
     sys.exit(1 if sh.failed else 0)
 
