@@ -32,6 +32,7 @@ from .pidfile import PID_FILE, PidFile
 __all__ = ["PID_FILE", "fail", "open_folder"]
 
 
+
 def fail(message: str, code: int = 1) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
