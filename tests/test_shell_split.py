@@ -84,12 +84,13 @@ def test_split_is_lazy() -> None:
 
 
 def test_format_table_alignment_and_cells() -> None:
+    """psql's aligned format: NULL empty, bytes as \\x hex, numbers to the right."""
     out = format_table(["id", "name", "blob"], [(1, "a", b"\x01\xff"), (22, None, None)])
     assert out.splitlines() == [
-        "id | name | blob",
-        "---+------+--------",
-        " 1 | a    | x'01ff'",
-        "22 | NULL | NULL",
+        " id | name | blob",
+        "----+------+--------",
+        "  1 | a    | \\x01ff",
+        " 22 |      |",
     ]
 
 
@@ -97,31 +98,32 @@ def test_format_table_numbers_right_aligned_and_nulls_ignored() -> None:
     out = format_table(["n", "x"], [(1.5, 10), (None, 2), (-3, 100)])
     assert out.splitlines() == [
         "   n |   x",
-        "-----+----",
+        "-----+-----",
         " 1.5 |  10",
-        "NULL |   2",
+        "     |   2",
         "  -3 | 100",
     ]
 
 
 def test_format_table_bools_and_mixed_columns_are_left_aligned() -> None:
     out = format_table(["b", "m"], [(True, 1), (False, "x")])
-    assert out.splitlines() == [
-        "b     | m",
-        "------+--",
-        "True  | 1",
-        "False | x",
-    ]
+    assert out.splitlines() == [" b | m", "---+---", " t | 1", " f | x"]
 
 
 def test_format_table_header_wider_than_values() -> None:
     out = format_table(["a_long_header"], [(1,), (2,)])
-    assert out.splitlines() == ["a_long_header", "-------------", "            1",
-                                "            2"]
+    assert out.splitlines() == [" a_long_header", "---------------", "             1",
+                                "             2"]
 
 
 def test_format_table_without_rows() -> None:
-    assert format_table(["a", "bb"], []) == "a | bb\n--+---"
+    assert format_table(["a", "bb"], []) == " a | bb\n---+----"
+
+
+def test_format_table_multi_line_and_wide_values_align() -> None:
+    out = format_table(["k", "v"], [("日本語", "one\ntwo"), ("x", "three")]).splitlines()
+    assert out == [" k      | v", "--------+-------", " 日本語 | one", "        | two",
+                   " x      | three"]
 
 
 def test_format_table_no_trailing_spaces() -> None:
@@ -141,7 +143,17 @@ def test_format_table_row_of_the_wrong_width_fails() -> None:
      [(True, "\\autocommit off"), (False, "SELECT 1"), (True, "\\rollback"), (False, "SELECT 2")]),
     ("-- note\n/* c */ \\security", [(True, "\\security")]),
     ("SELECT 'a\\b'", [(False, "SELECT 'a\\b'")]),  # inside a statement: SQL
-    ("SELECT 1\n\\commit", [(False, "SELECT 1\n\\commit")]),  # the statement has not ended
+    # psql: a backslash outside quotes is a command even in an unfinished statement, which
+    # waits for its ';' (here the end of the script)
+    ("SELECT 1\n\\commit", [(True, "\\commit"), (False, "SELECT 1")]),
+    ("SELECT 1 \\g", [(True, "\\g"), (False, "SELECT 1")]),
+    # PostgreSQL's quotes: E'' escapes, dollar quoting (a function body has ';' and '\\')
+    ("SELECT E'it\\'s; ok'; \\x", [(False, "SELECT E'it\\'s; ok'"), (True, "\\x")]),
+    ("SELECT one'b\\'; \\x", [(False, "SELECT one'b\\'"), (True, "\\x")]),
+    ("DO $$ BEGIN PERFORM 1; END $$; \\x", [(False, "DO $$ BEGIN PERFORM 1; END $$"),
+                                         (True, "\\x")]),
+    ("SELECT $t$ a;\\d $t$; \\d", [(False, "SELECT $t$ a;\\d $t$"), (True, "\\d")]),
+    ("SELECT price$1 FROM t; \\x", [(False, "SELECT price$1 FROM t"), (True, "\\x")]),
 ])
 def test_script_commands(text: str, expected: list[tuple[bool, str]]) -> None:
     assert list(split_script(text)) == expected

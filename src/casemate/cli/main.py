@@ -27,6 +27,7 @@ from ..errors import Error
 from ..settings import Settings, SettingsError
 from ..storage import StorageError
 from .connect import PORT, cli_connect
+from .listing import echo_groups, echo_users
 from .pidfile import PID_FILE, PidFile
 
 __all__ = ["PID_FILE", "fail", "open_folder"]
@@ -329,10 +330,10 @@ def user_group(target: str, name: str, group_name: str) -> None:
 
 @user.command("list")
 @click.argument("target")
-def user_list(target: str) -> None:
-    """List users and their groups."""
-    for name, grp, created in _admin_run(target, "user_list"):
-        click.echo(f"{name:<24} {grp:<12} created {created}")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def user_list(target: str, as_json: bool) -> None:
+    """List users, their groups and when they were created."""
+    echo_users(_admin_run(target, "user_list"), as_json)
 
 
 @user.command("remove")
@@ -364,10 +365,10 @@ def group_remove(target: str, name: str) -> None:
 
 @group.command("list")
 @click.argument("target")
-def group_list(target: str) -> None:
-    """List groups and their grants."""
-    for g, table, privs in _admin_run(target, "group_list"):
-        click.echo(f"{g:<16} {table or '-':<24} {privs or '-'}")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def group_list(target: str, as_json: bool) -> None:
+    """List groups and their grants (one row per table)."""
+    echo_groups(_admin_run(target, "group_list"), as_json)
 
 
 @group.command("grant")

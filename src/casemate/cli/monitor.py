@@ -10,7 +10,8 @@ import click
 
 from ..errors import Error
 from .connect import SESSION_ID, cli_connect
-from .shell import format_table
+from .listing import echo_sessions
+from .tables import human_bytes, human_duration
 
 
 def _call(url: str, command: str, **args: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -22,14 +23,6 @@ def _call(url: str, command: str, **args: Any) -> tuple[list[str], list[tuple[An
         sys.exit(1)
     finally:
         conn.close()
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    return (f"{d}d " if d else "") + f"{h:02d}:{m:02d}:{s:02d}"
 
 
 @click.command()
@@ -45,7 +38,7 @@ def status(url: str, as_json: bool) -> None:
     mode = st["mode"] + (f" (TLS {st['min_tls_version']} minimum)" if st["min_tls_version"]
                          else " (NOT encrypted)")
     lines = [("Server", f"Casemate {st['version']}, publication {st['publication']!r}"),
-             ("Uptime", _duration(st["uptime_seconds"])), ("Mode", mode)]
+             ("Uptime", human_duration(st["uptime_seconds"])), ("Mode", mode)]
     if st["certificate_subject"]:
         lines += [("Certificate", st["certificate_subject"]),
                   ("Fingerprint", st["certificate_sha256"]),
@@ -57,7 +50,7 @@ def status(url: str, as_json: bool) -> None:
               ("Accepting", "yes" if st["accepting"] else "NO (casemate accept URL resumes)"),
               ("Sessions", str(st["sessions"])),
               ("Statements/s", f"{st['statements_per_second']} ({st['statements_total']} total)"),
-              ("Data size", f"{st['data_bytes'] / 1e6:.2f} MB ({st['storage']})"),
+              ("Data size", f"{human_bytes(st['data_bytes'])} ({st['storage']})"),
               ("Event loop", st.get("event_loop", "?")),
               ("Storage calls", f"{st.get('storage_calls_in_event_loop', 0)} in the event loop, "
                                 f"{st.get('storage_calls_in_threads', 0)} in worker threads")]
@@ -67,30 +60,14 @@ def status(url: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("url")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def sessions(url: str, as_json: bool) -> None:
-    """List sessions: user, address, program, encryption, activity, transaction, and which
-    one holds the write lock (others' writes wait for it) and for how long."""
+@click.option("--wide", is_flag=True, help="Also client host, exact start time, cipher and "
+              "client certificate (no cut to the terminal's width).")
+@click.option("--json", "as_json", is_flag=True, help="Every column, exact values.")
+def sessions(url: str, wide: bool, as_json: bool) -> None:
+    """List sessions: user, address, program, encryption, activity, how long each has been
+    in its transaction (txn) and held the write lock (lock; others' writes wait for it)."""
     columns, rows = _call(url, "sessions")
-    if as_json:
-        click.echo(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], indent=2))
-        return
-    show = ["id", "user", "address", "program", "connected_since", "idle_seconds", "encrypted",
-            "tls_version", "cipher", "statements", "transaction_seconds", "write_lock_seconds"]
-    show += [c for c in ("server",) if c in columns]  # every server over a PostgreSQL database
-    idx = [columns.index(c) if c in columns else -1 for c in show]
-    from ..server.audit import clean
-
-    def cell(v: Any, c: str) -> Any:
-        if v is None:  # not in a transaction / not holding the write lock: an empty cell
-            return "" if c.endswith("_seconds") else None
-        # Program names and the like come from clients: no control characters reach the
-        # terminal (a newline would forge a row).
-        return clean(v, 1000) if isinstance(v, str) else v
-    click.echo(format_table(show, [tuple(cell(r[i] if i >= 0 else None, c)
-                                         for i, c in zip(idx, show, strict=True))
-                                   for r in rows]))
-    click.echo(f"({len(rows)} session{'s' if len(rows) != 1 else ''})")
+    echo_sessions(columns, rows, wide, as_json)
 
 
 @click.command()
