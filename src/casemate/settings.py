@@ -115,6 +115,9 @@ _SCHEMA: dict[str, list[_Field]] = {
                "A client silent this long that does not answer TCP keepalive probes is dead: "
                "its session ends and its transaction is rolled back (0 = off).",
                _range(0, 3600)),
+        _Field("publish_on_lan", "auto", str,
+               "Announce this server on the LAN (DNS-SD/mDNS, _casemate._tcp): \"on\", \"off\", "
+               "or \"auto\" (on when listening beyond loopback).", _choice("auto", "on", "off")),
     ],
     "storage": [
         _Field("backend", "sqlite", str,
@@ -229,6 +232,7 @@ class NetworkSettings:
     require_client_certificate: bool
     event_loop: str
     keepalive_seconds: float
+    publish_on_lan: str
 
 
 @dataclasses.dataclass(frozen=True)

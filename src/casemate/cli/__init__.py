@@ -12,6 +12,7 @@ from .cert import cert
 from .demo import demo
 from .main import group, init, methods, serve, trust, user
 from .monitor import accept, drop, message, reject, sessions, status
+from .servers import servers
 from .shell import shell
 
 __all__ = ["main", "cli"]
@@ -32,7 +33,7 @@ def cli() -> None:
 
 
 for command in (demo, init, serve, user, group, cert, trust, shell, backup, restore, status,
-                sessions, drop, message, accept, reject, methods):
+                sessions, drop, message, accept, reject, methods, servers):
     cli.add_command(command)
 
 

@@ -18,13 +18,15 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
+import logging
 import re
 from collections.abc import Callable, Generator
 from typing import Any
 
 from scramp import ScramClient, ScramException
 
-from .. import tls
+from .. import lan, tls
 from ..errors import (
     Codes,
     Error,
@@ -49,6 +51,7 @@ __all__ = [
     "SimpleRequest",
 ]
 
+log = logging.getLogger("casemate.client")
 TLS, PLAIN = "tls", "plain"
 CLIENT_MAX_FRAME = 256 * 1024 * 1024
 
@@ -85,6 +88,15 @@ def downgrade_error(params: ConnectParams, known: KnownServer | None, why: str) 
 def check_server_key(params: ConnectParams, known: KnownServer | None, der_cert: bytes,
                      tls_version: str | None, cipher: str | None) -> Security:
     """Apply the trust rules to the server's certificate; raises SecurityError on a mismatch."""
+    security = _check_key(params, known, der_cert, tls_version, cipher)
+    if note := lan.announcement_mismatch(params.announced_fingerprint, security.fingerprint):
+        log.warning("%s: %s", params.server_key, note)
+        security = dataclasses.replace(security, note=note)
+    return security
+
+
+def _check_key(params: ConnectParams, known: KnownServer | None, der_cert: bytes,
+               tls_version: str | None, cipher: str | None) -> Security:
     fp = tls.spki_fingerprint_der(der_cert)
     if params.tls_ca is not None:
         return Security("encrypted-verified", tls_version, cipher, fp, "CA")

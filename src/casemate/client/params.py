@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ..errors import InterfaceError
+from ..errors import Codes, InterfaceError, OperationalError
 from ..settings import DEFAULT_PORT
 
 __all__ = ["ConnectParams", "Security", "casemate_home", "parse_params"]
@@ -47,6 +47,7 @@ class Security:
     def fallback_note(self) -> str:
         """"TLS failed: ...; retried in plaintext", or "" if there was no fallback."""
         return f"TLS failed: {self.tls_failure}; retried in plaintext" if self.tls_failure else ""
+    note: str | None = None  # said once: a key re-pinned, a LAN announcement that differed
 
     @property
     def encrypted(self) -> bool:
@@ -58,7 +59,9 @@ class Security:
         how = f" by {self.verified_by}" if self.verified_by else ""
         state = "verified" + how if self.level == "encrypted-verified" else (
             "unverified (first contact: key recorded)")
-        return f"encrypted ({self.tls_version}, {self.cipher}), server {state}, key {self.fingerprint}"
+        note = f"\nNote: {self.note}" if self.note else ""
+        return (f"encrypted ({self.tls_version}, {self.cipher}), server {state}, "
+                f"key {self.fingerprint}{note}")
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class ConnectParams:
     # this long is dead: the waiting call fails instead of blocking (0 = off).
     keepalive: float = 30.0
     statement_timeout: float | None = None  # seconds (0 = none); None: the server's default
+    announced_fingerprint: str | None = None  # from the LAN announcement: a hint, never trust
 
     @property
     def server_key(self) -> str:
@@ -127,13 +131,17 @@ def parse_params(dsn: str | None = None, **kw: Any) -> ConnectParams:
     opts.update({k: v for k, v in kw.items() if v is not None})
     known = {"host", "port", "user", "password", "tls_ca", "tls_cert", "tls_key", "encryption",
              "connect_timeout", "program", "reconnect_attempts", "reconnect_delay",
-             "keepalive", "statement_timeout"}
+             "keepalive", "statement_timeout", "publication"}
     unknown = set(opts) - known
     if unknown:
         raise InterfaceError(f"unknown connection option(s): {', '.join(sorted(unknown))}; "
                              f"known: {', '.join(sorted(known))}")
     host = opts.get("host") or "localhost"
     port = int(opts.get("port") or DEFAULT_PORT)
+    announced = None
+    if opts.get("publication") or host.lower().endswith(".local"):
+        host, port, announced = _from_lan(opts.get("publication"), host, opts.get("port"),
+                                          float(opts.get("connect_timeout", 10.0)))
     user = opts.get("user") or os.environ.get("CASEMATE_USER") or "admin"
     password = (opts.get("password") or os.environ.get("CASEMATE_PASSWORD")
                 or _password_from_file(host, port, user))
@@ -159,6 +167,7 @@ def parse_params(dsn: str | None = None, **kw: Any) -> ConnectParams:
         keepalive=_keepalive(opts.get("keepalive", 30.0)),
         statement_timeout=(float(opts["statement_timeout"]) if "statement_timeout" in opts
                            else None),
+        announced_fingerprint=announced,
     )
 
 
@@ -170,6 +179,30 @@ def _keepalive(v: Any) -> float:
     if not 0 <= seconds <= 3600:
         raise InterfaceError(f"keepalive={v!r}: expected seconds from 0 (off) to 3600")
     return seconds
+
+
+def _from_lan(publication: str | None, host: str, port: Any,
+              timeout: float) -> tuple[str, int, str | None]:
+    """``publication=`` or a ``NAME.local`` host: the address, port and announced key of
+    the server announcing NAME on the LAN.  A ``.local`` host no server announces is
+    left to the system's resolver; an unknown ``publication=`` raises OperationalError."""
+    from .. import lan
+    name = publication or host[: -len(".local")]
+    try:
+        found = lan.find(name, min(timeout, 3.0))
+    except OSError as e:
+        if publication:
+            raise OperationalError(f"cannot look for {publication!r} on the LAN: {e}",
+                                   Codes.CANNOT_CONNECT) from e
+        found = None
+    if found is None:
+        if publication:
+            raise OperationalError(
+                f"no server announcing the publication {publication!r} was found on the LAN",
+                Codes.CANNOT_CONNECT, "check that the server runs with publish_on_lan on and "
+                "that this computer is on the same network segment (casemate servers lists them)")
+        return host, int(port or DEFAULT_PORT), None
+    return found.address, int(port or found.port), found.fingerprint
 
 
 def client_hello(params: ConnectParams) -> dict[str, Any]:

@@ -176,6 +176,7 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping: asyncio.Event | None = None
         self.web: Any = None  # the web administration page, when enabled
+        self.publisher: Any = None  # the LAN announcement (lanpub), when published
         self._settings_digest = self._digest()
         a = settings.access
         self.throttle = Throttle(a.throttle_after_failures, a.throttle_base_delay_seconds,
@@ -271,6 +272,8 @@ class Server:
         if self.settings.admin_web.enabled:
             from .web import start_web
             self.web = await start_web(self)
+        from .lanpub import start_publication
+        self.publisher = await start_publication(self)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         t = asyncio.get_running_loop().create_task(coro)
@@ -469,6 +472,8 @@ class Server:
         self.tls = new
         if self.web is not None:
             self.web.reload_certificate()
+        if self.publisher is not None:
+            self._spawn(self.publisher.update(new.info.spki_sha256))
         for w in new.warnings:
             log.warning("%s", w)
         msg = f"certificate reloaded: {new.info.subject}, SHA-256 {new.info.sha256}"
@@ -539,6 +544,9 @@ class Server:
             t.cancel()
         if self.web is not None:
             await self.web.close()
+        if self.publisher is not None:
+            with contextlib.suppress(Exception):
+                await self.publisher.close()
         sessions = list(self.sessions.values())
         for s in sessions:
             s.notice(Codes.ADMIN_SHUTDOWN, "server is shutting down")
