@@ -380,7 +380,8 @@ def _server_base_context() -> ssl.SSLContext:
 
 
 def server_context(key_path: Path, cert_path: Path, min_version: str = "1.2",
-                   client_ca: Path | None = None) -> ssl.SSLContext:
+                   client_ca: Path | None = None,
+                   client_crl: Path | None = None) -> ssl.SSLContext:
     """A server context: min TLS version, AEAD+PFS suites, no compression or renegotiation."""
     ctx = _server_base_context()
     ctx.minimum_version = _VERSIONS[min_version]
@@ -400,7 +401,36 @@ def server_context(key_path: Path, cert_path: Path, min_version: str = "1.2",
     if client_ca is not None:
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(str(client_ca))
+        if client_crl is not None:
+            check_crl(client_crl, client_ca)
+            ctx.load_verify_locations(str(client_crl))  # OpenSSL takes CRLs from a "CA" file
+            ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return ctx
+
+
+def check_crl(crl_path: Path, ca_path: Path) -> None:
+    """A revocation list must parse, be signed by one of the client CAs and be current:
+    OpenSSL would otherwise refuse every client certificate (fail closed, but at each
+    connect instead of once, here).  Raises CertificateError."""
+    data = _read(crl_path, "revocation list")
+    try:
+        crls = [x509.load_pem_x509_crl(b"-----BEGIN X509 CRL-----" + part)
+                for part in data.split(b"-----BEGIN X509 CRL-----")[1:]]
+    except ValueError as e:
+        raise CertificateError(f"revocation list {crl_path} is not a valid PEM CRL ({e})") from e
+    if not crls:
+        raise CertificateError(f"revocation list {crl_path} holds no PEM CRL")
+    cas = load_chain(ca_path)
+    now = dt.datetime.now(dt.UTC)
+    for crl in crls:
+        if not any(crl.issuer == ca.subject and crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+                   for ca in cas):
+            raise CertificateError(f"revocation list {crl_path} ({crl.issuer.rfc4514_string()}) "
+                                   f"is not signed by a CA of {ca_path}")
+        nxt = crl.next_update_utc
+        if nxt is not None and nxt < now:
+            raise CertificateError(f"revocation list {crl_path} expired on {nxt:%Y-%m-%d}; "
+                                   "publish a current one")
 
 
 def client_context(ca_file: Path | None, cert: Path | None = None,

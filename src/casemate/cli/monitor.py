@@ -80,7 +80,8 @@ def sessions(url: str, as_json: bool) -> None:
         click.echo(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], indent=2))
         return
     show = ["id", "user", "address", "program", "connected_since", "idle_seconds", "encrypted",
-            "tls_version", "cipher", "statements", "transaction_seconds", "write_lock_seconds"]
+            "tls_version", "cipher", "authenticated_by", "statements", "transaction_seconds",
+            "write_lock_seconds"]
     show += [c for c in ("server",) if c in columns]  # every server over a PostgreSQL database
     idx = [columns.index(c) if c in columns else -1 for c in show]
     from ..server.audit import clean

@@ -53,6 +53,7 @@ __all__ = [
 
 log = logging.getLogger("casemate.client")
 TLS, PLAIN = "tls", "plain"
+EXTERNAL = "EXTERNAL"  # SASL: the client certificate alone (server/certauth.py)
 CLIENT_MAX_FRAME = 256 * 1024 * 1024
 
 
@@ -110,6 +111,13 @@ def _check_key(params: ConnectParams, known: KnownServer | None, der_cert: bytes
                 "with the administrator's 'casemate cert DIR show' (key fingerprint) and run: "
                 f"casemate trust forget {params.server_key}")
         return Security("encrypted-verified", tls_version, cipher, fp, "pinned key")
+    if not params.password:
+        raise SecurityError(
+            f"first contact with {params.server_key}: a certificate-only login gives no "
+            "proof of the server's identity, so the client does not log in to an unknown "
+            f"key ({fp})", Codes.NOT_ENCRYPTED,
+            "pass tls_ca= the server's Resources/cert.pem (or its CA), or log in once with "
+            "a password to pin the key")
     return Security("encrypted-unverified", tls_version, cipher, fp, None)
 
 
@@ -133,7 +141,10 @@ LoginGen = Generator[bytes | None, Message | None, LoginResult]
 
 def login_flow(proto: ProtocolConnection, params: ConnectParams,
                cb_data: bytes | None) -> LoginGen:
-    """Handshake and SCRAM login.  With ``cb_data`` (TLS), SCRAM is channel-bound."""
+    """Handshake and SCRAM login.  With ``cb_data`` (TLS), SCRAM is channel-bound.  With
+    no password and a client certificate: SASL EXTERNAL, the certificate alone."""
+    if not params.password:
+        return (yield from _external_flow(proto, params, cb_data))
     mech = "SCRAM-SHA-256-PLUS" if cb_data is not None else "SCRAM-SHA-256"
     binding = ("tls-server-end-point", cb_data) if cb_data is not None else None
     try:
@@ -145,10 +156,7 @@ def login_flow(proto: ProtocolConnection, params: ConnectParams,
     out += proto.send(Msg.SASL_INITIAL, (mech, scram.get_client_first()))
     yield out
     m = yield None
-    hello = _expect(m, Msg.HELLO_OK)
-    limit = hello.get("max_message_bytes")
-    if isinstance(limit, int) and limit > 0:
-        proto.max_send = limit  # refuse oversized requests here, before they cost a connection
+    hello = _take_hello(proto, m)
     if bool(hello.get("encrypted")) != (cb_data is not None) or mech not in hello.get(
             "mechanisms", ()):
         raise SecurityError(f"server offered {hello.get('mechanisms')} "
@@ -172,6 +180,36 @@ def login_flow(proto: ProtocolConnection, params: ConnectParams,
             "the server could not prove that it knows this user's password verifier: possible "
             f"man-in-the-middle ({e}); nothing was recorded", Codes.INVALID_AUTHORIZATION) from e
     return LoginResult(ok)
+
+
+def _take_hello(proto: ProtocolConnection, m: Message | None) -> Any:
+    hello = _expect(m, Msg.HELLO_OK)
+    limit = hello.get("max_message_bytes")
+    if isinstance(limit, int) and limit > 0:
+        proto.max_send = limit  # refuse oversized requests here, before they cost a connection
+    return hello
+
+
+def _external_flow(proto: ProtocolConnection, params: ConnectParams,
+                   cb_data: bytes | None) -> LoginGen:
+    """Certificate-only login.  No password proves the server here, so the caller has
+    already required a pinned or CA-verified server key (check_server_key)."""
+    if cb_data is None or params.tls_cert is None:
+        raise InterfaceError("no password: a login without one needs a client certificate "
+                             "(tls_cert) and an encrypted connection")
+    # RFC 4422 EXTERNAL: an empty challenge and an empty response, sent with the rest at
+    # once (no round trip more than a password login).
+    yield (proto.send(Msg.HELLO, client_hello(params))
+           + proto.send(Msg.SASL_INITIAL, (EXTERNAL, params.user))
+           + proto.send(Msg.SASL_RESPONSE, ""))
+    m = yield None
+    if EXTERNAL not in _take_hello(proto, m).get("mechanisms", ()):
+        raise SecurityError("the server did not accept the client certificate for login",
+                            Codes.INVALID_AUTHORIZATION)
+    m = yield None
+    _expect(m, Msg.SASL_CHALLENGE)
+    m = yield None
+    return LoginResult(_expect(m, Msg.AUTH_OK))
 
 
 def _expect(m: Message | None, kind: Msg) -> Any:

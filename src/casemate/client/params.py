@@ -145,7 +145,9 @@ def parse_params(dsn: str | None = None, **kw: Any) -> ConnectParams:
     user = opts.get("user") or os.environ.get("CASEMATE_USER") or "admin"
     password = (opts.get("password") or os.environ.get("CASEMATE_PASSWORD")
                 or _password_from_file(host, port, user))
-    if not password:
+    if not password and opts.get("tls_cert"):
+        password = ""  # certificate-only login (SASL EXTERNAL)
+    elif not password:
         raise InterfaceError(
             f"no password for user {user!r}: pass password=, set CASEMATE_PASSWORD, or add "
             f"'{host}:{port}:{user}:PASSWORD' to {casemate_home() / 'passwords'}")

@@ -35,6 +35,7 @@ from ..settings import Settings, SettingsError, load_settings
 from ..storage import Backend, StorageConnection, StorageError
 from .admission import PendingLogins, Ticket
 from .audit import AuditLog, Throttle
+from .certauth import CertUsers
 from .inline import CostModel
 from .monitor import share_sessions
 from .rights import Rights
@@ -131,9 +132,11 @@ def load_tls(folder: DatabaseFolder, settings: Settings) -> TLSState:
             raise tls.CertificateError(
                 f"require_client_certificate is on but {ca} is missing; put the CA that signs "
                 "client certificates there")
+    crl = folder.resources / "client-crl.pem"
     try:
         ctx = tls.server_context(folder.key_path, folder.cert_path,
-                                 settings.network.min_tls_version, ca)
+                                 settings.network.min_tls_version, ca,
+                                 crl if ca is not None and crl.exists() else None)
     except (ssl.SSLError, OSError) as e:
         raise tls.CertificateError(f"cannot use {folder.cert_path} with {folder.key_path}: {e}"
                                    ) from e
@@ -187,6 +190,7 @@ class Server:
         self.rights = Rights(self)  # sessions follow user, group and grant changes
         self.pending = PendingLogins(settings.limits.max_unauthenticated_connections,
                                      a.max_unauthenticated_per_address)
+        self.cert_users = CertUsers(settings.auth, folder.resources / "client-users.conf")
 
     # -- start ------------------------------------------------------------
     def prepare(self) -> None:
@@ -444,7 +448,7 @@ class Server:
         self.audit.event("login_ok", session=s.id, user=s.user, address=s.peer_ip,
                          encrypted=s.tls_version is not None, tls_version=s.tls_version,
                          cipher=s.cipher, client_certificate=s.client_cert_subject,
-                         program=s.program)
+                         authenticated_by=s.authenticated_by, program=s.program)
         enc = f"encrypted {s.tls_version} {s.cipher}" if s.tls_version else "plain"
         if s.client_cert_subject:
             enc += f", client certificate {s.client_cert_subject}"
