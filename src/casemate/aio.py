@@ -113,7 +113,7 @@ class AsyncConnection:
         c = sslobj.cipher()
         try:
             self.security = check_server_key(self.params, known, der, sslobj.version(),
-                                             c[0] if c else None)
+                                             c[0] if c else None, sslobj)
         except Error:
             self._writer.close()
             raise

@@ -125,6 +125,9 @@ _SCHEMA: dict[str, list[_Field]] = {
                "A client silent this long that does not answer TCP keepalive probes is dead: "
                "its session ends and its transaction is rolled back (0 = off).",
                _range(0, 3600)),
+        _Field("key_transition_days", 30, int,
+               "After 'cert rotate' or a new key installed, the old key vouches for the new "
+               "one this many days: pinned clients follow it meanwhile.", _range(1, 366)),
         _Field("publish_on_lan", "auto", str,
                "Announce this server on the LAN (DNS-SD/mDNS, _casemate._tcp): \"on\", \"off\", "
                "or \"auto\" (on when listening beyond loopback).", _choice("auto", "on", "off")),
@@ -256,6 +259,7 @@ class NetworkSettings:
     require_client_certificate: bool
     event_loop: str
     keepalive_seconds: float
+    key_transition_days: int
     publish_on_lan: str
 
 

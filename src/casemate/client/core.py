@@ -26,7 +26,7 @@ from typing import Any
 
 from scramp import ScramClient, ScramException
 
-from .. import lan, tls
+from .. import continuity, lan, tls
 from ..errors import (
     Codes,
     Error,
@@ -87,29 +87,28 @@ def downgrade_error(params: ConnectParams, known: KnownServer | None, why: str) 
 
 
 def check_server_key(params: ConnectParams, known: KnownServer | None, der_cert: bytes,
-                     tls_version: str | None, cipher: str | None) -> Security:
-    """Apply the trust rules to the server's certificate; raises SecurityError on a mismatch."""
-    security = _check_key(params, known, der_cert, tls_version, cipher)
+                     tls_version: str | None, cipher: str | None,
+                     sslobj: object = None) -> Security:
+    """Apply the trust rules to the server's certificate; raises SecurityError on a mismatch.
+    ``sslobj`` gives the chain the server sent, where a new key's endorsements travel."""
+    security = _check_key(params, known, der_cert, tls_version, cipher, sslobj)
     if note := lan.announcement_mismatch(params.announced_fingerprint, security.fingerprint):
         log.warning("%s: %s", params.server_key, note)
-        security = dataclasses.replace(security, note=note)
+        security = dataclasses.replace(
+            security, note=f"{security.note}; {note}" if security.note else note)
     return security
 
 
 def _check_key(params: ConnectParams, known: KnownServer | None, der_cert: bytes,
-               tls_version: str | None, cipher: str | None) -> Security:
+               tls_version: str | None, cipher: str | None, sslobj: object) -> Security:
     fp = tls.spki_fingerprint_der(der_cert)
     if params.tls_ca is not None:
         return Security("encrypted-verified", tls_version, cipher, fp, "CA")
     if known is not None and known.fingerprint is not None:
         if known.fingerprint != fp:
-            raise SecurityError(
-                f"the server at {params.server_key} presented a different key than before: "
-                f"expected {known.fingerprint}, got {fp}. This can be a man-in-the-middle "
-                "attack; nothing was sent", Codes.NOT_ENCRYPTED,
-                "if the server's key was legitimately replaced, compare the new fingerprint "
-                "with the administrator's 'casemate cert DIR show' (key fingerprint) and run: "
-                f"casemate trust forget {params.server_key}")
+            note = _successor(params, known.fingerprint, fp, sslobj)
+            return Security("encrypted-verified", tls_version, cipher, fp,
+                            "pinned key's endorsed successor", note=note)
         return Security("encrypted-verified", tls_version, cipher, fp, "pinned key")
     if not params.password:
         raise SecurityError(
@@ -119,6 +118,29 @@ def _check_key(params: ConnectParams, known: KnownServer | None, der_cert: bytes
             "pass tls_ca= the server's Resources/cert.pem (or its CA), or log in once with "
             "a password to pin the key")
     return Security("encrypted-unverified", tls_version, cipher, fp, None)
+
+
+def _successor(params: ConnectParams, pin: str, fp: str, sslobj: object) -> str:
+    """The note for a key the pinned key endorsed (continuity.py); SecurityError for any
+    other key: the same refusal as a forged certificate, and naming the key to compare."""
+    verdict = continuity.follow(pin, fp, continuity.parse(tls.peer_chain(sslobj)))
+    if verdict.endorsed:
+        until = verdict.path[-1].until
+        note = (f"the server's key changed from {pin} to {fp}; the change is signed by the "
+                f"pinned key (transition until {until:%Y-%m-%d}), so the pin moves to the new "
+                "key after this login")
+        log.warning("%s: %s", params.server_key, note)
+        return note
+    why = ""
+    if verdict.expired is not None:
+        why = (f" The pinned key did endorse a successor, but that transition ended on "
+               f"{verdict.expired.until:%Y-%m-%d}: this client's pin is older than it.")
+    raise SecurityError(
+        f"the server at {params.server_key} presented a different key than before: "
+        f"expected {pin}, got {fp}, not endorsed by the pinned key.{why} This can be a "
+        "man-in-the-middle attack; nothing was sent", Codes.NOT_ENCRYPTED,
+        f"compare {fp} with the key fingerprint the administrator's 'casemate cert DIR show' "
+        f"prints; if they match, run: casemate trust forget {params.server_key}")
 
 
 class LoginResult:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from .. import __version__, tls
+from .. import __version__, continuity, tls
 from ..database import DatabaseFolder
 from ..errors import Codes, Error
 from ..keepalive import enable_keepalive
@@ -136,7 +136,8 @@ def load_tls(folder: DatabaseFolder, settings: Settings) -> TLSState:
     try:
         ctx = tls.server_context(folder.key_path, folder.cert_path,
                                  settings.network.min_tls_version, ca,
-                                 crl if ca is not None and crl.exists() else None)
+                                 crl if ca is not None and crl.exists() else None,
+                                 continuity.served_chain(folder.resources / "successor.pem"))
     except (ssl.SSLError, OSError) as e:
         raise tls.CertificateError(f"cannot use {folder.cert_path} with {folder.key_path}: {e}"
                                    ) from e
