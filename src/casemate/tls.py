@@ -455,6 +455,11 @@ def check_crl(crl_path: Path, ca_path: Path) -> None:
         if nxt is not None and nxt < now:
             raise CertificateError(f"revocation list {crl_path} expired on {nxt:%Y-%m-%d}; "
                                    "publish a current one")
+    for ca in cas:  # OpenSSL would refuse every certificate of a CA without a CRL
+        if not any(crl.issuer == ca.subject for crl in crls):
+            raise CertificateError(f"revocation list {crl_path} has no CRL of "
+                                   f"{ca.subject.rfc4514_string()} (in {ca_path}): add one, "
+                                   "even empty, for each client CA")
 
 
 def client_context(ca_file: Path | None, cert: Path | None = None,

@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from casemate import tls
 from casemate.testing import ADMIN_PASSWORD, ServerProcess
 
 from .netns import LanPair, cannot_make_namespaces, lan_pair
@@ -83,6 +86,19 @@ def test_servers_lists_encrypted_and_plain_with_markers(lan: LanPair, published)
     assert re.search(rf"Sales\s+{re.escape(lan.addr_a)}\s+{sales.port}\s+encrypted\s+sha256:",
                      text), text
     assert re.search(rf"Stock\s+{re.escape(lan.addr_a)}\s+{plain.port}\s+PLAIN", text), text
+    # A new key (cert rotate + reload): the announcement follows it.
+    old = _key(sales)
+    subprocess.run([sys.executable, "-m", "casemate", "cert", str(sales.db), "rotate"],
+                   check=True, capture_output=True, timeout=60)
+    assert sales.proc is not None
+    sales.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "certificate reloaded" not in sales.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    new = tls.spki_fingerprint(tls.load_chain(sales.db / "Resources" / "cert.pem")[0])
+    assert new != old
+    out = _in_b(lan, "-m", "casemate", "servers", "--json", "--timeout", "3")
+    assert {f["name"]: f for f in json.loads(out.stdout)}["Sales"]["fingerprint"] == new
 
 
 def test_connect_by_publication_name_and_dot_local(lan: LanPair, published,

@@ -189,3 +189,20 @@ def test_certificate_methods_need_client_certificates(make_db) -> None:  # type:
     _auth(db, 'method = "certificate+scram"')
     with pytest.raises(SettingsError, match="require_client_certificate"):
         load_settings(db / "casemate.toml")
+
+
+def test_revocation_list_missing_a_client_ca_stops_the_start(make_db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+    db = make_db(encrypted=True)
+    set_setting(db, "require_client_certificate", "true")
+    ca_key, ca = _ca()
+    other_key = tls.generate_key()
+    other = tls.make_self_signed(other_key, "Branch Office CA", [])  # a second client CA
+    (db / "Resources" / "client-ca.pem").write_bytes(
+        ca.public_bytes(serialization.Encoding.PEM) + other.public_bytes(serialization.Encoding.PEM))
+    (db / "Resources" / "client-crl.pem").write_bytes(_crl(ca_key, ca, []))
+    r = subprocess.run([sys.executable, "-m", "casemate", "serve", str(db), "--port", "0"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "has no CRL of CN=Branch Office CA" in r.stderr

@@ -242,3 +242,15 @@ def test_rotate_no_endorse_keeps_the_refusal(tls_server: ServerProcess) -> None:
         connect(tls_server.port)
     assert re.match(rf"compare {key_of(tls_server.db)} with", e.value.hint or "")
     assert not (tls_server.db / "Resources" / "successor.pem").exists()
+
+
+def test_shell_says_so_once(tls_server: ServerProcess) -> None:
+    def shell() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "casemate", "shell", tls_server.url,
+                               "-c", "SELECT 1;"], capture_output=True, text=True, timeout=60)
+    assert shell().returncode == 0
+    cli("cert", str(tls_server.db), "rotate")
+    reload(tls_server)
+    first, second = shell(), shell()
+    assert first.returncode == 0 and "Note: the server's key changed" in first.stderr
+    assert second.returncode == 0 and "Note:" not in second.stderr

@@ -263,6 +263,8 @@ def shell(url: str, command: str | None, tls_ca: str | None, encryption: str,
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     conn.on_notice = lambda code, text: click.echo(f"NOTICE [{code}]: {text}", err=True)
+    if conn.security.note and not interactive:  # interactive: on the "Connection:" line
+        click.echo(f"Note: {conn.security.note}", err=True)
     conn.autocommit = (not interactive) if autocommit is None else autocommit
     if interactive:
         click.echo(f"Connected to {conn.params.server_key} (server {conn.server_version}, "

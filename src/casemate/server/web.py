@@ -293,6 +293,11 @@ class WebAdmin:
             return await self.login_page(request, "Wrong user name or password.")
         assert record is not None
         server.throttle.succeeded(address, user)
+        if "certificate" in server.settings.auth.method_for(record.name, record.group):
+            # The page takes passwords only: a user bound to a certificate cannot use it.
+            server.audit.event("login_failed", user=user, address=address, channel="web",
+                               reason="auth method needs a client certificate")
+            return await self.login_page(request, "Wrong user name or password.")
         if record.group != "admin":
             server.audit.event("permission_refused", user=user, address=address,
                                detail="web administration needs the admin group")
