@@ -444,9 +444,12 @@ def parse_settings(data: dict[str, Any], source: str = "casemate.toml") -> Setti
         raise SettingsError(f"{source}: storage.dsn = '' is not valid: the postgresql backend "
                             "needs a libpq connection string, e.g. \"host=db.example.com "
                             "dbname=casemate user=casemate sslmode=verify-full\"")
-    if sections["auth"].uses_certificates and not sections["network"].require_client_certificate:
+    net = sections["network"]
+    if sections["auth"].uses_certificates and not (
+            net.require_client_certificate and net.encrypt_client_server_connections):
         raise SettingsError(f"{source}: auth methods with \"certificate\" need "
-                            "network.require_client_certificate = true (and encryption on)")
+                            "network.require_client_certificate = true and "
+                            "encrypt_client_server_connections = true")
     delay, login = (sections["access"].throttle_max_delay_seconds,
                     sections["limits"].login_timeout_seconds)
     if delay >= login:
