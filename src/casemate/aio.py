@@ -41,7 +41,7 @@ from .client.core import (
     record_trust,
 )
 from .client.known import KnownServer, KnownServers
-from .client.params import ConnectParams, Security, parse_params
+from .client.params import ConnectParams, Security, looks_up_lan, parse_params
 from .errors import Codes, Error, InterfaceError, OperationalError, ProgrammingError, SecurityError
 from .keepalive import enable_keepalive
 from .protocol import NEED_DATA, Message, Msg
@@ -58,7 +58,9 @@ class _NotTLS(Exception):
 
 async def connect(dsn: str | None = None, **kwargs: Any) -> AsyncConnection:
     """Open a connection (same parameters and errors as :func:`casemate.connect`)."""
-    conn = AsyncConnection(parse_params(dsn, **kwargs))
+    params = (await asyncio.to_thread(parse_params, dsn, **kwargs)
+              if looks_up_lan(dsn, kwargs) else parse_params(dsn, **kwargs))
+    conn = AsyncConnection(params)
     await conn._open()
     return conn
 

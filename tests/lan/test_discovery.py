@@ -116,6 +116,23 @@ def test_connect_by_publication_name_and_dot_local(lan: LanPair, published,
     assert out.stdout.splitlines()[0] == f"encrypted-verified {_key(sales)}"
 
 
+ACONNECT = """
+import asyncio, os, casemate.aio
+async def main():
+    conn = await casemate.aio.connect(publication="sales", user="admin",
+                                      password=os.environ["CM_PW"])
+    print(conn.security.level, (await conn.fetch("select 6 * 7"))[0][0])
+    await conn.close()
+asyncio.run(main())
+"""
+
+
+def test_asyncio_connect_by_publication(lan: LanPair, published) -> None:
+    out = _in_b(lan, "-c", ACONNECT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["encrypted-unverified", "42"]
+
+
 def test_unknown_publication_is_a_clear_error(lan: LanPair, published) -> None:
     out = _in_b(lan, "-c", CONNECT, "Nowhere", "-")
     assert out.returncode != 0

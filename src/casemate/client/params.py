@@ -42,12 +42,12 @@ class Security:
     fingerprint: str | None = None
     verified_by: str | None = None
     tls_failure: str | None = None
+    note: str | None = None  # said once: a key re-pinned, a LAN announcement that differed
 
     @property
     def fallback_note(self) -> str:
         """"TLS failed: ...; retried in plaintext", or "" if there was no fallback."""
         return f"TLS failed: {self.tls_failure}; retried in plaintext" if self.tls_failure else ""
-    note: str | None = None  # said once: a key re-pinned, a LAN announcement that differed
 
     @property
     def encrypted(self) -> bool:
@@ -181,6 +181,13 @@ def _keepalive(v: Any) -> float:
     if not 0 <= seconds <= 3600:
         raise InterfaceError(f"keepalive={v!r}: expected seconds from 0 (off) to 3600")
     return seconds
+
+
+def looks_up_lan(dsn: str | None, kw: dict[str, Any]) -> bool:
+    """Whether :func:`parse_params` will listen on the LAN (``publication=`` or a
+    ``NAME.local`` host): the asyncio client then runs it in a thread."""
+    host = kw.get("host") or (urlsplit(dsn).hostname if dsn else None) or ""
+    return bool(kw.get("publication")) or host.lower().endswith(".local")
 
 
 def _from_lan(publication: str | None, host: str, port: Any,
