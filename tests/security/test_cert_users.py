@@ -206,3 +206,20 @@ def test_revocation_list_missing_a_client_ca_stops_the_start(make_db, tmp_path: 
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "has no CRL of CN=Branch Office CA" in r.stderr
+
+
+def test_web_page_refuses_a_user_bound_to_a_certificate(make_db, server_factory) -> None:  # type: ignore[no-untyped-def]
+    from tests.web import web_url
+    from tests.web.test_web_http import Web, audit_events
+    db = make_db(encrypted=True)
+    set_setting(db, "require_client_certificate", "true")
+    set_setting(db, "enabled", "true")
+    _auth(db, 'method = "scram"\nusers = { admin = "certificate" }')
+    _, ca = _ca()
+    (db / "Resources" / "client-ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    server = server_factory(db)
+    web = Web(web_url(server), cafile=db / "Resources" / "cert.pem")
+    r = web.login()  # the right password, but admin logs in with a certificate only
+    assert r.status == 401 and "Wrong user name or password." in r.text and not web.token
+    assert any(e.get("reason") == "auth method needs a client certificate"
+               for e in audit_events(db) if e["event"] == "login_failed")
