@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from .tls import PrivateKey, spki_fingerprint
 
 __all__ = ["ENDORSEMENT_OID", "MAX_STEPS", "Endorsement", "make_endorsement", "parse",
            "follow", "Verdict", "served_chain", "pem_blocks", "kept",
-           "fingerprint_of"]
+           "fingerprint_of", "endorse"]
 
 # A UUID-based OID (ITU-T X.667, arc 2.25): private, and collision-free without registration.
 ENDORSEMENT_OID = x509.ObjectIdentifier("2.25.239569576002275383847644614149029884236")
@@ -137,6 +138,21 @@ def parse(ders_or_pems: Iterable[bytes]) -> list[Endorsement]:
 def pem_blocks(data: bytes) -> list[bytes]:
     marker = b"-----BEGIN CERTIFICATE-----"
     return [marker + part for part in data.split(marker)[1:]]
+
+
+def endorse(successor_path: Path, old_key: PrivateKey, new_cert: x509.Certificate, days: int,
+            publication: str = "Casemate") -> bool:
+    """Have ``old_key`` endorse ``new_cert``'s key in successor.pem (mode 0600), keeping the
+    endorsements worth sending; False (nothing written) when the key is the same."""
+    if spki_fingerprint(new_cert) == fingerprint_of(old_key):
+        return False
+    e = make_endorsement(old_key, new_cert.public_key(), days, publication)
+    old = kept(successor_path.read_bytes()) if successor_path.exists() else []
+    data = b"".join(k.pem for k in old) + e.public_bytes(serialization.Encoding.PEM)
+    fd = os.open(successor_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return True
 
 
 def served_chain(successor_path: Path) -> bytes:

@@ -254,3 +254,17 @@ def test_shell_says_so_once(tls_server: ServerProcess) -> None:
     first, second = shell(), shell()
     assert first.returncode == 0 and "Note: the server's key changed" in first.stderr
     assert second.returncode == 0 and "Note:" not in second.stderr
+
+
+def test_key_generated_on_the_web_page_is_followed(make_db, server_factory) -> None:  # type: ignore[no-untyped-def]
+    from tests.web import prepare_web_db, web_url
+    from tests.web.test_web_http import Web
+    server = server_factory(prepare_web_db(make_db, encrypted=True))
+    connect(server.port).close()  # pinned
+    k1 = key_of(server.db)
+    web = Web(web_url(server), cafile=server.db / "Resources" / "cert.pem")
+    web.login()
+    assert web.post("/certificate/generate", {"csrf": web.csrf("/certificate")}).status == 303
+    with connect(server.port) as conn:
+        assert conn.security.fingerprint == key_of(server.db) != k1
+        assert conn.security.verified_by == "pinned key's endorsed successor"

@@ -144,21 +144,14 @@ def rotate(directory: Path, days: int, san: tuple[str, ...], no_endorse: bool) -
     click.echo(f"Reload a running server with: casemate cert {directory} reload")
 
 
-def _endorse(path: Path, old_key: tls.PrivateKey, new: object, settings: Any) -> None:
-    """Add the old key's endorsement of ``new``'s key to successor.pem (dropping ended
-    ones) and say what pinned clients will do."""
-    new_cert: Any = new
-    if tls.spki_fingerprint(new_cert) == continuity.fingerprint_of(old_key):
-        return  # same key: nothing changes for pinned clients
+def _endorse(path: Path, old_key: tls.PrivateKey, new: Any, settings: Any) -> None:
+    """The old key vouches for ``new``'s key (continuity.py); say what pinned clients do."""
     days = settings.network.key_transition_days
-    e = continuity.make_endorsement(old_key, new_cert.public_key(), days,
-                                    settings.network.publication_name)
-    kept = continuity.kept(path.read_bytes()) if path.exists() else []
-    write_private(path, "".join(k.pem.decode() for k in kept)
-                  + e.public_bytes(serialization.Encoding.PEM).decode())
-    click.echo(f"The old key ({continuity.fingerprint_of(old_key)}) vouches for the new one "
-               f"for {days} days (network.key_transition_days): pinned clients follow it "
-               "by themselves; clients first met after that compare the fingerprint.")
+    if continuity.endorse(path, old_key, new, days, settings.network.publication_name):
+        click.echo(f"The old key ({continuity.fingerprint_of(old_key)}) vouches for the new "
+                   f"one for {days} days (network.key_transition_days): pinned clients "
+                   "follow it by themselves; clients first met after that compare the "
+                   "fingerprint.")
 
 
 def _kept_key(key_path: Path, cert_path: Path) -> tuple[tls.PrivateKey, list[str]]:

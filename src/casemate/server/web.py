@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
-from .. import tls
+from .. import continuity, tls
 from ..database import GENERATED_MARKER
 from ..errors import Codes
 from ..settings import SettingsError, parse_settings, set_toml_value
@@ -496,6 +496,10 @@ class WebAdmin:
         key = tls.generate_key()
         cert = tls.make_self_signed(key, settings.network.publication_name,
                                     tls.default_sans(settings.network.listen))
+        with contextlib.suppress(tls.CertificateError):  # the old key vouches for the new one
+            continuity.endorse(folder.resources / "successor.pem", tls.load_key(folder.key_path),
+                               cert, settings.network.key_transition_days,
+                               settings.network.publication_name)
         for p in (folder.key_path, folder.cert_path):
             if p.exists():
                 os.replace(p, p.with_suffix(".pem.old"))
