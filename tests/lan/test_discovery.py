@@ -20,6 +20,7 @@ import pytest
 
 from casemate import tls
 from casemate.testing import ADMIN_PASSWORD, ServerProcess
+from tests.conftest import set_setting
 
 from .netns import LanPair, cannot_make_namespaces, lan_pair
 
@@ -82,6 +83,7 @@ def test_servers_lists_encrypted_and_plain_with_markers(lan: LanPair, published)
     assert found["Sales"]["port"] == sales.port and lan.addr_a in found["Sales"]["addresses"]
     assert found["Stock"]["encrypted"] is False and found["Stock"]["fingerprint"] is None
     assert found["Stock"]["port"] == plain.port
+    assert _mdns_sockets(sales.pid, lan.prefix("a"))  # what the loopback test looks for
     text = _in_b(lan, "-m", "casemate", "servers", "--timeout", "4").stdout
     assert re.search(rf"Sales\s+{re.escape(lan.addr_a)}\s+{sales.port}\s+encrypted\s+sha256:",
                      text), text
@@ -168,6 +170,25 @@ def test_announcement_differing_from_the_handshake_is_reported(lan: LanPair, pub
         decoy.stdout.close()
 
 
+def _mdns_sockets(pid: int, prefix: tuple[str, ...] = ()) -> list[str]:
+    out = subprocess.run([*prefix, "ss", "-uanp"], capture_output=True, text=True, timeout=10)
+    return [line for line in out.stdout.splitlines() if f"pid={pid}," in line and ":5353" in line]
+
+
 def test_loopback_server_publishes_nothing(make_db, server_factory) -> None:
-    s = server_factory(make_db(name="Hidden"))
+    s = server_factory(make_db(name="Hidden"))  # on 127.0.0.1: "auto" publishes nothing
+    time.sleep(1.5)  # the publication starts in the background
     assert "announced on the LAN" not in s.log()
+    assert _mdns_sockets(s.pid) == []  # not even a multicast DNS socket on the host
+
+
+def test_publication_can_be_switched_off(make_db, lan: LanPair) -> None:
+    db = make_db(name="Quiet")
+    set_setting(db, "publish_on_lan", '"off"')
+    s = ServerProcess(db, 0, ("--host", lan.addr_a), prefix=lan.prefix("a")).start()
+    try:
+        time.sleep(1.5)
+        assert "announced on the LAN" not in s.log()
+        assert _mdns_sockets(s.pid, lan.prefix("a")) == []
+    finally:
+        s.stop()

@@ -278,7 +278,7 @@ class Server:
             from .web import start_web
             self.web = await start_web(self)
         from .lanpub import start_publication
-        self.publisher = await start_publication(self)
+        self._spawn(start_publication(self))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         t = asyncio.get_running_loop().create_task(coro)

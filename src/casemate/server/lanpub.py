@@ -28,27 +28,30 @@ def wants_publication(setting: str, bound: list[str]) -> bool:
     return setting == "on" or interfaces is None or bool(interfaces)
 
 
-async def start_publication(server: Server) -> lan.Publisher | None:
-    """Announce ``server`` on the interfaces it listens on; None when not published."""
+async def start_publication(server: Server) -> None:
+    """Announce ``server`` on the interfaces it listens on (``server.publisher``), in the
+    background: probing the name on the LAN takes about a second, which the server's
+    start does not wait for."""
     bound = [h for h, _ in server.addresses]
     if not server.addresses or not wants_publication(server.settings.network.publish_on_lan,
                                                      bound):
-        return None
+        return
     fp = server.tls.info.spki_sha256 if server.tls is not None else None
     pub = lan.Publisher(server.settings.network.publication_name, server.addresses[0][1],
                         bound, server.encrypted, fp)
     if pub.interfaces == []:
         log.warning("publish_on_lan is on but the server listens on loopback only: "
                     "nothing to announce on the LAN")
-        return None
+        return
+    server.publisher = pub  # from now on, shutdown closes it, even half-started
     try:
         name = await pub.start()
     except Exception as e:  # noqa: BLE001 - publication must never stop the server
         log.warning("cannot announce the server on the LAN (publish_on_lan): %s", e)
+        server.publisher = None
         await _close_quietly(pub)
-        return None
+        return
     log.info("announced on the LAN as %r (%s)", name, lan.SERVICE_TYPE)
-    return pub
 
 
 async def _close_quietly(pub: lan.Publisher) -> None:
