@@ -198,7 +198,9 @@ def _from_lan(publication: str | None, host: str, port: Any,
     from .. import lan
     name = publication or host[: -len(".local")]
     try:
-        found = lan.find(name, min(timeout, 3.0))
+        # An explicit publication is worth a longer listen; a .local host may be an
+        # ordinary mDNS host name, which then waits this long before the system resolver.
+        found = lan.find(name, min(timeout, 3.0 if publication else 1.5))
     except OSError as e:
         if publication:
             raise OperationalError(f"cannot look for {publication!r} on the LAN: {e}",
