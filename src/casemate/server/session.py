@@ -29,9 +29,9 @@ from ..protocol import NEED_DATA, PROTOCOL_VERSION, Message, Msg, ProtocolConnec
 from ..storage import Busy, Interrupted, StorageConnection, StorageCursor, StorageError, TooLong
 from ..storage.access import PermissionDenied, Policy
 from .audit import clean, format_address
-from .certauth import EXTERNAL, certificate_refusal, external_refusal
 from .auth import ScramException, ScramLogin, mechanism_for
 from .calls import IterCursor, guarded, method_error, run_method, stop_method
+from .certauth import EXTERNAL, certificate_refusal, external_refusal
 from .monitor import SERVER_COMMANDS, run_server_command
 
 if TYPE_CHECKING:
