@@ -52,7 +52,7 @@ from .client.core import (
     warn_uncommitted,
 )
 from .client.known import KnownServer, KnownServers
-from .client.params import ConnectParams, Security, parse_params
+from .client.params import ConnectParams, Security, looks_up_lan, parse_params
 from .client.status import command_status
 from .errors import Codes, Error, InterfaceError, OperationalError, ProgrammingError, SecurityError
 from .keepalive import enable_keepalive
@@ -70,7 +70,9 @@ class _NotTLS(Exception):
 
 async def connect(dsn: str | None = None, **kwargs: Any) -> AsyncConnection:
     """Open a connection (same parameters and errors as :func:`casemate.connect`)."""
-    conn = AsyncConnection(parse_params(dsn, **kwargs))
+    params = (await asyncio.to_thread(parse_params, dsn, **kwargs)
+              if looks_up_lan(dsn, kwargs) else parse_params(dsn, **kwargs))
+    conn = AsyncConnection(params)
     await conn._open()
     return conn
 
@@ -126,7 +128,7 @@ class AsyncConnection:
         c = sslobj.cipher()
         try:
             self.security = check_server_key(self.params, known, der, sslobj.version(),
-                                             c[0] if c else None)
+                                             c[0] if c else None, sslobj)
         except Error:
             self._writer.close()
             raise

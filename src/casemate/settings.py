@@ -24,6 +24,7 @@ __all__ = [
     "StorageSettings",
     "LimitsSettings",
     "AccessSettings",
+    "AuthSettings",
     "AdminWebSettings",
     "AccessRule",
     "load_settings",
@@ -89,6 +90,15 @@ def _rules(v: Any) -> str | None:
     return None
 
 
+AUTH_METHODS = ("scram", "certificate", "certificate+scram")
+
+
+def _methods_table(v: Any) -> str | None:
+    if all(isinstance(k, str) and m in AUTH_METHODS for k, m in v.items()):
+        return None
+    return "a table of names to one of " + ", ".join(repr(m) for m in AUTH_METHODS)
+
+
 _SCHEMA: dict[str, list[_Field]] = {
     "network": [
         _Field("publication_name", "Casemate", str,
@@ -115,6 +125,12 @@ _SCHEMA: dict[str, list[_Field]] = {
                "A client silent this long that does not answer TCP keepalive probes is dead: "
                "its session ends and its transaction is rolled back (0 = off).",
                _range(0, 3600)),
+        _Field("key_transition_days", 30, int,
+               "After 'cert rotate' or a new key installed, the old key vouches for the new "
+               "one this many days: pinned clients follow it meanwhile.", _range(1, 366)),
+        _Field("publish_on_lan", "auto", str,
+               "Announce this server on the LAN (DNS-SD/mDNS, _casemate._tcp): \"on\", \"off\", "
+               "or \"auto\" (on when listening beyond loopback).", _choice("auto", "on", "off")),
     ],
     "storage": [
         _Field("backend", "sqlite", str,
@@ -194,6 +210,20 @@ _SCHEMA: dict[str, list[_Field]] = {
                _range(0, 65535)),
         _Field("session_minutes", 30, int, "Web login lifetime.", _range(1, 24 * 60)),
     ],
+    "auth": [
+        _Field("method", "scram", str,
+               "How users log in: \"scram\" (password), \"certificate\" (client certificate "
+               "alone) or \"certificate+scram\" (both); certificates need "
+               "require_client_certificate.", _choice(*AUTH_METHODS)),
+        _Field("groups", {}, dict, "Per-group method, overriding auth.method.", _methods_table,
+               example=('groups = { clerks = "certificate+scram" }',)),
+        _Field("users", {}, dict, "Per-user method, overriding the group's.", _methods_table,
+               example=('users = { alice = "certificate" }',)),
+        _Field("certificate_names", "cn", str,
+               "Which user a client certificate names: \"cn\" (its common name is the user "
+               "name) or \"map\" (Resources/client-users.conf, lines CERT-NAME USER).",
+               _choice("cn", "map")),
+    ],
     "access": [
         _Field("max_sessions_per_address", 100, int,
                "Most sessions from one client IP address.", _range(1, 100000)),
@@ -229,6 +259,8 @@ class NetworkSettings:
     require_client_certificate: bool
     event_loop: str
     keepalive_seconds: float
+    key_transition_days: int
+    publish_on_lan: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,6 +312,23 @@ class AdminWebSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class AuthSettings:
+    method: str
+    groups: tuple[tuple[str, str], ...]
+    users: tuple[tuple[str, str], ...]
+    certificate_names: str
+
+    def method_for(self, user: str, group: str) -> str:
+        """The user's own method, else the group's, else ``method``."""
+        return dict(self.users).get(user) or dict(self.groups).get(group) or self.method
+
+    @property
+    def uses_certificates(self) -> bool:
+        return any("certificate" in m for m in (self.method, *dict(self.groups).values(),
+                                                 *dict(self.users).values()))
+
+
+@dataclasses.dataclass(frozen=True)
 class AccessRule:
     action: str
     network: ipaddress.IPv4Network | ipaddress.IPv6Network | None  # None = any address
@@ -320,6 +369,7 @@ class Settings:
     methods: MethodsSettings
     admin_web: AdminWebSettings
     access: AccessSettings
+    auth: AuthSettings
 
     def replace_network(self, **changes: Any) -> Settings:
         """Return a copy with network settings overridden (``serve --host/--port``)."""
@@ -331,7 +381,8 @@ def _rule(r: dict[str, str]) -> AccessRule:
     return AccessRule(r["action"], net, r["from"])
 
 
-_SECTION_CLASSES = {"access": AccessSettings, "admin_web": AdminWebSettings,
+_SECTION_CLASSES = {"access": AccessSettings, "auth": AuthSettings,
+                    "admin_web": AdminWebSettings,
                     "methods": MethodsSettings,
                     "network": NetworkSettings,
                     "storage": StorageSettings, "limits": LimitsSettings}
@@ -339,7 +390,7 @@ _SECTION_CLASSES = {"access": AccessSettings, "admin_web": AdminWebSettings,
 
 def _type_name(kind: type | tuple[type, ...]) -> str:
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-             list: "a list"}
+             list: "a list", dict: "a table"}
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if set(kinds) == {int, float}:
         return "a number"  # not "an integer or a number"
@@ -357,6 +408,8 @@ def _check_value(section: str, f: _Field, value: Any, source: str) -> Any:
         raise SettingsError(f"{source}: {key} = {value!r} is not valid: expected {allowed}")
     if isinstance(value, list):
         return tuple(value)
+    if isinstance(value, dict):
+        return tuple(sorted(value.items()))
     if f.kind == (int, float):
         return float(value)  # type: ignore[arg-type]
     return value
@@ -391,6 +444,12 @@ def parse_settings(data: dict[str, Any], source: str = "casemate.toml") -> Setti
         raise SettingsError(f"{source}: storage.dsn = '' is not valid: the postgresql backend "
                             "needs a libpq connection string, e.g. \"host=db.example.com "
                             "dbname=casemate user=casemate sslmode=verify-full\"")
+    net = sections["network"]
+    if sections["auth"].uses_certificates and not (
+            net.require_client_certificate and net.encrypt_client_server_connections):
+        raise SettingsError(f"{source}: auth methods with \"certificate\" need "
+                            "network.require_client_certificate = true and "
+                            "encrypt_client_server_connections = true")
     delay, login = (sections["access"].throttle_max_delay_seconds,
                     sections["limits"].login_timeout_seconds)
     if delay >= login:

@@ -16,6 +16,7 @@ import os
 import socket
 import ssl
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -380,7 +381,8 @@ def _server_base_context() -> ssl.SSLContext:
 
 
 def server_context(key_path: Path, cert_path: Path, min_version: str = "1.2",
-                   client_ca: Path | None = None) -> ssl.SSLContext:
+                   client_ca: Path | None = None,
+                   client_crl: Path | None = None, extra_chain: bytes = b"") -> ssl.SSLContext:
     """A server context: min TLS version, AEAD+PFS suites, no compression or renegotiation."""
     ctx = _server_base_context()
     ctx.minimum_version = _VERSIONS[min_version]
@@ -393,14 +395,71 @@ def server_context(key_path: Path, cert_path: Path, min_version: str = "1.2",
     ctx.set_ecdh_curve("X25519")
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     ctx.set_alpn_protocols([ALPN])
-    ctx.load_cert_chain(str(cert_path), str(key_path))
+    _load_chain(ctx, key_path, cert_path, extra_chain)
     # One TLS 1.3 session ticket per connection (OpenSSL sends two): a Casemate client keeps
     # one, and each costs both sides work at every connect.
     ctx.num_tickets = 1
     if client_ca is not None:
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(str(client_ca))
+        if client_crl is not None:
+            check_crl(client_crl, client_ca)
+            ctx.load_verify_locations(str(client_crl))  # OpenSSL takes CRLs from a "CA" file
+            ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return ctx
+
+
+def _load_chain(ctx: ssl.SSLContext, key_path: Path, cert_path: Path, extra: bytes) -> None:
+    """cert.pem, plus ``extra`` certificates sent after its chain (the key's successor
+    endorsements, see continuity.py); OpenSSL reads a chain from a file only."""
+    if not extra:
+        ctx.load_cert_chain(str(cert_path), str(key_path))
+        return
+    with tempfile.TemporaryDirectory() as d:
+        served = Path(d) / "served-chain.pem"
+        served.write_bytes(cert_path.read_bytes().rstrip(b"\n") + b"\n" + extra)
+        ctx.load_cert_chain(str(served), str(key_path))
+
+
+def peer_chain(sslobj: object) -> list[bytes]:
+    """The certificates the server sent (DER), unverified, leaf first; [] where this
+    Python cannot tell (the public method is 3.13+, the private one 3.10+)."""
+    get = getattr(sslobj, "get_unverified_chain", None) or getattr(
+        getattr(sslobj, "_sslobj", None), "get_unverified_chain", None)
+    if get is None:
+        return []
+    return [c if isinstance(c, bytes) else c.public_bytes(2)  # _ssl.ENCODING_DER
+            for c in (get() or [])]
+
+
+def check_crl(crl_path: Path, ca_path: Path) -> None:
+    """A revocation list must parse, be signed by one of the client CAs and be current:
+    OpenSSL would otherwise refuse every client certificate (fail closed, but at each
+    connect instead of once, here).  Raises CertificateError."""
+    data = _read(crl_path, "revocation list")
+    try:
+        crls = [x509.load_pem_x509_crl(b"-----BEGIN X509 CRL-----" + part)
+                for part in data.split(b"-----BEGIN X509 CRL-----")[1:]]
+    except ValueError as e:
+        raise CertificateError(f"revocation list {crl_path} is not a valid PEM CRL ({e})") from e
+    if not crls:
+        raise CertificateError(f"revocation list {crl_path} holds no PEM CRL")
+    cas = load_chain(ca_path)
+    now = dt.datetime.now(dt.UTC)
+    for crl in crls:
+        if not any(crl.issuer == ca.subject and crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+                   for ca in cas):
+            raise CertificateError(f"revocation list {crl_path} ({crl.issuer.rfc4514_string()}) "
+                                   f"is not signed by a CA of {ca_path}")
+        nxt = crl.next_update_utc
+        if nxt is not None and nxt < now:
+            raise CertificateError(f"revocation list {crl_path} expired on {nxt:%Y-%m-%d}; "
+                                   "publish a current one")
+    for ca in cas:  # OpenSSL would refuse every certificate of a CA without a CRL
+        if not any(crl.issuer == ca.subject for crl in crls):
+            raise CertificateError(f"revocation list {crl_path} has no CRL of "
+                                   f"{ca.subject.rfc4514_string()} (in {ca_path}): add one, "
+                                   "even empty, for each client CA")
 
 
 def client_context(ca_file: Path | None, cert: Path | None = None,

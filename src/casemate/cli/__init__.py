@@ -17,6 +17,7 @@ from .control import stop
 from .demo import demo
 from .main import group, init, methods, serve, trust, user
 from .monitor import accept, drop, message, reject, sessions, status
+from .servers import servers
 from .shell import shell
 
 __all__ = ["main", "cli"]
@@ -38,7 +39,7 @@ def cli() -> None:
 
 
 for command in (demo, init, serve, stop, user, group, cert, trust, shell, backup, restore, status,
-                sessions, drop, message, accept, reject, methods, check):
+                sessions, drop, message, accept, reject, methods, check, servers):
     cli.add_command(command)
 
 

@@ -1,4 +1,4 @@
-"""``casemate cert DIR show|generate|request|install|reload``."""
+"""``casemate cert DIR show|generate|rotate|request|install|reload``."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import os
 import shutil
 import signal
 from pathlib import Path
+from typing import Any
 
 import click
 from cryptography.hazmat.primitives import serialization
 
-from .. import tls
+from .. import continuity, tls
 from ..database import GENERATED_MARKER, write_private
 from .main import fail, open_folder
 from .pidfile import PID_FILE, running_pid
@@ -20,9 +21,9 @@ from .pidfile import PID_FILE, running_pid
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.pass_context
 def cert(ctx: click.Context, directory: Path) -> None:
-    """Show, generate, request, install or reload DIRECTORY's key and certificate.
+    """Show, generate, rotate, request, install or reload DIRECTORY's key and certificate.
 
-    Usage: casemate cert DIRECTORY show|generate|request|install|reload
+    Usage: casemate cert DIRECTORY show|generate|rotate|request|install|reload
     """
     ctx.obj = directory
 
@@ -113,6 +114,47 @@ def generate(directory: Path, days: int, san: tuple[str, ...], keep_key: bool,
     click.echo(f"Reload a running server with: casemate cert {directory} reload")
 
 
+@cert.command("rotate")
+@click.pass_obj
+@click.option("--days", type=int, default=365, show_default=True, help="Validity (at most 366).")
+@click.option("--san", multiple=True, help="Extra subject alternative name (repeatable).")
+@click.option("--no-endorse", is_flag=True, help="Do not let the old key vouch for the new "
+              "one (when the old key may have been stolen): pinned clients then refuse the "
+              "new key until each user compares it and runs 'casemate trust forget'.")
+def rotate(directory: Path, days: int, san: tuple[str, ...], no_endorse: bool) -> None:
+    """Replace the key: a new key and self-signed certificate (same names, plus --san),
+    endorsed by the old key for network.key_transition_days so that pinned clients move
+    to it by themselves.  The old files are kept as key.pem.old and cert.pem.old."""
+    folder = open_folder(directory)
+    settings = folder.settings()
+    old_key, old_sans = _kept_key(folder.key_path, folder.cert_path)
+    key = tls.generate_key()
+    sans = list(dict.fromkeys(tls.default_sans(settings.network.listen) + old_sans + list(san)))
+    try:
+        c = tls.make_self_signed(key, settings.network.publication_name, sans, days)
+    except ValueError as e:
+        fail(str(e))
+        return
+    if not no_endorse:
+        _endorse(folder.resources / "successor.pem", old_key, c, settings)
+    _install_files(folder.key_path, folder.cert_path, key, c)
+    write_private(folder.resources / GENERATED_MARKER, tls.spki_fingerprint(c) + "\n")
+    click.echo("New key and self-signed certificate installed:")
+    for line in _describe(tls.inspect_cert(c)):
+        click.echo("  " + line)
+    click.echo(f"Reload a running server with: casemate cert {directory} reload")
+
+
+def _endorse(path: Path, old_key: tls.PrivateKey, new: Any, settings: Any) -> None:
+    """The old key vouches for ``new``'s key (continuity.py); say what pinned clients do."""
+    days = settings.network.key_transition_days
+    if continuity.endorse(path, old_key, new, days, settings.network.publication_name):
+        click.echo(f"The old key ({continuity.fingerprint_of(old_key)}) vouches for the new "
+                   f"one for {days} days (network.key_transition_days): pinned clients "
+                   "follow it by themselves; clients first met after that compare the "
+                   "fingerprint.")
+
+
 def _kept_key(key_path: Path, cert_path: Path) -> tuple[tls.PrivateKey, list[str]]:
     """The key to keep (it must pass the same checks as at start) and the current SANs."""
     if not key_path.exists():
@@ -171,14 +213,25 @@ def request(directory: Path, san: tuple[str, ...], out: Path | None) -> None:
 @click.option("--key", "key_file", required=True, type=click.Path(path_type=Path))
 @click.option("--cert", "cert_file", required=True, type=click.Path(path_type=Path),
               help="PEM certificate, optionally followed by its chain.")
-def install(directory: Path, key_file: Path, cert_file: Path) -> None:
-    """Check KEY and CERT (PEM, matching, chain in order, not expired), then install them."""
+@click.option("--no-endorse", is_flag=True, help="On a new key: do not let the old key vouch "
+              "for it (see rotate --no-endorse).")
+def install(directory: Path, key_file: Path, cert_file: Path, no_endorse: bool) -> None:
+    """Check KEY and CERT (PEM, matching, chain in order, not expired), then install them.
+    On a new key, the old key vouches for it as with rotate."""
     folder = open_folder(directory)
     try:
         chain, warnings = tls.check_pair(key_file, cert_file)
     except tls.CertificateError as e:
         fail(f"not installed: {e}")
         return
+    if folder.key_path.exists() and not no_endorse:
+        try:
+            old_key = tls.load_key(folder.key_path)
+        except tls.CertificateError as e:
+            click.echo(f"warning: the old key cannot vouch for the new one ({e}): pinned "
+                       "clients will refuse the new key until they compare and forget it")
+        else:
+            _endorse(folder.resources / "successor.pem", old_key, chain[0], folder.settings())
     for p in (folder.key_path, folder.cert_path):
         if p.exists():
             os.replace(p, p.with_suffix(".pem.old"))

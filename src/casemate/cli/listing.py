@@ -63,9 +63,10 @@ def echo_sessions(columns: list[str], rows: Sequence[Sequence[Any]], wide: bool,
         headers.append("server")
         table = [t + (r.get("server") or "",) for t, r in zip(table, recs, strict=True)]
     if wide:
-        headers += ["client host", "since", "cipher", "client certificate"]
+        headers += ["client host", "since", "cipher", "client certificate", "authenticated by"]
         table = [t + (r.get("client_host") or "", human_time(r.get("connected_since")), r.get("cipher") or "",
-                      r.get("client_certificate") or "") for t, r in zip(table, recs, strict=True)]
+                      r.get("client_certificate") or "", r.get("authenticated_by") or "")
+                 for t, r in zip(table, recs, strict=True)]
     click.echo(render(headers, table, fit=None if wide else terminal_width(),
                       shrink=("program", "address", "user", "server")))
     click.echo(_footer(len(rows), "session"))

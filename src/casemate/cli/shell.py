@@ -297,6 +297,8 @@ def shell(url: str, command: str | None, file: str | None, fmt: str | None,
     conn = cli_connect(url, **kw, **({"tls_ca": tls_ca} if tls_ca else {}))
     conn.on_notice = lambda code, text: click.echo(printable(f"NOTICE [{code}]: {text}"),
                                                    err=True)
+    if conn.security.note and not interactive:  # interactive: on the "Connection:" line
+        click.echo(printable(f"Note: {conn.security.note}"), err=True)
     conn.autocommit = autocommit
     sh = Shell(conn, Options(format=fmt or "aligned", timing=timing,
                              pager="on" if pager else "off"), interactive)

@@ -349,7 +349,8 @@ def _tls_connect(params: ConnectParams, known: KnownServer | None
         raise SecurityError("the server sent no certificate", Codes.NOT_ENCRYPTED)
     c = ssock.obj.cipher()
     try:
-        security = check_server_key(params, known, der, ssock.obj.version(), c[0] if c else None)
+        security = check_server_key(params, known, der, ssock.obj.version(), c[0] if c else None,
+                                    ssock.obj)
     except Error:
         ssock.close()
         raise

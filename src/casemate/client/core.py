@@ -18,6 +18,8 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
+import logging
 import re
 import warnings
 from collections.abc import Callable, Generator
@@ -25,7 +27,7 @@ from typing import Any
 
 from scramp import ScramClient, ScramException
 
-from .. import tls
+from .. import continuity, lan, tls
 from ..errors import (
     Codes,
     Error,
@@ -51,7 +53,9 @@ __all__ = [
     "SimpleRequest",
 ]
 
+log = logging.getLogger("casemate.client")
 TLS, PLAIN = "tls", "plain"
+EXTERNAL = "EXTERNAL"  # SASL: the client certificate alone (server/certauth.py)
 CLIENT_MAX_FRAME = 256 * 1024 * 1024
 
 
@@ -85,22 +89,60 @@ def downgrade_error(params: ConnectParams, known: KnownServer | None, why: str) 
 
 
 def check_server_key(params: ConnectParams, known: KnownServer | None, der_cert: bytes,
-                     tls_version: str | None, cipher: str | None) -> Security:
-    """Apply the trust rules to the server's certificate; raises SecurityError on a mismatch."""
+                     tls_version: str | None, cipher: str | None,
+                     sslobj: object = None) -> Security:
+    """Apply the trust rules to the server's certificate; raises SecurityError on a mismatch.
+    ``sslobj`` gives the chain the server sent, where a new key's endorsements travel."""
+    security = _check_key(params, known, der_cert, tls_version, cipher, sslobj)
+    if note := lan.announcement_mismatch(params.announced_fingerprint, security.fingerprint):
+        log.warning("%s: %s", params.server_key, note)
+        security = dataclasses.replace(
+            security, note=f"{security.note}; {note}" if security.note else note)
+    return security
+
+
+def _check_key(params: ConnectParams, known: KnownServer | None, der_cert: bytes,
+               tls_version: str | None, cipher: str | None, sslobj: object) -> Security:
     fp = tls.spki_fingerprint_der(der_cert)
     if params.tls_ca is not None:
         return Security("encrypted-verified", tls_version, cipher, fp, "CA")
     if known is not None and known.fingerprint is not None:
         if known.fingerprint != fp:
-            raise SecurityError(
-                f"the server at {params.server_key} presented a different key than before: "
-                f"expected {known.fingerprint}, got {fp}. This can be a man-in-the-middle "
-                "attack; nothing was sent", Codes.NOT_ENCRYPTED,
-                "if the server's key was legitimately replaced, compare the new fingerprint "
-                "with the administrator's 'casemate cert DIR show' (key fingerprint) and run: "
-                f"casemate trust forget {params.server_key}")
+            note = _successor(params, known.fingerprint, fp, sslobj)
+            return Security("encrypted-verified", tls_version, cipher, fp,
+                            "pinned key's endorsed successor", note=note)
         return Security("encrypted-verified", tls_version, cipher, fp, "pinned key")
+    if not params.password:
+        raise SecurityError(
+            f"first contact with {params.server_key}: a certificate-only login gives no "
+            "proof of the server's identity, so the client does not log in to an unknown "
+            f"key ({fp})", Codes.NOT_ENCRYPTED,
+            "pass tls_ca= the server's Resources/cert.pem (or its CA), or log in once with "
+            "a password to pin the key")
     return Security("encrypted-unverified", tls_version, cipher, fp, None)
+
+
+def _successor(params: ConnectParams, pin: str, fp: str, sslobj: object) -> str:
+    """The note for a key the pinned key endorsed (continuity.py); SecurityError for any
+    other key: the same refusal as a forged certificate, and naming the key to compare."""
+    verdict = continuity.follow(pin, fp, continuity.parse(tls.peer_chain(sslobj)))
+    if verdict.endorsed:
+        until = verdict.path[-1].until
+        note = (f"the server's key changed from {pin} to {fp}; the change is signed by the "
+                f"pinned key (transition until {until:%Y-%m-%d}), so the pin moves to the new "
+                "key after this login")
+        log.warning("%s: %s", params.server_key, note)
+        return note
+    why = ""
+    if verdict.expired is not None:
+        why = (f" The pinned key did endorse a successor, but that transition ended on "
+               f"{verdict.expired.until:%Y-%m-%d}: this client's pin is older than it.")
+    raise SecurityError(
+        f"the server at {params.server_key} presented a different key than before: "
+        f"expected {pin}, got {fp}, not endorsed by the pinned key.{why} This can be a "
+        "man-in-the-middle attack; nothing was sent", Codes.NOT_ENCRYPTED,
+        f"compare {fp} with the key fingerprint the administrator's 'casemate cert DIR show' "
+        f"prints; if they match, run: casemate trust forget {params.server_key}")
 
 
 class LoginResult:
@@ -123,7 +165,10 @@ LoginGen = Generator[bytes | None, Message | None, LoginResult]
 
 def login_flow(proto: ProtocolConnection, params: ConnectParams,
                cb_data: bytes | None) -> LoginGen:
-    """Handshake and SCRAM login.  With ``cb_data`` (TLS), SCRAM is channel-bound."""
+    """Handshake and SCRAM login.  With ``cb_data`` (TLS), SCRAM is channel-bound.  With
+    no password and a client certificate: SASL EXTERNAL, the certificate alone."""
+    if not params.password:
+        return (yield from _external_flow(proto, params, cb_data))
     mech = "SCRAM-SHA-256-PLUS" if cb_data is not None else "SCRAM-SHA-256"
     binding = ("tls-server-end-point", cb_data) if cb_data is not None else None
     try:
@@ -135,10 +180,7 @@ def login_flow(proto: ProtocolConnection, params: ConnectParams,
     out += proto.send(Msg.SASL_INITIAL, (mech, scram.get_client_first()))
     yield out
     m = yield None
-    hello = _expect(m, Msg.HELLO_OK)
-    limit = hello.get("max_message_bytes")
-    if isinstance(limit, int) and limit > 0:
-        proto.max_send = limit  # refuse oversized requests here, before they cost a connection
+    hello = _take_hello(proto, m)
     if bool(hello.get("encrypted")) != (cb_data is not None) or mech not in hello.get(
             "mechanisms", ()):
         raise SecurityError(f"server offered {hello.get('mechanisms')} "
@@ -162,6 +204,36 @@ def login_flow(proto: ProtocolConnection, params: ConnectParams,
             "the server could not prove that it knows this user's password verifier: possible "
             f"man-in-the-middle ({e}); nothing was recorded", Codes.INVALID_AUTHORIZATION) from e
     return LoginResult(ok)
+
+
+def _take_hello(proto: ProtocolConnection, m: Message | None) -> Any:
+    hello = _expect(m, Msg.HELLO_OK)
+    limit = hello.get("max_message_bytes")
+    if isinstance(limit, int) and limit > 0:
+        proto.max_send = limit  # refuse oversized requests here, before they cost a connection
+    return hello
+
+
+def _external_flow(proto: ProtocolConnection, params: ConnectParams,
+                   cb_data: bytes | None) -> LoginGen:
+    """Certificate-only login.  No password proves the server here, so the caller has
+    already required a pinned or CA-verified server key (check_server_key)."""
+    if cb_data is None or params.tls_cert is None:
+        raise InterfaceError("no password: a login without one needs a client certificate "
+                             "(tls_cert) and an encrypted connection")
+    # RFC 4422 EXTERNAL: an empty challenge and an empty response, sent with the rest at
+    # once (no round trip more than a password login).
+    yield (proto.send(Msg.HELLO, client_hello(params))
+           + proto.send(Msg.SASL_INITIAL, (EXTERNAL, params.user))
+           + proto.send(Msg.SASL_RESPONSE, ""))
+    m = yield None
+    if EXTERNAL not in _take_hello(proto, m).get("mechanisms", ()):
+        raise SecurityError("the server did not accept the client certificate for login",
+                            Codes.INVALID_AUTHORIZATION)
+    m = yield None
+    _expect(m, Msg.SASL_CHALLENGE)
+    m = yield None
+    return LoginResult(_expect(m, Msg.AUTH_OK))
 
 
 def _expect(m: Message | None, kind: Msg) -> Any:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from ..errors import Codes, InterfaceError, PasswordsFileWarning
+from ..errors import Codes, InterfaceError, OperationalError, PasswordsFileWarning
 from ..settings import DEFAULT_PORT
 
 __all__ = ["ConnectParams", "Security", "casemate_home", "login_user", "parse_params"]
@@ -44,6 +44,7 @@ class Security:
     fingerprint: str | None = None
     verified_by: str | None = None
     tls_failure: str | None = None
+    note: str | None = None  # said once: a key re-pinned, a LAN announcement that differed
 
     @property
     def fallback_note(self) -> str:
@@ -60,7 +61,9 @@ class Security:
         how = f" by {self.verified_by}" if self.verified_by else ""
         state = "verified" + how if self.level == "encrypted-verified" else (
             "unverified (first contact: key recorded)")
-        return f"encrypted ({self.tls_version}, {self.cipher}), server {state}, key {self.fingerprint}"
+        note = f"\nNote: {self.note}" if self.note else ""
+        return (f"encrypted ({self.tls_version}, {self.cipher}), server {state}, "
+                f"key {self.fingerprint}{note}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class ConnectParams:
     # this long is dead: the waiting call fails instead of blocking (0 = off).
     keepalive: float = 30.0
     statement_timeout: float | None = None  # seconds (0 = none); None: the server's default
+    announced_fingerprint: str | None = None  # from the LAN announcement: a hint, never trust
 
     @property
     def server_key(self) -> str:
@@ -146,7 +150,7 @@ def _password_from_file(host: str, port: int, user: str) -> str | None:
 
 KNOWN_OPTIONS = ("host", "port", "user", "password", "tls_ca", "tls_cert", "tls_key",
                  "encryption", "connect_timeout", "program", "reconnect_attempts",
-                 "reconnect_delay", "keepalive", "statement_timeout")
+                 "reconnect_delay", "keepalive", "statement_timeout", "publication")
 
 
 def _url_options(dsn: str) -> dict[str, Any]:
@@ -230,9 +234,16 @@ def parse_params(dsn: str | None = None, **kw: Any) -> ConnectParams:
     opts = _env_defaults(opts)
     host = opts.get("host") or "localhost"
     port = _number(opts, "port", int, DEFAULT_PORT, 1, 65535)
+    announced = None
+    if opts.get("publication") or host.lower().endswith(".local"):
+        host, port, announced = _from_lan(
+            opts.get("publication"), host, port if opts.get("port") else None,
+            _number(opts, "connect_timeout", float, 10.0, 0.001, 86400))
     user = opts.get("user") or "admin"
     password = opts.get("password") or _password_from_file(host, port, user)
-    if not password:
+    if not password and opts.get("tls_cert"):
+        password = ""  # certificate-only login (SASL EXTERNAL)
+    elif not password:
         raise InterfaceError(
             f"no password for user {user!r} at {host}:{port}", Codes.NO_PASSWORD,
             f"give it in the URL (casemate://{user}:PASSWORD@...), set "
@@ -258,6 +269,7 @@ def parse_params(dsn: str | None = None, **kw: Any) -> ConnectParams:
         keepalive=_keepalive(opts.get("keepalive", 30.0)),
         statement_timeout=(_number(opts, "statement_timeout", float, 0, 0, 10**9)
                            if opts.get("statement_timeout") is not None else None),
+        announced_fingerprint=announced,
     )
 
 
@@ -269,6 +281,39 @@ def _keepalive(v: Any) -> float:
     if not 0 <= seconds <= 3600:
         raise InterfaceError(f"keepalive={v!r}: expected seconds from 0 (off) to 3600")
     return seconds
+
+
+def looks_up_lan(dsn: str | None, kw: dict[str, Any]) -> bool:
+    """Whether :func:`parse_params` will listen on the LAN (``publication=`` or a
+    ``NAME.local`` host): the asyncio client then runs it in a thread."""
+    host = kw.get("host") or (urlsplit(dsn).hostname if dsn else None) or ""
+    return bool(kw.get("publication")) or host.lower().endswith(".local")
+
+
+def _from_lan(publication: str | None, host: str, port: Any,
+              timeout: float) -> tuple[str, int, str | None]:
+    """``publication=`` or a ``NAME.local`` host: the address, port and announced key of
+    the server announcing NAME on the LAN.  A ``.local`` host no server announces is
+    left to the system's resolver; an unknown ``publication=`` raises OperationalError."""
+    from .. import lan
+    name = publication or host[: -len(".local")]
+    try:
+        # An explicit publication is worth a longer listen; a .local host may be an
+        # ordinary mDNS host name, which then waits this long before the system resolver.
+        found = lan.find(name, min(timeout, 3.0 if publication else 1.5))
+    except OSError as e:
+        if publication:
+            raise OperationalError(f"cannot look for {publication!r} on the LAN: {e}",
+                                   Codes.CANNOT_CONNECT) from e
+        found = None
+    if found is None:
+        if publication:
+            raise OperationalError(
+                f"no server announcing the publication {publication!r} was found on the LAN",
+                Codes.CANNOT_CONNECT, "check that the server runs with publish_on_lan on and "
+                "that this computer is on the same network segment (casemate servers lists them)")
+        return host, int(port or DEFAULT_PORT), None
+    return found.address, int(port or found.port), found.fingerprint
 
 
 def client_hello(params: ConnectParams) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from .. import __version__, tls
+from .. import __version__, continuity, tls
 from ..database import DatabaseFolder
 from ..errors import Codes, Error
 from ..keepalive import enable_keepalive
@@ -35,6 +35,7 @@ from ..settings import Settings, SettingsError, load_settings
 from ..storage import Backend, StorageConnection, StorageError
 from .admission import PendingLogins, Ticket
 from .audit import AuditLog, Throttle
+from .certauth import CertUsers
 from .inline import CostModel
 from .monitor import share_sessions
 from .rights import Rights
@@ -131,9 +132,12 @@ def load_tls(folder: DatabaseFolder, settings: Settings) -> TLSState:
             raise tls.CertificateError(
                 f"require_client_certificate is on but {ca} is missing; put the CA that signs "
                 "client certificates there")
+    crl = folder.resources / "client-crl.pem"
     try:
         ctx = tls.server_context(folder.key_path, folder.cert_path,
-                                 settings.network.min_tls_version, ca)
+                                 settings.network.min_tls_version, ca,
+                                 crl if ca is not None and crl.exists() else None,
+                                 continuity.served_chain(folder.resources / "successor.pem"))
     except (ssl.SSLError, OSError) as e:
         raise tls.CertificateError(f"cannot use {folder.cert_path} with {folder.key_path}: {e}"
                                    ) from e
@@ -176,6 +180,7 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping: asyncio.Event | None = None
         self.web: Any = None  # the web administration page, when enabled
+        self.publisher: Any = None  # the LAN announcement (lanpub), when published
         self._settings_digest = self._digest()
         a = settings.access
         self.throttle = Throttle(a.throttle_after_failures, a.throttle_base_delay_seconds,
@@ -186,6 +191,7 @@ class Server:
         self.rights = Rights(self)  # sessions follow user, group and grant changes
         self.pending = PendingLogins(settings.limits.max_unauthenticated_connections,
                                      a.max_unauthenticated_per_address)
+        self.cert_users = CertUsers(settings.auth, folder.resources / "client-users.conf")
 
     # -- start ------------------------------------------------------------
     def prepare(self) -> None:
@@ -271,6 +277,8 @@ class Server:
         if self.settings.admin_web.enabled:
             from .web import start_web
             self.web = await start_web(self)
+        from .lanpub import start_publication
+        self._spawn(start_publication(self))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         t = asyncio.get_running_loop().create_task(coro)
@@ -441,7 +449,7 @@ class Server:
         self.audit.event("login_ok", session=s.id, user=s.user, address=s.peer_ip,
                          encrypted=s.tls_version is not None, tls_version=s.tls_version,
                          cipher=s.cipher, client_certificate=s.client_cert_subject,
-                         program=s.program)
+                         authenticated_by=s.authenticated_by, program=s.program)
         enc = f"encrypted {s.tls_version} {s.cipher}" if s.tls_version else "plain"
         if s.client_cert_subject:
             enc += f", client certificate {s.client_cert_subject}"
@@ -469,6 +477,8 @@ class Server:
         self.tls = new
         if self.web is not None:
             self.web.reload_certificate()
+        if self.publisher is not None:
+            self._spawn(self.publisher.update(new.info.spki_sha256))
         for w in new.warnings:
             log.warning("%s", w)
         msg = f"certificate reloaded: {new.info.subject}, SHA-256 {new.info.sha256}"
@@ -539,6 +549,9 @@ class Server:
             t.cancel()
         if self.web is not None:
             await self.web.close()
+        if self.publisher is not None:
+            with contextlib.suppress(Exception):
+                await self.publisher.close()
         sessions = list(self.sessions.values())
         for s in sessions:
             s.notice(Codes.ADMIN_SHUTDOWN, "server is shutting down")

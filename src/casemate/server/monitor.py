@@ -27,6 +27,7 @@ log = logging.getLogger("casemate.server")
 
 SESSION_COLUMNS = ["id", "user", "address", "client_host", "program", "connected_since",
                    "idle_seconds", "encrypted", "tls_version", "cipher", "client_certificate",
+                   "authenticated_by",
                    "statements", "in_transaction", "transaction_seconds", "write_lock_seconds",
                    "transaction_since", "write_lock_since"]
 
@@ -62,7 +63,7 @@ def _session_row(s: Session, now: float) -> tuple[Any, ...]:
     return (s.id, s.user, s.peer, s.client_host, s.program,
             dt.datetime.fromtimestamp(s.connected_at, dt.UTC).isoformat(timespec="seconds"),
             round(now - s.last_active, 1), s.tls_version is not None, s.tls_version, s.cipher,
-            s.client_cert_subject, s.statements,
+            s.client_cert_subject, s.authenticated_by, s.statements,
             s.storage is not None and s.storage.in_transaction, *_transaction(s))
 
 

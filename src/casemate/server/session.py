@@ -32,6 +32,7 @@ from ..storage.access import PermissionDenied, Policy
 from .audit import clean, format_address
 from .auth import ScramException, ScramLogin, mechanism_for
 from .calls import IterCursor, guarded, method_error, run_method, stop_method
+from .certauth import EXTERNAL, certificate_refusal, external_refusal
 from .monitor import SERVER_COMMANDS, run_server_command
 
 if TYPE_CHECKING:
@@ -197,6 +198,8 @@ class Session(asyncio.Protocol):
         self.tls_version: str | None = None
         self.cipher: str | None = None
         self.client_cert_subject: str | None = None
+        self.client_cert_der: bytes | None = None
+        self.authenticated_by = ""  # "password", "certificate CN=..." (casemate sessions)
         self.connected_at = time.time()
         self.last_active = time.monotonic()
         self.statements = 0
@@ -235,6 +238,7 @@ class Session(asyncio.Protocol):
             c = sslobj.cipher()
             self.cipher = c[0] if c else None
             cert = sslobj.getpeercert()
+            self.client_cert_der = sslobj.getpeercert(binary_form=True) or None
             if cert:
                 subject: Any = cert.get("subject", ())
                 self.client_cert_subject = clean(",".join(
@@ -588,9 +592,12 @@ class Session(asyncio.Protocol):
         encrypted = self.tls_version is not None
         mech = mechanism_for(encrypted)
         self.send(Msg.HELLO_OK, {"protocol": PROTOCOL_VERSION, "encrypted": encrypted,
-                                 "mechanisms": [mech],
+                                 "mechanisms": [mech, EXTERNAL] if self.client_cert_der else [mech],
                                  "max_message_bytes": self.server.settings.limits.max_message_bytes})
         m = await self.next_message()
+        if self.client_cert_der and isinstance(m.body, tuple) and len(m.body) == 2 and \
+                m.body[0] == EXTERNAL and isinstance(m.body[1], str):
+            return await self._login_external(m.body[1], body.get("statement_timeout"))
         if not (isinstance(m.body, tuple) and len(m.body) == 2 and m.body[0] == mech
                 and isinstance(m.body[1], str)):
             self._fatal(Error(f"expected a {mech} login", Codes.INVALID_AUTHORIZATION,
@@ -602,7 +609,11 @@ class Session(asyncio.Protocol):
         counted = False
         try:
             self.rights_version = self.server.backend.grants_version()  # before the lookup
-            self.send(Msg.SASL_CHALLENGE, await self.call(scram.first, m.body[1]))
+            challenge = await self.call(scram.first, m.body[1])
+            if scram.user is not None and (why := self._cert_refusal(
+                    certificate_refusal, scram.user.name, scram.user.group)):
+                return self._login_failed(scram.username, why, certificate=True)
+            self.send(Msg.SASL_CHALLENGE, challenge)
             m = await self.next_message()
             if not isinstance(m.body, str):
                 raise ScramException("malformed client-final message")
@@ -620,17 +631,47 @@ class Session(asyncio.Protocol):
             return self._login_failed(scram.username, str(e))
         throttle.succeeded(self.peer_ip, scram.username)
         assert scram.user is not None
+        self._logged_in(scram.user.name, scram.user.group, server_final,
+                        body.get("statement_timeout"))
+        return True
+
+    def _cert_refusal(self, rule: Callable[[str, list[str], str], str | None], user: str,
+                      group: str) -> str | None:
+        """What the user's auth method says about this connection's certificate."""
+        method = self.server.settings.auth.method_for(user, group)
+        return rule(method, self.server.cert_users.users(self.client_cert_der), user)
+
+    async def _login_external(self, name: str, wanted_timeout: Any) -> bool:
+        """SASL EXTERNAL: the client certificate alone, for users whose method allows it."""
+        self.rights_version = self.server.backend.grants_version()  # before the lookup
+        user = await self.call(self.server.backend.get_user, name)
+        why = "no such user" if user is None else self._cert_refusal(
+            external_refusal, user.name, user.group)
+        if user is None or why:
+            return self._login_failed(name, why or "", certificate=True)
+        self.send(Msg.SASL_CHALLENGE, "")  # RFC 4422 EXTERNAL: empty challenge and response
+        if (await self.next_message()).body != "":
+            self._fatal(Error("malformed EXTERNAL login", Codes.PROTOCOL_VIOLATION))
+            return False
+        self._logged_in(user.name, user.group, None, wanted_timeout)
+        return True
+
+    def _logged_in(self, user: str, group: str, server_final: str | None,
+                   wanted_timeout: Any) -> None:
         self.proto.max_frame = self.server.settings.limits.max_message_bytes
         if self.ticket is not None:
             self.ticket.release()
-        self.user, self.group = scram.user.name, scram.user.group
+        self.user, self.group = user, group
+        method = self.server.settings.auth.method_for(user, group)
+        by_cert = f"certificate {self.client_cert_subject}" if "certificate" in method else ""
+        self.authenticated_by = {"scram": "password", "certificate": by_cert}.get(
+            method, f"{by_cert} + password")
         self.send(Msg.AUTH_OK, {"server_final": server_final, "session": self.id,
                                 "server_version": self.server.version,
                                 "backend": self.server.backend.name,
                                 "publication": self.server.settings.network.publication_name,
                                 "user": self.user, "group": self.group})
-        self._hello_timeout(body.get("statement_timeout"))
-        return True
+        self._hello_timeout(wanted_timeout)
 
     def _hello_timeout(self, wanted: Any) -> None:
         """The client's statement_timeout (seconds, in HELLO); one over the limit is lowered
@@ -645,18 +686,25 @@ class Session(asyncio.Protocol):
             self.notice(Codes.WARNING, f"{e.message}; statement_timeout stays "
                         f"{self.statement_timeout:g} s")
 
-    def _login_failed(self, name: str, reason: str, throttled: bool = False) -> bool:
+    def _login_failed(self, name: str, reason: str, throttled: bool = False,
+                      certificate: bool = False) -> bool:
         name = clean(name)  # the client's choice, shown in logs
         log.warning("login failed for user %r from %s (%s)", name, self.peer, reason)
         self.server.audit.event("login_failed", user=name, address=self.peer_ip,
                                 encrypted=self.tls_version is not None,
                                 tls_version=self.tls_version, cipher=self.cipher,
                                 client_certificate=self.client_cert_subject,
-                                **({"reason": "throttled"} if throttled else {}))
+                                **({"reason": "throttled"} if throttled else
+                                   {"reason": clean(reason)} if certificate else {}))
         if throttled:  # refused unheard: the password was not checked
             self._fatal(Error(f'too many login attempts in progress for user "{name}" or from '
                               f"{self.peer_ip}", Codes.TOO_MANY_CONNECTIONS,
                               "wait and try again (failed logins are throttled)"))
+            return False
+        if certificate:
+            self._fatal(Error(f'certificate authentication failed for user "{name}"',
+                              Codes.INVALID_AUTHORIZATION, "the administrator maps client "
+                              "certificates to users ([auth] in casemate.toml)"))
             return False
         self._fatal(Error(f'password authentication failed for user "{name}"',
                           Codes.INVALID_PASSWORD,

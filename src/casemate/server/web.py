@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
-from .. import tls
+from .. import continuity, tls
 from ..database import GENERATED_MARKER
 from ..errors import Codes
 from ..settings import SettingsError, parse_settings, set_toml_value
@@ -293,6 +293,11 @@ class WebAdmin:
             return await self.login_page(request, "Wrong user name or password.")
         assert record is not None
         server.throttle.succeeded(address, user)
+        if "certificate" in server.settings.auth.method_for(record.name, record.group):
+            # The page takes passwords only: a user bound to a certificate cannot use it.
+            server.audit.event("login_failed", user=user, address=address, channel="web",
+                               reason="auth method needs a client certificate")
+            return await self.login_page(request, "Wrong user name or password.")
         if record.group != "admin":
             server.audit.event("permission_refused", user=user, address=address,
                                detail="web administration needs the admin group")
@@ -491,6 +496,10 @@ class WebAdmin:
         key = tls.generate_key()
         cert = tls.make_self_signed(key, settings.network.publication_name,
                                     tls.default_sans(settings.network.listen))
+        with contextlib.suppress(tls.CertificateError):  # the old key vouches for the new one
+            continuity.endorse(folder.resources / "successor.pem", tls.load_key(folder.key_path),
+                               cert, settings.network.key_transition_days,
+                               settings.network.publication_name)
         for p in (folder.key_path, folder.cert_path):
             if p.exists():
                 os.replace(p, p.with_suffix(".pem.old"))
