@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -298,3 +300,89 @@ def test_a_session_holding_the_setup_lock_does_not_hang_init(backend: PostgreSQL
         backend.initialize()
     finally:
         c.close()
+
+
+# -- found by the red team after the fixes -----------------------------------------------------
+def test_a_clerk_cannot_forge_a_rights_notification(backend: PostgreSQLBackend,
+                                                    pg: PostgresServer) -> None:
+    """pg_notify('casemate_rights') made every server reload its users: flooded, a DoS."""
+    watcher = PostgreSQLBackend(settings(pg))
+    watcher.watch_rights()
+    c = session(backend, "clerks")
+    try:
+        time.sleep(0.3)
+        before = watcher.grants_version()
+        for sql in ("SELECT pg_notify('casemate_rights', 'x')",
+                    "SELECT pg_catalog.\"pg_notify\"('casemate_rights', g::text) "
+                    "FROM generate_series(1, 3) g"):
+            assert code_of(c, sql) == "42501"
+        time.sleep(1.0)  # the listener polls every 0.5 s
+        assert watcher.grants_version() == before
+    finally:
+        c.close()
+        watcher.close()
+
+
+def test_random_seed_does_not_reach_the_next_session(backend: PostgreSQLBackend) -> None:
+    """DISCARD ALL keeps random()'s state: a setseed would let one clerk predict the next's."""
+    a = session(backend, "clerks")
+    try:
+        assert code_of(a, "SELECT setseed(0.5)") == "42501"
+        assert code_of(a, "SELECT x.setseed FROM (VALUES (0.5)) x") == "42501"
+    finally:
+        a.close()
+
+
+def test_a_nul_in_the_statement_is_refused(backend: PostgreSQLBackend, pg: PostgresServer
+                                           ) -> None:
+    """libpq stops at a NUL: the text after it (Casemate's own FETCH) was lost."""
+    c = session(backend, "readwrite")
+    try:
+        for sql in ("SELECT 1 \x00; DELETE FROM orders", "DELETE FROM orders WHERE false \x00"):
+            assert code_of(c, sql) == "42601"
+        assert rows(c, "SELECT 1") == [(1,)]
+    finally:
+        c.close()
+    assert order_count(pg) == 2
+
+
+class _SlowLock:
+    """A lock whose acquire first yields for a while: the thread switch that lets a session
+    give its connection back between interrupt() reading it and marking the cancel."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def acquire(self, blocking: bool = True) -> bool:
+        time.sleep(0.3)
+        return self._lock.acquire(blocking)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_a_late_cancel_never_reaches_the_next_session(backend: PostgreSQLBackend) -> None:
+    a = session(backend, "clerks")  # one pooled connection: b gets a's
+    a._cancelling = _SlowLock()  # type: ignore[attr-defined]
+    a.begin()
+    rows(a, "SELECT 1")
+    t = threading.Thread(target=a.interrupt)  # the statement timer fires as a finishes
+    t.start()
+    time.sleep(0.1)
+    a.rollback()
+    a.close()
+    b = session(backend, "clerks")
+    try:
+        assert rows(b, "SELECT 1 FROM pg_sleep(0.8)") == [(1,)]  # not cancelled (57014)
+    finally:
+        t.join()
+        b.close()

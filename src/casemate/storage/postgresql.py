@@ -414,6 +414,10 @@ class _Connection(StorageConnection):
         self._cursors: dict[str, _ServerCursor] = {}
         self._savepoints: list[str] = []
         self._cancelling = threading.Lock()
+        # interrupt() picks the connection to cancel and marks the cancel under this lock, and
+        # _give_back() detaches the connection under it: a cancel never targets a connection
+        # already on its way to the pool (and another session's statement).
+        self._handoff = threading.Lock()
 
     # -- state --
     @property
@@ -447,11 +451,12 @@ class _Connection(StorageConnection):
         return self._phys
 
     def _give_back(self, force: bool = False) -> None:
+        with self._handoff:
+            p = self._phys
+            if p is None or (not force and (self._cursors or self.in_transaction)):
+                return
+            self._phys = None
         self._settle()
-        p = self._phys
-        if p is None or (not force and (self._cursors or self.in_transaction)):
-            return
-        self._phys = None
         self._savepoints.clear()
         self._b._pool.put(p)
 
@@ -691,9 +696,10 @@ class _Connection(StorageConnection):
 
     def interrupt(self) -> None:
         """Cancel the running statement (from another thread; never blocks the caller)."""
-        p = self._phys
-        if p is None or not self._cancelling.acquire(blocking=False):
-            return
+        with self._handoff:
+            p = self._phys
+            if p is None or not self._cancelling.acquire(blocking=False):
+                return
 
         def cancel() -> None:
             try:
