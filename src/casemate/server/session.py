@@ -520,7 +520,7 @@ class Session(asyncio.Protocol):
         in a transaction (idle there, it keeps locks that others wait for)."""
         lim = self.server.settings.limits
         in_txn = lim.idle_in_transaction_timeout_seconds
-        if in_txn and self.storage is not None and self.storage.in_transaction and (
+        if in_txn and self.storage is not None and self.storage.holds_shared and (
                 not lim.idle_timeout_seconds or in_txn <= lim.idle_timeout_seconds):
             return in_txn, True
         return lim.idle_timeout_seconds, False
@@ -544,9 +544,9 @@ class Session(asyncio.Protocol):
         log.warning("session %s from %s: idle in a transaction for %g s; rolling it back",
                     self.id, self.peer, limit)
         self.notice(Codes.IDLE_IN_TRANSACTION_TIMEOUT,
-                    f"session closed after {limit:g} s idle in a transaction "
-                    "(limits.idle_in_transaction_timeout_seconds); the transaction was "
-                    "rolled back")
+                    f"session closed after {limit:g} s idle in a transaction or with an "
+                    "unread cursor (limits.idle_in_transaction_timeout_seconds); the "
+                    "transaction was rolled back")
         self.end_reason = "idle in transaction timeout"
         self.close()
 

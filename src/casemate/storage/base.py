@@ -107,6 +107,12 @@ class StorageConnection(abc.ABC):
     @abc.abstractmethod
     def in_transaction(self) -> bool: ...
 
+    @property
+    def holds_shared(self) -> bool:
+        """True while the session, idle, keeps what other sessions may wait for: its open
+        transaction's locks, or (a pooled backend) a connection held for an unread cursor."""
+        return self.in_transaction
+
     def note_transaction(self, sql: str = "", changed: bool = False) -> None:
         """After a statement (``sql``; ``changed``: it changed rows) or a transaction's
         start or end: keep :attr:`txn_since` and :attr:`write_since` true."""

@@ -427,6 +427,10 @@ class _Connection(StorageConnection):
         p = self._phys
         return p is not None and p.conn.info.transaction_status in (_INTRANS, _INERROR)
 
+    @property
+    def holds_shared(self) -> bool:
+        return self.in_transaction or self._phys is not None  # a pooled connection
+
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy
         p = self._phys
