@@ -386,3 +386,55 @@ def test_a_late_cancel_never_reaches_the_next_session(backend: PostgreSQLBackend
     finally:
         t.join()
         b.close()
+
+
+_TRAP = ("CREATE FUNCTION public.trap({args}) RETURNS {ret} LANGUAGE plpgsql AS $$BEGIN "
+         "INSERT INTO public.loot VALUES (current_user); RETURN {body}; END$$")
+
+
+@pytest.fixture
+def loot(backend: PostgreSQLBackend, pg: PostgresServer) -> Iterator[StorageConnection]:
+    """An admin session that left a table where a trap (its own function, run as whoever
+    calls it) writes the name of the role it ran as."""
+    a = session(backend, "admin")
+    a.execute("CREATE TABLE public.loot (who text)", ())
+    a.execute("GRANT INSERT ON public.loot TO PUBLIC", ())
+    try:
+        yield a
+    finally:
+        a.close()
+        with superuser(pg) as su:
+            su.execute("DROP TABLE IF EXISTS public.loot, public.counters")
+            su.execute("DROP OPERATOR IF EXISTS public.= (oid, regclass)")
+            su.execute("DROP FUNCTION IF EXISTS public.trap(oid, regclass)")
+            su.execute("DROP FUNCTION IF EXISTS public.bt_index_check(oid)")
+            su.execute("DROP EXTENSION IF EXISTS amcheck")
+
+
+def _looted(pg: PostgresServer) -> list[Any]:
+    with superuser(pg) as su:
+        return su.execute("SELECT who FROM public.loot WHERE who NOT LIKE 'casemate%'").fetchall()
+
+
+def test_an_admins_operator_never_runs_as_the_service_role(backend: PostgreSQLBackend,
+                                                            pg: PostgresServer,
+                                                            loot: StorageConnection) -> None:
+    """CVE-2018-1058's pattern: the service role's queries compare oid with regclass; an
+    exact-match operator in public would win over pg_catalog's (which needs a cast)."""
+    loot.execute(_TRAP.format(args="l oid, r regclass", ret="boolean", body="l = r::oid"), ())
+    loot.execute("CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = regclass, "
+                 "FUNCTION = public.trap)", ())
+    loot.execute("CREATE TABLE public.counters (id serial PRIMARY KEY)", ())
+    backend.set_grants("clerks", "counters", frozenset({"INSERT"}))
+    assert _looted(pg) == []  # not "postgres" (the service role, here a superuser)
+
+
+def test_an_admins_function_never_runs_in_the_integrity_check(backend: PostgreSQLBackend,
+                                                              pg: PostgresServer,
+                                                              loot: StorageConnection) -> None:
+    with superuser(pg) as su:
+        su.execute("CREATE EXTENSION IF NOT EXISTS amcheck SCHEMA public")
+    loot.execute(_TRAP.format(args="i oid", ret="void", body="").replace("trap",
+                                                                         "bt_index_check"), ())
+    assert backend.integrity_check() == "ok"
+    assert _looted(pg) == []

@@ -873,6 +873,10 @@ class PostgreSQLBackend(Backend):
         options = str(self._dsn_parts.get("options", "") or "")
         lock_ms = max(1, int(settings.busy_timeout_seconds * 1000))
         self._group_options = f"{options} -c lock_timeout={lock_ms}".strip()
+        # The service role resolves names in pg_catalog only: an admin's function or operator
+        # in public (an exact match for oid = regclass, say) would otherwise run as the service
+        # role, which reads every group's password and may be a superuser.
+        self._service_options = f"{options} -c search_path=pg_catalog,pg_temp".strip()
         self._roles: dict[str, tuple[str, str]] = {}   # group -> (role, password)
         self._roles_lock = threading.Lock()
         self._serving = False  # after check(): connection errors go to the log, not to users
@@ -929,7 +933,8 @@ class PostgreSQLBackend(Backend):
         return conn
 
     def _service_connect(self, _key: str) -> psycopg.Connection[Any]:
-        extra: dict[str, Any] = {"application_name": "casemate (service)"}
+        extra: dict[str, Any] = {"application_name": "casemate (service)",
+                                 "options": self._service_options}
         if "connect_timeout" not in self._dsn_parts:
             extra["connect_timeout"] = 10
         if self._secret is not None:
@@ -1328,7 +1333,7 @@ class PostgreSQLBackend(Backend):
             self._changed(conn)
             if table.startswith(METHOD_PREFIX) or builtin:
                 return  # method rights are Casemate's; built-in groups' table rights are fixed
-            tbl = pgsql.Identifier(*table.split(".", 1))
+            tbl = pgsql.Identifier(*(table.split(".", 1) if "." in table else ("public", table)))
             conn.execute(pgsql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(tbl, role))
             table_privs = sorted(privileges & {"SELECT", "INSERT", "UPDATE", "DELETE"})
             if table_privs:
@@ -1385,13 +1390,17 @@ class PostgreSQLBackend(Backend):
 
     def integrity_check(self) -> str:
         """B-tree checks with amcheck when installed; PostgreSQL checks its pages itself."""
-        if not self._q("SELECT 1 FROM pg_extension WHERE extname = 'amcheck'"):
+        found = self._q("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = "
+                        "e.extnamespace WHERE e.extname = 'amcheck'")
+        if not found:
             return "ok"
+        check = pgsql.Identifier(found[0][0], "bt_index_check")  # its schema: not on our path
         try:
-            self._q("SELECT bt_index_check(c.oid) FROM pg_index i JOIN pg_class c ON "
+            self._q(pgsql.SQL("SELECT {}(c.oid::regclass) FROM pg_index i JOIN pg_class c ON "
                     "c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam JOIN pg_namespace n "
                     "ON n.oid = c.relnamespace WHERE a.amname = 'btree' AND n.nspname IN "
-                    "('public', 'casemate') AND c.relpersistence <> 't' AND i.indisvalid")
+                    "('public', 'casemate') AND c.relpersistence <> 't' AND i.indisvalid"
+                    ).format(check))
         except StorageError as e:
             if e.code == "42501":
                 log.info("integrity check: amcheck not permitted for this role: %s", e.message)
