@@ -438,3 +438,22 @@ def test_an_admins_function_never_runs_in_the_integrity_check(backend: PostgreSQ
                                                                          "bt_index_check"), ())
     assert backend.integrity_check() == "ok"
     assert _looted(pg) == []
+
+
+@pytest.mark.parametrize("sql", ["SELECT 1 FROM casemate.users", "INSERT INTO orders VALUES (1)",
+                                 "SELECT 1/0", "SELECT * FROM no_such_table"])
+def test_a_failed_statement_keeps_no_pooled_connection(backend: PostgreSQLBackend,
+                                                       sql: str) -> None:
+    """Outside a transaction, a statement PostgreSQL refused left its connection with the
+    session: a few such idle sessions held the whole pool (53300 for every other session)."""
+    a = session(backend, "readonly")  # one pooled connection in this module
+    b = session(backend, "admin")
+    try:
+        with pytest.raises(StorageError):
+            a.execute(sql, ())
+        with pytest.raises(StorageError):
+            a.executemany(sql.replace("VALUES (1)", "VALUES (?)"), [(1,)])
+        assert rows(b, "SELECT 1") == [(1,)]
+    finally:
+        a.close()
+        b.close()

@@ -596,6 +596,13 @@ class _Connection(StorageConnection):
 
     # -- statements --
     def execute(self, sql: str, params: Sequence[Any]) -> StorageCursor:
+        try:
+            return self._execute(sql, params)
+        except Exception:
+            self._give_back()  # outside a transaction a failed statement keeps no connection
+            raise
+
+    def _execute(self, sql: str, params: Sequence[Any]) -> StorageCursor:
         kind = self._statement(sql)
         p = self._take()
         bound = self._bind(p, kind, params)
@@ -676,6 +683,13 @@ class _Connection(StorageConnection):
             self._phys.close_all = True
 
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
+        try:
+            return self._executemany(sql, seq)
+        except Exception:
+            self._give_back()
+            raise
+
+    def _executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
         text = self._statement(sql).text
         rows = [_params(p) for p in seq]
         if not rows:
