@@ -457,3 +457,23 @@ def test_a_failed_statement_keeps_no_pooled_connection(backend: PostgreSQLBacken
     finally:
         a.close()
         b.close()
+
+
+def test_a_failed_commit_keeps_no_pooled_connection(backend: PostgreSQLBackend,
+                                                    pg: PostgresServer) -> None:
+    admin = session(backend, "admin")
+    admin.execute("CREATE TABLE deferred_keys (id int UNIQUE DEFERRABLE INITIALLY DEFERRED)", ())
+    admin.close()
+    a, b = session(backend, "readwrite"), session(backend, "admin")
+    try:
+        a.begin()
+        a.executemany("INSERT INTO deferred_keys VALUES (?)", [(1,), (1,)])
+        with pytest.raises(StorageError) as e:
+            a.commit()  # the constraint is checked now
+        assert e.value.code == "23505"
+        assert rows(b, "SELECT count(*) FROM deferred_keys") == [(0,)]
+    finally:
+        a.close()
+        b.close()
+        with superuser(pg) as su:
+            su.execute("DROP TABLE deferred_keys")

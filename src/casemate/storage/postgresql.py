@@ -547,6 +547,9 @@ class _Connection(StorageConnection):
     def _end(self, what: str) -> None:
         try:
             self._finish(what)
+        except Exception:
+            self._give_back()  # a failed COMMIT (a deferred constraint) ended the transaction
+            raise
         finally:
             self.note_transaction()
 
