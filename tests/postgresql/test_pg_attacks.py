@@ -378,6 +378,7 @@ def test_a_late_cancel_never_reaches_the_next_session(backend: PostgreSQLBackend
     t = threading.Thread(target=a.interrupt)  # the statement timer fires as a finishes
     t.start()
     time.sleep(0.1)
+    a.arm()  # as the server does before every call
     a.rollback()
     a.close()
     b = session(backend, "clerks")
@@ -477,3 +478,45 @@ def test_a_failed_commit_keeps_no_pooled_connection(backend: PostgreSQLBackend,
         b.close()
         with superuser(pg) as su:
             su.execute("DROP TABLE deferred_keys")
+
+
+def test_an_interrupt_before_the_statement_reaches_postgresql_stops_it(
+        backend: PostgreSQLBackend) -> None:
+    """The statement timer may fire while the statement is parsed or waits for a connection:
+    PostgreSQL ignores a cancel that comes before the statement, which then ran unbounded."""
+    c = session(backend, "readonly")
+    try:
+        for in_transaction in (False, True):
+            if in_transaction:
+                c.begin()
+                rows(c, "SELECT 1")  # holds its connection: the cancel goes to an idle one
+            c.arm()
+            c.interrupt()
+            time.sleep(0.3)
+            t0 = time.monotonic()
+            with pytest.raises(StorageError) as e:
+                c.execute("SELECT pg_sleep(3)", ())
+            assert e.value.code == "57014" and time.monotonic() - t0 < 1.5
+            c.arm()  # the next call runs again
+            if in_transaction:
+                c.rollback()
+            assert rows(c, "SELECT 1") == [(1,)]
+    finally:
+        c.close()
+
+
+def test_an_interrupt_stops_a_statement_on_its_way(backend: PostgreSQLBackend) -> None:
+    c = session(backend, "readonly")
+    try:
+        c.begin()
+        rows(c, "SELECT 1")
+        c.arm()
+        threading.Timer(0.2, c.interrupt).start()
+        t0 = time.monotonic()
+        with pytest.raises(StorageError) as e:
+            c.execute("SELECT pg_sleep(5)", ())
+        assert e.value.code == "57014" and time.monotonic() - t0 < 2
+        c.arm()
+        c.rollback()
+    finally:
+        c.close()

@@ -69,6 +69,7 @@ SCHEMA_VERSION = 1
 FIRST_FETCH = 256          # rows fetched with the DECLARE, in the same round trip
 GRANTS_CACHE_SECONDS = 1.0  # how stale another server's method grants may be seen
 IDLE_LIFETIME = 300.0      # idle pooled connections older than this are closed
+CANCEL_RETRY = 0.1         # an interrupted statement still running is cancelled again after
 RESET_WAIT = 10.0          # a pooled connection whose DISCARD ALL takes longer is closed
 RIGHTS_CHANNEL = "casemate_rights"  # NOTIFY channel: users, groups or grants changed
 _INIT_LOCK = 0x6361736D    # pg_advisory_xact_lock key serializing `casemate init`s
@@ -418,6 +419,8 @@ class _Connection(StorageConnection):
         # _give_back() detaches the connection under it: a cancel never targets a connection
         # already on its way to the pool (and another session's statement).
         self._handoff = threading.Lock()
+        self._stopped = False  # interrupt() until the next arm(): nothing more goes out
+        self._round_trip: _Phys | None = None  # the connection a statement is on its way on
 
     # -- state --
     @property
@@ -489,7 +492,18 @@ class _Connection(StorageConnection):
             self._begin_pending = False
         return pre
 
-    def _guard(self, p: _Phys, work: Callable[[], T]) -> T:
+    def arm(self, inline_seconds: float = 0.0) -> None:
+        with self._handoff:
+            self._stopped = False
+
+    def _guard(self, p: _Phys, work: Callable[[], T], statement: bool = False) -> T:
+        """Run ``work`` (a round trip on ``p``): PostgreSQL's errors as StorageError; a
+        ``statement`` interrupted before it went out does not start."""
+        with self._handoff:
+            if statement and self._stopped:
+                self._stopped = False  # this statement was the one to stop
+                raise StorageError("canceling statement due to user request", "57014")
+            self._round_trip = p
         try:
             return work()
         except psycopg.Error as e:
@@ -501,8 +515,14 @@ class _Connection(StorageConnection):
             if not p.usable or p.conn.info.transaction_status == TransactionStatus.ACTIVE:
                 self._broken(p)  # interrupted mid round trip (a method over its time limit)
             raise
+        finally:
+            with self._handoff:
+                self._round_trip = None
+                if statement:
+                    self._stopped = False
 
-    def _send(self, statements: list[str], prefix: bool = True) -> psycopg.Cursor[Any]:
+    def _send(self, statements: list[str], prefix: bool = True, statement: bool = False
+              ) -> psycopg.Cursor[Any]:
         """Run ``statements`` in one round trip; return the cursor at the last result."""
         p = self._take()
         pre = self._prefix(p) if prefix else []
@@ -514,7 +534,7 @@ class _Connection(StorageConnection):
             while cur.nextset():
                 pass
             return cur
-        return self._guard(p, run)
+        return self._guard(p, run, statement)
 
     def _bind(self, p: _Phys, st: Statement, params: Sequence[Any]) -> str:
         _check_lexing(p)
@@ -618,7 +638,7 @@ class _Connection(StorageConnection):
             owed = self._prefix(p)
             if owed:
                 self._send(owed, prefix=False)
-        result = _PlainCursor(self._send([bound]))
+        result = _PlainCursor(self._send([bound], statement=True))
         self.note_transaction(sql, result.rowcount > 0)
         if p.conn.info.transaction_status == _IDLE:  # a COMMIT or ROLLBACK sent as SQL
             self._savepoints.clear()
@@ -633,7 +653,7 @@ class _Connection(StorageConnection):
         name = f"casemate_{next(_cursor_ids)}"
         in_txn = self.in_transaction
         first = self._send([f'DECLARE "{name}" NO SCROLL CURSOR WITH HOLD FOR {bound}',
-                            f'FETCH FORWARD {FIRST_FETCH} FROM "{name}"'])
+                            f'FETCH FORWARD {FIRST_FETCH} FROM "{name}"'], statement=True)
         cursor = _ServerCursor(self, p, name, len(self._savepoints) if in_txn else -1, first)
         if cursor.exhausted:
             cursor.closed = True
@@ -646,7 +666,8 @@ class _Connection(StorageConnection):
         if not self._exists(cursor):
             raise StorageError(f"cursor {cursor.name} no longer exists (its transaction or "
                                "savepoint was rolled back)", "34000")
-        cur = self._send([f'FETCH FORWARD {int(n)} FROM "{cursor.name}"'], prefix=False)
+        cur = self._send([f'FETCH FORWARD {int(n)} FROM "{cursor.name}"'], prefix=False,
+                         statement=True)
         return list(cur.fetchall())
 
     def _cursor_done(self, cursor: _ServerCursor) -> None:
@@ -710,7 +731,7 @@ class _Connection(StorageConnection):
                 else:
                     cur.executemany(text, rows)
                 return max(cur.rowcount, 0)
-        n = self._guard(p, run)
+        n = self._guard(p, run, statement=True)
         self.note_transaction(sql, n > 0)
         self._give_back()
         return n
@@ -718,13 +739,19 @@ class _Connection(StorageConnection):
     def interrupt(self) -> None:
         """Cancel the running statement (from another thread; never blocks the caller)."""
         with self._handoff:
+            self._stopped = True
             p = self._phys
             if p is None or not self._cancelling.acquire(blocking=False):
                 return
 
         def cancel() -> None:
             try:
-                p.conn.cancel_safe(timeout=5)
+                while True:  # PostgreSQL ignores a cancel that comes before the statement
+                    p.conn.cancel_safe(timeout=5)
+                    time.sleep(CANCEL_RETRY)
+                    with self._handoff:
+                        if self._round_trip is not p or not self._stopped:
+                            break
             except (psycopg.Error, OSError):
                 pass
             finally:
