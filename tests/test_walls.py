@@ -68,6 +68,7 @@ def test_the_root_package_still_is_the_db_api_module() -> None:
         "('2.0', 1, 'qmark')\n"
         "assert casemate.connect is d.connect and casemate.Connection is d.Connection\n"
         "assert casemate.Binary(b'x') == b'x' and casemate.Error is e.Error\n"
+        "assert set(casemate.__all__) == {'__version__', *casemate._EXPORTS}\n"
         "assert issubclass(casemate.IntegrityError, casemate.DatabaseError)\n"
         "from casemate import Cursor, Security, Warning, ROWID\n"
         "ns = {}; exec('from casemate import *', ns)\n"

@@ -38,7 +38,40 @@ _EXPORTS = {
 _SUBMODULES = frozenset({"dbapi", "errors", "client", "protocol", "tls", "settings",
                          "keepalive"})
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "__version__",
+    "apilevel",
+    "threadsafety",
+    "paramstyle",
+    "connect",
+    "Connection",
+    "Cursor",
+    "Security",
+    "Warning",
+    "Error",
+    "InterfaceError",
+    "DatabaseError",
+    "DataError",
+    "OperationalError",
+    "IntegrityError",
+    "InternalError",
+    "ProgrammingError",
+    "NotSupportedError",
+    "ProtocolError",
+    "SecurityError",
+    "Date",
+    "Time",
+    "Timestamp",
+    "DateFromTicks",
+    "TimeFromTicks",
+    "TimestampFromTicks",
+    "Binary",
+    "STRING",
+    "BINARY",
+    "NUMBER",
+    "DATETIME",
+    "ROWID",
+]
 
 if TYPE_CHECKING:  # what type checkers see; not imported at run time
     from . import client, dbapi, errors, keepalive, protocol, settings, tls  # noqa: F401
