@@ -1,0 +1,84 @@
+"""SQLite's exceptions, translated where they leave the SQLite backend.
+
+Nothing above the storage wall knows ``sqlite3`` (an import-linter contract keeps
+it that way): each public method of the backend's classes is wrapped by
+:func:`engine_boundary`, so a ``sqlite3`` exception leaves it as a
+:class:`~casemate.storage.base.StorageError` carrying Casemate's code, as the
+PostgreSQL backend's errors leave it with PostgreSQL's SQLSTATE.  What the
+backend raises on purpose (Busy, PermissionDenied, a StorageError) passes
+through unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sqlite3
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from ..errors import Codes
+from .base import StorageError
+
+__all__ = ["engine_error", "engine_boundary"]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+# SQLITE_ERROR covers many failures: only its message tells them apart.
+_ERROR_WORDS = (("not authorized", Codes.INSUFFICIENT_PRIVILEGE),
+                ("no such table", Codes.UNDEFINED_TABLE),
+                ("syntax error", Codes.SYNTAX_ERROR),
+                ("incomplete input", Codes.SYNTAX_ERROR))
+_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def engine_error(e: sqlite3.Error | sqlite3.Warning) -> StorageError:
+    """The StorageError for one of SQLite's exceptions: its message, Casemate's code."""
+    msg = str(e)
+    if isinstance(e, sqlite3.IntegrityError):
+        return StorageError(msg, Codes.INTEGRITY)
+    if isinstance(e, sqlite3.DataError):
+        return StorageError(msg, Codes.DATA)
+    if isinstance(e, sqlite3.OperationalError):
+        return _operational(e, msg)
+    if isinstance(e, sqlite3.ProgrammingError | sqlite3.Warning):
+        return StorageError(msg, Codes.PROGRAMMING)
+    if isinstance(e, sqlite3.NotSupportedError):
+        return StorageError(msg, Codes.NOT_SUPPORTED)
+    return StorageError(msg, Codes.OPERATIONAL)
+
+
+def _operational(e: sqlite3.OperationalError, msg: str) -> StorageError:
+    low = msg.lower()
+    code = getattr(e, "sqlite_errorcode", 0)
+    if code & 0xFF in _BUSY or "locked" in low or "busy" in low:
+        # Met where no retry is possible: a statement meeting the write lock raises Busy
+        # instead (the backend's _denied), and the session retries it.
+        return StorageError("database is busy: another session holds the write lock",
+                            Codes.BUSY, "roll back and retry the transaction")
+    if code == sqlite3.SQLITE_AUTH:
+        return StorageError(msg, Codes.INSUFFICIENT_PRIVILEGE)
+    for words, casemate_code in _ERROR_WORDS:
+        if words in low:
+            return StorageError(msg, casemate_code)
+    return StorageError(msg, Codes.PROGRAMMING)
+
+
+def _translated(fn: Callable[_P, _T]) -> Callable[_P, _T]:
+    @functools.wraps(fn)
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return fn(*args, **kwargs)
+        except (sqlite3.Error, sqlite3.Warning) as e:
+            raise engine_error(e) from e
+    return call
+
+
+def engine_boundary(*classes: type) -> None:
+    """Wrap every public method each class defines, so SQLite's exceptions leave it as
+    StorageError (its private helpers run inside those methods)."""
+    for cls in classes:
+        for name, fn in list(vars(cls).items()):
+            if inspect.isfunction(fn) and not name.startswith("_"):
+                setattr(cls, name, _translated(fn))
