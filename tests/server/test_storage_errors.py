@@ -103,6 +103,12 @@ def test_the_user_store(backend: SQLiteBackend) -> None:
     _translated(backend.list_users, "42000")
 
 
+def test_opening_a_data_folder_sqlite_cannot_use(tmp_path: Path) -> None:
+    (tmp_path / "data.sqlite").mkdir()  # a directory where the data file should be
+    e = _translated(lambda: SQLiteBackend(tmp_path), "42000")
+    assert "unable to open" in e.message
+
+
 # -- through a real server ---------------------------------------------------------
 
 METHODS = '''

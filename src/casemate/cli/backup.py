@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from ..database import PRIVATE_DIR, PRIVATE_FILE, PRIVATE_UMASK, make_private_dir
+from ..storage import StorageError
 from ..storage.sqlite import DATA_FILE, SYSTEM_FILE
 from ..storage.sqlite_files import Snapshot, integrity_of_file
 from .main import fail, open_folder
@@ -72,8 +73,12 @@ def backup(directory: Path, dest: Path) -> None:
         make_private_dir(d)
     dest.chmod(PRIVATE_DIR)  # also when it existed, empty
     t0 = time.monotonic()
-    pages = {name: _copy_db(folder.data_dir / name, dest / "Data" / name, name)
-             for name in (DATA_FILE, SYSTEM_FILE)}
+    try:
+        pages = {name: _copy_db(folder.data_dir / name, dest / "Data" / name, name)
+                 for name in (DATA_FILE, SYSTEM_FILE)}
+    except StorageError as e:
+        fail(f"cannot copy the database: {e.message}")
+        return
     shutil.copyfile(folder.settings_path, dest / "casemate.toml")
     check = integrity_of_file(dest / "Data" / DATA_FILE)
     info: dict[str, Any] = {

@@ -76,9 +76,9 @@ def _translated(fn: Callable[_P, _T]) -> Callable[_P, _T]:
 
 
 def engine_boundary(*classes: type) -> None:
-    """Wrap every public method each class defines, so SQLite's exceptions leave it as
-    StorageError (its private helpers run inside those methods)."""
+    """Wrap the constructor and every public method each class defines, so SQLite's
+    exceptions leave it as StorageError (its private helpers run inside those)."""
     for cls in classes:
         for name, fn in list(vars(cls).items()):
-            if inspect.isfunction(fn) and not name.startswith("_"):
+            if inspect.isfunction(fn) and (name == "__init__" or not name.startswith("_")):
                 setattr(cls, name, _translated(fn))
