@@ -9,6 +9,7 @@ interpreter each: the package root is lazy (PEP 562), so importing a lower part
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,18 +20,47 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 
 
-def _python(code: str) -> subprocess.CompletedProcess[str]:
+LINT = ("import sys; from importlinter.cli import lint_imports; "
+        "sys.exit(lint_imports(no_cache=True, no_logo=True))")
+
+
+def _python(code: str, root: Path = ROOT) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+        [str(root / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    return subprocess.run([sys.executable, "-c", code], cwd=root, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
 def test_lint_imports_keeps_every_contract() -> None:
-    r = _python("import sys; from importlinter.cli import lint_imports; "
-                "sys.exit(lint_imports(no_cache=True, no_logo=True))")
+    r = _python(LINT)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "0 broken" in r.stdout, r.stdout  # every contract ran and was kept
+
+
+@pytest.mark.parametrize(("module", "added", "contract"), [
+    # The client reached through the package root: `import casemate` is all it takes.
+    ("server/monitor.py", "def _probe() -> None:\n    import casemate\n    casemate.connect('')",
+     "server/ never imports a client"),
+    ("storage/base.py", "def _probe() -> None:\n    from .. import Error  # noqa: F401",
+     "storage/ never imports the server, a client"),
+    ("protocol/codec.py", "import asyncio  # noqa: F401", "protocol/ is sans-I/O"),
+    ("server/session.py", "import sqlite3  # noqa: F401", "only home of the database engines"),
+    ("cli/shell.py", "import psycopg  # noqa: F401", "only home of the database engines"),
+    ("client/core.py", "from ..storage import base  # noqa: F401", "clients never import"),
+    ("tls.py", "from .protocol import codec  # noqa: F401", "tls.py never imports the protocol"),
+])
+def test_each_wall_stops_an_import_across_it(tmp_path: Path, module: str, added: str,
+                                             contract: str) -> None:
+    """The contracts have teeth: the same package plus one import across a wall fails."""
+    shutil.copytree(SRC / "casemate", tmp_path / "src" / "casemate",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    with open(tmp_path / "src" / "casemate" / module, "a") as f:
+        f.write(f"\n\n{added}\n")
+    r = _python(LINT, tmp_path)
+    assert r.returncode != 0, r.stdout
+    broken = r.stdout.split("Broken contracts", 1)[-1]
+    assert contract in broken, r.stdout
 
 
 def _loaded_by(module: str) -> set[str]:
