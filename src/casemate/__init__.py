@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .version import __version__
 
@@ -113,7 +113,7 @@ if TYPE_CHECKING:  # what type checkers see; not imported at run time
     )
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     """Load a public name (or one of the old eagerly loaded subpackages) on first use."""
     if name in _SUBMODULES:  # also asked by ``from .. import tls`` before it imports tls
         return importlib.import_module(f"{__name__}.{name}")
