@@ -67,6 +67,11 @@ def _translated(call: Callable[[], Any], code: str) -> StorageError:
     ("SELECT 1; SELECT 2", (), "42000"),                       # ProgrammingError
     ("SELECT ?", (), "42000"),                                 # wrong number of parameters
     ("SELECT zeroblob(?)", (DEFAULT_MAX_VALUE + 1,), "22000"),  # DataError: too big
+    # The code comes from the error, never from a word the user wrote (matched anywhere in
+    # the message, these names once made "database is busy" or a syntax error).
+    ("SELECT * FROM busy_orders", (), "42P01"),
+    ("SELECT * FROM locked_accounts", (), "42P01"),
+    ("SELECT [syntax error]", (), "42000"),                   # no such column
 ])
 def test_a_failing_statement_leaves_as_storage_error(conn: StorageConnection, sql: str,
                                                      params: tuple[Any, ...], code: str) -> None:
@@ -152,6 +157,8 @@ def test_codes_reach_the_client_and_the_session_goes_on(server: ServerProcess) -
         cur = conn.cursor()
         for sql, cls, code in (("INSERT INTO p VALUES (1)", casemate.IntegrityError, "23000"),
                                ("SELECT * FROM nope", casemate.ProgrammingError, "42P01"),
+                               ("SELECT * FROM locked_accounts", casemate.ProgrammingError,
+                                "42P01"),
                                ("SELEC 1", casemate.ProgrammingError, "42601")):
             with pytest.raises(cls) as e:
                 cur.execute(sql)

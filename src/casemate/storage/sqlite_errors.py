@@ -25,11 +25,11 @@ __all__ = ["engine_error", "engine_boundary"]
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-# SQLITE_ERROR covers many failures: only its message tells them apart.
-_ERROR_WORDS = (("not authorized", Codes.INSUFFICIENT_PRIVILEGE),
-                ("no such table", Codes.UNDEFINED_TABLE),
-                ("syntax error", Codes.SYNTAX_ERROR),
-                ("incomplete input", Codes.SYNTAX_ERROR))
+# SQLITE_ERROR covers many failures: only its message tells them apart, by how it
+# starts or ends (never by a word anywhere in it: that may be the user's table name).
+_NO_SUCH_TABLE = "no such table:"
+_NEAR, _SYNTAX_ERROR = 'near "', ": syntax error"  # near "SELEC": syntax error
+_INCOMPLETE = "incomplete input"
 _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
@@ -50,18 +50,18 @@ def engine_error(e: sqlite3.Error | sqlite3.Warning) -> StorageError:
 
 
 def _operational(e: sqlite3.OperationalError, msg: str) -> StorageError:
-    low = msg.lower()
     code = getattr(e, "sqlite_errorcode", 0)
-    if code & 0xFF in _BUSY or "locked" in low or "busy" in low:
+    if code & 0xFF in _BUSY:
         # Met where no retry is possible: a statement meeting the write lock raises Busy
         # instead (the backend's _denied), and the session retries it.
         return StorageError("database is busy: another session holds the write lock",
                             Codes.BUSY, "roll back and retry the transaction")
-    if code == sqlite3.SQLITE_AUTH:
+    if code == sqlite3.SQLITE_AUTH:  # "not authorized"
         return StorageError(msg, Codes.INSUFFICIENT_PRIVILEGE)
-    for words, casemate_code in _ERROR_WORDS:
-        if words in low:
-            return StorageError(msg, casemate_code)
+    if msg.startswith(_NO_SUCH_TABLE):
+        return StorageError(msg, Codes.UNDEFINED_TABLE)
+    if (msg.startswith(_NEAR) and msg.endswith(_SYNTAX_ERROR)) or msg == _INCOMPLETE:
+        return StorageError(msg, Codes.SYNTAX_ERROR)
     return StorageError(msg, Codes.PROGRAMMING)
 
 
