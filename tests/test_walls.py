@@ -110,7 +110,7 @@ def test_the_root_package_still_is_the_db_api_module() -> None:
     names = set(json.loads(r.stdout))
     assert {"connect", "Connection", "Cursor", "Error", "Warning", "apilevel", "threadsafety",
             "paramstyle", "Binary", "Timestamp", "STRING", "ROWID", "Security",
-            "ProtocolError", "SecurityError", "__version__"} <= names
+            "ProtocolError", "SecurityError", "Json", "__version__"} <= names
 
 
 def test_a_bare_import_still_reaches_the_subpackages_it_used_to_load() -> None:

@@ -29,6 +29,7 @@ _EXPORTS = {
          "Date", "Time", "Timestamp", "DateFromTicks", "TimeFromTicks", "TimestampFromTicks",
          "Binary", "STRING", "BINARY", "NUMBER", "DATETIME", "ROWID"), "dbapi"),
     "Security": "client.params",
+    "Json": "protocol.codec",
     **dict.fromkeys(
         ("Warning", "Error", "InterfaceError", "DatabaseError", "DataError",
          "OperationalError", "IntegrityError", "InternalError", "ProgrammingError",
@@ -48,6 +49,7 @@ __all__ = [
     "Connection",
     "Cursor",
     "Security",
+    "Json",
     "Warning",
     "Error",
     "InterfaceError",
@@ -111,6 +113,7 @@ if TYPE_CHECKING:  # what type checkers see; not imported at run time
         SecurityError,
         Warning,
     )
+    from .protocol.codec import Json
 
 
 def __getattr__(name: str) -> object:
@@ -136,6 +139,9 @@ def _source(where: str) -> ModuleType:
     if where == "client.params":
         import casemate.client.params
         return casemate.client.params
+    if where == "protocol.codec":
+        import casemate.protocol.codec
+        return casemate.protocol.codec
     import casemate.errors
     return casemate.errors
 

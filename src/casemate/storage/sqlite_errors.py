@@ -20,7 +20,7 @@ from typing import ParamSpec, TypeVar
 from ..errors import Codes
 from .base import StorageError
 
-__all__ = ["engine_error", "engine_boundary"]
+__all__ = ["engine_error", "engine_boundary", "translated"]
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -65,7 +65,8 @@ def _operational(e: sqlite3.OperationalError, msg: str) -> StorageError:
     return StorageError(msg, Codes.PROGRAMMING)
 
 
-def _translated(fn: Callable[_P, _T]) -> Callable[_P, _T]:
+def translated(fn: Callable[_P, _T]) -> Callable[_P, _T]:
+    """``fn``, with SQLite's exceptions leaving it as StorageError."""
     @functools.wraps(fn)
     def call(*args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
@@ -81,4 +82,4 @@ def engine_boundary(*classes: type) -> None:
     for cls in classes:
         for name, fn in list(vars(cls).items()):
             if inspect.isfunction(fn) and (name == "__init__" or not name.startswith("_")):
-                setattr(cls, name, _translated(fn))
+                setattr(cls, name, translated(fn))

@@ -1,9 +1,10 @@
 """Whole SQLite database files, handled outside a running server.
 
 ``casemate backup`` copies ``Data/*.sqlite`` with SQLite's online backup API and
-checks the copy; that work opens the engine directly, so it lives here, in the
-only part that imports ``sqlite3`` (docs/architecture.md), and the CLI keeps the
-folders, the progress bar and the messages.
+checks the copy; ``casemate check`` reads a data file for rounded decimals.  That
+work opens the engine directly, so it lives here, in the only part that imports
+``sqlite3`` (docs/architecture.md); the CLI keeps the folders, the progress bar
+and the messages.  SQLite's exceptions leave this module as StorageError.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from pathlib import Path
 from types import TracebackType
 
 from . import sqlite_types
-from .sqlite_errors import engine_boundary
+from .sqlite_errors import engine_boundary, translated
 
-__all__ = ["Snapshot", "integrity_of_file"]
+__all__ = ["Snapshot", "integrity_of_file", "rounded_decimal_columns_of_file"]
 
 PAGES_PER_STEP = 256
 
@@ -61,6 +62,7 @@ class Snapshot:
         self.close()
 
 
+@translated
 def integrity_of_file(path: Path) -> str:
     """``"ok"`` or the damage SQLite finds in a file no one writes (a backup); reads it
     as it is, creating no -wal/-shm files beside it."""
@@ -70,6 +72,17 @@ def integrity_of_file(path: Path) -> str:
         return "; ".join(r[0] for r in db.execute("PRAGMA integrity_check").fetchall())
     except sqlite3.DatabaseError as e:
         return str(e)
+    finally:
+        db.close()
+
+
+@translated
+def rounded_decimal_columns_of_file(path: Path) -> list[tuple[str, str, int]]:
+    """:func:`sqlite_types.rounded_decimal_columns` of a data file, opened read-only
+    (it creates nothing)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return sqlite_types.rounded_decimal_columns(db)
     finally:
         db.close()
 
