@@ -188,3 +188,23 @@ def test_a_server_method_catches_a_failing_statement_as_storage_error(
             conn.call("insert", 1)
         assert e.value.code == "23000"
         conn.rollback()
+
+
+def test_the_asyncio_client_gets_the_same_codes(server: ServerProcess) -> None:
+    import asyncio
+
+    import casemate.aio
+
+    async def main() -> None:
+        conn = await casemate.aio.connect(server.url)
+        try:
+            for sql, code in (("SELECT * FROM locked_accounts", "42P01"),
+                              ("INSERT INTO p VALUES (1)", "23000"), ("SELEC 1", "42601")):
+                with pytest.raises(casemate.Error) as e:
+                    await conn.execute(sql)
+                assert e.value.code == code
+                await conn.rollback()
+            assert await conn.fetch("SELECT 1") == [(1,)]
+        finally:
+            await conn.close()
+    asyncio.run(main())
