@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -23,39 +22,28 @@ from typing import Any
 import click
 
 from ..database import PRIVATE_DIR, PRIVATE_FILE, PRIVATE_UMASK, make_private_dir
-from ..storage import sqlite_types
+from ..storage import StorageError
 from ..storage.sqlite import DATA_FILE, SYSTEM_FILE
+from ..storage.sqlite_files import Snapshot, integrity_of_file
 from .main import fail, open_folder
 from .pidfile import running_pid
 
 INFO_FILE = "BACKUP_INFO.json"
-PAGES_PER_STEP = 256
 
 
 def _copy_db(src_path: Path, dst_path: Path, label: str) -> int:
     """Online, consistent copy of one SQLite file; returns its page count."""
-    src = sqlite3.connect(src_path, isolation_level=None, timeout=30)
-    dst = sqlite3.connect(dst_path)
-    try:
-        src.execute("BEGIN")  # one snapshot for the whole copy: writers never restart it
-        src.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        total = src.execute("PRAGMA page_count").fetchone()[0]
-        show = sys.stdout.isatty()
-        with click.progressbar(length=max(total, 1), label=f"Copying {label}",
-                               file=None if show else open(os.devnull, "w")) as bar:  # noqa: SIM115
-            done = [0]
+    show = sys.stdout.isatty()
+    with Snapshot(src_path) as snap, click.progressbar(
+            length=max(snap.pages, 1), label=f"Copying {label}",
+            file=None if show else open(os.devnull, "w")) as bar:  # noqa: SIM115
+        done = [0]
 
-            def progress(status: int, remaining: int, pages: int) -> None:
-                now = pages - remaining
-                bar.update(now - done[0])
-                done[0] = now
-            src.backup(dst, pages=PAGES_PER_STEP, progress=progress)
-        src.execute("COMMIT")
-        dst.execute("PRAGMA journal_mode=DELETE")  # a backup is one self-contained file
-        return int(total)
-    finally:
-        src.close()
-        dst.close()
+        def progress(now: int) -> None:
+            bar.update(now - done[0])
+            done[0] = now
+        snap.copy_to(dst_path, progress)
+    return snap.pages
 
 
 def _sha256(path: Path) -> str:
@@ -64,18 +52,6 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _integrity(path: Path) -> str:
-    # immutable: read the file as it is, creating no -wal/-shm files beside it
-    db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
-    sqlite_types.install(db)  # the typed columns' CHECKs and collation name its functions
-    try:
-        return "; ".join(r[0] for r in db.execute("PRAGMA integrity_check").fetchall())
-    except sqlite3.DatabaseError as e:
-        return str(e)
-    finally:
-        db.close()
 
 
 @click.command()
@@ -97,10 +73,14 @@ def backup(directory: Path, dest: Path) -> None:
         make_private_dir(d)
     dest.chmod(PRIVATE_DIR)  # also when it existed, empty
     t0 = time.monotonic()
-    pages = {name: _copy_db(folder.data_dir / name, dest / "Data" / name, name)
-             for name in (DATA_FILE, SYSTEM_FILE)}
+    try:
+        pages = {name: _copy_db(folder.data_dir / name, dest / "Data" / name, name)
+                 for name in (DATA_FILE, SYSTEM_FILE)}
+    except StorageError as e:
+        fail(f"cannot copy the database: {e.message}")
+        return
     shutil.copyfile(folder.settings_path, dest / "casemate.toml")
-    check = _integrity(dest / "Data" / DATA_FILE)
+    check = integrity_of_file(dest / "Data" / DATA_FILE)
     info: dict[str, Any] = {
         "source": str(folder.path.resolve()),
         "taken_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -141,7 +121,7 @@ def restore(backup_dir: Path, directory: Path) -> None:
         if name in sums and _sha256(path) != sums[name]:
             fail(f"backup file {path} fails its integrity check: it changed since the "
                  "backup was taken (SHA-256 mismatch); nothing was changed")
-        check = _integrity(path)
+        check = integrity_of_file(path)
         if check != "ok":
             fail(f"backup file {backup_dir / 'Data' / name} fails its integrity check: "
                  f"{check}; nothing was changed")

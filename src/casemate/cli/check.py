@@ -9,13 +9,13 @@ value was rounded, so Casemate reports them and changes nothing
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import click
 
-from ..storage import sqlite_types
+from ..storage import StorageError
 from ..storage.sqlite import DATA_FILE
+from ..storage.sqlite_files import rounded_decimal_columns_of_file
 from .main import fail, open_folder
 
 __all__ = ["check"]
@@ -30,14 +30,11 @@ def check(directory: Path) -> None:
         click.echo("PostgreSQL storage: numeric values are exact; nothing to check")
         return
     path = folder.data_dir / DATA_FILE
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        found = sqlite_types.rounded_decimal_columns(db)
-    except sqlite3.Error as e:
-        fail(f"cannot read {path}: {e}")
+        found = rounded_decimal_columns_of_file(path)
+    except StorageError as e:
+        fail(f"cannot read {path}: {e.message}")
         return
-    finally:
-        db.close()
     if not found:
         click.echo("ok: every DECIMAL/NUMERIC column holds exact values")
         return

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import click
 
 from ..database import DatabaseFolder, create_database
-from ..storage import sqlite_types
-from ..storage.sqlite import DATA_FILE
+from ..storage.access import Policy
 from .connect import PORT
 
 DEMO_PASSWORD = "demo"
@@ -51,13 +49,19 @@ def orders_of(db, customer_id: int) -> Rows:
 def create_demo(path: Path) -> DatabaseFolder:
     folder, _ = create_database(path, "Casemate Demo", DEMO_PASSWORD)
     (path / "Methods" / "demo.py").write_text(_METHODS)
-    with sqlite3.connect(folder.data_dir / DATA_FILE) as db:
-        sqlite_types.install(db)
-        for statement in _SCHEMA.split(";"):  # as the server creates tables (docs/types.md)
-            db.execute(sqlite_types.rewrite_ddl(statement))
-        db.executemany("INSERT INTO customers VALUES (?,?,?,?)", _CUSTOMERS)
-        db.executemany("INSERT INTO orders VALUES (?,?,?,?)", _ORDERS)
-    db.close()
+    backend = folder.backend()
+    conn = backend.connect()  # as a server's admin session writes (docs/architecture.md)
+    try:
+        conn.set_policy(Policy("admin"))
+        conn.begin()
+        for statement in filter(str.strip, _SCHEMA.split(";")):
+            conn.execute(statement, ())
+        conn.executemany("INSERT INTO customers VALUES (?,?,?,?)", _CUSTOMERS)
+        conn.executemany("INSERT INTO orders VALUES (?,?,?,?)", _ORDERS)
+        conn.commit()
+    finally:
+        conn.close()
+        backend.close()
     return folder
 
 

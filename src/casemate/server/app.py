@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from .. import __version__, continuity, tls
+from .. import continuity, tls
 from ..database import DatabaseFolder
 from ..errors import Codes, Error
 from ..keepalive import enable_keepalive
@@ -33,6 +33,7 @@ from ..methods import MethodLoadError, ServerMethod, load_methods
 from ..protocol import Msg, encode_frame
 from ..settings import Settings, SettingsError, load_settings
 from ..storage import Backend, StorageConnection, StorageError
+from ..version import __version__
 from .admission import PendingLogins, Ticket
 from .audit import AuditLog, Throttle
 from .certauth import CertUsers

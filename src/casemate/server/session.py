@@ -15,7 +15,6 @@ import itertools
 import logging
 import random
 import re
-import sqlite3
 import ssl
 import time
 import uuid
@@ -98,8 +97,9 @@ def fetch_batch(cur: StorageCursor, max_rows: int) -> tuple[bytes, int, bool, li
     return codec.pack_array_of_packed(chunks), n, True, first
 
 
-def storage_error(e: BaseException, busy_timeout: float) -> Error:
-    """Translate a storage exception into a coded error (once, at this boundary)."""
+def storage_error(e: BaseException) -> Error:
+    """A failed request's exception as the coded error sent to the client (each storage
+    backend has already given its engine's errors their codes: StorageError)."""
     msg = str(e)
     if isinstance(e, StorageError):
         return Error(e.message, e.code, e.hint)
@@ -112,35 +112,11 @@ def storage_error(e: BaseException, busy_timeout: float) -> Error:
         hint = ("an administrator can grant it: casemate group grant TARGET GROUP TABLE RIGHT"
                 if " on table " in msg else None)
         return Error(msg, Codes.INSUFFICIENT_PRIVILEGE, hint)
-    if isinstance(e, sqlite3.IntegrityError):
-        return Error(msg, Codes.INTEGRITY)
-    if isinstance(e, sqlite3.DataError):
-        return Error(msg, Codes.DATA)
-    if isinstance(e, sqlite3.OperationalError):
-        low = msg.lower()
-        if "locked" in low or "busy" in low:
-            return Error(
-                f"database is busy: another session held the write lock for more than "
-                f"{busy_timeout:g} s", Codes.BUSY,
-                "roll back and retry the transaction, or raise storage.busy_timeout_seconds")
-        if "not authorized" in low:
-            return Error(msg, Codes.INSUFFICIENT_PRIVILEGE)
-        if "no such table" in low:
-            return Error(msg, Codes.UNDEFINED_TABLE)
-        if "syntax error" in low or "incomplete input" in low:
-            return Error(msg, Codes.SYNTAX_ERROR)
-        return Error(msg, Codes.PROGRAMMING)
-    if isinstance(e, sqlite3.ProgrammingError | sqlite3.Warning):
-        return Error(msg, Codes.PROGRAMMING)
-    if isinstance(e, sqlite3.NotSupportedError):
-        return Error(msg, Codes.NOT_SUPPORTED)
     if isinstance(e, ArithmeticError | ValueError):
         return Error(msg, Codes.NUMERIC_OUT_OF_RANGE if isinstance(e, OverflowError) or
                      "64 bits" in msg else Codes.DATA)
     if isinstance(e, TypeError):
         return Error(f"malformed request: {msg}", Codes.PROTOCOL_VIOLATION)
-    if isinstance(e, sqlite3.Error):
-        return Error(msg, Codes.OPERATIONAL)
     return Error(f"internal error: {type(e).__name__}: {msg}", Codes.INTERNAL)
 
 
@@ -733,7 +709,7 @@ class Session(asyncio.Protocol):
         if isinstance(e, Error):
             self.send_error(e)
             return
-        err = storage_error(e, self.server.settings.storage.busy_timeout_seconds)
+        err = storage_error(e)
         if err.code == Codes.INSUFFICIENT_PRIVILEGE:
             self.server.audit.event("permission_refused", session=self.id, user=self.user,
                                     address=self.peer_ip, detail=err.message)
@@ -972,7 +948,7 @@ class Session(asyncio.Protocol):
             first = await guarded(lambda: self.call(fetch_batch, cur, _batch(batch),
                                                     holder=getattr(cur, "holder", None)),
                                   conn, holder, limit, name)
-        except (Error, PermissionDenied, Busy, StorageError, sqlite3.Error):
+        except (Error, PermissionDenied, Busy, StorageError):
             raise
         except BaseException as e:  # the method's own exception: type and message only
             if isinstance(e, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
@@ -1115,8 +1091,8 @@ class Session(asyncio.Protocol):
 
 
 # Request failures reported to the client as errors (the session goes on).
-_REPORTED = (Error, sqlite3.Error, StorageError, PermissionDenied, Busy, Interrupted, ValueError,
-             TypeError, ArithmeticError)
+_REPORTED = (Error, StorageError, PermissionDenied, Busy, Interrupted, ValueError, TypeError,
+             ArithmeticError)
 
 
 def _shape(body: Any, name: str, *types: type) -> tuple[Any, ...]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -35,8 +34,10 @@ __all__ = ["CasemateDialect", "connect_kwargs", "BACKENDS", "SQLITE_VERSION_INFO
 #: Stand-in for the server's SQLite version until the first connection reports the real
 #: one (``dialect.server_version_info``).  SQLAlchemy's SQLite dialect reads
 #: ``dbapi.sqlite_version_info`` when it is created, to pick SQL features; the server
-#: needs SQLite 3.35 or later (RETURNING), so that is the floor.
-SQLITE_VERSION_INFO: tuple[int, ...] = max(sqlite3.sqlite_version_info, (3, 35, 0))
+#: needs SQLite 3.35 or later (RETURNING), and SQLAlchemy 2 picks nothing by a later
+#: version, so that floor it is.  (Not the client's own sqlite3: the client never opens
+#: SQLite, and the server's library may differ.)
+SQLITE_VERSION_INFO: tuple[int, ...] = (3, 35, 0)
 
 #: Storage backends, by the name the server reports at login (``Connection.backend``),
 #: and the SQLAlchemy dialect that speaks their SQL.

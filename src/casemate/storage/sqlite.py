@@ -47,6 +47,7 @@ from .base import (
     TooLong,
     UserRecord,
 )
+from .sqlite_errors import engine_boundary
 
 __all__ = ["SQLiteBackend", "DATA_FILE", "SYSTEM_FILE"]
 
@@ -636,3 +637,7 @@ class SQLiteBackend(Backend):
     def close(self) -> None:
         with self._lock:
             self._sys.close()
+
+
+# SQLite's exceptions leave these classes as StorageError (sqlite_errors.py).
+engine_boundary(_Cursor, _Connection, SQLiteBackend)
