@@ -18,10 +18,8 @@ from casemate.settings import (
     SettingsError,
     load_settings,
     parse_settings,
-    render_default_toml,
-    render_settings_reference,
-    set_toml_value,
 )
+from casemate.settings_file import render_default_toml, render_settings_reference, set_toml_value
 
 ALL_KEYS = [(section, f.name) for section, fields in _SCHEMA.items() for f in fields]
 

@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from casemate.settings import load_settings, parse_settings, set_toml_value
+from casemate.settings import load_settings, parse_settings
+from casemate.settings_file import set_toml_value
 from tests.web import free_port, web_url
 
 # casemate.toml as the first version of `casemate init` wrote it: three sections, and none
