@@ -409,3 +409,14 @@ def test_set_toml_value_reads_headers_with_comments_and_spaces() -> None:
     text = "[ network ]  # the server\nport = 1\n[admin_web] # web\nport = 2\n"
     s = parse_toml(set_toml_value(text, "network", "port", 3))
     assert (s.network.port, s.admin_web.port) == (3, 2)
+
+
+def test_set_toml_value_replaces_a_value_written_on_several_lines() -> None:
+    text = ('[network]\nlisten = [\n  "127.0.0.1",\n  "::1",\n]\nport = 1\n'
+            '[admin_web]\nlisten = [\n  "127.0.0.1",\n]\n')
+    out = set_toml_value(text, "network", "listen", ["0.0.0.0"])
+    s = parse_toml(out)
+    assert s.network.listen == ("0.0.0.0",) and s.network.port == 1
+    assert s.admin_web.listen == ("127.0.0.1",)
+    out = set_toml_value(text, "admin_web", "session_minutes", 5)  # added after the array
+    assert parse_toml(out).admin_web.session_minutes == 5

@@ -365,18 +365,21 @@ _TOML_KINDS: dict[Any, tuple[type, ...]] = {bool: (bool,), int: (int,), float: (
                                             str: (str,), tuple: (list,)}
 
 
-def _declared(section: str, cls: type, f: dataclasses.Field[Any]) -> _Field:
+def _declared(section: str, cls: type, f: dataclasses.Field[Any], hint: Any) -> _Field:
     if "comment" not in f.metadata:
         raise TypeError(f"{cls.__name__}.{f.name}: declare it with setting(default, comment, "
                         "check)")
-    hint = typing.get_type_hints(cls)[f.name]
     kind = (dict,) if f.metadata["table"] else _TOML_KINDS[typing.get_origin(hint) or hint]
     return _Field(section, f.name, f.default, kind, **f.metadata)
 
 
 def _read_schema() -> dict[str, tuple[_Field, ...]]:
-    return {section: tuple(_declared(section, cls, f) for f in dataclasses.fields(cls))
-            for section, cls in typing.get_type_hints(Settings).items()}
+    schema = {}
+    for section, cls in typing.get_type_hints(Settings).items():
+        hints = typing.get_type_hints(cls)
+        schema[section] = tuple(_declared(section, cls, f, hints[f.name])
+                                for f in dataclasses.fields(cls))
+    return schema
 
 
 _SCHEMA = _read_schema()

@@ -8,6 +8,7 @@ setting appears in each without being written again.
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Mapping
 from typing import Any
 
@@ -76,6 +77,17 @@ def render_default_toml(values: Mapping[str, Any] | None = None, /, **by_name: A
     return "\n".join(lines)
 
 
+def _value_end(lines: list[str], i: int) -> int:
+    """The index after the last line of the ``key = value`` starting at line ``i``."""
+    for j in range(i + 1, len(lines) + 1):
+        try:
+            tomllib.loads("\n".join(lines[i:j]))
+            return j
+        except tomllib.TOMLDecodeError:
+            pass
+    return i + 1
+
+
 def set_toml_value(text: str, section: str, key: str, value: Any) -> str:
     """Return ``text`` with ``key`` in ``[section]`` set to ``value`` (comments kept).
 
@@ -87,17 +99,21 @@ def set_toml_value(text: str, section: str, key: str, value: Any) -> str:
         raise SettingsError(f"unknown setting {section}.{key}")
     lines = text.splitlines()
     current, end = None, None  # the table the line is in; where [section]'s content ends
-    for i, line in enumerate(lines):
-        stripped = line.strip()
+    i = 0
+    while i < len(lines):
+        stripped = lines[i].strip()
         if header := re.match(r"(\[?)\[\s*([A-Za-z0-9_.-]+)\s*\]", stripped):
             current = None if header[1] else header[2]  # [[array]]: keys of an element
-            if current == section:
-                end = i + 1
-        elif current == section and stripped and not stripped.startswith("#"):
-            if re.match(rf"{re.escape(key)}\s*=", stripped):
-                lines[i] = f"{key} = {_toml_value(value)}"
+            end = i + 1 if current == section else end
+        elif stripped and not stripped.startswith("#"):
+            after = _value_end(lines, i)  # a value may span lines (an array)
+            if current == section and re.match(rf"{re.escape(key)}\s*=", stripped):
+                lines[i:after] = [f"{key} = {_toml_value(value)}"]
                 return "\n".join(lines) + "\n"
-            end = i + 1
+            end = after if current == section else end
+            i = after
+            continue
+        i += 1
     added = [f"# {field.comment}", f"{key} = {_toml_value(value)}"]
     if end is None:
         lines += ["", f"[{section}]", *added]
