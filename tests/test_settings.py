@@ -59,6 +59,10 @@ def test_defaults() -> None:
     assert s.access.check_address("10.1.2.3") is None
 
 
+def test_the_declared_defaults_are_the_parsed_defaults() -> None:
+    assert Settings() == parse_settings({})  # one declaration: no second list of defaults
+
+
 def test_empty_sections_give_defaults() -> None:
     assert parse_toml("[network]\n[storage]\n[limits]\n[access]\n") == parse_settings({})
 
