@@ -4,9 +4,11 @@ Every setting is declared once, as a field of a frozen section dataclass
 below: its type, default, one-line comment and range check.  From that one
 declaration come the parsing and its error messages, the defaults of keys
 a file lacks (so files written by older versions keep loading), the
-commented file that ``casemate init`` writes and the reference in
-``docs/settings.md`` (both in :mod:`casemate.settings_file`).  Settings are read once, at server
-start.
+commented file that ``casemate init`` writes and ``docs/settings.md``
+(both in :mod:`casemate.settings_file`).  A new setting is one more
+``name: type = setting(default, comment, check)`` line (then regenerate the
+docs); a rule joining two settings goes in ``_CROSS_CHECKS``.  Settings
+are read once, at server start.
 """
 
 from __future__ import annotations
@@ -111,6 +113,8 @@ def setting(default: Any, comment: str, check: _Check | None = None, *,
 
 @dataclasses.dataclass(frozen=True)
 class AccessRule:
+    """One ``[[access.rules]]`` entry, its address parsed once."""
+
     action: str
     network: ipaddress.IPv4Network | ipaddress.IPv6Network | None  # None = any address
     text: str
