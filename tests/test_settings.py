@@ -18,8 +18,8 @@ from casemate.settings import (
     SettingsError,
     load_settings,
     parse_settings,
-    render_default_toml,
 )
+from casemate.settings_file import render_default_toml, render_settings_reference, set_toml_value
 
 ALL_KEYS = [(section, f.name) for section, fields in _SCHEMA.items() for f in fields]
 
@@ -57,6 +57,10 @@ def test_defaults() -> None:
     assert s.limits.idle_in_transaction_timeout_seconds == 60.0
     assert s.access.rules == ()
     assert s.access.check_address("10.1.2.3") is None
+
+
+def test_the_declared_defaults_are_the_parsed_defaults() -> None:
+    assert Settings() == parse_settings({})  # one declaration: no second list of defaults
 
 
 def test_empty_sections_give_defaults() -> None:
@@ -284,12 +288,31 @@ def test_render_default_with_publication_name(name: str) -> None:
 
 
 def test_render_default_overrides() -> None:
-    s = parse_toml(render_default_toml(port=0, listen=["::1"], busy_timeout_seconds=1.5,
+    s = parse_toml(render_default_toml({"network.port": 0, "network.listen": ["::1"]},
+                                       busy_timeout_seconds=1.5,
                                        encrypt_client_server_connections=True))
     assert s.network.port == 0
     assert s.network.listen == ("::1",)
     assert s.storage.busy_timeout_seconds == 1.5
     assert s.network.encrypt_client_server_connections is True
+    # The other sections' keys of the same names keep their defaults.
+    assert s.admin_web == parse_settings({}).admin_web
+
+
+def test_render_default_overrides_only_the_section_named() -> None:
+    s = parse_toml(render_default_toml({"admin_web.port": 0, "admin_web.listen": ["::1"]}))
+    assert (s.admin_web.port, s.admin_web.listen) == (0, ("::1",))
+    assert (s.network.port, s.network.listen) == (DEFAULT_PORT, ("127.0.0.1",))
+
+
+@pytest.mark.parametrize("name", ["port", "listen"])
+def test_render_default_refuses_a_name_in_two_sections(name: str) -> None:
+    # It used to set network.port and admin_web.port both: the web page then took the port
+    # of the database server (or both 0), and a second init option silently won.
+    with pytest.raises(TypeError, match=f"network.{name}, admin_web.{name}"):
+        render_default_toml(**{name: 0})
+    with pytest.raises(TypeError, match="unknown setting"):
+        render_default_toml({"network.prot": 0})
 
 
 def test_set_values_round_trip_through_the_file(tmp_path: Path) -> None:
@@ -341,3 +364,63 @@ def test_postgresql_backend_needs_a_dsn() -> None:
     with pytest.raises(SettingsError) as e:
         parse_toml('[storage]\nbackend = "postgresql"\n')
     assert "storage.dsn" in str(e.value)
+
+
+def test_listen_addresses_are_checked_in_every_section() -> None:
+    for section in ("network", "admin_web"):
+        msg = error_for(f'[{section}]\nlisten = ["[::1]"]\n')
+        assert f"{section}.listen = ['[::1]'] is not valid: expected" in msg
+        assert "without brackets or spaces: '[::1]'" in msg
+
+
+# -- one declaration: the docs and set_toml_value -------------------------------------------
+
+
+def test_docs_settings_reference_matches_the_code() -> None:
+    docs = Path(__file__).parents[1] / "docs" / "settings.md"
+    assert docs.read_text(encoding="utf-8") == render_settings_reference(), (
+        "docs/settings.md is stale; regenerate it with the command in its first comment")
+    for section, key in ALL_KEYS:
+        assert f"| `{key}` |" in render_settings_reference().split(f"## [{section}]")[1]
+
+
+def test_every_attribute_is_a_declared_setting() -> None:
+    for section in dataclasses.fields(Settings):
+        names = [f.name for f in dataclasses.fields(getattr(parse_settings({}), section.name))]
+        assert names == [f.name for f in _SCHEMA[section.name]]
+
+
+def test_set_toml_value_sets_only_its_section() -> None:
+    text = set_toml_value(render_default_toml(), "admin_web", "port", 0)
+    s = parse_toml(text)
+    assert s.admin_web.port == 0 and s.network.port == DEFAULT_PORT
+    assert text.count("port = 0") == 1
+
+
+def test_set_toml_value_leaves_array_tables_alone() -> None:
+    text = ('[access]\nmax_sessions_per_address = 5\n[[access.rules]]\naction = "allow"\n'
+            'from = "*"\n')
+    # "action" is a key of a rule, not of [access]: unknown, and the rule is untouched
+    with pytest.raises(SettingsError, match="unknown setting access.action"):
+        set_toml_value(text, "access", "action", "deny")
+    out = set_toml_value(text, "access", "throttle_after_failures", 4)
+    s = parse_toml(out)
+    assert s.access.throttle_after_failures == 4 and s.access.max_sessions_per_address == 5
+    assert [r.action for r in s.access.rules] == ["allow"]
+
+
+def test_set_toml_value_reads_headers_with_comments_and_spaces() -> None:
+    text = "[ network ]  # the server\nport = 1\n[admin_web] # web\nport = 2\n"
+    s = parse_toml(set_toml_value(text, "network", "port", 3))
+    assert (s.network.port, s.admin_web.port) == (3, 2)
+
+
+def test_set_toml_value_replaces_a_value_written_on_several_lines() -> None:
+    text = ('[network]\nlisten = [\n  "127.0.0.1",\n  "::1",\n]\nport = 1\n'
+            '[admin_web]\nlisten = [\n  "127.0.0.1",\n]\n')
+    out = set_toml_value(text, "network", "listen", ["0.0.0.0"])
+    s = parse_toml(out)
+    assert s.network.listen == ("0.0.0.0",) and s.network.port == 1
+    assert s.admin_web.listen == ("127.0.0.1",)
+    out = set_toml_value(text, "admin_web", "session_minutes", 5)  # added after the array
+    assert parse_toml(out).admin_web.session_minutes == 5

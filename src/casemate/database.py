@@ -16,7 +16,8 @@ from pathlib import Path
 from scramp import ScramMechanism
 
 from . import tls
-from .settings import Settings, load_settings, render_default_toml
+from .settings import Settings, load_settings
+from .settings_file import render_default_toml
 from .storage import Backend, UserRecord, open_backend
 
 __all__ = ["DatabaseFolder", "DatabaseError", "create_database", "make_verifier",

@@ -1,18 +1,23 @@
 """``casemate.toml`` -> frozen :class:`Settings`, with an error naming key, value and what is allowed.
 
-The schema below is the single source of truth: it validates the file, it
-gives defaults for missing keys, and :func:`render_default_toml` writes the
-commented file that ``casemate init`` creates.  Settings are read once, at
-server start.
+Every setting is declared once, as a field of a frozen section dataclass
+below: its type, default, one-line comment and range check.  From that one
+declaration come the parsing and its error messages, the defaults of keys
+a file lacks (so files written by older versions keep loading), the
+commented file that ``casemate init`` writes and ``docs/settings.md``
+(both in :mod:`casemate.settings_file`).  A new setting is one more
+``name: type = setting(default, comment, check)`` line (then regenerate the
+docs); a rule joining two settings goes in ``_CROSS_CHECKS``.  Settings
+are read once, at server start.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import re
 import tomllib
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +28,13 @@ __all__ = [
     "NetworkSettings",
     "StorageSettings",
     "LimitsSettings",
+    "MethodsSettings",
     "AccessSettings",
     "AuthSettings",
     "AdminWebSettings",
     "AccessRule",
     "load_settings",
     "parse_settings",
-    "render_default_toml",
-    "set_toml_value",
 ]
 
 DEFAULT_PORT = 19812
@@ -41,295 +45,76 @@ class SettingsError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Field:
-    name: str
-    default: Any
-    kind: type | tuple[type, ...]
-    comment: str
-    check: Callable[[Any], str | None] | None = None  # returns "what is allowed" on failure
-    example: tuple[str, ...] = ()  # rendered commented out instead of "key = default"
+class _Check:
+    """A value rule: ``allowed`` is what the error message and the docs say is allowed."""
+
+    allowed: str
+    problem: Callable[[Any], str | None]  # None: valid; else a detail added to ``allowed``
 
 
-def _range(lo: float, hi: float) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        return None if lo <= v <= hi else f"a number from {lo} to {hi}"
-    return check
+def _range(lo: float, hi: float) -> _Check:
+    return _Check(f"a number from {lo} to {hi}", lambda v: None if lo <= v <= hi else "")
 
 
-def _choice(*options: str) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        return None if v in options else "one of " + ", ".join(repr(o) for o in options)
-    return check
+def _choice(*options: str) -> _Check:
+    return _Check("one of " + ", ".join(repr(o) for o in options),
+                  lambda v: None if v in options else "")
 
 
-def _listen_list(v: Any) -> str | None:
+def _listen_problem(v: Any) -> str | None:
     if not v or not all(isinstance(x, str) and x for x in v):
-        return "a non-empty list of host names or IP addresses, e.g. [\"127.0.0.1\", \"::1\"]"
-    return None
+        return ""
+    bad = [a for a in v if a.startswith("[") or " " in a]
+    return f" (without brackets or spaces: {bad[0]!r})" if bad else None
 
 
-def _nonempty(v: Any) -> str | None:
-    return None if v.strip() else "a non-empty string"
+_LISTEN = _Check('a non-empty list of host names or IP addresses, e.g. ["127.0.0.1", "::1"]',
+                 _listen_problem)
+_NONEMPTY = _Check("a non-empty string", lambda v: None if v.strip() else "")
 
 
-_RULES_HELP = ('a list of [[access.rules]] tables, each with action = "allow" or "deny" and '
-               'from = an address, a CIDR such as "10.0.0.0/8" or "::1/128", or "*"')
-
-
-def _rules(v: Any) -> str | None:
+def _rules_problem(v: Any) -> str | None:
     for r in v:
         if not isinstance(r, dict) or set(r) != {"action", "from"}:
-            return _RULES_HELP
+            return ""
         if r["action"] not in ("allow", "deny") or not isinstance(r["from"], str):
-            return _RULES_HELP
+            return ""
         if r["from"] != "*":
             try:
                 ipaddress.ip_network(r["from"], strict=False)
             except ValueError:
-                return _RULES_HELP + f" (not an address or CIDR: {r['from']!r})"
+                return f" (not an address or CIDR: {r['from']!r})"
     return None
 
 
 AUTH_METHODS = ("scram", "certificate", "certificate+scram")
+_METHODS_TABLE = _Check("a table of names to one of " + ", ".join(repr(m) for m in AUTH_METHODS),
+                        lambda v: None if all(isinstance(k, str) and m in AUTH_METHODS
+                                              for k, m in v.items()) else "")
+_RULES = _Check('a list of [[access.rules]] tables, each with action = "allow" or "deny" and '
+                'from = an address, a CIDR such as "10.0.0.0/8" or "::1/128", or "*"',
+                _rules_problem)
 
 
-def _methods_table(v: Any) -> str | None:
-    if all(isinstance(k, str) and m in AUTH_METHODS for k, m in v.items()):
-        return None
-    return "a table of names to one of " + ", ".join(repr(m) for m in AUTH_METHODS)
+def setting(default: Any, comment: str, check: _Check | None = None, *,
+            convert: Callable[[Any], Any] | None = None, table: bool = False,
+            example: tuple[str, ...] = ()) -> Any:
+    """Declare one setting: a dataclass field carrying what the file, the checks and docs need.
 
-
-_SCHEMA: dict[str, list[_Field]] = {
-    "network": [
-        _Field("publication_name", "Casemate", str,
-               "Name under which the server publishes this database (also the certificate subject).",
-               _nonempty),
-        _Field("listen", ["127.0.0.1"], list,
-               "Addresses to listen on; use [\"0.0.0.0\", \"::\"] to accept remote workstations.",
-               _listen_list),
-        _Field("port", DEFAULT_PORT, int,
-               f"TCP port (Casemate's default is {DEFAULT_PORT}; 0 picks a free port).",
-               _range(0, 65535)),
-        _Field("encrypt_client_server_connections", False, bool,
-               "Encrypt all client/server connections with TLS (takes effect at the next start)."),
-        _Field("min_tls_version", "1.2", str,
-               "Lowest TLS version accepted when encryption is on: \"1.2\" or \"1.3\".",
-               _choice("1.2", "1.3")),
-        _Field("require_client_certificate", False, bool,
-               "When encrypted, also require a client certificate signed by Resources/client-ca.pem."),
-        _Field("event_loop", "auto", str,
-               "Event loop of the server: \"uvloop\" (faster; pip install 'casemate[uvloop]'), "
-               "\"asyncio\" (the standard library's), or \"auto\" (uvloop when installed).",
-               _choice("auto", "uvloop", "asyncio")),
-        _Field("keepalive_seconds", 30.0, (int, float),
-               "A client silent this long that does not answer TCP keepalive probes is dead: "
-               "its session ends and its transaction is rolled back (0 = off).",
-               _range(0, 3600)),
-        _Field("key_transition_days", 30, int,
-               "After 'cert rotate' or a new key installed, the old key vouches for the new "
-               "one this many days: pinned clients follow it meanwhile.", _range(1, 366)),
-        _Field("publish_on_lan", "auto", str,
-               "Announce this server on the LAN (DNS-SD/mDNS, _casemate._tcp): \"on\", \"off\", "
-               "or \"auto\" (on when listening beyond loopback).", _choice("auto", "on", "off")),
-    ],
-    "storage": [
-        _Field("backend", "sqlite", str,
-               "Storage engine: \"sqlite\" (embedded, data in Data/) or \"postgresql\".",
-               _choice("sqlite", "postgresql")),
-        _Field("dsn", "", str,
-               "PostgreSQL connection string (libpq), without the password; sslmode=require "
-               "or verify-full for TLS to PostgreSQL."),
-        _Field("password_env", "CASEMATE_PG_PASSWORD", str,
-               "Environment variable holding the PostgreSQL password (if any)."),
-        _Field("password_file", "", str,
-               "File holding the PostgreSQL password (first line), if not in the environment."),
-        _Field("pool_size", 20, int,
-               "Most PostgreSQL connections this server opens (sessions in a transaction "
-               "each hold one).", _range(1, 10000)),
-        _Field("busy_timeout_seconds", 5.0, (int, float),
-               "How long a writer waits for another session's write lock before \"database is busy\".",
-               _range(0, 600)),
-        _Field("worker_threads", 16, int,
-               "Threads that run storage calls, so no session stalls the others.", _range(1, 256)),
-        _Field("sqlite_mmap_mb", 1024, int,
-               "SQLite: read the data file through a memory map of up to this many MiB "
-               "(shared by all connections, no read() per page; 0 = off).", _range(0, 1 << 20)),
-        _Field("inline_limit_ms", 0.2, (int, float),
-               "SQLite calls seen to take less than this run in the event loop, without a "
-               "thread hand-over (0 = always in worker threads).", _range(0, 100)),
-    ],
-    "limits": [
-        _Field("max_sessions", 1000, int, "Most sessions connected at once.", _range(1, 100000)),
-        _Field("max_message_bytes", 16 * 1024 * 1024, int,
-               "Largest protocol message accepted (statement plus parameters).",
-               _range(4096, 1024 * 1024 * 1024)),
-        _Field("login_timeout_seconds", 10.0, (int, float),
-               "A client must finish TLS, handshake and login within this time.", _range(0.1, 600)),
-        _Field("max_unauthenticated_connections", 256, int,
-               "Most connections at once that have not finished login (more are refused).",
-               _range(1, 100000)),
-        _Field("log_file_max_kb", 10240, int,
-               "Logs/server.log and Logs/audit.jsonl start a new file past this size (KiB).",
-               _range(16, 100 * 1024 * 1024)),
-        _Field("log_files_kept", 5, int,
-               "Rotated log files kept (audit.jsonl.1 is the newest; older ones are deleted).",
-               _range(1, 1000)),
-        _Field("idle_timeout_seconds", 0.0, (int, float),
-               "Close sessions idle this long, rolling back their transaction (0 = never).",
-               _range(0, 30 * 86400)),
-        _Field("idle_in_transaction_timeout_seconds", 60.0, (int, float),
-               "End sessions idle this long inside a transaction, rolling it back and "
-               "releasing its locks (0 = never).", _range(0, 30 * 86400)),
-        _Field("max_statement_bytes", 1024 * 1024, int,
-               "Longest SQL statement text accepted.", _range(64, 1024 * 1024 * 1024)),
-        _Field("max_result_buffer_bytes", 4 * 1024 * 1024, int,
-               "Result bytes the server buffers for one slow-reading session before pausing.",
-               _range(64 * 1024, 1024 * 1024 * 1024)),
-        _Field("max_value_bytes", 16 * 1024 * 1024, int,
-               "SQLite: largest text or blob a statement may make, store or read (zeroblob, "
-               "repeat...); raise it together with max_message_bytes.",
-               _range(1024, 1_000_000_000)),
-        _Field("max_sqlite_memory_mb", 1024, int,
-               "SQLite: most memory all sessions' statements use together; a statement going "
-               "beyond fails with \"out of memory\" (0 = no limit).", _range(0, 1 << 20)),
-        _Field("statement_timeout_seconds", 300.0, (int, float),
-               "A statement (or method) running longer is cancelled (0 = never); sessions may "
-               "lower it, only admins may raise it.", _range(0, 30 * 86400)),
-    ],
-    "methods": [
-        _Field("time_limit_seconds", 30.0, (int, float),
-               "A server method running longer is stopped and its changes undone.",
-               _range(0.01, 86400)),
-    ],
-    "admin_web": [
-        _Field("enabled", False, bool,
-               "Serve the web administration page (admin users only)."),
-        _Field("listen", ["127.0.0.1"], list,
-               "Addresses of the web page; beyond loopback it is always HTTPS.", _listen_list),
-        _Field("port", DEFAULT_PORT + 1, int, "TCP port of the web page (0 picks a free port).",
-               _range(0, 65535)),
-        _Field("session_minutes", 30, int, "Web login lifetime.", _range(1, 24 * 60)),
-    ],
-    "auth": [
-        _Field("method", "scram", str,
-               "How users log in: \"scram\" (password), \"certificate\" (client certificate "
-               "alone) or \"certificate+scram\" (both); certificates need "
-               "require_client_certificate.", _choice(*AUTH_METHODS)),
-        _Field("groups", {}, dict, "Per-group method, overriding auth.method.", _methods_table,
-               example=('groups = { clerks = "certificate+scram" }',)),
-        _Field("users", {}, dict, "Per-user method, overriding the group's.", _methods_table,
-               example=('users = { alice = "certificate" }',)),
-        _Field("certificate_names", "cn", str,
-               "Which user a client certificate names: \"cn\" (its common name is the user "
-               "name) or \"map\" (Resources/client-users.conf, lines CERT-NAME USER).",
-               _choice("cn", "map")),
-    ],
-    "access": [
-        _Field("max_sessions_per_address", 100, int,
-               "Most sessions from one client IP address.", _range(1, 100000)),
-        _Field("max_unauthenticated_per_address", 64, int,
-               "Most connections from one client IP address that have not finished login.",
-               _range(1, 100000)),
-        _Field("throttle_after_failures", 3, int,
-               "Failed logins (per address and per user) before each new attempt is delayed.",
-               _range(1, 1000)),
-        _Field("throttle_base_delay_seconds", 0.5, (int, float),
-               "First delay; it doubles with each further failure.", _range(0, 60)),
-        _Field("throttle_max_delay_seconds", 5.0, (int, float),
-               "Cap of the delay (keep it below limits.login_timeout_seconds).", _range(0, 60)),
-        _Field("throttle_forget_seconds", 600.0, (int, float),
-               "Failures older than this are forgotten, so nobody is locked out for good.",
-               _range(1, 86400)),
-        _Field("rules", [], list,
-               "Ordered IP rules, first match wins; no rule matching = allowed. Checked before "
-               "TLS or any protocol byte.", _rules,
-               example=("[[access.rules]]", 'action = "allow"', 'from = "127.0.0.1"',
-                        "[[access.rules]]", 'action = "deny"', 'from = "*"')),
-    ],
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class NetworkSettings:
-    publication_name: str
-    listen: tuple[str, ...]
-    port: int
-    encrypt_client_server_connections: bool
-    min_tls_version: str
-    require_client_certificate: bool
-    event_loop: str
-    keepalive_seconds: float
-    key_transition_days: int
-    publish_on_lan: str
-
-
-@dataclasses.dataclass(frozen=True)
-class StorageSettings:
-    backend: str
-    dsn: str
-    password_env: str
-    password_file: str
-    pool_size: int
-    busy_timeout_seconds: float
-    worker_threads: int
-    sqlite_mmap_mb: int
-    inline_limit_ms: float
-
-
-@dataclasses.dataclass(frozen=True)
-class LimitsSettings:
-    max_sessions: int
-    max_message_bytes: int
-    login_timeout_seconds: float
-    max_unauthenticated_connections: int
-    log_file_max_kb: int
-    log_files_kept: int
-    idle_timeout_seconds: float
-    idle_in_transaction_timeout_seconds: float
-    max_statement_bytes: int
-    max_result_buffer_bytes: int
-    max_value_bytes: int
-    max_sqlite_memory_mb: int
-    statement_timeout_seconds: float
-
-
-@dataclasses.dataclass(frozen=True)
-class MethodsSettings:
-    time_limit_seconds: float
-
-
-@dataclasses.dataclass(frozen=True)
-class AdminWebSettings:
-    enabled: bool
-    listen: tuple[str, ...]
-    port: int
-    session_minutes: int
-
-    def needs_https(self, encrypted: bool) -> bool:
-        """HTTPS when connections are encrypted, and always beyond loopback."""
-        loopback = {"127.0.0.1", "::1", "localhost"}
-        return encrypted or any(a not in loopback for a in self.listen)
-
-
-@dataclasses.dataclass(frozen=True)
-class AuthSettings:
-    method: str
-    groups: tuple[tuple[str, str], ...]
-    users: tuple[tuple[str, str], ...]
-    certificate_names: str
-
-    def method_for(self, user: str, group: str) -> str:
-        """The user's own method, else the group's, else ``method``."""
-        return dict(self.users).get(user) or dict(self.groups).get(group) or self.method
-
-    @property
-    def uses_certificates(self) -> bool:
-        return any("certificate" in m for m in (self.method, *dict(self.groups).values(),
-                                                 *dict(self.users).values()))
+    ``convert`` turns a valid TOML value into the attribute's value (lists
+    become tuples and integers floats without it); ``table``: the file holds
+    a TOML table, kept as sorted (key, value) pairs; ``example`` lines are
+    rendered commented out instead of ``key = default``.
+    """
+    meta = {"comment": comment, "check": check, "convert": convert, "table": table,
+            "example": example}
+    return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclasses.dataclass(frozen=True)
 class AccessRule:
+    """One ``[[access.rules]]`` entry, its address parsed once."""
+
     action: str
     network: ipaddress.IPv4Network | ipaddress.IPv6Network | None  # None = any address
     text: str
@@ -343,15 +128,191 @@ class AccessRule:
             return False
 
 
+def _rules(v: list[dict[str, str]]) -> tuple[AccessRule, ...]:
+    return tuple(AccessRule(r["action"], None if r["from"] == "*" else
+                            ipaddress.ip_network(r["from"], strict=False), r["from"]) for r in v)
+
+
+# -- the settings: one field each, in the order of the file ----------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkSettings:
+    publication_name: str = setting(
+        "Casemate",
+        "Name under which the server publishes this database (also the certificate subject).",
+        _NONEMPTY)
+    listen: tuple[str, ...] = setting(
+        ("127.0.0.1",),
+        "Addresses to listen on; use [\"0.0.0.0\", \"::\"] to accept remote workstations.",
+        _LISTEN)
+    port: int = setting(
+        DEFAULT_PORT, f"TCP port (Casemate's default is {DEFAULT_PORT}; 0 picks a free port).",
+        _range(0, 65535))
+    encrypt_client_server_connections: bool = setting(
+        False, "Encrypt all client/server connections with TLS (takes effect at the next start).")
+    min_tls_version: str = setting(
+        "1.2", "Lowest TLS version accepted when encryption is on: \"1.2\" or \"1.3\".",
+        _choice("1.2", "1.3"))
+    require_client_certificate: bool = setting(
+        False, "When encrypted, also require a client certificate signed by "
+        "Resources/client-ca.pem.")
+    event_loop: str = setting(
+        "auto", "Event loop of the server: \"uvloop\" (faster; pip install 'casemate[uvloop]'), "
+        "\"asyncio\" (the standard library's), or \"auto\" (uvloop when installed).",
+        _choice("auto", "uvloop", "asyncio"))
+    keepalive_seconds: float = setting(
+        30.0, "A client silent this long that does not answer TCP keepalive probes is dead: "
+        "its session ends and its transaction is rolled back (0 = off).", _range(0, 3600))
+    key_transition_days: int = setting(
+        30, "After 'cert rotate' or a new key installed, the old key vouches for the new "
+        "one this many days: pinned clients follow it meanwhile.", _range(1, 366))
+    publish_on_lan: str = setting(
+        "auto", "Announce this server on the LAN (DNS-SD/mDNS, _casemate._tcp): \"on\", "
+        "\"off\", or \"auto\" (on when listening beyond loopback).", _choice("auto", "on", "off"))
+
+
+@dataclasses.dataclass(frozen=True)
+class StorageSettings:
+    backend: str = setting(
+        "sqlite", "Storage engine: \"sqlite\" (embedded, data in Data/) or \"postgresql\".",
+        _choice("sqlite", "postgresql"))
+    dsn: str = setting(
+        "", "PostgreSQL connection string (libpq), without the password; sslmode=require "
+        "or verify-full for TLS to PostgreSQL.")
+    password_env: str = setting(
+        "CASEMATE_PG_PASSWORD", "Environment variable holding the PostgreSQL password (if any).")
+    password_file: str = setting(
+        "", "File holding the PostgreSQL password (first line), if not in the environment.")
+    pool_size: int = setting(
+        20, "Most PostgreSQL connections this server opens (sessions in a transaction "
+        "each hold one).", _range(1, 10000))
+    busy_timeout_seconds: float = setting(
+        5.0, "How long a writer waits for another session's write lock before "
+        "\"database is busy\".", _range(0, 600))
+    worker_threads: int = setting(
+        16, "Threads that run storage calls, so no session stalls the others.", _range(1, 256))
+    sqlite_mmap_mb: int = setting(
+        1024, "SQLite: read the data file through a memory map of up to this many MiB "
+        "(shared by all connections, no read() per page; 0 = off).", _range(0, 1 << 20))
+    inline_limit_ms: float = setting(
+        0.2, "SQLite calls seen to take less than this run in the event loop, without a "
+        "thread hand-over (0 = always in worker threads).", _range(0, 100))
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitsSettings:
+    max_sessions: int = setting(1000, "Most sessions connected at once.", _range(1, 100000))
+    max_message_bytes: int = setting(
+        16 * 1024 * 1024, "Largest protocol message accepted (statement plus parameters).",
+        _range(4096, 1024 * 1024 * 1024))
+    login_timeout_seconds: float = setting(
+        10.0, "A client must finish TLS, handshake and login within this time.",
+        _range(0.1, 600))
+    max_unauthenticated_connections: int = setting(
+        256, "Most connections at once that have not finished login (more are refused).",
+        _range(1, 100000))
+    log_file_max_kb: int = setting(
+        10240, "Logs/server.log and Logs/audit.jsonl start a new file past this size (KiB).",
+        _range(16, 100 * 1024 * 1024))
+    log_files_kept: int = setting(
+        5, "Rotated log files kept (audit.jsonl.1 is the newest; older ones are deleted).",
+        _range(1, 1000))
+    idle_timeout_seconds: float = setting(
+        0.0, "Close sessions idle this long, rolling back their transaction (0 = never).",
+        _range(0, 30 * 86400))
+    idle_in_transaction_timeout_seconds: float = setting(
+        60.0, "End sessions idle this long inside a transaction, rolling it back and "
+        "releasing its locks (0 = never).", _range(0, 30 * 86400))
+    max_statement_bytes: int = setting(
+        1024 * 1024, "Longest SQL statement text accepted.", _range(64, 1024 * 1024 * 1024))
+    max_result_buffer_bytes: int = setting(
+        4 * 1024 * 1024,
+        "Result bytes the server buffers for one slow-reading session before pausing.",
+        _range(64 * 1024, 1024 * 1024 * 1024))
+    max_value_bytes: int = setting(
+        16 * 1024 * 1024, "SQLite: largest text or blob a statement may make, store or read "
+        "(zeroblob, repeat...); raise it together with max_message_bytes.",
+        _range(1024, 1_000_000_000))
+    max_sqlite_memory_mb: int = setting(
+        1024, "SQLite: most memory all sessions' statements use together; a statement going "
+        "beyond fails with \"out of memory\" (0 = no limit).", _range(0, 1 << 20))
+    statement_timeout_seconds: float = setting(
+        300.0, "A statement (or method) running longer is cancelled (0 = never); sessions may "
+        "lower it, only admins may raise it.", _range(0, 30 * 86400))
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodsSettings:
+    time_limit_seconds: float = setting(
+        30.0, "A server method running longer is stopped and its changes undone.",
+        _range(0.01, 86400))
+
+
+@dataclasses.dataclass(frozen=True)
+class AdminWebSettings:
+    enabled: bool = setting(False, "Serve the web administration page (admin users only).")
+    listen: tuple[str, ...] = setting(
+        ("127.0.0.1",), "Addresses of the web page; beyond loopback it is always HTTPS.", _LISTEN)
+    port: int = setting(DEFAULT_PORT + 1, "TCP port of the web page (0 picks a free port).",
+                        _range(0, 65535))
+    session_minutes: int = setting(30, "Web login lifetime.", _range(1, 24 * 60))
+
+    def needs_https(self, encrypted: bool) -> bool:
+        """HTTPS when connections are encrypted, and always beyond loopback."""
+        loopback = {"127.0.0.1", "::1", "localhost"}
+        return encrypted or any(a not in loopback for a in self.listen)
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthSettings:
+    method: str = setting(
+        "scram", "How users log in: \"scram\" (password), \"certificate\" (client certificate "
+        "alone) or \"certificate+scram\" (both); certificates need "
+        "require_client_certificate.", _choice(*AUTH_METHODS))
+    groups: tuple[tuple[str, str], ...] = setting(
+        (), "Per-group method, overriding auth.method.", _METHODS_TABLE, table=True,
+        example=('groups = { clerks = "certificate+scram" }',))
+    users: tuple[tuple[str, str], ...] = setting(
+        (), "Per-user method, overriding the group's.", _METHODS_TABLE, table=True,
+        example=('users = { alice = "certificate" }',))
+    certificate_names: str = setting(
+        "cn", "Which user a client certificate names: \"cn\" (its common name is the user "
+        "name) or \"map\" (Resources/client-users.conf, lines CERT-NAME USER).",
+        _choice("cn", "map"))
+
+    def method_for(self, user: str, group: str) -> str:
+        """The user's own method, else the group's, else ``method``."""
+        return dict(self.users).get(user) or dict(self.groups).get(group) or self.method
+
+    @property
+    def uses_certificates(self) -> bool:
+        return any("certificate" in m for m in (self.method, *dict(self.groups).values(),
+                                                 *dict(self.users).values()))
+
+
 @dataclasses.dataclass(frozen=True)
 class AccessSettings:
-    max_sessions_per_address: int
-    max_unauthenticated_per_address: int
-    throttle_after_failures: int
-    throttle_base_delay_seconds: float
-    throttle_max_delay_seconds: float
-    throttle_forget_seconds: float
-    rules: tuple[AccessRule, ...]
+    max_sessions_per_address: int = setting(
+        100, "Most sessions from one client IP address.", _range(1, 100000))
+    max_unauthenticated_per_address: int = setting(
+        64, "Most connections from one client IP address that have not finished login.",
+        _range(1, 100000))
+    throttle_after_failures: int = setting(
+        3, "Failed logins (per address and per user) before each new attempt is delayed.",
+        _range(1, 1000))
+    throttle_base_delay_seconds: float = setting(
+        0.5, "First delay; it doubles with each further failure.", _range(0, 60))
+    throttle_max_delay_seconds: float = setting(
+        5.0, "Cap of the delay (keep it below limits.login_timeout_seconds).", _range(0, 60))
+    throttle_forget_seconds: float = setting(
+        600.0, "Failures older than this are forgotten, so nobody is locked out for good.",
+        _range(1, 86400))
+    rules: tuple[AccessRule, ...] = setting(
+        (), "Ordered IP rules, first match wins; no rule matching = allowed. Checked before "
+        "TLS or any protocol byte.", _RULES, convert=_rules,
+        example=("[[access.rules]]", 'action = "allow"', 'from = "127.0.0.1"',
+                 "[[access.rules]]", 'action = "deny"', 'from = "*"'))
 
     def check_address(self, address: str) -> AccessRule | None:
         """The first rule matching ``address``, or None (no rule: allowed)."""
@@ -363,59 +324,145 @@ class AccessSettings:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    network: NetworkSettings
-    storage: StorageSettings
-    limits: LimitsSettings
-    methods: MethodsSettings
-    admin_web: AdminWebSettings
-    access: AccessSettings
-    auth: AuthSettings
+    """The whole file: one attribute per ``[section]``, in the order of the file."""
+
+    network: NetworkSettings = NetworkSettings()
+    storage: StorageSettings = StorageSettings()
+    limits: LimitsSettings = LimitsSettings()
+    methods: MethodsSettings = MethodsSettings()
+    admin_web: AdminWebSettings = AdminWebSettings()
+    auth: AuthSettings = AuthSettings()
+    access: AccessSettings = AccessSettings()
 
     def replace_network(self, **changes: Any) -> Settings:
         """Return a copy with network settings overridden (``serve --host/--port``)."""
         return dataclasses.replace(self, network=dataclasses.replace(self.network, **changes))
 
 
-def _rule(r: dict[str, str]) -> AccessRule:
-    net = None if r["from"] == "*" else ipaddress.ip_network(r["from"], strict=False)
-    return AccessRule(r["action"], net, r["from"])
+# -- the schema, read from the declarations above ----------------------------------------------
 
 
-_SECTION_CLASSES = {"access": AccessSettings, "auth": AuthSettings,
-                    "admin_web": AdminWebSettings,
-                    "methods": MethodsSettings,
-                    "network": NetworkSettings,
-                    "storage": StorageSettings, "limits": LimitsSettings}
+@dataclasses.dataclass(frozen=True)
+class _Field:
+    section: str
+    name: str
+    default: Any  # the attribute's value when the file lacks the key
+    kind: tuple[type, ...]  # the TOML types accepted
+    comment: str
+    check: _Check | None
+    convert: Callable[[Any], Any] | None
+    table: bool
+    example: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    @property
+    def toml_default(self) -> Any:
+        if self.table:
+            return dict(self.default)
+        return list(self.default) if isinstance(self.default, tuple) else self.default
 
 
-def _type_name(kind: type | tuple[type, ...]) -> str:
+_TOML_KINDS: dict[Any, tuple[type, ...]] = {bool: (bool,), int: (int,), float: (int, float),
+                                            str: (str,), tuple: (list,)}
+
+
+def _declared(section: str, cls: type, f: dataclasses.Field[Any], hint: Any) -> _Field:
+    if "comment" not in f.metadata:
+        raise TypeError(f"{cls.__name__}.{f.name}: declare it with setting(default, comment, "
+                        "check)")
+    kind = (dict,) if f.metadata["table"] else _TOML_KINDS[typing.get_origin(hint) or hint]
+    return _Field(section, f.name, f.default, kind, **f.metadata)
+
+
+def _read_schema() -> dict[str, tuple[_Field, ...]]:
+    schema = {}
+    for section, cls in typing.get_type_hints(Settings).items():
+        hints = typing.get_type_hints(cls)
+        schema[section] = tuple(_declared(section, cls, f, hints[f.name])
+                                for f in dataclasses.fields(cls))
+    return schema
+
+
+_SCHEMA = _read_schema()
+_SECTION_TYPES: dict[str, Any] = typing.get_type_hints(Settings)
+
+
+def _all_fields() -> Iterator[_Field]:
+    for fields in _SCHEMA.values():
+        yield from fields
+
+
+def _type_name(kind: tuple[type, ...]) -> str:
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
              list: "a list", dict: "a table"}
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if set(kinds) == {int, float}:
+    if set(kind) == {int, float}:
         return "a number"  # not "an integer or a number"
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
+    return " or ".join(names.get(k, k.__name__) for k in kind)
 
 
-def _check_value(section: str, f: _Field, value: Any, source: str) -> Any:
-    key = f"{section}.{f.name}"
-    bad_bool = isinstance(value, bool) and f.kind is not bool
+def _check_value(f: _Field, value: Any, source: str) -> Any:
+    bad_bool = isinstance(value, bool) and bool not in f.kind
     if bad_bool or not isinstance(value, f.kind):
-        raise SettingsError(
-            f"{source}: {key} = {value!r} is not valid: expected {_type_name(f.kind)}"
-        )
-    if f.check is not None and (allowed := f.check(value)) is not None:
-        raise SettingsError(f"{source}: {key} = {value!r} is not valid: expected {allowed}")
+        raise SettingsError(f"{source}: {f.key} = {value!r} is not valid: "
+                            f"expected {_type_name(f.kind)}")
+    if f.check is not None and (detail := f.check.problem(value)) is not None:
+        raise SettingsError(f"{source}: {f.key} = {value!r} is not valid: "
+                            f"expected {f.check.allowed}{detail}")
+    return _convert(f, value)
+
+
+def _convert(f: _Field, value: Any) -> Any:
+    """A valid TOML value as the attribute holds it: lists and tables as tuples, numbers as floats."""
+    if f.convert is not None:
+        return f.convert(value)
     if isinstance(value, list):
         return tuple(value)
     if isinstance(value, dict):
         return tuple(sorted(value.items()))
-    if f.kind == (int, float):
-        return float(value)  # type: ignore[arg-type]
-    return value
+    return float(value) if f.kind == (int, float) else value
 
 
-def parse_settings(data: dict[str, Any], source: str = "casemate.toml") -> Settings:
+# -- checks across settings: (what the docs say, the check giving the error or None) ----------
+
+def _pg_needs_dsn(s: Settings) -> str | None:
+    if s.storage.backend == "postgresql" and not s.storage.dsn.strip():
+        return ("storage.dsn = '' is not valid: the postgresql backend needs a libpq connection "
+                "string, e.g. \"host=db.example.com dbname=casemate user=casemate "
+                "sslmode=verify-full\"")
+    return None
+
+
+def _throttle_below_login(s: Settings) -> str | None:
+    delay, login = s.access.throttle_max_delay_seconds, s.limits.login_timeout_seconds
+    if delay >= login:
+        return (f"access.throttle_max_delay_seconds = {delay:g} is not valid: it must be below "
+                f"limits.login_timeout_seconds ({login:g}), or every throttled login would time "
+                "out and a user could be locked out")
+    return None
+
+
+def _certificates_need_tls(s: Settings) -> str | None:
+    net = s.network
+    if s.auth.uses_certificates and not (net.require_client_certificate
+                                         and net.encrypt_client_server_connections):
+        return ("auth methods with \"certificate\" need network.require_client_certificate = "
+                "true and encrypt_client_server_connections = true")
+    return None
+
+
+_CROSS_CHECKS: tuple[tuple[str, Callable[[Settings], str | None]], ...] = (
+    ("`storage.backend = \"postgresql\"` needs a non-empty `storage.dsn`.", _pg_needs_dsn),
+    ("An `[auth]` method with \"certificate\" needs `network.require_client_certificate` and "
+     "`network.encrypt_client_server_connections`.", _certificates_need_tls),
+    ("`access.throttle_max_delay_seconds` must be below `limits.login_timeout_seconds`.",
+     _throttle_below_login),
+)
+
+
+def parse_settings(data: Mapping[str, Any], source: str = "casemate.toml") -> Settings:
     """Validate a parsed TOML document; raises SettingsError naming the bad key."""
     for section, body in data.items():
         if section not in _SCHEMA:
@@ -426,7 +473,7 @@ def parse_settings(data: dict[str, Any], source: str = "casemate.toml") -> Setti
             raise SettingsError(f"{source}: {section} must be a [{section}] table")
     sections = {}
     for section, fields in _SCHEMA.items():
-        body = dict(data.get(section, {}))
+        body = data.get(section, {})
         known = {f.name for f in fields}
         for key in body:
             if key not in known:
@@ -434,39 +481,13 @@ def parse_settings(data: dict[str, Any], source: str = "casemate.toml") -> Setti
                     f"{source}: unknown setting {section}.{key}; known settings in "
                     f"[{section}]: " + ", ".join(sorted(known))
                 )
-        values = {f.name: _check_value(section, f, body.get(f.name, f.default), source)
-                  for f in fields}
-        if section == "access":
-            values["rules"] = tuple(_rule(r) for r in values["rules"])
-        sections[section] = _SECTION_CLASSES[section](**values)
-    _check_listen(sections["network"].listen, source)
-    if sections["storage"].backend == "postgresql" and not sections["storage"].dsn.strip():
-        raise SettingsError(f"{source}: storage.dsn = '' is not valid: the postgresql backend "
-                            "needs a libpq connection string, e.g. \"host=db.example.com "
-                            "dbname=casemate user=casemate sslmode=verify-full\"")
-    net = sections["network"]
-    if sections["auth"].uses_certificates and not (
-            net.require_client_certificate and net.encrypt_client_server_connections):
-        raise SettingsError(f"{source}: auth methods with \"certificate\" need "
-                            "network.require_client_certificate = true and "
-                            "encrypt_client_server_connections = true")
-    delay, login = (sections["access"].throttle_max_delay_seconds,
-                    sections["limits"].login_timeout_seconds)
-    if delay >= login:
-        raise SettingsError(
-            f"{source}: access.throttle_max_delay_seconds = {delay:g} is not valid: it must be "
-            f"below limits.login_timeout_seconds ({login:g}), or every throttled login would "
-            "time out and a user could be locked out")
-    return Settings(**sections)
-
-
-def _check_listen(addresses: tuple[str, ...], source: str) -> None:
-    for a in addresses:
-        if a.startswith("[") or " " in a:
-            raise SettingsError(
-                f"{source}: network.listen entry {a!r} is not valid: expected a host name or an "
-                "IP address without brackets or spaces"
-            )
+        values = {f.name: _check_value(f, body[f.name], source) for f in fields if f.name in body}
+        sections[section] = _SECTION_TYPES[section](**values)  # missing keys: their defaults
+    settings = Settings(**sections)
+    for _, check in _CROSS_CHECKS:
+        if (problem := check(settings)) is not None:
+            raise SettingsError(f"{source}: {problem}")
+    return settings
 
 
 def load_settings(path: Path) -> Settings:
@@ -480,62 +501,3 @@ def load_settings(path: Path) -> Settings:
     except tomllib.TOMLDecodeError as e:
         raise SettingsError(f"{path}: not valid TOML: {e}") from e
     return parse_settings(data, str(path))
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        # TOML basic strings cannot hold control characters (a publication name taken
-        # from a folder name may): escape them, as well as backslash and quote.
-        text = v.replace("\\", "\\\\").replace('"', '\\"')
-        return '"' + "".join(f"\\u{ord(c):04X}" if ord(c) < 0x20 or ord(c) == 0x7F else c
-                             for c in text) + '"'
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(type(v))
-
-
-def render_default_toml(**overrides: Any) -> str:
-    """The commented settings file with every key at its default (``overrides`` by name)."""
-    lines = ["# Casemate database settings. Read once at server start:",
-             "# restart the server after changing them.", ""]
-    for section, fields in _SCHEMA.items():
-        lines.append(f"[{section}]")
-        for f in fields:
-            lines.append(f"# {f.comment}")
-            if f.example:
-                lines.append("# For example:")
-                lines.extend(f"# {e}" for e in f.example)
-                continue
-            lines.append(f"{f.name} = {_toml_value(overrides.get(f.name, f.default))}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def set_toml_value(text: str, section: str, key: str, value: Any) -> str:
-    """Return ``text`` with ``key`` in ``[section]`` set to ``value`` (comments kept).
-
-    Raises SettingsError if the key is not in the file (every key is, in a
-    file that ``casemate init`` wrote).
-    """
-    lines = text.splitlines()
-    current = None
-    for i, line in enumerate(lines):
-        stripped = line.strip()
-        if stripped.startswith("[") and not stripped.startswith("[["):
-            current = stripped.strip("[] ")
-        elif current == section and re.match(rf"{re.escape(key)}\s*=", stripped):
-            lines[i] = f"{key} = {_toml_value(value)}"
-            return "\n".join(lines) + "\n"
-    raise SettingsError(f"{section}.{key} is not in the settings file; add it under [{section}]")
-
-
-def is_ip_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from casemate.settings import set_toml_value
+from casemate.settings_file import set_toml_value
 from casemate.testing import ADMIN_PASSWORD, ServerProcess
 from tests.conftest import set_setting
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from casemate.settings import set_toml_value
+from casemate.settings_file import set_toml_value
 
 CLERK_PASSWORD = "clerk-secret-pw"
 

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 import casemate
 from casemate import tls
 from casemate.errors import Codes
+from casemate.settings import load_settings
 from tests.conftest import ADMIN_PASSWORD
 from tests.web import CLERK_PASSWORD, prepare_web_db, web_url
 
@@ -322,6 +323,30 @@ def test_settings_validation_write_and_restart_banner(make_db, server_factory) -
     assert json.loads(web.get("/api/status").body)["restart_pending"] is False
     commands = [e.get("command") for e in audit_events(server.db) if e["event"] == "admin"]
     assert commands == ["settings", "settings"]
+
+
+def test_settings_saved_over_a_hand_edited_file(make_db, server_factory) -> None:  # type: ignore[no-untyped-def]
+    # An administrator wrote listen over several lines: saving the form used to replace its
+    # first line only, leaving a file no server could read (and the page refused to save).
+    db = prepare_web_db(make_db, name="web-db")
+    toml = db / "casemate.toml"
+    text = toml.read_text(encoding="utf-8")
+    text = re.sub(r'(?m)^listen = \["127.0.0.1"\]$', 'listen = [\n  "127.0.0.1",\n  "::1",\n]',
+                  text, count=1)
+    toml.write_text(text, encoding="utf-8")
+    server = server_factory(db)
+    web = Web(web_url(server))
+    web.login()
+    r = web.post("/settings", settings_form(web.csrf("/settings"), listen="127.0.0.1"))
+    assert (r.status, r.location) == (303, "/settings"), r.text[:2000]
+    saved = load_settings(toml)
+    assert saved.network.listen == ("127.0.0.1",)
+    assert saved.admin_web.listen == ("127.0.0.1",)
+    assert '  "::1",' not in toml.read_text(encoding="utf-8")
+    server.stop()
+    restarted = server_factory(db)
+    with restarted.connect() as c:
+        assert c.execute("SELECT 3").fetchone() == (3,)
 
 
 def test_settings_page_escapes_the_file_values(make_db, server_factory) -> None:  # type: ignore[no-untyped-def]

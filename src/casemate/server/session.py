@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Hashable
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from ..admin import run_admin_command
 from ..errors import Codes, Error, ProtocolError
@@ -77,8 +77,17 @@ _TYPE_NAMES = {int: "integer", float: "float", str: "text", bytes: "bytes", bool
                uuid.UUID: "uuid", codec.Json: "json"}
 
 
-def fetch_batch(cur: StorageCursor, max_rows: int) -> tuple[bytes, int, bool, list[Any]]:
-    """Pull up to ``max_rows`` rows (or ~1 MiB); return (body, count, maybe_more, first_row)."""
+class Batch(NamedTuple):
+    """Rows pulled from a cursor for one ROWS frame (or a one-frame RESULT)."""
+
+    body: bytes  # the rows, packed as one msgpack array
+    row_count: int
+    more: bool  # the cursor may hold more rows: it stays open as a portal
+    first_row: list[Any]  # its values' types describe the columns ([] if no row)
+
+
+def fetch_batch(cur: StorageCursor, max_rows: int) -> Batch:
+    """Pull up to ``max_rows`` rows (or ~1 MiB) from ``cur``."""
     chunks: list[bytes] = []
     total = n = 0
     first: list[Any] = []
@@ -93,8 +102,8 @@ def fetch_batch(cur: StorageCursor, max_rows: int) -> tuple[bytes, int, bool, li
             total += len(packed)
             n += len(rows)
         if len(rows) < want:
-            return codec.pack_array_of_packed(chunks), n, False, first
-    return codec.pack_array_of_packed(chunks), n, True, first
+            return Batch(codec.pack_array_of_packed(chunks), n, False, first)
+    return Batch(codec.pack_array_of_packed(chunks), n, True, first)
 
 
 def storage_error(e: BaseException) -> Error:
@@ -884,7 +893,7 @@ class Session(asyncio.Protocol):
         self.statement_timeout = seconds
 
     def _query_done(self, portal: int, sql: str, conn: StorageConnection,
-                    result: tuple[StorageCursor, tuple[bytes, int, bool, list[Any]] | None]
+                    result: tuple[StorageCursor, Batch | None]
                     ) -> None:
         cur, first = result
         if not conn.in_transaction:
@@ -894,14 +903,14 @@ class Session(asyncio.Protocol):
             cur.close()  # exhausted: closing a finished cursor does no I/O
 
     def _send_result(self, portal: int, cur: StorageCursor,
-                     first: tuple[bytes, int, bool, list[Any]] | None, describe: bool) -> None:
+                     first: Batch | None, describe: bool) -> None:
         if first is None:  # statement without a result set
             self._complete(cur.rowcount, cur.lastrowid)
             return
-        body, _n, more, first_row = first
+        body, more = first.body, first.more
         if describe:
             desc = cur.description or ()
-            types = [_type_code(v) for v in first_row] or [None] * len(desc)
+            types = [_type_code(v) for v in first.first_row] or [None] * len(desc)
             described = [(d[0], t) for d, t in zip(desc, types, strict=False)]
             if not more and self.result_frames:  # the whole result: one frame
                 in_txn = self.storage is not None and self.storage.in_transaction
@@ -1119,7 +1128,7 @@ def _query_args(body: Any) -> tuple[int, str, tuple[Any, ...], bool, int]:
 
 
 def _execute_first(conn: StorageConnection, sql: str, params: tuple[Any, ...], begin: bool,
-                   batch: int) -> tuple[StorageCursor, tuple[bytes, int, bool, list[Any]] | None]:
+                   batch: int) -> tuple[StorageCursor, Batch | None]:
     opened = begin and not conn.in_transaction
     if begin:
         conn.begin()

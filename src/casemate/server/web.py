@@ -32,7 +32,8 @@ from cryptography.hazmat.primitives import serialization
 from .. import continuity, tls
 from ..database import GENERATED_MARKER
 from ..errors import Codes
-from ..settings import SettingsError, parse_settings, set_toml_value
+from ..settings import SettingsError, parse_settings
+from ..settings_file import set_toml_value
 from .audit import clean
 from .monitor import SESSION_COLUMNS, session_rows, status
 
