@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import datetime as dt
 import itertools
 import logging
 import random
@@ -18,9 +17,7 @@ import re
 import sqlite3
 import ssl
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Hashable
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..admin import run_admin_command
@@ -29,6 +26,7 @@ from ..methods import MethodContext
 from ..protocol import NEED_DATA, PROTOCOL_VERSION, Message, Msg, ProtocolConnection, Role, codec
 from ..storage import Busy, Interrupted, StorageConnection, StorageCursor, StorageError, TooLong
 from ..storage.access import PermissionDenied, Policy
+from ..storage.base import type_code
 from .audit import clean, format_address
 from .auth import ScramException, ScramLogin, mechanism_for
 from .calls import IterCursor, guarded, method_error, run_method, stop_method
@@ -69,17 +67,11 @@ _RDN_NAMES = {"commonName": "CN", "organizationName": "O", "organizationalUnitNa
               "countryName": "C", "localityName": "L", "stateOrProvinceName": "ST"}
 
 
-def _type_code(v: Any) -> str | None:
-    return None if v is None else _TYPE_NAMES.get(type(v), type(v).__name__)
-
-
-_TYPE_NAMES = {int: "integer", float: "float", str: "text", bytes: "bytes", bool: "bool",
-               Decimal: "decimal", dt.date: "date", dt.time: "time", dt.datetime: "datetime",
-               uuid.UUID: "uuid", codec.Json: "json"}
-
-
-def fetch_batch(cur: StorageCursor, max_rows: int) -> tuple[bytes, int, bool, list[Any]]:
-    """Pull up to ``max_rows`` rows (or ~1 MiB); return (body, count, maybe_more, first_row)."""
+def fetch_batch(cur: StorageCursor, max_rows: int, describe: bool = True
+                ) -> tuple[bytes, int, bool, list[Any]]:
+    """Pull up to ``max_rows`` rows (or ~1 MiB); return (body, count, maybe_more, types):
+    with ``describe``, each column's type code, from the first row's value, else (NULL,
+    no rows) from the statement's declared types."""
     chunks: list[bytes] = []
     total = n = 0
     first: list[Any] = []
@@ -94,8 +86,20 @@ def fetch_batch(cur: StorageCursor, max_rows: int) -> tuple[bytes, int, bool, li
             total += len(packed)
             n += len(rows)
         if len(rows) < want:
-            return codec.pack_array_of_packed(chunks), n, False, first
-    return codec.pack_array_of_packed(chunks), n, True, first
+            return codec.pack_array_of_packed(chunks), n, False, _types(cur, first, describe)
+    return codec.pack_array_of_packed(chunks), n, True, _types(cur, first, describe)
+
+
+def _types(cur: StorageCursor, first: list[Any], describe: bool) -> list[str | None]:
+    if not describe:
+        return []
+    types = [type_code(v) for v in first]
+    if types and None not in types:
+        return types
+    declared = cur.declared_types()
+    if not types:
+        return declared
+    return [t if t is not None else d for t, d in zip(types, declared, strict=False)]
 
 
 def storage_error(e: BaseException, busy_timeout: float) -> Error:
@@ -922,10 +926,10 @@ class Session(asyncio.Protocol):
         if first is None:  # statement without a result set
             self._complete(cur.rowcount, cur.lastrowid)
             return
-        body, _n, more, first_row = first
+        body, _n, more, types = first
         if describe:
             desc = cur.description or ()
-            types = [_type_code(v) for v in first_row] or [None] * len(desc)
+            types = types or [None] * len(desc)
             described = [(d[0], t) for d, t in zip(desc, types, strict=False)]
             if not more and self.result_frames:  # the whole result: one frame
                 in_txn = self.storage is not None and self.storage.in_transaction
@@ -993,7 +997,7 @@ class Session(asyncio.Protocol):
             first = await guarded(lambda: self.call(fetch_batch, cur, batch, holder=cur.holder),
                                   conn, cur.holder, limit, cur.name)
         else:  # in a thread: an open cursor cannot be cut off and run again
-            first = await self.call(fetch_batch, cur, batch)
+            first = await self.call(fetch_batch, cur, batch, False)
         self._send_result(portal, cur, first, describe=False)
         if portal not in self.portals:
             cur.close()
