@@ -206,7 +206,10 @@ class _Cursor(StorageCursor):
     def declared_types(self) -> list[str | None]:
         width = len(self.description or ())
         sql, params = self._statement
-        found = self._conn._typer.declared(sql, params, type_code) if sql else None
+        try:
+            found = self._conn._typer.declared(sql, params, type_code) if sql else None
+        except sqlite3.OperationalError as e:  # stopped: as a fetch would be
+            raise self._conn._denied(e) from e
         return found if found is not None and len(found) == width else [None] * width
 
     def close(self) -> None:

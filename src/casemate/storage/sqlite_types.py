@@ -762,14 +762,17 @@ def declared_types(db: sqlite3.Connection, sql: str, params: Sequence[Any],
                    code: Callable[[Any], str | None]) -> list[str | None] | None:
     """The type code of each result column of ``sql`` from where its values come: a
     table's declared column type, a parameter's value (``code``), None for other
-    expressions; None when the program cannot be read."""
+    expressions; None when the program cannot be read (the statement's group may not
+    read the schema)."""
     try:
         ops = db.execute("EXPLAIN " + sql, params).fetchall()
         cols = _Linear(ops).results()
         if cols is None:
             return None
         cursors = _opened_columns(db, ops)
-    except sqlite3.Error:
+    except sqlite3.Error as e:
+        if getattr(e, "sqlite_errorcode", 0) in _STOPPED:
+            raise  # a cancel or the event loop's cut-off: the caller stops as for any read
         return None
     return [_declared(srcs, cursors, params, code) for srcs in cols]
 
