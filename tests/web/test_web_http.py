@@ -445,7 +445,8 @@ def test_https_on_an_encrypted_server_cookie_certificate_and_csr(make_db, server
         c.execute("SELECT 1")
         rows = json.loads(web.get("/api/sessions").body)
         assert [(r["encrypted"], r["tls_version"] is not None) for r in rows] == [(True, True)]
-        assert re.search(r"<td class=enc>encrypted</td>", web.get("/sessions").text)
+        assert re.search(r"<td class=enc title=\"TLSv1\.[23] [^\"]+\">encrypted</td>",
+                         web.get("/sessions").text)
 
     r = web.post("/certificate/csr", {"csrf": web.csrf("/certificate")})
     assert r.status == 200 and r.headers.get_content_type() == "application/pkcs10"

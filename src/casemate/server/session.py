@@ -250,6 +250,7 @@ class Session(asyncio.Protocol):
         self.task = asyncio.get_running_loop().create_task(self.run())
 
     def data_received(self, data: bytes) -> None:
+        self.server.bytes_in += len(data)
         self.proto.receive_data(data)
         self._holding = True
         try:
@@ -308,7 +309,9 @@ class Session(asyncio.Protocol):
     def _flush(self) -> None:
         out, self._out = self._out, []
         if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self.server.bytes_out += len(data)
+            self.transport.write(data)
 
     def send(self, msg: Msg, body: Any = None) -> None:
         self._write(self.proto.send(msg, body))
