@@ -657,7 +657,8 @@ def _transaction_cell(r: dict[str, Any], now: float) -> str:
 # The sessions table: (column title, cell); the full detail is in /api/sessions.
 _SESSION_CELLS: list[tuple[str, Any]] = [
     ("ID", lambda r, now: _td(r["id"], "num")),
-    ("User", lambda r, now: _td(_text(r["user"]), "cut")),
+    ("User", lambda r, now: _td(_text(r["user"]), "cut", "authenticated by "
+                                + _text(r["authenticated_by"]) if r["authenticated_by"] else "")),
     ("Client address", lambda r, now: _td(_text(r["address"]), "cut", _text(r["address"]))),
     ("Program", lambda r, now: _td(_text(r["program"]), "cut", _text(r["client_host"]))),
     ("Connected for", lambda r, now: _td(human_duration(_since(r["connected_since"], now)),
