@@ -52,3 +52,22 @@ def test_aio_errors(plain_server) -> None:  # type: ignore[no-untyped-def]
             await casemate.aio.connect(plain_server.url.replace("admin-secret-pw", "wrong"))
         assert e2.value.code == "28P01"
     _run(main())
+
+
+def test_aio_description_and_lastrowid(plain_server) -> None:  # type: ignore[no-untyped-def]
+    """Declared types describe an empty result; executemany leaves no stale lastrowid."""
+    async def main() -> None:
+        conn = await casemate.aio.connect(plain_server.url)
+        await conn.execute("CREATE TABLE d (id INTEGER PRIMARY KEY, day DATE, note TEXT)")
+        cur = conn.cursor()
+        await cur.execute("INSERT INTO d (note) VALUES ('x')")
+        assert cur.lastrowid == 1
+        await cur.executemany("INSERT INTO d (note) VALUES (?)", [("y",), ("z",)])
+        assert cur.lastrowid is None and cur.rowcount == 2
+        await cur.execute("SELECT id, day, note FROM d WHERE id < 0")
+        assert [d[1] for d in cur.description] == ["integer", "date", "text"]
+        await cur.execute("SELECT id, day, note FROM d ORDER BY id")  # day is NULL
+        assert [d[1] for d in cur.description] == ["integer", "date", "text"]
+        await conn.rollback()
+        await conn.close()
+    _run(main())

@@ -449,6 +449,7 @@ class AsyncCursor:
     async def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> None:
         conn = self.connection
         await self._reset()
+        self.lastrowid = None  # not the previous statement's (PEP 249 leaves it undefined)
         total = 0
         it = iter(seq)
         while chunk := [tuple(p) for p in itertools.islice(it, 2000)]:

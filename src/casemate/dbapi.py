@@ -384,6 +384,7 @@ class Cursor:
     def executemany(self, operation: str, seq_of_parameters: Sequence[Sequence[Any]]) -> None:
         conn = self._check()
         self._reset()
+        self.lastrowid = None  # not the previous statement's (PEP 249 leaves it undefined)
         total = 0
         it = iter(seq_of_parameters)
         while chunk := [tuple(p) for p in itertools.islice(it, EXECUTEMANY_CHUNK)]:

@@ -570,3 +570,18 @@ def test_admin_global_denials_no_file_created(conns: dict[str, casemate.Connecti
         a.rollback()
     finally:
         target.unlink(missing_ok=True)
+
+
+def test_description_types_under_per_table_grants(conns: dict[str, casemate.Connection]) -> None:
+    """An empty result still has its declared types for a per-table group (the EXPLAIN
+    that finds them runs under the group's rights), and reading them refuses nothing else."""
+    clerk = conns["clerk"]
+    for sql in ("SELECT id, name, qty FROM items WHERE id < 0",
+                "SELECT id, name FROM v_items WHERE id < 0"):
+        cur = clerk.execute(sql)
+        assert cur.fetchall() == []
+        assert [d[1] for d in cur.description] == ["integer", "text", "integer"][:len(
+            cur.description)], sql
+    assert rows(clerk, "SELECT name FROM items WHERE id = 1") == [("apple",)]
+    refused(clerk, "SELECT note FROM secret WHERE id < 0")
+    end_transaction(clerk)

@@ -189,6 +189,45 @@ def test_typed_parameters_selected_back(server: ServerProcess) -> None:
         conn.rollback()
 
 
+CODES = ["integer", "integer", "float", "text", "bytes", "decimal", "date", "datetime",
+         "datetime", "time", "bool", "uuid", "json"]
+
+
+def test_description_types_without_values(server: ServerProcess) -> None:
+    """Type codes come from the declared column types when no row (or a NULL) shows one,
+    by every path a column reaches a result: plain, filtered, sorted, a subquery, a view,
+    UNION; expressions are typed by their value, parameters by theirs."""
+    cols = ", ".join(COLUMNS)
+    with server.connect() as conn:
+        cur = conn.cursor()
+        for sql in (f"SELECT {cols} FROM vals WHERE id < 0",
+                    f"SELECT {cols} FROM vals WHERE t = 'none' ORDER BY d",
+                    f"SELECT * FROM (SELECT {cols} FROM vals) AS s WHERE id = -1",
+                    f"SELECT {cols} FROM vals WHERE id < 0 UNION ALL SELECT {cols} FROM vals "
+                    "WHERE id < 0"):
+            cur.execute(sql)
+            assert cur.fetchall() == []
+            assert [d[1] for d in cur.description] == CODES, sql
+        cur.execute("INSERT INTO vals (id) VALUES (-5)")  # every other column NULL
+        cur.execute(f"SELECT {cols} FROM vals WHERE id = -5")
+        assert cur.fetchall()[0][1:] == (None,) * 12
+        assert [d[1] for d in cur.description] == CODES
+        cur.execute("SELECT i + 1, ? FROM vals WHERE id < -5", (dt.date(2024, 1, 1),))
+        assert [d[1] for d in cur.description][1] == "date"
+        cur.execute("SELECT 1, 'x', NULL")
+        assert [d[1] for d in cur.description][:2] == ["integer", "text"]
+        conn.rollback()
+
+
+def test_lastrowid_after_executemany(server: ServerProcess) -> None:
+    with server.connect() as conn:
+        cur = conn.cursor()
+        cur.execute("INSERT INTO vals (id, t) VALUES (-7, 'x')")
+        cur.executemany("INSERT INTO vals (id, t) VALUES (?, 'y')", [(-8,), (-9,)])
+        assert cur.lastrowid is None and cur.rowcount == 2
+        conn.rollback()
+
+
 def test_exact_decimals_and_arithmetic(server: ServerProcess) -> None:
     with server.connect() as conn:
         conn.execute("CREATE TABLE money (id integer PRIMARY KEY, amount DECIMAL(38, 2), "

@@ -34,7 +34,7 @@ from tests.web import CLERK_PASSWORD, prepare_web_db, web_url
 
 LOGIN_PAGE = "/login"
 PROTECTED_GETS = ["/", "/sessions", "/settings", "/certificate", "/api/status", "/api/sessions",
-                  "/?fragment=1", "/sessions?fragment=1"]
+                  "/?fragment=1", "/sessions?fragment=1", "/api/history?since=0"]
 
 
 @dataclass
@@ -378,6 +378,13 @@ def test_api_status_sessions_drop_and_message(make_db, server_factory) -> None: 
         assert st["sessions"] == 2 and st["accepting"] is True
         assert st["publication"] == server.db.name and st["version"] == casemate.__version__
         assert st["certificate_sha256"] is None  # no TLS on a plain server
+        history = json.loads(web.get("/api/history?since=0").body)
+        assert history["interval"] == 2.0 and len(history["time"]) == len(history["sessions"])
+        assert web.get("/api/history?since=soon").status == 400
+        # The page's own files: the chart library is shipped, a path is never read.
+        assert b"uPlot" in web.get("/static/uPlot.iife.min.js").body
+        assert web.get("/static/..%2F..%2Fweb.py").status == 404
+        assert web.get("/static/README.md").status == 404
         rows = json.loads(web.get("/api/sessions").body)
         by_id = {row["id"]: row for row in rows}
         assert set(by_id) == {a.session_id, b.session_id}
@@ -470,7 +477,8 @@ def test_https_on_an_encrypted_server_cookie_certificate_and_csr(make_db, server
         c.execute("SELECT 1")
         rows = json.loads(web.get("/api/sessions").body)
         assert [(r["encrypted"], r["tls_version"] is not None) for r in rows] == [(True, True)]
-        assert re.search(r"<td class=enc>encrypted</td>", web.get("/sessions").text)
+        assert re.search(r"<td class=enc title=\"TLSv1\.[23] [^\"]+\">encrypted</td>",
+                         web.get("/sessions").text)
 
     r = web.post("/certificate/csr", {"csrf": web.csrf("/certificate")})
     assert r.status == 200 and r.headers.get_content_type() == "application/pkcs10"

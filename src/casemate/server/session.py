@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import datetime as dt
 import itertools
 import logging
 import random
 import re
 import ssl
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Hashable
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from ..admin import run_admin_command
@@ -28,6 +25,7 @@ from ..methods import MethodContext
 from ..protocol import NEED_DATA, PROTOCOL_VERSION, Message, Msg, ProtocolConnection, Role, codec
 from ..storage import Busy, Interrupted, StorageConnection, StorageCursor, StorageError, TooLong
 from ..storage.access import PermissionDenied, Policy
+from ..storage.base import type_code
 from .audit import clean, format_address
 from .auth import ScramException, ScramLogin, mechanism_for
 from .calls import IterCursor, guarded, method_error, run_method, stop_method
@@ -68,26 +66,19 @@ _RDN_NAMES = {"commonName": "CN", "organizationName": "O", "organizationalUnitNa
               "countryName": "C", "localityName": "L", "stateOrProvinceName": "ST"}
 
 
-def _type_code(v: Any) -> str | None:
-    return None if v is None else _TYPE_NAMES.get(type(v), type(v).__name__)
-
-
-_TYPE_NAMES = {int: "integer", float: "float", str: "text", bytes: "bytes", bool: "bool",
-               Decimal: "decimal", dt.date: "date", dt.time: "time", dt.datetime: "datetime",
-               uuid.UUID: "uuid", codec.Json: "json"}
-
-
 class Batch(NamedTuple):
     """Rows pulled from a cursor for one ROWS frame (or a one-frame RESULT)."""
 
     body: bytes  # the rows, packed as one msgpack array
     row_count: int
     more: bool  # the cursor may hold more rows: it stays open as a portal
-    first_row: list[Any]  # its values' types describe the columns ([] if no row)
+    types: list[str | None]  # each column's type code ([] unless asked to describe)
 
 
-def fetch_batch(cur: StorageCursor, max_rows: int) -> Batch:
-    """Pull up to ``max_rows`` rows (or ~1 MiB) from ``cur``."""
+def fetch_batch(cur: StorageCursor, max_rows: int, describe: bool = True) -> Batch:
+    """Pull up to ``max_rows`` rows (or ~1 MiB) from ``cur``; with ``describe``, each
+    column's type code, from the first row's value, else (NULL, no rows) from the
+    statement's declared types."""
     chunks: list[bytes] = []
     total = n = 0
     first: list[Any] = []
@@ -102,8 +93,20 @@ def fetch_batch(cur: StorageCursor, max_rows: int) -> Batch:
             total += len(packed)
             n += len(rows)
         if len(rows) < want:
-            return Batch(codec.pack_array_of_packed(chunks), n, False, first)
-    return Batch(codec.pack_array_of_packed(chunks), n, True, first)
+            return Batch(codec.pack_array_of_packed(chunks), n, False, _types(cur, first, describe))
+    return Batch(codec.pack_array_of_packed(chunks), n, True, _types(cur, first, describe))
+
+
+def _types(cur: StorageCursor, first: list[Any], describe: bool) -> list[str | None]:
+    if not describe:
+        return []
+    types = [type_code(v) for v in first]
+    if types and None not in types:
+        return types
+    declared = cur.declared_types()
+    if not types:
+        return declared
+    return [t if t is not None else d for t, d in zip(types, declared, strict=False)]
 
 
 def storage_error(e: BaseException) -> Error:
@@ -231,6 +234,7 @@ class Session(asyncio.Protocol):
         self.task = asyncio.get_running_loop().create_task(self.run())
 
     def data_received(self, data: bytes) -> None:
+        self.server.bytes_in += len(data)
         self.proto.receive_data(data)
         self._holding = True
         try:
@@ -289,7 +293,9 @@ class Session(asyncio.Protocol):
     def _flush(self) -> None:
         out, self._out = self._out, []
         if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self.server.bytes_out += len(data)
+            self.transport.write(data)
 
     def send(self, msg: Msg, body: Any = None) -> None:
         self._write(self.proto.send(msg, body))
@@ -910,7 +916,7 @@ class Session(asyncio.Protocol):
         body, more = first.body, first.more
         if describe:
             desc = cur.description or ()
-            types = [_type_code(v) for v in first.first_row] or [None] * len(desc)
+            types = first.types or [None] * len(desc)
             described = [(d[0], t) for d, t in zip(desc, types, strict=False)]
             if not more and self.result_frames:  # the whole result: one frame
                 in_txn = self.storage is not None and self.storage.in_transaction
@@ -975,10 +981,10 @@ class Session(asyncio.Protocol):
             raise Error(f"cursor {portal} has no pending result", Codes.INVALID_CURSOR)
         if isinstance(cur, IterCursor) and self.storage is not None:  # a method's rows
             conn, limit = self.storage, self.server.settings.methods.time_limit_seconds
-            first = await guarded(lambda: self.call(fetch_batch, cur, batch, holder=cur.holder),
+            first = await guarded(lambda: self.call(fetch_batch, cur, batch, False, holder=cur.holder),
                                   conn, cur.holder, limit, cur.name)
         else:  # in a thread: an open cursor cannot be cut off and run again
-            first = await self.call(fetch_batch, cur, batch)
+            first = await self.call(fetch_batch, cur, batch, False)
         self._send_result(portal, cur, first, describe=False)
         if portal not in self.portals:
             cur.close()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import functools
 import hashlib
 import hmac
 import html
@@ -24,17 +26,20 @@ import ssl
 import time
 import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
 from .. import continuity, tls
+from ..cli.tables import human_bytes, human_duration
 from ..database import GENERATED_MARKER
 from ..errors import Codes
 from ..settings import SettingsError, parse_settings
 from ..settings_file import set_toml_value
 from .audit import clean
+from .history import History
 from .monitor import SESSION_COLUMNS, session_rows, status
 
 if TYPE_CHECKING:
@@ -78,7 +83,14 @@ nav form{display:inline;float:right}main{padding:1em 1.5em}
 table{border-collapse:collapse;background:#fff}td,th{border:1px solid #ccd;padding:.3em .6em}
 th{background:#e8ebf0;text-align:left}.banner{background:#ffe08a;padding:.6em 1em;font-weight:bold}
 .enc{color:#17703a;font-weight:bold}.plain{color:#b3261e;font-weight:bold}.err{color:#b3261e}
-label{display:block;margin:.5em 0}"""
+label{display:block;margin:.5em 0}.num{text-align:right}
+#sessions{width:100%}#sessions td{white-space:nowrap}
+#sessions td.cut{max-width:12em;overflow:hidden;text-overflow:ellipsis}
+#sessions form{margin:0}.running{color:#8a4b08;margin-left:.8em;font-weight:bold}
+#graphs{display:grid;grid-template-columns:repeat(3,minmax(0,1fr));gap:1em;margin-top:1.2em}
+.graph{background:#fff;border:1px solid #ccd;margin:0;padding:.4em}
+.graph figcaption{font-weight:bold;margin-bottom:.2em}
+.u-legend,.u-legend th,.u-legend td{border:0;background:none;padding:0 .2em;font-weight:normal}"""
 
 _LIVE_JS = """setInterval(async () => {
   const r = await fetch(location.pathname + '?fragment=1');
@@ -88,6 +100,14 @@ _LIVE_JS = """setInterval(async () => {
 # Served as files, so the Content-Security-Policy needs no 'unsafe-inline': an injected
 # <script> or style attribute would not run even if some value escaped the escaping.
 _STATIC = {"casemate.css": (_CSS, "text/css"), "live.js": (_LIVE_JS, "text/javascript")}
+# Files shipped in the package (static/README.md says where the chart library comes from).
+_FILES = Path(__file__).with_name("static")
+_FILE_TYPES = {"uPlot.iife.min.js": "text/javascript", "uPlot.min.css": "text/css",
+               "dashboard.js": "text/javascript", "sessions.js": "text/javascript"}
+# The dashboard's graphs: (id, title); dashboard.js draws /api/history into them.
+_GRAPHS = [("sessions", "Sessions"), ("encrypted", "Encrypted sessions (%)"),
+           ("statements", "Statements per second"), ("bytes", "Bytes in and out per second"),
+           ("cpu", "Server CPU (% of one core)")]
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
         "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 _DENIED = "connections from this address are refused by the server's access rules"
@@ -102,6 +122,8 @@ class WebAdmin:
         self.url = ""
         self.https = self.settings.needs_https(server.encrypted)
         self._names = self._known_names()
+        self.history = History(server)
+        self._sampler: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------
     def _ssl(self) -> ssl.SSLContext | None:
@@ -127,6 +149,7 @@ class WebAdmin:
                               client_max_size=64 * 1024)
         app.add_routes([
             web.get("/static/{name}", self.static),
+            web.get("/favicon.ico", self.no_icon),
             web.get("/login", self.login_page), web.post("/login", self.login),
             web.post("/logout", self.logout), web.get("/", self.dashboard),
             web.get("/sessions", self.sessions_page),
@@ -137,7 +160,9 @@ class WebAdmin:
             web.post("/certificate/generate", self.cert_generate),
             web.post("/certificate/csr", self.cert_csr),
             web.get("/api/status", self.api_status), web.get("/api/sessions", self.api_sessions),
+            web.get("/api/history", self.api_history),
         ])
+        self._sampler = asyncio.get_running_loop().create_task(self.history.run())
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         ctx = self._ssl()
@@ -154,6 +179,8 @@ class WebAdmin:
         self.url = f"{'https' if ctx else 'http'}://{shown}:{port}/"
 
     async def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
         if self.runner is not None:
             await self.runner.cleanup()
 
@@ -217,10 +244,16 @@ class WebAdmin:
         return names
 
     async def static(self, request: web.Request) -> web.Response:
-        found = _STATIC.get(request.match_info["name"])
+        name = request.match_info["name"]
+        found = _STATIC.get(name)
+        if found is None and name in _FILE_TYPES:  # a fixed list: no path from the request
+            found = (_static_file(name), _FILE_TYPES[name])
         if found is None:
             raise web.HTTPNotFound()
         return web.Response(text=found[0], content_type=found[1])
+
+    async def no_icon(self, request: web.Request) -> web.Response:
+        return web.Response(status=204)  # browsers ask for it: no 404 in their consoles
 
     @web.middleware
     async def _rights(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -325,7 +358,8 @@ class WebAdmin:
 
     # -- rendering ------------------------------------------------------------------
     def _page(self, title: str, body: str, login: WebLogin | None, status: int = 200,
-              live: bool = False) -> web.Response:
+              live: bool = False, scripts: tuple[str, ...] = (),
+              styles: tuple[str, ...] = ()) -> web.Response:
         nav = ""
         if login is not None:
             nav = ("<nav><a href=/>Dashboard</a><a href=/sessions>Sessions</a>"
@@ -335,10 +369,13 @@ class WebAdmin:
             if self.server.check_settings_change():
                 nav += ("<div class=banner id=restart-banner>Settings changed: restart the "
                         "server to apply them.</div>")
+        js = (*(("live.js",) if live else ()), *scripts)
         text = (f"<!doctype html><html><head><meta charset=utf-8><title>{_esc(title)} - "
-                f"Casemate</title><link rel=stylesheet href=/static/casemate.css></head><body>"
-                f"{nav}<main>{body}</main>"
-                f"{'<script src=/static/live.js></script>' if live else ''}</body></html>")
+                f"Casemate</title>"
+                + "".join(f"<link rel=stylesheet href=/static/{n}>"
+                          for n in (*styles, "casemate.css"))
+                + f"</head><body>{nav}<main>{body}</main>"
+                + "".join(f"<script src=/static/{n}></script>" for n in js) + "</body></html>")
         return web.Response(text=text, content_type="text/html", status=status)
 
     def _status_html(self) -> str:
@@ -347,10 +384,9 @@ class WebAdmin:
         rows = [("Mode", f"<span class={'enc' if mode == 'encrypted' else 'plain'}>{mode}"
                  + (f" (TLS {st['min_tls_version']} minimum)" if st["min_tls_version"] else "")
                  + "</span>")]
-        for key in ("version", "publication", "uptime_seconds", "certificate_subject",
-                    "certificate_sha256", "certificate_days_left", "restart_pending",
-                    "accepting", "sessions", "statements_per_second", "data_bytes"):
-            rows.append((key.replace("_", " ").capitalize(), _esc(st[key])))
+        for title, key, show in _STATUS_ROWS:
+            if st[key] is not None:
+                rows.append((title, _esc(show(st[key]))))
         return "<table id=status>" + "".join(
             f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
 
@@ -358,23 +394,27 @@ class WebAdmin:
         login = self._require(request)
         if request.query.get("fragment"):
             return web.Response(text=self._status_html(), content_type="text/html")
+        graphs = "".join(f"<figure class=graph id=graph-{g}><figcaption>{title} "
+                         "(last hour)</figcaption><div class=plot></div></figure>"
+                         for g, title in _GRAPHS)
         return self._page("Dashboard", f"<h1>Dashboard</h1><div id=live>"
-                          f"{self._status_html()}</div>", login, live=True)
+                          f"{self._status_html()}</div><section id=graphs>{graphs}</section>",
+                          login, live=True, scripts=("uPlot.iife.min.js", "dashboard.js"),
+                          styles=("uPlot.min.css",))
 
     def _sessions_html(self, login: WebLogin) -> str:
-        head = "".join(f"<th>{c}</th>" for c in SESSION_COLUMNS) + "<th></th>"
+        head = "".join(f"<th>{t}</th>" for t, _ in _SESSION_CELLS) + "<th>Action</th>"
         body = []
+        now = time.time()
         for row in session_rows(self.server):
-            cells = []
-            for c, v in zip(SESSION_COLUMNS, row, strict=True):
-                if c == "encrypted":
-                    cells.append(f"<td class={'enc' if v else 'plain'}>"
-                                 f"{'encrypted' if v else 'plain'}</td>")
-                else:  # client-chosen strings: no control or bidirectional characters
-                    cells.append(f"<td>{_esc(clean(v, 1000) if isinstance(v, str) else v)}</td>")
-            drop = (f"<form method=post action=/sessions/{row[0]}/drop><input type=hidden "
-                    f"name=csrf value={login.csrf}><button>Drop</button></form>")
-            body.append(f"<tr data-session={row[0]}>{''.join(cells)}<td>{drop}</td></tr>")
+            r = dict(zip(SESSION_COLUMNS, row, strict=True))
+            cells = "".join(cell(r, now) for _, cell in _SESSION_CELLS)
+            confirm = (f"Drop session {r['id']} of {_text(r['user'])} ({_text(r['program'])}"
+                       f", {_text(r['address'])})? Its open transaction is rolled back.")
+            drop = (f"<form method=post action=/sessions/{r['id']}/drop data-confirm=\""
+                    f"{_esc(confirm)}\"><input type=hidden name=csrf value={login.csrf}>"
+                    "<button>Drop</button></form>")
+            body.append(f"<tr data-session={r['id']}>{cells}<td>{drop}</td></tr>")
         return f"<table id=sessions><tr>{head}</tr>{''.join(body)}</table>"
 
     async def sessions_page(self, request: web.Request) -> web.Response:
@@ -385,7 +425,8 @@ class WebAdmin:
                f"<input type=hidden name=csrf value={login.csrf}><input name=text size=60>"
                "<button>Send</button></form>")
         return self._page("Sessions", f"<h1>Sessions</h1><div id=live>"
-                          f"{self._sessions_html(login)}</div>{msg}", login, live=True)
+                          f"{self._sessions_html(login)}</div>{msg}", login, live=True,
+                          scripts=("sessions.js",))
 
     async def drop(self, request: web.Request) -> web.Response:
         login, _ = await self._require_post(request)
@@ -426,19 +467,35 @@ class WebAdmin:
                 f"<form method=post action=/settings><input type=hidden name=csrf "
                 f"value={login.csrf}>"
                 f"<label>Publication name <input name=publication_name value="
-                f"\"{_esc(net['publication_name'])}\"></label>"
-                f"<label>Listen addresses (comma-separated) <input name=listen value="
-                f"\"{_esc(', '.join(net['listen']))}\"></label>"
-                f"<label>Port <input name=port type=number value={net['port']}></label>"
+                f"\"{_esc(net['publication_name'])}\">{self._running('publication_name', net)}"
+                f"</label><label>Listen addresses (comma-separated) <input name=listen value="
+                f"\"{_esc(', '.join(net['listen']))}\">{self._running('listen', net)}</label>"
+                f"<label>Port <input name=port type=number value={net['port']}>"
+                f"{self._running('port', net)}</label>"
                 f"<label><input type=checkbox name=encrypt_client_server_connections "
                 f"id=encrypt{check('encrypt_client_server_connections')}> Encrypt "
-                f"Client/Server Connections</label>"
-                f"<label>Minimum TLS version <select name=min_tls_version>{tls_opts}</select>"
-                f"</label><label><input type=checkbox name=require_client_certificate"
-                f"{check('require_client_certificate')}> Require client certificates</label>"
+                f"Client/Server Connections{self._running('encrypt_client_server_connections', net)}"
+                f"</label><label>Minimum TLS version <select name=min_tls_version>{tls_opts}"
+                f"</select>{self._running('min_tls_version', net)}</label><label><input "
+                f"type=checkbox name=require_client_certificate"
+                f"{check('require_client_certificate')}> Require client certificates"
+                f"{self._running('require_client_certificate', net)}</label>"
                 "<button type=submit id=save>Save</button></form>"
                 "<p>Settings are read when the server starts: restart it to apply a change.</p>")
         return self._page("Settings", body, login, status=400 if error else 200)
+
+    def _running(self, name: str, net: dict[str, Any]) -> str:
+        """What the running server uses, beside the file's value when they differ (a
+        ``--port``/``--host`` override, an edit not applied yet, port 0 resolved)."""
+        if name == "port" and self.server.addresses:
+            value: Any = self.server.addresses[0][1]
+        else:
+            value = getattr(self.server.settings.network, name)
+        if value == net[name]:
+            return ""
+        shown = (", ".join(value) if isinstance(value, list | tuple) else
+                 ("on" if value else "off") if isinstance(value, bool) else value)
+        return f"<span class=running id=running-{name}>running: {_esc(shown)}</span>"
 
     async def save_settings(self, request: web.Request) -> web.Response:
         login, form = await self._require_post(request)
@@ -534,10 +591,89 @@ class WebAdmin:
         self._require(request)
         return web.json_response(status(self.server), dumps=lambda o: json.dumps(o, default=str))
 
+    async def api_history(self, request: web.Request) -> web.Response:
+        """The samples of the last hour newer than ``since`` (unix time), as columns."""
+        self._require(request)
+        try:
+            since = float(request.query.get("since", "0"))
+        except ValueError:
+            raise web.HTTPBadRequest(text="since: a unix time in seconds") from None
+        return web.json_response(self.history.since(since))
+
     async def api_sessions(self, request: web.Request) -> web.Response:
         self._require(request)
         rows = [dict(zip(SESSION_COLUMNS, r, strict=True)) for r in session_rows(self.server)]
         return web.json_response(rows, dumps=lambda o: json.dumps(o, default=str))
+
+
+# -- human units ------------------------------------------------------------------------
+def _yes(v: Any) -> str:
+    return "yes" if v else "no"
+
+
+def _text(v: Any) -> str:
+    """A client-chosen string for a page: no control or bidirectional characters."""
+    return "" if v is None else clean(v, 1000) if isinstance(v, str) else str(v)
+
+
+# The dashboard's status rows: (title, key of monitor.status, shown as).
+_STATUS_ROWS: list[tuple[str, str, Any]] = [
+    ("Version", "version", str), ("Publication", "publication", str),
+    ("Up for", "uptime_seconds", human_duration),
+    ("Certificate", "certificate_subject", str),
+    ("Certificate SHA-256", "certificate_sha256", str),
+    ("Certificate expires in", "certificate_days_left", lambda d: f"{d} days"),
+    ("Restart pending", "restart_pending", _yes), ("Accepting connections", "accepting", _yes),
+    ("Sessions", "sessions", str), ("Statements per second", "statements_per_second", str),
+    ("Data size", "data_bytes", human_bytes),
+]
+
+
+def _since(iso: str | None, now: float) -> float | None:
+    return None if not iso else now - dt.datetime.fromisoformat(iso).timestamp()
+
+
+def _td(v: Any, cls: str = "", title: str = "") -> str:
+    attrs = (f" class={cls}" if cls else "") + (f" title=\"{_esc(title)}\"" if title else "")
+    return f"<td{attrs}>{_esc(v)}</td>"
+
+
+def _encryption_cell(r: dict[str, Any], now: float) -> str:
+    detail = " ".join(_text(r[k]) for k in ("tls_version", "cipher") if r[k])
+    if r["client_certificate"]:
+        detail += f"; client certificate {_text(r['client_certificate'])}"
+    return _td("encrypted" if r["encrypted"] else "plain",
+               "enc" if r["encrypted"] else "plain", detail)
+
+
+def _transaction_cell(r: dict[str, Any], now: float) -> str:
+    if not r["in_transaction"]:
+        return _td("")
+    text = f"open {human_duration(r['transaction_seconds'])}"
+    if r["write_lock_seconds"] is not None:
+        text += f", writing {human_duration(r['write_lock_seconds'])}"
+    return _td(text)
+
+
+# The sessions table: (column title, cell); the full detail is in /api/sessions.
+_SESSION_CELLS: list[tuple[str, Any]] = [
+    ("ID", lambda r, now: _td(r["id"], "num")),
+    ("User", lambda r, now: _td(_text(r["user"]), "cut", "authenticated by "
+                                + _text(r["authenticated_by"]) if r["authenticated_by"] else "")),
+    ("Client address", lambda r, now: _td(_text(r["address"]), "cut", _text(r["address"]))),
+    ("Program", lambda r, now: _td(_text(r["program"]), "cut", _text(r["client_host"]))),
+    ("Connected for", lambda r, now: _td(human_duration(_since(r["connected_since"], now)),
+                                         title=r["connected_since"] or "")),
+    ("Idle", lambda r, now: _td(human_duration(r["idle_seconds"]))),
+    ("Encryption", _encryption_cell),
+    ("Statements", lambda r, now: _td(r["statements"], "num")),
+    ("Transaction", _transaction_cell),
+]
+
+
+@functools.cache
+def _static_file(name: str) -> str:
+    return (_FILES / name).read_text(encoding="utf-8")
 
 
 async def start_web(server: Server) -> WebAdmin:

@@ -11,16 +11,30 @@ PostgreSQL (transactions map one to one, users live in the same database).
 from __future__ import annotations
 
 import abc
+import datetime as dt
 import re
 import time
+import uuid
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
+from ..protocol.codec import Json
 from .access import Policy
 
 __all__ = ["BUILTIN_GROUPS", "Busy", "Interrupted", "TooLong", "StorageError", "UserRecord", "StorageCursor",
-           "StorageConnection", "Backend"]
+           "StorageConnection", "Backend", "TYPE_NAMES", "type_code"]
+
+# The type codes of cursor.description (docs/protocol.md, docs/types.md), by Python type.
+TYPE_NAMES = {int: "integer", float: "float", str: "text", bytes: "bytes", bool: "bool",
+              Decimal: "decimal", dt.date: "date", dt.time: "time", dt.datetime: "datetime",
+              uuid.UUID: "uuid", Json: "json", dict: "json"}
+
+
+def type_code(v: Any) -> str | None:
+    """The description type code of one value; None for NULL."""
+    return None if v is None else TYPE_NAMES.get(type(v), type(v).__name__)
 
 
 class StorageError(Exception):
@@ -86,6 +100,12 @@ class StorageCursor(abc.ABC):
     @abc.abstractmethod
     def fetch(self, n: int) -> list[tuple[Any, ...]]:
         """Up to ``n`` more rows; fewer (possibly none) when the result is exhausted."""
+
+    def declared_types(self) -> list[str | None]:
+        """Each result column's type code as the statement declares it (a table column's
+        declared type, a typed parameter), None where unknown; called from the thread that
+        may use the connection, only when the first row cannot tell."""
+        return [d[1] for d in self.description or ()]
 
     @abc.abstractmethod
     def close(self) -> None: ...

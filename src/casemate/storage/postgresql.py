@@ -335,13 +335,26 @@ class _Pool:
 
 
 # -- cursors --------------------------------------------------------------------
+# PostgreSQL type OIDs (pg_type) -> description type codes (docs/types.md); psycopg
+# reports them even for an empty result.
+_TYPE_OIDS = {16: "bool", 17: "bytes", 18: "text", 19: "text", 20: "integer", 21: "integer",
+              23: "integer", 25: "text", 26: "integer", 114: "json", 700: "float",
+              701: "float", 1042: "text", 1043: "text", 1082: "date", 1083: "time",
+              1114: "datetime", 1184: "datetime", 1266: "time", 1700: "decimal",
+              2950: "uuid", 3802: "json"}
+
+
+def _described(d: Sequence[Any]) -> list[tuple[str, str | None]]:
+    return [(c.name, _TYPE_OIDS.get(c.type_code)) for c in d]
+
+
 class _PlainCursor(StorageCursor):
     """A statement without a server-side cursor: its rows (RETURNING...) came at once."""
 
     def __init__(self, cur: psycopg.Cursor[Any]) -> None:
         self._cur = cur
         d = cur.description
-        self.description = [(c.name, None) for c in d] if d else None
+        self.description = _described(d) if d else None
         self.rowcount = cur.rowcount
         self.lastrowid = None
 
@@ -364,7 +377,7 @@ class _ServerCursor(StorageCursor):
         self.name = name
         self.depth = depth          # savepoints open when it was declared (-1: outside a txn)
         d = first.description
-        self.description = [(c.name, None) for c in d] if d else []
+        self.description = _described(d) if d else []
         self.rowcount = -1          # like SQLite: unknown for a query
         self.lastrowid = None
         self._buf: list[tuple[Any, ...]] = list(first.fetchall())

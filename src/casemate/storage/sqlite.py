@@ -46,6 +46,7 @@ from .base import (
     StorageError,
     TooLong,
     UserRecord,
+    type_code,
 )
 from .sqlite_errors import engine_boundary
 
@@ -181,10 +182,12 @@ _WRITE_OPS = ("Vacuum", "JournalMode")  # besides a write Transaction: what clea
 
 class _Cursor(StorageCursor):
     def __init__(self, cur: sqlite3.Cursor, conn: _Connection,
-                 conv: list[tuple[int, Callable[[Any], Any]]] | None = None) -> None:
+                 conv: list[tuple[int, Callable[[Any], Any]]] | None = None,
+                 statement: tuple[str, Sequence[Any]] = ("", ())) -> None:
         self._cur = cur
         self._conn = conn
         self._conv = conv
+        self._statement = statement
         d = cur.description
         self.description = [(c[0], None) for c in d] if d else None
         self.rowcount = cur.rowcount
@@ -200,6 +203,15 @@ class _Cursor(StorageCursor):
         if self._conv:  # typed parameters selected back (sqlite_types.ResultTyper)
             return sqlite_types.convert_rows(rows, self._conv)
         return rows
+
+    def declared_types(self) -> list[str | None]:
+        width = len(self.description or ())
+        sql, params = self._statement
+        try:
+            found = self._conn._typer.declared(sql, params, type_code) if sql else None
+        except sqlite3.OperationalError as e:  # stopped: as a fetch would be
+            raise self._conn._denied(e) from e
+        return found if found is not None and len(found) == width else [None] * width
 
     def close(self) -> None:
         self._cur.close()
@@ -394,8 +406,9 @@ class _Connection(StorageConnection):
             if self.policy.per_table:
                 self._check_program(sql, _big_ints(params))
             plan = self._typer.plan(sql, params)  # before the statement runs: see ResultTyper
-            raw = self._db.execute(sql, _big_ints(params))
-            cur = _Cursor(raw, self, sqlite_types.converters_for(plan, raw.description))
+            raw = self._db.execute(sql, big := _big_ints(params))
+            cur = _Cursor(raw, self, sqlite_types.converters_for(plan, raw.description),
+                          (sql, big))
         except sqlite3.DatabaseError as e:
             raise self._denied(e, was_txn) from e
         except MemoryError as e:

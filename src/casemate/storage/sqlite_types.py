@@ -426,7 +426,8 @@ def _lenient(read: Callable[[Any], Any]) -> Callable[[Any], Any]:
 _LENIENT = {t: _lenient(r) for t, r in _READERS.items()}
 
 # Where a register's value may come from, in the bytecode of one statement.
-_NULL, _TABLE, _OTHER = "null", "table", "other"
+# A table's column is ("col", cursor, j); its rowid ("rowid", cursor).
+_NULL, _OTHER = "null", "other"
 # Opcodes whose output register is p2 / p3 (the others that write registers are "other").
 _MOVES = {"Copy", "SCopy", "IntCopy"}
 _TABLE_OPENS = {"OpenRead", "OpenWrite", "ReopenIdx"}
@@ -443,9 +444,10 @@ _NO_VALUE = frozenset({
     "HaltIfNull", "IsType", "ReleaseReg", "Delete", "ResetSorter", "ColumnsUsed", "CursorHint",
     "FkCheck", "NullRow", "DeferredSeek", "FinishSeek", "SeekEnd", "SeekHit", "Filter",
     "FilterAdd", "IfNullRow", "IfNoHope", "IfSmaller", "SorterCompare", "Trace", "Abortable",
-    "Expire", "AggStep"
+    "Expire", "AggStep",
+    "RealAffinity",  # only ever after reading a REAL column: it keeps the column's type
 })
-_IN_PLACE = {"Cast", "AddImm", "MustBeInt", "RealAffinity", "Affinity"}
+_IN_PLACE = {"Cast", "AddImm", "MustBeInt", "Affinity"}
 
 
 class _Flow:
@@ -480,7 +482,7 @@ class _Flow:
 
     def column(self, cur: int, j: int) -> set[Any]:
         if cur in self.tables:
-            return {_TABLE}
+            return {("col", cur, j)}
         cols = self.cursor.get(cur, [])
         return set(cols[j]) if j < len(cols) else set()
 
@@ -496,6 +498,8 @@ class _Flow:
                 self.add(p2 + k, self.get(p1 + k))
         elif name == "Column":
             self.add(p3, self.column(p1, p2))
+        elif name in ("Rowid", "IdxRowid") and p1 in self.tables:
+            self.add(p2, {("rowid", p1)})
         elif name == "MakeRecord":
             self.add_columns(self.record, p3, [self.get(p1 + k) for k in range(p2)])
             self.add(p3, {_OTHER})
@@ -540,6 +544,29 @@ class _Flow:
         return cols
 
 
+class _Linear(_Flow):
+    """Sources in program order, a register holding what its last write put there: what a
+    description needs (one type per column), where the fixpoint's union over every write
+    to a reused register would mix the columns a sorter's input and output share."""
+
+    def add(self, r: int, srcs: set[Any]) -> None:
+        self.reg[r] = set(srcs)
+
+    def results(self) -> list[set[Any]] | None:
+        cols: list[set[Any]] = []
+        for _ in range(2):  # the second pass sees the records the first one filled
+            self.reg, cols = {}, []
+            for op in self.ops:
+                self.step(op)
+                if op[1] == "ResultRow":
+                    if cols and len(cols) != op[3]:
+                        return None
+                    cols = cols or [set() for _ in range(op[3])]
+                    for j in range(op[3]):
+                        cols[j] |= self.get(op[2] + j)
+        return cols or None
+
+
 def _column_type(srcs: set[Any], types: Sequence[type | None]) -> type | None:
     """The Python type one result column's values are read back as, or None to keep them."""
     if _OTHER in srcs:
@@ -551,6 +578,8 @@ def _column_type(srcs: set[Any], types: Sequence[type | None]) -> type | None:
             if t is None:
                 return None
             found.add(t)
+        elif isinstance(s, tuple) and s[0] in ("col", "rowid"):
+            continue  # a table's column: read as its declared type says
         elif isinstance(s, tuple):  # a function: only ours say what they return
             if not s[1].startswith("decimal") or s[1] == "decimal_cmp":
                 return None
@@ -592,6 +621,7 @@ class ResultTyper:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
         self._cache: OrderedDict[tuple[Any, ...], Plan] = OrderedDict()
+        self._declared: OrderedDict[tuple[Any, ...], list[str | None] | None] = OrderedDict()
 
     def plan(self, sql: str, params: Sequence[Any]) -> Plan | None:
         """How to read ``sql``'s result; None for most statements (checked cheaply)."""
@@ -618,6 +648,19 @@ class ResultTyper:
                 self._cache.popitem(last=False)
         return hit
 
+    def declared(self, sql: str, params: Sequence[Any], code: Callable[[Any], str | None]
+                 ) -> list[str | None] | None:
+        """:func:`declared_types` of ``sql``, cached like plans (by statement, parameter
+        types and schema version)."""
+        version = self._db.execute("PRAGMA schema_version").fetchone()[0]
+        text: str | bytes = sql if len(sql) <= 1024 else hashlib.blake2b(sql.encode()).digest()
+        key = ("declared", text, tuple(code(p) for p in params), version)
+        if key not in self._declared:
+            self._declared[key] = declared_types(self._db, sql, params, code)
+            if len(self._declared) > self.CACHE:
+                self._declared.popitem(last=False)
+        return self._declared[key]
+
     def _analyse(self, sql: str, params: Sequence[Any], types: list[type | None]
                  ) -> Plan | None:
         try:
@@ -637,6 +680,101 @@ class ResultTyper:
             if t is not None:
                 out.append((j, _LENIENT[t]))
         return (len(cols), out)
+
+
+# -- declared types of result columns (cursor.description) -------------------------------
+# The first word of a declared type, as the read converters know it (sqlite.py).
+_DECLARED = {"DATE": "date", "TIME": "time", "DATETIME": "datetime", "TIMESTAMP": "datetime",
+             "TIMESTAMPTZ": "datetime", "DECIMAL": "decimal", "NUMERIC": "decimal",
+             "BOOLEAN": "bool", "BOOL": "bool", "UUID": "uuid", "JSON": "json", "JSONB": "json"}
+_WITHOUT_ROWID = re.compile(r"\)\s*WITHOUT\s+ROWID", re.IGNORECASE)
+
+
+def declared_code(decl: str | None) -> str | None:
+    """The description type code of a column declared ``decl``: a converter's name, else
+    SQLite's affinity rules in their order (sqlite.org/datatype3.html §3.1); None for no
+    type or NUMERIC affinity, whose values may be integers or floats."""
+    d = (decl or "").strip().upper()
+    head = re.split(r"[\s(]", d, maxsplit=1)[0]
+    if head in _DECLARED:
+        return _DECLARED[head]
+    for words, code in ((("INT",), "integer"), (("CHAR", "CLOB", "TEXT"), "text"),
+                        (("BLOB",), "bytes"), (("REAL", "FLOA", "DOUB"), "float")):
+        if any(w in d for w in words):
+            return code
+    return None
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _opened_columns(db: sqlite3.Connection, ops: list[tuple[Any, ...]]
+                    ) -> dict[int, list[str | None]]:
+    """For each cursor the program opens on a table or an index: the type code of each
+    column of its records (an index's columns are its table's; -1 is the rowid)."""
+    schemas = {r[0]: r[1] for r in db.execute("PRAGMA database_list")}
+    out: dict[int, list[str | None]] = {}
+    for op in ops:
+        if op[1] not in _TABLE_OPENS or op[4] not in schemas:
+            continue
+        schema = _quote(schemas[op[4]])
+        master = "sqlite_temp_schema" if op[4] == 1 else f"{schema}.sqlite_schema"
+        row = db.execute(f"SELECT type, name, tbl_name, sql FROM {master} WHERE rootpage = ?",
+                         (op[3],)).fetchone()
+        if row is None or _WITHOUT_ROWID.search(row[3] or ""):
+            continue  # WITHOUT ROWID: its records put the key first; not worth mapping
+        table = [declared_code(c[2]) for c in
+                 db.execute(f"PRAGMA {schema}.table_xinfo({_quote(row[2])})")]
+        if row[0] == "table":
+            virtual = {c[0] for c in db.execute(f"PRAGMA {schema}.table_xinfo("
+                                                f"{_quote(row[2])})") if c[6] == 2}
+            out[op[2]] = [t for k, t in enumerate(table) if k not in virtual]
+        else:
+            out[op[2]] = [table[c[1]] if 0 <= c[1] < len(table) else
+                          "integer" if c[1] == -1 else None
+                          for c in db.execute(f"PRAGMA {schema}.index_xinfo({_quote(row[1])})")]
+    return out
+
+
+def _declared(srcs: set[Any], cursors: dict[int, list[str | None]],
+              params: Sequence[Any], code: Callable[[Any], str | None]) -> str | None:
+    """The one type code every source of a result column has, else None."""
+    found: set[str | None] = set()
+    for s in srcs:
+        if s == _NULL:
+            continue
+        if not isinstance(s, tuple):
+            return None
+        if s[0] == "col":
+            cols = cursors.get(s[1], [])
+            found.add(cols[s[2]] if s[2] < len(cols) else None)
+        elif s[0] == "rowid":
+            found.add("integer")
+        elif s[0] == "param" and 0 < s[1] <= len(params):
+            found.add(code(params[s[1] - 1]))
+        else:
+            return None  # a function: typed by its value only
+    return found.pop() if len(found) == 1 else None
+
+
+def declared_types(db: sqlite3.Connection, sql: str, params: Sequence[Any],
+                   code: Callable[[Any], str | None]) -> list[str | None] | None:
+    """The type code of each result column of ``sql`` from where its values come: a
+    table's declared column type, a parameter's value (``code``), None for other
+    expressions; None when the program cannot be read (the statement's group may not
+    read the schema)."""
+    try:
+        ops = db.execute("EXPLAIN " + sql, params).fetchall()
+        cols = _Linear(ops).results()
+        if cols is None:
+            return None
+        cursors = _opened_columns(db, ops)
+    except sqlite3.Error as e:
+        if getattr(e, "sqlite_errorcode", 0) in _STOPPED:
+            raise  # a cancel or the event loop's cut-off: the caller stops as for any read
+        return None
+    return [_declared(srcs, cursors, params, code) for srcs in cols]
 
 
 def converters_for(plan: Plan | None, description: Sequence[Any] | None) -> Converters | None:
