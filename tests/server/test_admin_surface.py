@@ -51,7 +51,7 @@ def raw_login(port: int, user: str) -> bytes:
 
 def test_client_strings_cannot_forge_rows_or_log_lines(plain_server: ServerProcess) -> None:
     with casemate.connect(plain_server.url, program=FORGED):
-        r = cli("sessions", plain_server.url)
+        r = cli("sessions", plain_server.url, "--wide")  # --wide: no value cut to fit
         assert r.returncode == 0, r.stderr
         assert "forged-row" in r.stdout
         assert not any(line.startswith("99") for line in r.stdout.splitlines())

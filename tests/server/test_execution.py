@@ -354,7 +354,7 @@ def test_ctrl_c_in_shell_cancels_the_statement(plain_server: ServerProcess) -> N
         assert marker in out, out.decode(errors="replace")
 
     try:
-        read_until(b"> ")
+        read_until(b"casemate=>")  # the prompt (line editing adds escape sequences after it)
         os.write(fd, ENDLESS.encode() + b";\n")
         wait_busy(plain_server.pid)
         out = b""
