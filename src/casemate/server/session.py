@@ -768,12 +768,12 @@ class Session(asyncio.Protocol):
         key = self.key(sql, begin or (conn is not None and conn.in_transaction))
         if portal in self.portals or not self.server.cost.inline(key):
             return False
-        if conn is not None and not self._may_cut(conn, sql, params):
-            return False  # a write in a transaction: in a thread, where it cannot stall us
         self._check_statement(sql)
         self._check_portals()
         if conn is None:
             conn = self.storage = self._acquire()
+        if not self._may_cut(conn, sql, params):
+            return False  # in a thread, where it cannot stall us
         try:
             self._count_statement()
             result = self._inline(conn, key, _execute_first, conn, sql, params, begin, batch)
@@ -862,8 +862,11 @@ class Session(asyncio.Protocol):
 
     def _may_cut(self, conn: StorageConnection, sql: str, params: tuple[Any, ...]) -> bool:
         """Whether ``sql`` may run in the event loop, where it is stopped at the cut-off and
-        run again: stopping a write undoes its transaction and the session's open cursors
-        with it, so with either open only a statement that writes nothing may."""
+        run again: every step of it must be short (the cut-off falls between steps), and
+        stopping a write undoes its transaction and the session's open cursors with it, so
+        with either open only a statement that writes nothing may."""
+        if not conn.inlinable(sql, params):
+            return False
         return not (conn.in_transaction or self.portals) or conn.read_only(sql, params)
 
     def _session_statement(self, sql: str) -> bool:
@@ -1003,7 +1006,8 @@ class Session(asyncio.Protocol):
         self.statements += 1
         self.server.statements += 1
         # In a transaction, in a thread: a write stopped part-way undoes the transaction.
-        key = (None if conn.in_transaction or self.portals
+        first = seq[0] if seq and isinstance(seq[0], tuple) else ()
+        key = (None if conn.in_transaction or self.portals or not conn.inlinable(sql, first)
                else self.key(sql, len(seq).bit_length(), begin))
         n = await self.call_retrying(_execute_many, conn, sql, seq, begin, key=key)
         if not conn.in_transaction:

@@ -190,6 +190,12 @@ class StorageConnection(abc.ABC):
         again once a transaction or a cursor is open."""
         return False
 
+    def inlinable(self, sql: str, params: Sequence[Any]) -> bool:
+        """Whether every step of ``sql`` is short enough for the event loop's cut-off to
+        stop it in time (False when unknown): one call of a function quadratic in its
+        arguments (LIKE, instr) is a single step nothing can interrupt."""
+        return False
+
     @abc.abstractmethod
     def set_policy(self, policy: Policy) -> None:
         """Enforce ``policy`` (the session's rights) on every following statement."""

@@ -166,18 +166,43 @@ def _out_of_memory() -> StorageError:
 # work): often enough to stop a statement within well under a millisecond of its cut-off,
 # rarely enough to cost nothing measurable (a primary-key lookup never reaches it).
 PROGRESS_STEPS = 1000
+# In the event loop it runs more often: one step can handle a whole value (upper() of
+# INLINE_MAX_LENGTH bytes: ~0.1 ms), so a thousand such steps would overrun the cut-off
+# by a tenth of a second; a hundred overrun it by ten milliseconds at most.
+INLINE_PROGRESS_STEPS = 100
 # The progress handler cannot stop one long step: a function building a huge value
 # (randomblob(200000000): over a second).  In the event loop values are therefore held to
-# this size (SQLITE_LIMIT_LENGTH; a few milliseconds of work); a call that needs more is
-# stopped ("too big") and run again in a thread, with the connection's usual limit.
-INLINE_MAX_LENGTH = 256 * 1024
+# this size (SQLITE_LIMIT_LENGTH; well under a millisecond of work per step); a call that
+# needs more is stopped ("too big") and run again in a thread, with the connection's
+# usual limit.
+INLINE_MAX_LENGTH = 16 * 1024
+# Functions whose one call costs more than linear in its arguments (pattern matching and
+# substring search: length x pattern length; JSON with many paths: paths x elements): a
+# single step of seconds on values under INLINE_MAX_LENGTH, which the progress handler
+# cannot split.  A statement calling one (itself, or through a view or a trigger) never
+# runs in the event loop.
+_UNBOUNDED_STEPS = frozenset((
+    "like", "glob", "regexp", "match", "instr", "replace", "trim", "ltrim", "rtrim",
+    "json_extract", "json_set", "json_insert", "json_replace", "json_remove", "json_patch",
+    "jsonb_extract", "jsonb_set", "jsonb_insert", "jsonb_replace", "jsonb_remove",
+    "jsonb_patch"))
+_FUNCTION_OPS = ("Function", "PureFunc", "AggStep", "AggInverse", "AggValue", "AggFinal")
 _TOOBIG = 18  # SQLITE_TOOBIG
 _INLINE = "inline"  # _Connection._stop: the event-loop cut-off passed
 _STOP = "stop"      # _Connection._stop: interrupt() was called
-# SQL text -> "writes nothing" (EXPLAIN), for read_only; bounded, cleared when full.
-_readonly: dict[str, bool] = {}
-_MAX_READONLY = 2048
+# SQL text -> (writes nothing, every step short) read from EXPLAIN, for read_only and
+# inlinable; bounded, cleared when full.
+_facts: dict[str, tuple[bool, bool]] = {}
+_MAX_FACTS = 2048
 _WRITE_OPS = ("Vacuum", "JournalMode")  # besides a write Transaction: what clears readOnly
+
+
+def _program_facts(ops: list[Any]) -> tuple[bool, bool]:
+    """(writes nothing, no step of unbounded cost) for an EXPLAIN listing."""
+    ro = not any((op[1] == "Transaction" and op[3]) or op[1] in _WRITE_OPS for op in ops)
+    short = not any(op[1] in _FUNCTION_OPS and isinstance(op[5], str)
+                    and op[5].split("(", 1)[0].lower() in _UNBOUNDED_STEPS for op in ops)
+    return ro, short
 
 
 class _Cursor(StorageCursor):
@@ -266,30 +291,38 @@ class _Connection(StorageConnection):
             self._inline_until = time.monotonic() + inline_seconds
             self._length = self._db.getlimit(limit)
             self._db.setlimit(limit, min(self._length, INLINE_MAX_LENGTH))
+            self._db.set_progress_handler(self._progress, INLINE_PROGRESS_STEPS)
         else:
             self._inline_until = 0.0
             if self._length:
                 self._db.setlimit(limit, self._length)
+                self._db.set_progress_handler(self._progress, PROGRESS_STEPS)
                 self._length = 0
 
     def interrupt(self) -> None:
         self._stop = _STOP
 
     def read_only(self, sql: str, params: Sequence[Any]) -> bool:
+        return self._facts(sql, params)[0]
+
+    def inlinable(self, sql: str, params: Sequence[Any]) -> bool:
+        return self._facts(sql, params)[1]
+
+    def _facts(self, sql: str, params: Sequence[Any]) -> tuple[bool, bool]:
         # EXPLAIN tells, as SQLite's own sqlite3_stmt_readonly() does (which Python does not
-        # offer): a write Transaction opcode, VACUUM or a journal mode change.
-        ro = _readonly.get(sql)
-        if ro is None:
+        # offer): a write Transaction opcode, VACUUM or a journal mode change; and which
+        # functions the program calls, views and triggers included.
+        facts = _facts.get(sql)
+        if facts is None:
             try:
                 ops = self._db.execute("EXPLAIN " + sql, _big_ints(params)).fetchall()
             except (sqlite3.Error, ValueError):
-                return False  # it fails in a thread as well, with the real error
-            ro = not any((op[1] == "Transaction" and op[3]) or op[1] in _WRITE_OPS
-                         for op in ops)
-            if len(_readonly) >= _MAX_READONLY:
-                _readonly.clear()
-            _readonly[sql] = ro
-        return ro
+                return False, False  # it fails in a thread as well, with the real error
+            facts = _program_facts(ops)
+            if len(_facts) >= _MAX_FACTS:
+                _facts.clear()
+            _facts[sql] = facts
+        return facts
 
     def _stopped(self, was_txn: bool) -> Exception:
         why, self._stop = self._stop, None

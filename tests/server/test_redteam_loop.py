@@ -1,0 +1,90 @@
+"""Red-team attacks on the event loop: one SQLite step the progress handler cannot split.
+
+A statement trained short (same SQL text, small parameters) runs in the event loop; SQLite's
+progress handler stops it between steps, but a single function call is one step.  Pattern
+matching and substring search are quadratic in their arguments (``LIKE``, ``GLOB``,
+``instr``, ``replace``, ``trim``), so values well under the event loop's size cap still
+make one step last seconds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from casemate.testing import ServerProcess
+
+A = "printf('%.*c', ?, 'a')"
+QUADRATIC = {
+    "like": (f"SELECT {A} LIKE '%' || {A} || 'b'", (200_000, 20_000)),
+    "glob": (f"SELECT {A} GLOB '*' || {A} || 'b'", (200_000, 20_000)),
+    "instr": (f"SELECT instr({A}, {A} || 'b')", (250_000, 120_000)),
+    "like_function": (f"SELECT like('%' || {A} || 'b', {A})", (20_000, 200_000)),
+}
+
+
+def worst_wait_during(attacker_call, victim) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """(the victim's longest one-row query, the attack's duration) while attacker_call runs."""
+    done = threading.Event()
+    took: list[float] = []
+
+    def attack() -> None:
+        t0 = time.perf_counter()
+        try:
+            attacker_call()
+        finally:
+            took.append(time.perf_counter() - t0)
+            done.set()
+    threading.Thread(target=attack, daemon=True).start()
+    worst = 0.0
+    while not done.is_set():
+        t0 = time.perf_counter()
+        victim.execute("SELECT 1").fetchall()
+        worst = max(worst, time.perf_counter() - t0)
+        time.sleep(0.002)
+    return worst, took[0]
+
+
+@pytest.mark.parametrize("name", sorted(QUADRATIC))
+def test_one_quadratic_function_cannot_stall_other_sessions(plain_server: ServerProcess,
+                                                             name: str) -> None:
+    sql, big = QUADRATIC[name]
+    attacker = plain_server.connect()
+    attacker.autocommit = True
+    victim = plain_server.connect()
+    for _ in range(30):  # teach the cost model that this SQL text is short
+        attacker.execute(sql, (3, 1)).fetchall()
+    for _ in range(20):
+        victim.execute("SELECT 1").fetchall()
+    worst, took = worst_wait_during(lambda: attacker.execute(sql, big).fetchall(), victim)
+    assert took > 0.3, f"the attack took {took:.2f} s: too short to mean anything"
+    assert worst < 0.1, f"another session waited {worst * 1000:.0f} ms behind {name}"
+    attacker.close()
+    victim.close()
+
+
+# Many steps, each a whole value's work: the cut-off is checked between steps, so how much
+# runs between two checks (steps x value size) is what holds the event loop.
+PRINTF = "length(printf('%.*c', ? - x % 2, 'a'))"  # ~7 ns a byte, one step
+ROWS = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) "
+        f"SELECT max({' + '.join([PRINTF] * 8)}) FROM c")
+
+
+@pytest.mark.parametrize("size", [16_000, 250_000])
+def test_steps_of_large_values_cannot_stall_other_sessions(plain_server: ServerProcess,
+                                                           size: int) -> None:
+    attacker = plain_server.connect()
+    attacker.autocommit = True
+    victim = plain_server.connect()
+    for _ in range(30):
+        attacker.execute(ROWS, (2,) + (3,) * 8).fetchall()
+    for _ in range(20):
+        victim.execute("SELECT 1").fetchall()
+    worst, took = worst_wait_during(
+        lambda: attacker.execute(ROWS, (30_000_000 // size,) + (size,) * 8).fetchall(), victim)
+    assert took > 0.3, f"the attack took {took:.2f} s: too short to mean anything"
+    assert worst < 0.06, f"another session waited {worst * 1000:.0f} ms behind the attack"
+    attacker.close()
+    victim.close()
