@@ -13,8 +13,26 @@ too: see ``PRELOGIN_MAX_FRAME`` in session.py.)
 from __future__ import annotations
 
 import collections
+import ipaddress
 
-__all__ = ["PendingLogins", "Ticket"]
+__all__ = ["PendingLogins", "Ticket", "address_key"]
+
+
+def address_key(address: str) -> str:
+    """What per-address caps and throttles count by: the IPv4 address, or the /64 of an
+    IPv6 one (one host or LAN segment is handed a whole /64 and may pick any address in
+    it, so counting exact IPv6 addresses would let one machine multiply every cap);
+    IPv4-mapped IPv6 addresses count as their IPv4 address."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        if not ip.is_loopback:
+            return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 class Ticket:
@@ -42,15 +60,16 @@ class PendingLogins:
 
     def admit(self, address: str) -> Ticket | str:
         """A ticket, or the reason the connection is refused."""
+        key = address_key(address)
         if self.total >= self.total_cap:
             return (f"server busy: {self.total} connections have not finished login "
                     "(limits.max_unauthenticated_connections)")
-        if self._by_address[address] >= self.per_address_cap:
-            return (f"too many connections from {address} that have not finished login "
+        if self._by_address[key] >= self.per_address_cap:
+            return (f"too many connections from {key} that have not finished login "
                     "(access.max_unauthenticated_per_address)")
         self.total += 1
-        self._by_address[address] += 1
-        return Ticket(self, address)
+        self._by_address[key] += 1
+        return Ticket(self, key)
 
     def _release(self, address: str) -> None:
         self.total -= 1

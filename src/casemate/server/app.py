@@ -34,7 +34,7 @@ from ..protocol import Msg, encode_frame
 from ..settings import Settings, SettingsError, load_settings
 from ..storage import Backend, StorageConnection, StorageError
 from ..version import __version__
-from .admission import PendingLogins, Ticket
+from .admission import PendingLogins, Ticket, address_key
 from .audit import AuditLog, Throttle
 from .certauth import CertUsers
 from .inline import CostModel
@@ -441,7 +441,8 @@ class Server:
             return Error(f"server full: {limit} sessions are connected (limits.max_sessions)",
                          Codes.TOO_MANY_CONNECTIONS, "try again later")
         per = self.settings.access.max_sessions_per_address
-        if sum(1 for s in self.sessions.values() if s.peer_ip == session.peer_ip) >= per:
+        key = address_key(session.peer_ip)
+        if sum(1 for s in self.sessions.values() if address_key(s.peer_ip) == key) >= per:
             return Error(f"too many sessions from {session.peer_ip}: the limit is {per} "
                          "(access.max_sessions_per_address)", Codes.TOO_MANY_CONNECTIONS)
         return None

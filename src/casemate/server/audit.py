@@ -27,6 +27,8 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+from .admission import address_key
+
 __all__ = ["AuditLog", "SafeFormatter", "Throttle", "clean", "format_address",
            "server_log_handler"]
 
@@ -124,6 +126,12 @@ class Throttle:
     user and wakes the attempts queued behind them (a pool of clients logging in at once
     goes through); an attempt still without a turn at its login deadline is refused
     unheard.  Runs in the server's event loop (session logins and the web page).
+
+    The user's queue is shared by every address, so a stranger guessing a known name
+    ("admin") from one address could keep it full and lock the user out everywhere.  An
+    address a user has logged in from before is therefore queued apart for that user
+    (its own address queue, and one for the pair): guesses from new addresses still
+    share one queue, and the user's usual workstations still get in.
     """
 
     def __init__(self, after: int, base: float, cap: float, forget: float) -> None:
@@ -132,6 +140,12 @@ class Throttle:
         self._turns: dict[str, float] = {}  # key -> when its last queued attempt is answered
         self._epochs: dict[str, int] = {}  # key -> successes so far (a queue restarts)
         self._success = asyncio.Event()  # set, then replaced, at each success
+        self._known: set[str] = set()  # "user@address" pairs that have logged in
+
+    def _keys(self, address: str, user: str) -> tuple[str, str]:
+        address = address_key(address)
+        pair = f"{user}\0{address}"
+        return ("a:" + address, ("p:" + pair) if pair in self._known else ("u:" + user))
 
     def _count(self, key: str, now: float) -> int:
         times = [t for t in self._failures.get(key, ()) if now - t < self.forget]
@@ -143,7 +157,7 @@ class Throttle:
 
     def delay(self, address: str, user: str, now: float) -> float:
         """The step between two answers for this address and user, from recent failures."""
-        n = max(self._count("a:" + address, now), self._count("u:" + user, now))
+        n = max(self._count(k, now) for k in self._keys(address, user))
         if n < self.after:
             return 0.0
         return float(min(self.base * 2 ** (n - self.after), self.cap))
@@ -151,7 +165,7 @@ class Throttle:
     def reserve(self, address: str, user: str, now: float, horizon: float) -> float | None:
         """Queue one attempt: seconds to wait before answering it, or None when its turn
         would come more than ``horizon`` seconds from now (refuse it, uncounted)."""
-        keys = ("a:" + address, "u:" + user)
+        keys = self._keys(address, user)
         turn = max(now, *(self._turns.get(k, 0.0) for k in keys)) + self.delay(address, user,
                                                                               now)
         if turn - now > horizon:
@@ -164,7 +178,7 @@ class Throttle:
     async def wait_turn(self, address: str, user: str, horizon: float) -> bool:
         """Wait for this attempt's turn to be answered (counting it as a failure until a
         success clears it); False when it has none within ``horizon`` seconds."""
-        keys = ("a:" + address, "u:" + user)
+        keys = self._keys(address, user)
         end = time.monotonic() + horizon
         while (left := end - time.monotonic()) > 0:
             wait = self.reserve(address, user, time.monotonic(), left)
@@ -186,7 +200,7 @@ class Throttle:
             await asyncio.wait_for(self._success.wait(), timeout)
 
     def failed(self, address: str, user: str, now: float) -> None:
-        for key in ("a:" + address, "u:" + user):
+        for key in self._keys(address, user):
             self._failures.setdefault(key, []).append(now)
         if len(self._failures) > 100_000:  # bounded memory under a wide scan
             for k in list(self._failures)[:50_000]:
@@ -195,7 +209,11 @@ class Throttle:
             self._turns = {k: t for k, t in self._turns.items() if t > now}
 
     def succeeded(self, address: str, user: str) -> None:
-        for key in ("a:" + address, "u:" + user):
+        if len(self._known) >= 100_000:
+            self._known.clear()  # bounded; known workstations are learnt again at login
+        address = address_key(address)
+        self._known.add(f"{user}\0{address}")
+        for key in ("a:" + address, "u:" + user, f"p:{user}\0{address}"):
             self._failures.pop(key, None)
             self._turns.pop(key, None)
             self._epochs[key] = self._epochs.get(key, 0) + 1
