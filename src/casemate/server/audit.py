@@ -90,8 +90,12 @@ class AuditLog:
         self._lock = threading.Lock()
 
     def event(self, kind: str, **fields: Any) -> None:
+        # Fields can carry client text (a refused statement names what it tried): JSON
+        # escapes C0 controls but would write bidi overrides and C1 controls (U+009B, a
+        # CSI on many terminals) as they are, for an admin's `tail` to obey.
         record = {"ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
-                  "event": kind, **fields}
+                  "event": kind, **{k: clean(v, 1000) if isinstance(v, str) else v
+                                    for k, v in fields.items()}}
         line = json.dumps(record, default=str, ensure_ascii=False) + "\n"
         size = len(line.encode())
         with self._lock:
