@@ -83,7 +83,11 @@ def fetch_batch(cur: StorageCursor, max_rows: int, describe: bool = True) -> Bat
     total = n = 0
     first: list[Any] = []
     while n < max_rows and total < BATCH_BYTES:
-        want = min(SUBCHUNK_ROWS, max_rows - n)
+        # Rows may be large (a value can reach limits.max_value_bytes): fetch one first,
+        # then as many as fit in the batch at the mean size seen, so a batch holds at most
+        # one row beyond BATCH_BYTES (256 rows of 16 MB values took gigabytes).
+        want = min(SUBCHUNK_ROWS, max_rows - n, (BATCH_BYTES - total) * n // total + 1
+                   if n else 1)
         rows = cur.fetch(want)
         if rows:
             if not first:
