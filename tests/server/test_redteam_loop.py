@@ -88,3 +88,34 @@ def test_steps_of_large_values_cannot_stall_other_sessions(plain_server: ServerP
     assert worst < 0.06, f"another session waited {worst * 1000:.0f} ms behind the attack"
     attacker.close()
     victim.close()
+
+
+def test_a_view_redefined_to_match_patterns_leaves_the_event_loop(plain_server: ServerProcess
+                                                                  ) -> None:
+    # What EXPLAIN said of a statement (short steps) is forgotten when the schema changes:
+    # the same SELECT through a view redefined to call LIKE is unbounded.
+    admin = plain_server.connect()
+    admin.execute("CREATE TABLE pairs (id INTEGER PRIMARY KEY, s TEXT, p TEXT)")
+    # Values under the event loop's size cap (16 KiB), so only the LIKE steps are long.
+    admin.execute("INSERT INTO pairs VALUES (1, 'a', 'a'), (2, printf('%.*c', 16000, 'a'), "
+                  "'%' || printf('%.*c', 8000, 'a') || 'b')")
+    admin.execute("CREATE VIEW v AS SELECT id, s = p AS m FROM pairs")
+    admin.commit()
+    attacker = plain_server.connect()
+    attacker.autocommit = True
+    victim = plain_server.connect()
+    sql = "SELECT m FROM v WHERE id = ?"
+    for _ in range(30):
+        attacker.execute(sql, (1,)).fetchall()
+    admin.execute("DROP VIEW v")
+    admin.execute("CREATE VIEW v AS SELECT id, (s LIKE p) + (s LIKE p || '') + (s LIKE p || '') "
+                  "+ (s LIKE p || '') AS m FROM pairs")
+    admin.commit()
+    for _ in range(20):
+        attacker.execute(sql, (1,)).fetchall()
+        victim.execute("SELECT 1").fetchall()
+    worst, took = worst_wait_during(lambda: attacker.execute(sql, (2,)).fetchall(), victim)
+    assert took > 0.3, f"the attack took {took:.2f} s: too short to mean anything"
+    assert worst < 0.1, f"another session waited {worst * 1000:.0f} ms behind the view"
+    for c in (admin, attacker, victim):
+        c.close()

@@ -186,6 +186,11 @@ _UNBOUNDED_STEPS = frozenset((
     "json_extract", "json_set", "json_insert", "json_replace", "json_remove", "json_patch",
     "jsonb_extract", "jsonb_set", "jsonb_insert", "jsonb_replace", "jsonb_remove",
     "jsonb_patch"))
+_SCHEMA_ACTIONS = frozenset((
+    sqlite3.SQLITE_CREATE_INDEX, sqlite3.SQLITE_CREATE_TABLE, sqlite3.SQLITE_CREATE_TRIGGER,
+    sqlite3.SQLITE_CREATE_VIEW, sqlite3.SQLITE_DROP_INDEX, sqlite3.SQLITE_DROP_TABLE,
+    sqlite3.SQLITE_DROP_TRIGGER, sqlite3.SQLITE_DROP_VIEW, sqlite3.SQLITE_ALTER_TABLE,
+    sqlite3.SQLITE_CREATE_VTABLE, sqlite3.SQLITE_DROP_VTABLE))
 _FUNCTION_OPS = ("Function", "PureFunc", "AggStep", "AggInverse", "AggValue", "AggFinal")
 _TOOBIG = 18  # SQLITE_TOOBIG
 _INLINE = "inline"  # _Connection._stop: the event-loop cut-off passed
@@ -262,9 +267,11 @@ class _Connection(StorageConnection):
         # gigabyte is refused ("string or blob too big") instead of allocated.
         self._db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max_value_bytes)
         sqlite_types.install(self._db)
-        self._typer = sqlite_types.ResultTyper(self._db)
+        self._typer = sqlite_types.ResultTyper(self._db, self._fresh_schema)
         self.policy = Policy("readonly")
         self._query_only = False
+        self._schema_changed = False  # an admin statement prepared here changes the schema
+        self._schema_seen: int | None = None  # schema_version of the last _fresh_schema
         self.set_policy(self.policy)
         self._stop: str | None = None  # why the progress handler stops the running statement
         self._inline_until = 0.0  # monotonic cut-off of a call run in the event loop (0: none)
@@ -315,6 +322,7 @@ class _Connection(StorageConnection):
         facts = _facts.get(sql)
         if facts is None:
             try:
+                self._fresh_schema()
                 ops = self._db.execute("EXPLAIN " + sql, _big_ints(params)).fetchall()
             except (sqlite3.Error, ValueError):
                 return False, False  # it fails in a thread as well, with the real error
@@ -352,14 +360,53 @@ class _Connection(StorageConnection):
             self._query_only = policy.reads_only
         # Installing an authorizer also expires every cached prepared statement, so each
         # is authorized again under the new policy when it next runs.
-        self._db.set_authorizer(authorizer_for(policy))
+        self._db.set_authorizer(self._authorizer(policy))
 
     def set_in_method(self, on: bool) -> None:
         self.policy.in_method = on
         if on:
             # SQLite authorizes a statement when it is prepared: a COMMIT cached from
             # before the method must be prepared (and refused) again.
-            self._db.set_authorizer(authorizer_for(self.policy))
+            self._db.set_authorizer(self._authorizer(self.policy))
+
+    def _authorizer(self, policy: Policy) -> Any:
+        """The policy's authorizer; for admins (the only ones who may change the schema)
+        it also forgets what EXPLAIN said of each statement when one is prepared: a view
+        or trigger redefined to call LIKE makes a statement that was short unbounded."""
+        check = authorizer_for(policy)
+        if not policy.is_admin:
+            return check
+
+        def authorize(action: int, a1: str | None, a2: str | None, db: str | None,
+                      source: str | None) -> int:
+            rc: int = check(action, a1, a2, db, source)
+            if action in _SCHEMA_ACTIONS and rc == sqlite3.SQLITE_OK:
+                _facts.clear()
+                self._schema_changed = True  # cleared again once it ran: see execute
+            return rc
+        return authorize
+
+    def _fresh_schema(self) -> None:
+        """Before an EXPLAIN: make its listing follow the schema as it is now.
+
+        An EXPLAIN has no schema check of its own, so the one Python's statement cache
+        keeps would go on listing the program compiled before another connection changed
+        the schema: the grant check passed an INSERT whose new trigger replaces rows, and
+        listing a dropped trigger's program crashed the server (SIGSEGV).  A changed
+        schema_version makes this connection reload the schema (a statement that reads
+        it checks the version) and recompile its cached statements (installing the
+        authorizer again expires them).
+        """
+        version = self._db.execute("PRAGMA schema_version").fetchone()[0]
+        if version != self._schema_seen:
+            self._db.execute("SELECT 1 FROM sqlite_schema WHERE 0").fetchall()
+            self._db.set_authorizer(self._authorizer(self.policy))
+            self._schema_seen = version
+
+    def _forget_facts(self) -> None:
+        if self._schema_changed:
+            self._schema_changed = False
+            _facts.clear()  # another session may have read the old schema meanwhile
 
     def _denied(self, e: sqlite3.DatabaseError, was_txn: bool = False) -> Exception:
         code = getattr(e, "sqlite_errorcode", 0)
@@ -416,6 +463,7 @@ class _Connection(StorageConnection):
         """For a per-table group, refuse a statement whose compiled program deletes or
         updates rows the group may not (REPLACE, foreign-key actions: see access.py)."""
         try:
+            self._fresh_schema()
             ops = self._db.execute("EXPLAIN " + sql, params).fetchall()
         except sqlite3.DatabaseError as e:
             if isinstance(e, sqlite3.OperationalError) and _is_explain(sql) \
@@ -446,6 +494,7 @@ class _Connection(StorageConnection):
             raise self._denied(e, was_txn) from e
         except MemoryError as e:
             raise _out_of_memory() from e
+        self._forget_facts()
         if self.txn_since is None or self.write_since is None:
             self.note_transaction(sql, self._db.total_changes != changes)
         elif not self._db.in_transaction:  # a COMMIT or ROLLBACK sent as SQL
@@ -463,6 +512,7 @@ class _Connection(StorageConnection):
             cur = self._db.executemany(sql, (_big_ints(p) for p in seq))
         except sqlite3.DatabaseError as e:
             raise self._denied(e, was_txn) from e
+        self._forget_facts()
         n = cur.rowcount
         cur.close()
         self.note_transaction(sql, n > 0)

@@ -618,8 +618,10 @@ class ResultTyper:
 
     CACHE = 256
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, fresh_schema: Callable[[], None] = lambda: None
+                 ) -> None:
         self._db = db
+        self._fresh_schema = fresh_schema  # before an EXPLAIN (see sqlite._Connection)
         self._cache: OrderedDict[tuple[Any, ...], Plan] = OrderedDict()
         self._declared: OrderedDict[tuple[Any, ...], list[str | None] | None] = OrderedDict()
 
@@ -664,6 +666,7 @@ class ResultTyper:
     def _analyse(self, sql: str, params: Sequence[Any], types: list[type | None]
                  ) -> Plan | None:
         try:
+            self._fresh_schema()
             ops = self._db.execute("EXPLAIN " + sql, params).fetchall()
         except sqlite3.Error as e:
             if getattr(e, "sqlite_errorcode", 0) in _STOPPED:
