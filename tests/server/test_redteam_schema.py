@@ -54,3 +54,37 @@ def test_a_trigger_added_later_is_seen_by_the_grant_check(plain_server: ServerPr
     assert plain_server.proc is not None and plain_server.proc.poll() is None, "server died"
     for c in (clerk, admin):
         c.close()
+
+
+def test_a_users_own_explain_after_a_schema_change(plain_server: ServerProcess) -> None:
+    # The same stale listing through an EXPLAIN the user sends itself (any group with the rights
+    # the statement needs).
+    admin = plain_server.connect()
+    admin.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT)")
+    admin.execute("CREATE TABLE log (id INTEGER PRIMARY KEY, a TEXT)")
+    admin.execute("CREATE TRIGGER tr AFTER INSERT ON t BEGIN "
+                  "INSERT INTO log VALUES (NEW.id, upper(NEW.a)); END")
+    admin.commit()
+    admin.admin("group_add", name="writers")
+    for table in ("t", "log"):
+        admin.admin("grant", group="writers", table=table, privileges=["SELECT", "INSERT"])
+    rec = make_verifier("ro", "ro-password-1", "writers")
+    admin.admin("user_add", name="ro", group="writers",
+                verifier=[rec.salt, rec.stored_key, rec.server_key, rec.iterations])
+    ro = casemate.connect(host="127.0.0.1", port=plain_server.port, user="ro",
+                          password="ro-password-1")
+    sql = "EXPLAIN INSERT INTO t VALUES (1, 'x')"
+    ro.autocommit = True  # no snapshot of its own: it sees the change
+    for _ in range(20):
+        assert any(r[1] == "Program" for r in ro.execute(sql).fetchall())
+    other = sqlite3.connect(plain_server.db / "Data" / "data.sqlite")
+    other.execute("DROP TRIGGER tr")
+    other.execute("CREATE TABLE filler (a, b, c, d)")
+    other.commit()
+    other.close()
+    for _ in range(5):
+        rows = ro.execute(sql).fetchall()
+        assert not any(r[1] == "Program" for r in rows), "the dropped trigger is listed"
+    assert plain_server.proc is not None and plain_server.proc.poll() is None, "server died"
+    for c in (ro, admin):
+        c.close()
