@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 import casemate
 from casemate.database import make_verifier
 from casemate.testing import ServerProcess
@@ -56,7 +58,9 @@ def test_a_trigger_added_later_is_seen_by_the_grant_check(plain_server: ServerPr
         c.close()
 
 
-def test_a_users_own_explain_after_a_schema_change(plain_server: ServerProcess) -> None:
+@pytest.mark.parametrize("group", ["writers", "readwrite"])
+def test_a_users_own_explain_after_a_schema_change(plain_server: ServerProcess, group: str
+                                                   ) -> None:
     # The same stale listing through an EXPLAIN the user sends itself (any group with the rights
     # the statement needs).
     admin = plain_server.connect()
@@ -68,8 +72,8 @@ def test_a_users_own_explain_after_a_schema_change(plain_server: ServerProcess) 
     admin.admin("group_add", name="writers")
     for table in ("t", "log"):
         admin.admin("grant", group="writers", table=table, privileges=["SELECT", "INSERT"])
-    rec = make_verifier("ro", "ro-password-1", "writers")
-    admin.admin("user_add", name="ro", group="writers",
+    rec = make_verifier("ro", "ro-password-1", group)
+    admin.admin("user_add", name="ro", group=group,
                 verifier=[rec.salt, rec.stored_key, rec.server_key, rec.iterations])
     ro = casemate.connect(host="127.0.0.1", port=plain_server.port, user="ro",
                           password="ro-password-1")

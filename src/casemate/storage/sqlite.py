@@ -486,6 +486,8 @@ class _Connection(StorageConnection):
         try:
             if self.policy.per_table:
                 self._check_program(sql, _big_ints(params))
+            elif _is_explain(sql):
+                self._fresh_schema()  # a cached EXPLAIN never notices a change by itself
             plan = self._typer.plan(sql, params)  # before the statement runs: see ResultTyper
             raw = self._db.execute(sql, big := _big_ints(params))
             cur = _Cursor(raw, self, sqlite_types.converters_for(plan, raw.description),
