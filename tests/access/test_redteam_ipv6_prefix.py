@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from casemate.settings import set_toml_value
+from casemate.settings_file import set_toml_value
 from casemate.testing import ADMIN_PASSWORD, ServerProcess
 from tests.conftest import set_setting
 
