@@ -9,7 +9,6 @@ terminal by shortening its longest text columns.
 
 from __future__ import annotations
 
-import datetime as dt
 import decimal
 import re
 import shutil
@@ -19,6 +18,8 @@ from typing import Any
 
 import tabulate as _tabulate
 from wcwidth import wcswidth
+
+from ..units import human_bytes, human_duration, human_time
 
 __all__ = ["cell", "printable", "render", "expanded", "human_bytes", "human_duration", "human_time",
            "terminal_width"]
@@ -135,40 +136,3 @@ def expanded(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, null: str
             out.append(f"{h}{pad} | {first}".rstrip())
             out += [f"{'':{w}} | {ln}".rstrip() for ln in more]
     return "\n".join(out)
-
-
-def human_bytes(n: float) -> str:
-    """196 MB, 1.4 GB, 512 bytes (decimal units, as disks are sold)."""
-    if n < 1000:
-        return f"{int(n)} bytes"
-    for unit in ("kB", "MB", "GB", "TB"):
-        n /= 1000
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if n < 10 else f"{n:.0f} {unit}"
-    raise AssertionError("unreachable")
-
-
-def human_duration(seconds: float | None) -> str:
-    """3 h 12 min, 45 s, 2 d 3 h, 0.4 s; empty for None (not running)."""
-    if seconds is None:
-        return ""
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    s = int(seconds)
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    parts = [(d, "d"), (h, "h"), (m, "min"), (s, "s")]
-    while parts and parts[0][0] == 0:
-        parts.pop(0)
-    return " ".join(f"{v} {u}" for v, u in parts[:2] if v)
-
-
-def human_time(iso: str | None) -> str:
-    """An ISO time as ``2026-12-01 00:24 UTC`` (minutes are enough to read)."""
-    if not iso:
-        return ""
-    t = dt.datetime.fromisoformat(iso)
-    if t.tzinfo is not None:
-        t = t.astimezone(dt.UTC)
-    return t.strftime("%Y-%m-%d %H:%M") + (" UTC" if t.tzinfo is not None else "")

@@ -341,6 +341,10 @@ class Session(asyncio.Protocol):
         if self.paused and len(self.inbox) < MAX_INBOX // 2 and self.transport:
             self.paused = False
             self.transport.resume_reading()
+        # From the moment a request leaves the queue the task is busy with it: a request
+        # arriving now must queue behind it, not be served at once in data_received
+        # (its reply would overtake this one's).
+        self.waiting = False
         return self.inbox.popleft()
 
     async def call(self, fn: Callable[..., T], *args: Any, key: Hashable | None = None,
@@ -486,7 +490,11 @@ class Session(asyncio.Protocol):
                     if left is not None and left <= 0:
                         self._idle_end()
                         break
-                    m = await asyncio.wait_for(self.next_message(), left)
+                    # In this task (asyncio.timeout, not wait_for's task of its own):
+                    # taking a request from the queue and marking the task busy happen
+                    # in one step.
+                    async with asyncio.timeout(left):
+                        m = await self.next_message()
                 except TimeoutError:
                     continue  # look at the limits again
                 finally:

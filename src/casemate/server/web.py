@@ -33,11 +33,11 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
 from .. import continuity, tls
-from ..cli.tables import human_bytes, human_duration
 from ..database import GENERATED_MARKER
 from ..errors import Codes
 from ..settings import SettingsError, parse_settings
 from ..settings_file import set_toml_value
+from ..units import human_bytes, human_duration
 from .audit import clean
 from .history import History
 from .monitor import SESSION_COLUMNS, session_rows, status
