@@ -45,6 +45,6 @@ def open_backend(settings: StorageSettings, data_dir: Path,
             raise StorageError(f"the postgresql storage backend is not available: {e}",
                                "0A000", "install it with: pip install 'casemate[postgresql]'"
                                ) from e
-        backend: Backend = module.PostgreSQLBackend(settings)
+        backend: Backend = module.PostgreSQLBackend(settings, limits)
         return backend
     raise ValueError(f"unknown storage backend {settings.backend!r}")

@@ -47,7 +47,9 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import ClientCursor
+from psycopg import generators as _generators
 from psycopg import sql as pgsql
+from psycopg.adapt import Transformer
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.types.json import Jsonb, JsonbDumper, JsonbLoader, JsonLoader
@@ -55,7 +57,7 @@ from psycopg.types.numeric import DecimalDumper, FloatDumper
 from psycopg.types.string import TextLoader
 
 from ..protocol.codec import Json
-from ..settings import StorageSettings
+from ..settings import LimitsSettings, StorageSettings
 from .access import METHOD_PREFIX, Policy
 from .base import BUILTIN_GROUPS, Backend, StorageConnection, StorageCursor, StorageError, UserRecord
 from .pg_sql import SQLTextError, Statement, analyze, refusal, translate_qmarks
@@ -67,6 +69,7 @@ T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 FIRST_FETCH = 256          # rows fetched with the DECLARE, in the same round trip
+DEFAULT_MAX_RESULT = 64 * 1024 * 1024  # limits.max_statement_result_bytes
 GRANTS_CACHE_SECONDS = 1.0  # how stale another server's method grants may be seen
 IDLE_LIFETIME = 300.0      # idle pooled connections older than this are closed
 CANCEL_RETRY = 0.1         # an interrupted statement still running is cancelled again after
@@ -334,8 +337,100 @@ class _Pool:
             p.conn.close()
 
 
+# -- results ----------------------------------------------------------------------
+class _Result:
+    """The last result of a round trip, its rows read one by one (libpq's single-row mode)
+    and counted: a result larger than ``limit`` bytes is cancelled as it comes, so no
+    statement (``FETCH ALL``, ``EXECUTE``, a ``RETURNING``, a first ``FETCH`` of huge
+    values) makes the server hold more than the limit and one row."""
+
+    def __init__(self, conn: psycopg.Connection[Any], query: str, limit: int) -> None:
+        self.rows: list[tuple[Any, ...]] = []
+        self.description: list[tuple[str, str | None]] | None = None
+        self.rowcount = -1
+        self.statusmessage: str | None = None
+        self.widest = 0   # bytes of the largest row
+        self._limit = limit
+        pg = conn.pgconn
+        self._enc = conn.info.encoding
+        with conn.lock:
+            pg.send_query(query.encode(self._enc))
+            pg.set_single_row_mode()
+            conn.wait(_generators.send(pg))
+            self._read(conn)
+
+    def _read(self, conn: psycopg.Connection[Any]) -> None:
+        tx = Transformer(conn)
+        fresh, held, error = True, 0, None
+        while (res := conn.wait(_generators.fetch(conn.pgconn))) is not None:
+            status = res.status
+            if status == ExecStatus.SINGLE_TUPLE:
+                if fresh:  # the first row of a new result
+                    self.rows, held = [], 0
+                tx.set_pgresult(res, set_loaders=fresh)
+                row = tx.load_rows(0, 1, tuple)[0]
+                size = _row_bytes(res, row)
+                self.widest = max(self.widest, size)
+                held += size
+                if held > self._limit:
+                    _drain(conn)
+                    raise _too_large(self._limit)
+                self.rows.append(row)
+                fresh = False
+            elif status in (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK):
+                if fresh:
+                    self.rows = []
+                fresh = True
+                self.description = ([(res.fname(i).decode(self._enc),
+                                      _TYPE_OIDS.get(res.ftype(i)))
+                                     for i in range(res.nfields)]
+                                    if status == ExecStatus.TUPLES_OK else None)
+                self.rowcount = -1 if res.command_tuples is None else res.command_tuples
+                status_text = res.command_status
+                self.statusmessage = status_text.decode(self._enc) if status_text else None
+            elif error is None and status == ExecStatus.FATAL_ERROR:
+                error = psycopg.errors.error_from_result(res, encoding=self._enc)
+        if error is not None:
+            raise error
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        rows, self.rows = self.rows, []
+        return rows
+
+
+def _row_bytes(res: Any, row: tuple[Any, ...]) -> int:
+    """About what a row holds: text and bytes by length, other values (JSON...) by the
+    length of their text in the result."""
+    size = 0
+    for i, v in enumerate(row):
+        if isinstance(v, str | bytes):
+            size += len(v) + 16
+        elif v is None or isinstance(v, int | float):
+            size += 16
+        else:
+            size += len(res.get_value(0, i) or b"") + 16
+    return size
+
+
+def _drain(conn: psycopg.Connection[Any]) -> None:
+    """Cancel the statement and read (and drop) what is still on its way."""
+    try:
+        conn.cancel_safe(timeout=5)
+    except (psycopg.Error, OSError):
+        pass
+    while conn.wait(_generators.fetch(conn.pgconn)) is not None:
+        pass
+
+
+def _too_large(limit: int) -> StorageError:
+    return StorageError(
+        f"result too large: its rows exceed {limit} bytes in one fetch", "54000",
+        "select fewer or smaller rows (LIMIT, a narrower column list), or an administrator "
+        "raises limits.max_statement_result_bytes")
+
+
 # -- cursors --------------------------------------------------------------------
-# PostgreSQL type OIDs (pg_type) -> description type codes (docs/types.md); psycopg
+# PostgreSQL type OIDs (pg_type) -> description type codes (docs/types.md); libpq
 # reports them even for an empty result.
 _TYPE_OIDS = {16: "bool", 17: "bytes", 18: "text", 19: "text", 20: "integer", 21: "integer",
               23: "integer", 25: "text", 26: "integer", 114: "json", 700: "float",
@@ -344,43 +439,37 @@ _TYPE_OIDS = {16: "bool", 17: "bytes", 18: "text", 19: "text", 20: "integer", 21
               2950: "uuid", 3802: "json"}
 
 
-def _described(d: Sequence[Any]) -> list[tuple[str, str | None]]:
-    return [(c.name, _TYPE_OIDS.get(c.type_code)) for c in d]
-
-
 class _PlainCursor(StorageCursor):
     """A statement without a server-side cursor: its rows (RETURNING...) came at once."""
 
-    def __init__(self, cur: psycopg.Cursor[Any]) -> None:
-        self._cur = cur
-        d = cur.description
-        self.description = _described(d) if d else None
-        self.rowcount = cur.rowcount
+    def __init__(self, result: _Result) -> None:
+        self.description = result.description
+        self.rowcount = result.rowcount
         self.lastrowid = None
+        self._rows = result.fetchall()
 
     def fetch(self, n: int) -> list[tuple[Any, ...]]:
-        if self.description is None:
-            return []
-        return list(self._cur.fetchmany(n))
+        out, self._rows = self._rows[:n], self._rows[n:]
+        return out
 
     def close(self) -> None:
-        self._cur.close()
+        self._rows = []
 
 
 class _ServerCursor(StorageCursor):
     """A ``DECLARE ... WITH HOLD`` cursor: rows come ``FETCH`` by ``FETCH``."""
 
     def __init__(self, owner: _Connection, phys: _Phys, name: str, depth: int,
-                 first: psycopg.Cursor[Any]) -> None:
+                 first: _Result) -> None:
         self._owner = owner
         self.phys = phys
         self.name = name
         self.depth = depth          # savepoints open when it was declared (-1: outside a txn)
         d = first.description
-        self.description = _described(d) if d else []
+        self.description = d or []
         self.rowcount = -1          # like SQLite: unknown for a query
         self.lastrowid = None
-        self._buf: list[tuple[Any, ...]] = list(first.fetchall())
+        self._buf: list[tuple[Any, ...]] = first.fetchall()
         self.exhausted = len(self._buf) < FIRST_FETCH
         self.closed = False
         self.gone = False           # PostgreSQL already dropped it (rollback)
@@ -535,19 +624,13 @@ class _Connection(StorageConnection):
                     self._stopped = False
 
     def _send(self, statements: list[str], prefix: bool = True, statement: bool = False
-              ) -> psycopg.Cursor[Any]:
-        """Run ``statements`` in one round trip; return the cursor at the last result."""
+              ) -> _Result:
+        """Run ``statements`` in one round trip (the simple query protocol); return the last
+        result."""
         p = self._take()
         pre = self._prefix(p) if prefix else []
         query = "\n;".join(pre + statements)  # "\n": a statement may end in a -- comment
-
-        def run() -> psycopg.Cursor[Any]:
-            cur = p.conn.cursor()
-            cur.execute(query)  # no parameters: the simple query protocol
-            while cur.nextset():
-                pass
-            return cur
-        return self._guard(p, run, statement)
+        return self._guard(p, lambda: _Result(p.conn, query, self._b.max_result), statement)
 
     def _bind(self, p: _Phys, st: Statement, params: Sequence[Any]) -> str:
         _check_lexing(p)
@@ -679,9 +762,14 @@ class _Connection(StorageConnection):
         if not self._exists(cursor):
             raise StorageError(f"cursor {cursor.name} no longer exists (its transaction or "
                                "savepoint was rolled back)", "34000")
-        cur = self._send([f'FETCH FORWARD {int(n)} FROM "{cursor.name}"'], prefix=False,
-                         statement=True)
-        return list(cur.fetchall())
+        try:
+            res = self._send([f'FETCH FORWARD {int(n)} FROM "{cursor.name}"'], prefix=False,
+                             statement=True)
+        except StorageError as e:
+            if e.code == "54000":  # cancelled mid-FETCH: PostgreSQL will not run it again
+                cursor.gone = True
+            raise
+        return res.fetchall()
 
     def _cursor_done(self, cursor: _ServerCursor) -> None:
         """Exhausted: it stays declared until a CLOSE ALL rides along with a later statement."""
@@ -919,8 +1007,9 @@ def _sanitize(name: str, width: int) -> str:
 class PostgreSQLBackend(Backend):
     name = "postgresql"
 
-    def __init__(self, settings: StorageSettings) -> None:
+    def __init__(self, settings: StorageSettings, limits: LimitsSettings | None = None) -> None:
         self.settings = settings
+        self.max_result = limits.max_statement_result_bytes if limits else DEFAULT_MAX_RESULT
         self._secret = self._read_password()
         try:
             self._dsn_parts = conninfo_to_dict(settings.dsn)
