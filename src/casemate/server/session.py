@@ -96,7 +96,7 @@ def fetch_batch(cur: StorageCursor, max_rows: int, describe: bool = True) -> Bat
             chunks.append(packed)
             total += len(packed)
             n += len(rows)
-        if len(rows) < want:
+        if not rows or (len(rows) < want and not cur.short_fetches):
             return Batch(codec.pack_array_of_packed(chunks), n, False, _types(cur, first, describe))
     return Batch(codec.pack_array_of_packed(chunks), n, True, _types(cur, first, describe))
 

@@ -96,6 +96,9 @@ class StorageCursor(abc.ABC):
     rowcount: int
     lastrowid: int | None
     cost_key: Hashable | None = None  # set by the server: the kind of call its fetches are
+    # fetch() may give fewer rows than asked before the end (sized by bytes); only an empty
+    # fetch then means the result is exhausted.
+    short_fetches = False
 
     @abc.abstractmethod
     def fetch(self, n: int) -> list[tuple[Any, ...]]:

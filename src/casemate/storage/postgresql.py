@@ -68,7 +68,7 @@ log = logging.getLogger("casemate.storage.postgresql")
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
-FIRST_FETCH = 256          # rows fetched with the DECLARE, in the same round trip
+FIRST_FETCH = 64           # rows fetched with the DECLARE, in the same round trip
 DEFAULT_MAX_RESULT = 64 * 1024 * 1024  # limits.max_statement_result_bytes
 GRANTS_CACHE_SECONDS = 1.0  # how stale another server's method grants may be seen
 IDLE_LIFETIME = 300.0      # idle pooled connections older than this are closed
@@ -459,6 +459,8 @@ class _PlainCursor(StorageCursor):
 class _ServerCursor(StorageCursor):
     """A ``DECLARE ... WITH HOLD`` cursor: rows come ``FETCH`` by ``FETCH``."""
 
+    short_fetches = True
+
     def __init__(self, owner: _Connection, phys: _Phys, name: str, depth: int,
                  first: _Result) -> None:
         self._owner = owner
@@ -469,6 +471,7 @@ class _ServerCursor(StorageCursor):
         self.description = d or []
         self.rowcount = -1          # like SQLite: unknown for a query
         self.lastrowid = None
+        self.widest = first.widest  # bytes of the largest row seen
         self._buf: list[tuple[Any, ...]] = first.fetchall()
         self.exhausted = len(self._buf) < FIRST_FETCH
         self.closed = False
@@ -476,17 +479,16 @@ class _ServerCursor(StorageCursor):
         self.uncertain = False      # a ROLLBACK TO in SQL may have dropped it
 
     def fetch(self, n: int) -> list[tuple[Any, ...]]:
-        if self._buf:
-            out, self._buf = self._buf[:n], self._buf[n:]
-            if len(out) == n or self.exhausted:
-                return out
-            n -= len(out)
-        else:
-            out = []
-        if self.exhausted or self.closed:
+        out, self._buf = self._buf[:n], self._buf[n:]  # the first FETCH's rows
+        if len(out) == n or self.exhausted or self.closed:
             return out
-        rows = self._owner._fetch(self, n)
-        if len(rows) < n:
+        # A FETCH sized by bytes: no more rows of the widest size seen than fit in a quarter
+        # of the limit, so that large rows are not cancelled for being too many at once
+        # (then fewer rows than asked come back: short_fetches).
+        k = min(n - len(out), max(1, self._owner._b.max_result // 4 // max(1, self.widest)))
+        rows, widest = self._owner._fetch(self, k)
+        self.widest = max(self.widest, widest)
+        if len(rows) < k:
             self.exhausted = True
             self._owner._cursor_done(self)
         return out + rows
@@ -758,7 +760,7 @@ class _Connection(StorageConnection):
             self._cursors[name] = cursor
         return cursor
 
-    def _fetch(self, cursor: _ServerCursor, n: int) -> list[tuple[Any, ...]]:
+    def _fetch(self, cursor: _ServerCursor, n: int) -> tuple[list[tuple[Any, ...]], int]:
         if not self._exists(cursor):
             raise StorageError(f"cursor {cursor.name} no longer exists (its transaction or "
                                "savepoint was rolled back)", "34000")
@@ -769,7 +771,7 @@ class _Connection(StorageConnection):
             if e.code == "54000":  # cancelled mid-FETCH: PostgreSQL will not run it again
                 cursor.gone = True
             raise
-        return res.fetchall()
+        return res.fetchall(), res.widest
 
     def _cursor_done(self, cursor: _ServerCursor) -> None:
         """Exhausted: it stays declared until a CLOSE ALL rides along with a later statement."""
