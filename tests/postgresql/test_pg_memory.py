@@ -1,0 +1,125 @@
+"""A result too large for the Casemate server's memory, on the PostgreSQL backend: every
+round trip's rows are read one by one and counted against limits.max_statement_result_bytes,
+so a readonly user's ``FETCH ALL``, ``EXECUTE`` or a query of huge values is cancelled with
+54000 instead of filling the server (150 MB each before), and a large scan of big rows still
+works through FETCHes sized by bytes."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+import casemate
+from casemate.pgtest import PostgresServer
+from casemate.testing import ServerProcess
+from tests.access.test_live_rights import add_user, login
+
+from .conftest import init_folder
+
+PW = "admin-pg-pw"
+LIMIT = 8 * 1024 * 1024
+GROWTH = 64 * 1024 * 1024   # what the server's RSS may grow by during one statement
+BIG = "SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, 150000) g"  # ~150 MB
+
+
+@pytest.fixture(scope="module")
+def server(pg: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[ServerProcess]:
+    db = tmp_path_factory.mktemp("pgmem") / "db"
+    r = init_folder(pg, db, PW)
+    assert r.returncode == 0, r.stderr
+    toml = db / "casemate.toml"
+    text, n = re.subn(r"(?m)^#?\s*max_statement_result_bytes\s*=.*$",
+                      f"max_statement_result_bytes = {LIMIT}", toml.read_text())
+    assert n == 1
+    toml.write_text(text)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CASEMATE_PG_PASSWORD", pg.password)
+        s = ServerProcess(db, password=PW).start()
+    admin = s.connect(user="admin", password=PW)
+    add_user(admin, "reader", "readonly")
+    add_user(admin, "writer", "readwrite")
+    admin.autocommit = True
+    admin.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
+    admin.close()
+    yield s
+    s.stop()
+
+
+def peak_growth(server: ServerProcess, work: Callable[[], None]) -> int:
+    """How much the server's RSS grew at most while ``work`` ran."""
+    proc = psutil.Process(server.pid)
+    base = peak = proc.memory_info().rss
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.005):
+            peak = max(peak, proc.memory_info().rss)
+    t = threading.Thread(target=sample)
+    t.start()
+    try:
+        work()
+    finally:
+        done.set()
+        t.join()
+    return peak - base
+
+
+def too_large(conn: casemate.Connection, *statements: str) -> None:
+    cur = conn.cursor()
+    for sql in statements[:-1]:
+        cur.execute(sql)
+    with pytest.raises(casemate.Error) as e:
+        cur.execute(statements[-1])
+        cur.fetchall()
+    assert e.value.code == "54000", e.value
+    assert "limits.max_statement_result_bytes" in (e.value.hint or "")
+
+
+ATTACKS = {
+    "fetch all": ("reader", (f"DECLARE c CURSOR FOR {BIG}", "FETCH ALL FROM c")),
+    "fetch huge count": ("reader", (f"DECLARE c CURSOR FOR {BIG}",
+                                    "FETCH FORWARD 2000000000 FROM c")),
+    "execute": ("reader", (f"PREPARE p AS {BIG}", "EXECUTE p")),
+    "huge values": ("reader", ("SELECT g, repeat('x', 8000000) FROM generate_series(1, 40) g",)),
+    "modifying cte": ("writer", ("WITH d AS (DELETE FROM t WHERE id < 0 RETURNING id) "
+                                 f"SELECT * FROM ({BIG}) b LEFT JOIN d ON false",)),
+}
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_large_result_is_cancelled_not_held(server: ServerProcess, name: str) -> None:
+    user, statements = ATTACKS[name]
+    attacker, other = login(server, user), login(server, "reader")
+    try:
+        assert other.execute("SELECT 1").fetchall() == [(1,)]  # warm: baseline memory
+        grew = peak_growth(server, lambda: too_large(attacker, *statements))
+        assert grew < GROWTH, f"{name}: the server grew by {grew >> 20} MB"
+        attacker.rollback()
+        assert attacker.execute("SELECT 2").fetchall() == [(2,)]
+        assert other.execute("SELECT 3").fetchall() == [(3,)]
+    finally:
+        attacker.close()
+        other.close()
+
+
+def test_large_scan_of_big_rows_still_works(server: ServerProcess) -> None:
+    """300 rows of 100 kB (30 MB, beyond the limit): FETCHes sized by bytes bring it all."""
+    conn = login(server, "reader")
+    try:
+        def scan() -> None:
+            cur = conn.execute("SELECT g, repeat('y', 100000) FROM generate_series(1, 300) g")
+            n = 0
+            while rows := cur.fetchmany(50):
+                assert all(len(r[1]) == 100000 for r in rows)
+                n += len(rows)
+            assert n == 300
+        assert peak_growth(server, scan) < GROWTH
+    finally:
+        conn.close()
