@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import psutil
 import pytest
@@ -121,5 +120,27 @@ def test_large_scan_of_big_rows_still_works(server: ServerProcess) -> None:
                 n += len(rows)
             assert n == 300
         assert peak_growth(server, scan) < GROWTH
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("user,sql", [
+    ("reader", f"{BIG} WHERE g > ?"),
+    ("writer", "INSERT INTO t SELECT g, repeat('x', 1000) FROM generate_series(1, 150000) g "
+               "WHERE g > ? RETURNING *"),
+])
+def test_executemany_results_are_counted(server: ServerProcess, user: str, sql: str) -> None:
+    """executemany ignores rows, but psycopg's pipeline would take each result whole."""
+    conn = login(server, user)
+    try:
+        def attack() -> None:
+            with pytest.raises(casemate.Error) as e:
+                conn.cursor().executemany(sql, [(0,)])
+            assert e.value.code == "54000", e.value
+        assert peak_growth(server, attack) < GROWTH
+        conn.rollback()
+        conn.cursor().executemany("SELECT ?", [(1,), (2,)])  # rows ignored, as before
+        assert conn.execute("SELECT count(*) FROM t").fetchall() == [(0,)]
+        conn.rollback()
     finally:
         conn.close()

@@ -60,6 +60,7 @@ class Statement:
     cursor: bool          # a query a server-side (DECLARE ... WITH HOLD) cursor can run
     undoes_savepoint: bool  # ROLLBACK [TO], COMMIT...: cursors opened in it may be gone
     no_transaction_block: bool = False  # VACUUM & co.: must be sent alone
+    rows: bool = True     # may return rows (SELECT, FETCH, EXECUTE, RETURNING...)
     functions: frozenset[str] = frozenset()  # called by name, or in attribute notation
     relations: frozenset[str] = frozenset()
     setting: str = ""     # SET/RESET: the parameter ("TRANSACTION", "role", "" for RESET ALL)
@@ -132,6 +133,10 @@ def _svals(items: Any) -> list[str]:
 
 _WRITES = {"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"}
 _NO_CURSOR = _WRITES | {"intoClause", "lockingClause"}
+# Statements that may return rows, besides any with a RETURNING clause.
+_ROWS = {"SelectStmt", "FetchStmt", "ExecuteStmt", "ExplainStmt", "VariableShowStmt",
+         "CallStmt", "CopyStmt"}
+_RETURNING = {"returningList", "returningClause"}  # the parser's name: before / since 18
 _ALONE = {"CreatedbStmt", "DropdbStmt", "CreateTableSpaceStmt", "DropTableSpaceStmt",
           "CreateSubscriptionStmt", "DropSubscriptionStmt", "AlterSubscriptionStmt",
           "AlterSystemStmt", "ReindexStmt", "ClusterStmt"}
@@ -164,7 +169,8 @@ def _statement(text: str, params: int, tree: dict[str, Any]) -> Statement:
         text, params, kind,
         cursor=kind == "SelectStmt" and not keys & _NO_CURSOR,
         undoes_savepoint=kind == "TransactionStmt" and detail in _TXN_ENDS,
-        no_transaction_block=alone, functions=frozenset(functions),
+        no_transaction_block=alone, rows=kind in _ROWS or bool(keys & _RETURNING),
+        functions=frozenset(functions),
         relations=frozenset(relations),
         setting=str(body.get("name") or "") if kind == "VariableSetStmt" else "",
         detail=detail)

@@ -817,11 +817,14 @@ class _Connection(StorageConnection):
             raise
 
     def _executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
-        text = self._statement(sql).text
-        rows = [_params(p) for p in seq]
-        if not rows:
+        st = self._statement(sql)
+        if not seq:
             return 0
         p = self._take()
+        if st.rows:  # psycopg would take each result whole: one by one, counted
+            return self._each(p, sql, st, seq)
+        text = st.text
+        rows = [_params(p) for p in seq]
         owed = self._prefix(p)
 
         def run() -> int:
@@ -835,6 +838,16 @@ class _Connection(StorageConnection):
                     cur.executemany(text, rows)
                 return max(cur.rowcount, 0)
         n = self._guard(p, run, statement=True)
+        self.note_transaction(sql, n > 0)
+        self._give_back()
+        return n
+
+    def _each(self, p: _Phys, sql: str, st: Statement, seq: Sequence[Sequence[Any]]) -> int:
+        """executemany of a statement that may return rows (ignored): one round trip each,
+        read like any result."""
+        n = 0
+        for params in seq:
+            n += max(self._send([self._bind(p, st, params)], statement=True).rowcount, 0)
         self.note_transaction(sql, n > 0)
         self._give_back()
         return n
