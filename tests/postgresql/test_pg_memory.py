@@ -144,3 +144,20 @@ def test_executemany_results_are_counted(server: ServerProcess, user: str, sql: 
         conn.rollback()
     finally:
         conn.close()
+
+
+def test_memory_of_a_huge_row_is_given_back(server: ServerProcess) -> None:
+    """One row beyond the limit comes whole (PostgreSQL sends a row as one message): it is
+    refused, and the connection whose libpq buffer grew for it is closed, not pooled."""
+    conn = login(server, "reader")
+    proc = psutil.Process(server.pid)
+    try:
+        assert conn.execute("SELECT 1").fetchall() == [(1,)]
+        base = proc.memory_info().rss
+        too_large(conn, "SELECT repeat('z', 150000000)")
+        conn.rollback()
+        assert conn.execute("SELECT 2").fetchall() == [(2,)]
+        kept = proc.memory_info().rss - base
+        assert kept < GROWTH, f"the server kept {kept >> 20} MB"
+    finally:
+        conn.close()

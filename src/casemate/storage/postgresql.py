@@ -70,6 +70,7 @@ T = TypeVar("T")
 SCHEMA_VERSION = 1
 FIRST_FETCH = 64           # rows fetched with the DECLARE, in the same round trip
 DEFAULT_MAX_RESULT = 64 * 1024 * 1024  # limits.max_statement_result_bytes
+SWOLLEN_ROW = 4 * 1024 * 1024  # a connection that read a larger row is closed, not pooled
 GRANTS_CACHE_SECONDS = 1.0  # how stale another server's method grants may be seen
 IDLE_LIFETIME = 300.0      # idle pooled connections older than this are closed
 CANCEL_RETRY = 0.1         # an interrupted statement still running is cancelled again after
@@ -157,7 +158,7 @@ def _connect_error(e: psycopg.Error, dsn: str, who: str, password_hint: str) -> 
 class _Phys:
     """One PostgreSQL connection, opened as one role."""
 
-    __slots__ = ("conn", "mog", "key", "resetting", "close_all", "idle_since")
+    __slots__ = ("conn", "mog", "key", "resetting", "close_all", "idle_since", "swollen")
 
     def __init__(self, conn: psycopg.Connection[Any], key: str) -> None:
         self.conn = conn
@@ -166,6 +167,7 @@ class _Phys:
         self.resetting = False    # a DISCARD ALL was sent; its result is not read yet
         self.close_all = False    # exhausted cursors wait for a CLOSE ALL
         self.idle_since = time.monotonic()
+        self.swollen = False      # libpq grew its buffer for a large row: close, do not pool
 
     @property
     def usable(self) -> bool:
@@ -296,7 +298,7 @@ class _Pool:
         return None
 
     def put(self, p: _Phys) -> None:
-        ok = p.usable and p.conn.info.transaction_status == _IDLE
+        ok = p.usable and p.conn.info.transaction_status == _IDLE and not p.swollen
         if ok and self._reset:  # whatever the statements did: no classifier decides this
             ok = p.start_reset()
         if not ok:
@@ -344,13 +346,15 @@ class _Result:
     statement (``FETCH ALL``, ``EXECUTE``, a ``RETURNING``, a first ``FETCH`` of huge
     values) makes the server hold more than the limit and one row."""
 
-    def __init__(self, conn: psycopg.Connection[Any], query: str, limit: int) -> None:
+    def __init__(self, p: _Phys, query: str, limit: int) -> None:
         self.rows: list[tuple[Any, ...]] = []
         self.description: list[tuple[str, str | None]] | None = None
         self.rowcount = -1
         self.statusmessage: str | None = None
         self.widest = 0   # bytes of the largest row
         self._limit = limit
+        self._phys = p
+        conn = p.conn
         pg = conn.pgconn
         self._enc = conn.info.encoding
         with conn.lock:
@@ -370,7 +374,9 @@ class _Result:
                 tx.set_pgresult(res, set_loaders=fresh)
                 row = tx.load_rows(0, 1, tuple)[0]
                 size = _row_bytes(res, row)
-                self.widest = max(self.widest, size)
+                if size > self.widest:
+                    self.widest = size
+                    self._phys.swollen |= size > SWOLLEN_ROW
                 held += size
                 if held > self._limit:
                     _drain(conn)
@@ -632,7 +638,7 @@ class _Connection(StorageConnection):
         p = self._take()
         pre = self._prefix(p) if prefix else []
         query = "\n;".join(pre + statements)  # "\n": a statement may end in a -- comment
-        return self._guard(p, lambda: _Result(p.conn, query, self._b.max_result), statement)
+        return self._guard(p, lambda: _Result(p, query, self._b.max_result), statement)
 
     def _bind(self, p: _Phys, st: Statement, params: Sequence[Any]) -> str:
         _check_lexing(p)
