@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import psutil
+import psycopg
 import pytest
 
 import casemate
 from casemate.pgtest import PostgresServer
+from casemate.storage import postgresql
+from casemate.storage.postgresql import PostgreSQLBackend
 from casemate.testing import ServerProcess
 from tests.access.test_live_rights import add_user, login
 
 from .conftest import init_folder
+from .test_pg_storage import ENV, settings
 
 PW = "admin-pg-pw"
 LIMIT = 8 * 1024 * 1024
@@ -161,3 +166,31 @@ def test_memory_of_a_huge_row_is_given_back(server: ServerProcess) -> None:
         assert kept < GROWTH, f"the server kept {kept >> 20} MB"
     finally:
         conn.close()
+
+
+def test_rights_listener_detects_a_half_open_connection(pg: PostgresServer) -> None:
+    """The LISTEN connection only reads: without keepalives, a user timeout and a periodic
+    SELECT 1, a silently dead peer would leave it waiting forever (and rights stale)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ENV, pg.password)
+        mp.setattr(postgresql, "LISTEN_PING", 0.2)
+        b = PostgreSQLBackend(settings(pg))
+        b.initialize()
+        try:
+            b.watch_rights()
+            listener = b._listener
+            assert listener is not None
+            params = listener.info.get_parameters()
+            for k, v in postgresql.LISTEN_TCP.items():
+                assert params.get(k) == str(v), (k, params.get(k))
+            with psycopg.connect(pg.dsn(), autocommit=True) as c:
+                for _ in range(50):
+                    row = c.execute("SELECT query FROM pg_stat_activity WHERE pid = %s",
+                                    (listener.info.backend_pid,)).fetchone()
+                    if row and row[0] == "SELECT 1":
+                        break
+                    time.sleep(0.1)
+                else:
+                    pytest.fail(f"the listener never pinged: {row}")
+        finally:
+            b.close()

@@ -76,6 +76,11 @@ IDLE_LIFETIME = 300.0      # idle pooled connections older than this are closed
 CANCEL_RETRY = 0.1         # an interrupted statement still running is cancelled again after
 RESET_WAIT = 10.0          # a pooled connection whose DISCARD ALL takes longer is closed
 RIGHTS_CHANNEL = "casemate_rights"  # NOTIFY channel: users, groups or grants changed
+LISTEN_PING = 30.0         # the LISTEN connection runs SELECT 1 this often (seconds)
+# libpq options of the LISTEN connection (unless the DSN sets them): a dead peer is noticed
+# within about a minute (keepalives; tcp_user_timeout, in ms, for unacknowledged sends)
+LISTEN_TCP = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+              "keepalives_count": 3, "tcp_user_timeout": 60000}
 _INIT_LOCK = 0x6361736D    # pg_advisory_xact_lock key serializing `casemate init`s
 INIT_LOCK_SECONDS = 30.0   # longest wait for that lock (another init, or a session holding it)
 _cursor_ids = itertools.count(1)
@@ -1051,6 +1056,7 @@ class PostgreSQLBackend(Backend):
         self._changes = itertools.count(1)  # next() is atomic: the listener thread bumps it
         self._rights_version = 0
         self._listening = False
+        self._listener: psycopg.Connection[Any] | None = None  # the LISTEN connection
         self._closing = threading.Event()
         self._sys = _Pool(2, 30.0, self._service_connect, "service connections", reset=False)
         self._sys.put(self._sys.get(""))  # fail now, clearly, if PostgreSQL is unreachable
@@ -1099,9 +1105,11 @@ class PostgreSQLBackend(Backend):
         conn.adapters.register_dumper(Decimal, _NumericDumper)
         return conn
 
-    def _service_connect(self, _key: str) -> psycopg.Connection[Any]:
+    def _service_connect(self, _key: str, tcp: dict[str, Any] | None = None
+                         ) -> psycopg.Connection[Any]:
         extra: dict[str, Any] = {"application_name": "casemate (service)",
                                  "options": self._service_options}
+        extra.update({k: v for k, v in (tcp or {}).items() if k not in self._dsn_parts})
         if "connect_timeout" not in self._dsn_parts:
             extra["connect_timeout"] = 10
         if self._secret is not None:
@@ -1455,22 +1463,32 @@ class PostgreSQLBackend(Backend):
 
     def watch_rights(self) -> None:
         """LISTEN for other processes' changes (a server calls this once, at start)."""
-        conn = self._service_connect("")
-        conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(RIGHTS_CHANNEL)))
+        conn = self._listen_connect()
         self._listening = True
         threading.Thread(target=self._listen, args=(conn,), name="casemate-rights",
                          daemon=True).start()
 
+    def _listen_connect(self) -> psycopg.Connection[Any]:
+        """The LISTEN connection.  It only reads, so a half-open TCP connection (PostgreSQL's
+        host gone, a firewall dropping state) would never fail on its own: TCP keepalives,
+        a user timeout and a periodic ``SELECT 1`` make it fail, and the listener reconnect."""
+        conn = self._service_connect("", LISTEN_TCP)
+        conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(RIGHTS_CHANNEL)))
+        self._listener = conn
+        return conn
+
     def _listen(self, conn: psycopg.Connection[Any] | None) -> None:
+        pinged = time.monotonic()
         while not self._closing.is_set():
             try:
                 if conn is None:
-                    conn = self._service_connect("")
-                    conn.execute(pgsql.SQL("LISTEN {}").format(
-                        pgsql.Identifier(RIGHTS_CHANNEL)))
+                    conn = self._listen_connect()
                     self._bump()  # a change may have been missed while not listening
                 for _ in conn.notifies(timeout=0.5):
                     self._bump()
+                if time.monotonic() - pinged >= LISTEN_PING:
+                    conn.execute("SELECT 1")
+                    pinged = time.monotonic()
             except (psycopg.Error, StorageError) as e:
                 log.warning("lost the rights notifications connection, reconnecting: %s", e)
                 self._bump()
