@@ -18,7 +18,10 @@ client's SQL.
 
 Each Casemate transaction is one PostgreSQL transaction on one pooled
 connection.  Query results come through server-side cursors (``DECLARE ...
-WITH HOLD``), so a large result never sits whole in the Casemate server.
+WITH HOLD``), so a large result never sits whole in the Casemate server, and
+every result is read row by row and counted: one round trip brings in at most
+``limits.max_statement_result_bytes`` (``FETCH ALL`` and ``EXECUTE`` in SQL,
+``RETURNING``, huge values), else it is cancelled.
 Clients' ``?`` parameters are found by PostgreSQL's own lexer and every
 statement is parsed before it is sent (:mod:`casemate.storage.pg_sql`): one
 statement per execute, and a guard refuses what would change the roles
