@@ -43,6 +43,7 @@ import secrets
 import select
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -374,7 +375,9 @@ class _Result:
     def _read(self, conn: psycopg.Connection[Any]) -> None:
         tx = Transformer(conn)
         fresh, held, error = True, 0, None
-        while (res := conn.wait(_generators.fetch(conn.pgconn))) is not None:
+        pg = conn.pgconn
+        while (res := (conn.wait(_generators.fetch(pg)) if pg.is_busy() else pg.get_result())
+               ) is not None:  # psycopg's waiting only when libpq must wait
             status = res.status
             if status == ExecStatus.SINGLE_TUPLE:
                 if fresh:  # the first row of a new result
@@ -395,7 +398,7 @@ class _Result:
                 if fresh:
                     self.rows = []
                 fresh = True
-                self.description = ([(res.fname(i).decode(self._enc),
+                self.description = ([((res.fname(i) or b"").decode(self._enc),
                                       _TYPE_OIDS.get(res.ftype(i)))
                                      for i in range(res.nfields)]
                                     if status == ExecStatus.TUPLES_OK else None)
@@ -413,17 +416,20 @@ class _Result:
 
 
 def _row_bytes(res: Any, row: tuple[Any, ...]) -> int:
-    """About what a row holds: text and bytes by length, other values (JSON...) by the
-    length of their text in the result."""
-    size = 0
+    """About what a row holds in Python: text and bytes by length, other values (JSON,
+    arrays...) by the length of their text in the result, plus each object's overhead."""
+    size = 64 + 32 * len(row)
     for i, v in enumerate(row):
-        if isinstance(v, str | bytes):
-            size += len(v) + 16
-        elif v is None or isinstance(v, int | float):
-            size += 16
-        else:
-            size += len(res.get_value(0, i) or b"") + 16
+        t = type(v)
+        if t is str or t is bytes:
+            size += len(v)
+        elif t not in _SMALL_TYPES:
+            size += len(res.get_value(0, i) or b"")
     return size
+
+
+_SMALL_TYPES = frozenset({type(None), bool, int, float, Decimal, dt.date, dt.datetime,
+                          dt.time, uuid.UUID})
 
 
 def _drain(conn: psycopg.Connection[Any]) -> None:
