@@ -237,7 +237,8 @@ class LimitsSettings:
     max_statement_result_bytes: int = setting(  # PostgreSQL: rows one round trip brings in
         64 * 1024 * 1024, "PostgreSQL: most result bytes one round trip (a query's first 64 "
         "rows, a FETCH, an EXECUTE, a RETURNING) may bring into the server; beyond, it is "
-        "cancelled (54000).", _range(1024 * 1024, 1024 * 1024 * 1024))
+        "cancelled (54000). Unread results of all sessions: pool_size times it (53200).",
+        _range(1024 * 1024, 1024 * 1024 * 1024))
     max_sqlite_memory_mb: int = setting(
         1024, "SQLite: most memory all sessions' statements use together; a statement going "
         "beyond fails with \"out of memory\" (0 = no limit).", _range(0, 1 << 20))

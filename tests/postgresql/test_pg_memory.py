@@ -10,6 +10,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psutil
 import psycopg
@@ -31,16 +32,20 @@ GROWTH = 64 * 1024 * 1024   # what the server's RSS may grow by during one state
 BIG = "SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, 150000) g"  # ~150 MB
 
 
-@pytest.fixture(scope="module")
-def server(pg: PostgresServer, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[ServerProcess]:
-    db = tmp_path_factory.mktemp("pgmem") / "db"
-    r = init_folder(pg, db, PW)
+def start(pg: PostgresServer, db: Path, dbname: str = "postgres", **settings: int
+          ) -> ServerProcess:
+    """A server over ``pg`` with LIMIT and ``settings`` (keys of casemate.toml), and users
+    reader (readonly) and writer (readwrite)."""
+    if dbname != "postgres":
+        with psycopg.connect(pg.dsn(), autocommit=True) as c:
+            c.execute(f"CREATE DATABASE {dbname}")
+    r = init_folder(pg, db, PW, dbname=dbname)
     assert r.returncode == 0, r.stderr
     toml = db / "casemate.toml"
-    text, n = re.subn(r"(?m)^#?\s*max_statement_result_bytes\s*=.*$",
-                      f"max_statement_result_bytes = {LIMIT}", toml.read_text())
-    assert n == 1
+    text = toml.read_text()
+    for key, value in {"max_statement_result_bytes": LIMIT, **settings}.items():
+        text, n = re.subn(rf"(?m)^#?\s*{key}\s*=.*$", f"{key} = {value}", text)
+        assert n == 1, key
     toml.write_text(text)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CASEMATE_PG_PASSWORD", pg.password)
@@ -51,6 +56,13 @@ def server(pg: PostgresServer, tmp_path_factory: pytest.TempPathFactory
     admin.autocommit = True
     admin.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
     admin.close()
+    return s
+
+
+@pytest.fixture(scope="module")
+def server(pg: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[ServerProcess]:
+    s = start(pg, tmp_path_factory.mktemp("pgmem") / "db")
     yield s
     s.stop()
 
@@ -194,3 +206,28 @@ def test_rights_listener_detects_a_half_open_connection(pg: PostgresServer) -> N
                     pytest.fail(f"the listener never pinged: {row}")
         finally:
             b.close()
+
+
+def test_unread_results_of_many_sessions_have_a_server_wide_budget(
+        pg: PostgresServer, tmp_path: Path) -> None:
+    """Rows read but not yet fetched by their clients wait in the server, also after the
+    pooled connection went back: together at most storage.pool_size times the limit (here
+    2 x 8 MiB), so many sessions that never read cannot pile up results."""
+    server = start(pg, tmp_path / "db", dbname="pgmem_budget", pool_size=2)
+    sessions = [login(server, "reader") for _ in range(4)]
+    query = "SELECT g, repeat('r', 120000) FROM generate_series(1, 60) g"  # 7.2 MB
+    try:
+        for conn in sessions:
+            conn.autocommit = True
+        cursors = [sessions[i].execute(query) for i in range(2)]  # read, not fetched
+        with pytest.raises(casemate.Error) as e:
+            sessions[2].execute(query)
+        assert e.value.code == "53200", e.value
+        assert "limits.max_statement_result_bytes" in (e.value.hint or "")
+        assert sessions[3].execute("SELECT 1").fetchall() == [(1,)]  # small ones still go
+        assert len(cursors[0].fetchall()) == 60  # read: its bytes leave the budget
+        assert len(sessions[2].execute(query).fetchall()) == 60
+    finally:
+        for conn in sessions:
+            conn.close()
+        server.stop()

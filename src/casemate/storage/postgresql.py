@@ -44,6 +44,7 @@ import select
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -355,13 +356,15 @@ class _Result:
     statement (``FETCH ALL``, ``EXECUTE``, a ``RETURNING``, a first ``FETCH`` of huge
     values) makes the server hold more than the limit and one row."""
 
-    def __init__(self, p: _Phys, query: str, limit: int) -> None:
+    def __init__(self, p: _Phys, query: str, limit: int, budget: _Budget) -> None:
         self.rows: list[tuple[Any, ...]] = []
+        self.held = 0     # bytes of those rows
         self.description: list[tuple[str, str | None]] | None = None
         self.rowcount = -1
         self.statusmessage: str | None = None
         self.widest = 0   # bytes of the largest row
         self._limit = limit
+        self._budget = budget
         self._phys = p
         conn = p.conn
         pg = conn.pgconn
@@ -389,14 +392,16 @@ class _Result:
                     self.widest = size
                     self._phys.swollen |= size > SWOLLEN_ROW
                 held += size
-                if held > self._limit:
+                if held > self._limit or held + self._budget.held > self._budget.limit:
                     _drain(conn)
-                    raise _too_large(self._limit)
+                    raise (_too_large(self._limit) if held > self._limit
+                           else self._budget.full())
                 self.rows.append(row)
+                self.held = held
                 fresh = False
             elif status in (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK):
                 if fresh:
-                    self.rows = []
+                    self.rows, self.held = [], 0
                 fresh = True
                 self.description = ([((res.fname(i) or b"").decode(self._enc),
                                       _TYPE_OIDS.get(res.ftype(i)))
@@ -413,6 +418,46 @@ class _Result:
     def fetchall(self) -> list[tuple[Any, ...]]:
         rows, self.rows = self.rows, []
         return rows
+
+    def hold(self) -> _Held:
+        """The rows, to wait for the client: counted in the server-wide budget."""
+        return _Held(self._budget, self.fetchall(), self.held)
+
+
+class _Budget:
+    """Bytes of rows read from PostgreSQL that wait for their clients, server-wide: sessions
+    that never read their results cannot pile up more than ``limit`` together."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.held += n
+
+    def full(self) -> StorageError:
+        return StorageError(
+            f"out of memory for results: sessions' unread results hold {self.held} bytes", "53200",
+            "read or close earlier results; the server holds at most storage.pool_size times "
+            "limits.max_statement_result_bytes of them")
+
+
+class _Held:
+    """Rows waiting for the client; their bytes leave the budget once all are taken, the
+    cursor is closed, or it is dropped."""
+
+    def __init__(self, budget: _Budget, rows: list[tuple[Any, ...]], nbytes: int) -> None:
+        self.rows = rows
+        budget.add(nbytes)
+        self.release = weakref.finalize(self, budget.add, -nbytes)
+
+    def take(self, n: int) -> list[tuple[Any, ...]]:
+        out, self.rows = self.rows[:n], self.rows[n:]
+        if not self.rows:
+            self.release()
+        return out
 
 
 def _row_bytes(res: Any, row: tuple[Any, ...]) -> int:
@@ -466,14 +511,14 @@ class _PlainCursor(StorageCursor):
         self.description = result.description
         self.rowcount = result.rowcount
         self.lastrowid = None
-        self._rows = result.fetchall()
+        self._rows = result.hold()
 
     def fetch(self, n: int) -> list[tuple[Any, ...]]:
-        out, self._rows = self._rows[:n], self._rows[n:]
-        return out
+        return self._rows.take(n)
 
     def close(self) -> None:
-        self._rows = []
+        self._rows.rows = []
+        self._rows.release()
 
 
 class _ServerCursor(StorageCursor):
@@ -492,14 +537,14 @@ class _ServerCursor(StorageCursor):
         self.rowcount = -1          # like SQLite: unknown for a query
         self.lastrowid = None
         self.widest = first.widest  # bytes of the largest row seen
-        self._buf: list[tuple[Any, ...]] = first.fetchall()
-        self.exhausted = len(self._buf) < FIRST_FETCH
+        self._buf = first.hold()
+        self.exhausted = len(self._buf.rows) < FIRST_FETCH
         self.closed = False
         self.gone = False           # PostgreSQL already dropped it (rollback)
         self.uncertain = False      # a ROLLBACK TO in SQL may have dropped it
 
     def fetch(self, n: int) -> list[tuple[Any, ...]]:
-        out, self._buf = self._buf[:n], self._buf[n:]  # the first FETCH's rows
+        out = self._buf.take(n)  # the first FETCH's rows
         if len(out) == n or self.exhausted or self.closed:
             return out
         # A FETCH sized by bytes: no more rows of the widest size seen than fit in a quarter
@@ -514,6 +559,8 @@ class _ServerCursor(StorageCursor):
         return out + rows
 
     def close(self) -> None:
+        self._buf.rows = []
+        self._buf.release()
         if not self.closed:
             self.closed = True
             self._owner._cursor_closed(self)
@@ -652,7 +699,7 @@ class _Connection(StorageConnection):
         p = self._take()
         pre = self._prefix(p) if prefix else []
         query = "\n;".join(pre + statements)  # "\n": a statement may end in a -- comment
-        return self._guard(p, lambda: _Result(p, query, self._b.max_result), statement)
+        return self._guard(p, lambda: _Result(p, query, self._b.max_result, self._b.budget), statement)
 
     def _bind(self, p: _Phys, st: Statement, params: Sequence[Any]) -> str:
         _check_lexing(p)
@@ -1069,6 +1116,7 @@ class PostgreSQLBackend(Backend):
         self._closing = threading.Event()
         self._sys = _Pool(2, 30.0, self._service_connect, "service connections", reset=False)
         self._sys.put(self._sys.get(""))  # fail now, clearly, if PostgreSQL is unreachable
+        self.budget = _Budget(settings.pool_size * self.max_result)
         self._pool = _Pool(settings.pool_size, max(0.5, settings.busy_timeout_seconds),
                            self._group_connect, "storage.pool_size")
 
