@@ -26,7 +26,7 @@ the blocking client (they share :mod:`casemate.client.core`).
 from __future__ import annotations
 
 import asyncio
-import collections
+import contextlib
 import itertools
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -39,7 +39,6 @@ from .client.core import (
     PLAIN,
     TLS,
     ClientCore,
-    ExecRequest,
     LoginResult,
     Request,
     SimpleRequest,
@@ -51,17 +50,17 @@ from .client.core import (
     record_trust,
     warn_uncommitted,
 )
+from .client.cursor import DEFAULT_BATCH_ROWS, CursorAttrs, CursorState, Step
 from .client.known import KnownServer, KnownServers
 from .client.params import ConnectParams, Security, looks_up_lan, parse_params
 from .client.status import command_status
-from .errors import Codes, Error, InterfaceError, OperationalError, ProgrammingError, SecurityError
+from .errors import Codes, Error, InterfaceError, OperationalError, SecurityError
 from .keepalive import enable_keepalive
 from .protocol import NEED_DATA, Message, Msg
 
 __all__ = ["connect", "create_pool", "AsyncConnection", "AsyncCursor", "AsyncPool", "Transaction"]
 
 READ_SIZE = 256 * 1024
-_portal_ids = itertools.count(1_000_000_000)
 
 
 class _NotTLS(Exception):
@@ -287,7 +286,17 @@ class AsyncConnection:
     def closed(self) -> bool:
         return self._writer is None
 
+    async def set_autocommit(self, value: bool) -> None:
+        """Switch autocommit as the DB-API's setter does: switching it on commits an open
+        transaction first, so no statement is left in limbo (setting the attribute
+        directly does not commit)."""
+        if value and not self.autocommit and self._writer is not None:
+            await self.commit()
+        self.autocommit = bool(value)
+
     def cursor(self) -> AsyncCursor:
+        if self.closed:
+            raise InterfaceError("connection is closed")
         return AsyncCursor(self)
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> str:
@@ -298,7 +307,7 @@ class AsyncConnection:
             n = cur.rowcount
             if cur.description is not None:
                 n = 0
-                while batch := await cur.fetchmany(2000):
+                while batch := await cur.fetchmany(DEFAULT_BATCH_ROWS):
                     n += len(batch)
             return command_status(sql, n)
 
@@ -328,17 +337,12 @@ class AsyncConnection:
 
     async def call(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run server method ``name`` (see :meth:`casemate.Connection.call`)."""
-        cur = self.cursor()
-        req = ExecRequest(cur._sink)
-        await self._request(req, Msg.CALL, (cur._portal, name, tuple(args), kwargs,
-                                             self._begin, 2000))
-        await self._wait(req)
-        await cur._after(req)
-        desc = req.description or []
-        if len(desc) == 1 and desc[0][0] == "__result__":
-            row = await cur.fetchone()
-            return row[0] if row else None
-        return await cur.fetchall()
+        async with self.cursor() as cur:
+            await cur._call(name, args, kwargs)
+            if cur._state.scalar:
+                row = await cur.fetchone()
+                return row[0] if row else None
+            return await cur.fetchall()
 
     async def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
         cur = self.cursor()
@@ -393,119 +397,102 @@ class AsyncConnection:
         await self.close()
 
 
-class AsyncCursor:
-    """An asyncio cursor; rows stream in batches, one batch prefetched."""
+class AsyncCursor(CursorAttrs):
+    """An asyncio cursor; rows stream in batches, one batch prefetched.  What is asked
+    and kept is :class:`~casemate.client.cursor.CursorState`'s, as in the DB-API cursor."""
 
     def __init__(self, conn: AsyncConnection) -> None:
         self.connection = conn
-        self.arraysize = 1
-        self.description: tuple[tuple[Any, ...], ...] | None = None
-        self.rowcount = -1
-        self.lastrowid: int | None = None
-        self._rows: collections.deque[tuple[Any, ...]] = collections.deque()
-        self._portal = next(_portal_ids)
-        self._prefetch: ExecRequest | None = None
-        self._open_portal = False
+        self._state = CursorState()
 
-    def _sink(self, chunk: Sequence[tuple[Any, ...]]) -> None:
-        self._rows.extend(chunk)
+    async def _send(self, step: Step | None) -> None:
+        if step is not None:
+            await self.connection._request(*step)
+            self._state.suspended = False
+
+    async def _run(self, step: Step) -> Any:
+        await self._send(step)
+        await self.connection._wait(step[0])
+        return step[0]
 
     async def _reset(self) -> None:
-        conn = self.connection
-        if self._prefetch is not None:
-            await conn._wait(self._prefetch)
-            self._open_portal = self._prefetch.suspended
-            self._prefetch = None
-        if self._open_portal:
-            await conn._request(SimpleRequest(), Msg.CLOSE_PORTAL, (self._portal,))
-        self._open_portal = False
-        self._rows.clear()
-        self.description = None
-        self.rowcount = -1
+        """Forget the current result, telling the server to drop it if still open."""
+        st = self._state
+        generation = 0
+        if st.prefetch is not None and not st.prefetch.done:
+            try:
+                await self.connection._wait(st.prefetch)
+            except Error:
+                generation = -1  # the result is gone with its error
+        await self._send(st.close_portal(generation))
+        st.forget(0)
 
     async def execute(self, sql: str, params: Sequence[Any] | None = None) -> AsyncCursor:
-        conn = self.connection
-        if isinstance(params, dict):
-            raise ProgrammingError("Casemate uses qmark parameters: pass a sequence, not a dict")
+        conn = self._check()
+        step = self._state.query(sql, params, conn._begin)
         await self._reset()
-        req = ExecRequest(self._sink)
-        await conn._request(req, Msg.QUERY, (self._portal, sql, tuple(params or ()),
-                                              conn._begin, max(self.arraysize, 2000)))
-        await conn._wait(req)
-        if req.description is not None:
-            self.description = tuple((n, t, None, None, None, None, None)
-                                     for n, t in req.description)
-        else:
-            self.rowcount, self.lastrowid = req.rowcount, req.lastrowid
-        await self._after(req)
+        await self._send(self._state.executed(await self._run(step)))
         return self
 
-    async def _after(self, req: ExecRequest) -> None:
-        if req.suspended:
-            self._prefetch = ExecRequest(self._sink)
-            await self.connection._request(self._prefetch, Msg.FETCH,
-                                           (self._portal, max(self.arraysize, 2000)))
+    async def _call(self, name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        conn = self._check()
+        await self._reset()
+        step = self._state.call(name, args, kwargs, conn._begin)
+        await self._send(self._state.executed(await self._run(step), call=True))
 
     async def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> None:
-        conn = self.connection
+        conn = self._check()
         await self._reset()
-        self.lastrowid = None  # not the previous statement's (PEP 249 leaves it undefined)
-        total = 0
-        it = iter(seq)
-        while chunk := [tuple(p) for p in itertools.islice(it, 2000)]:
-            req = await conn._simple(Msg.EXECUTE_MANY, (sql, chunk, conn._begin))
-            total += max(req.rowcount, 0)
-        self.rowcount = total
+        for step in self._state.executemany(sql, seq, conn._begin):
+            self._state.add(await self._run(step))
+
+    async def _fill(self) -> bool:
+        """Rows are buffered (awaiting the next batch if needed); False at the end."""
+        self._check()
+        while (p := self._state.next_batch()) is not None:
+            await self.connection._wait(p)
+            await self._send(self._state.after(p))
+        return bool(self._state.rows)
 
     async def fetchone(self) -> tuple[Any, ...] | None:
-        while not self._rows:
-            p = self._prefetch
-            if p is None:
-                return None
-            await self.connection._wait(p)
-            self._prefetch = None
-            await self._after(p)
-        return self._rows.popleft()
+        return self._state.rows.popleft() if await self._fill() else None
 
     async def fetchmany(self, size: int | None = None) -> list[tuple[Any, ...]]:
-        out = []
-        for _ in range(self.arraysize if size is None else size):
-            row = await self.fetchone()
-            if row is None:
-                break
-            out.append(row)
+        n = self.arraysize if size is None else size
+        out: list[tuple[Any, ...]] = []
+        while len(out) < n and await self._fill():
+            self._state.take(out, n)
         return out
 
     async def fetchall(self) -> list[tuple[Any, ...]]:
-        out = []
-        while (row := await self.fetchone()) is not None:
-            out.append(row)
-            out.extend(self._rows)
-            self._rows.clear()
+        out: list[tuple[Any, ...]] = []
+        while await self._fill():
+            self._state.take(out, None)
         return out
 
     def __aiter__(self) -> AsyncIterator[tuple[Any, ...]]:
         return self._iter()
 
     async def _iter(self) -> AsyncIterator[tuple[Any, ...]]:
-        while (row := await self.fetchone()) is not None:
-            yield row
+        rows = self._state.rows
+        while await self._fill():
+            while rows:
+                yield rows.popleft()
 
     async def close(self) -> None:
-        rowcount = self.rowcount
-        if not self.connection.closed:
-            await self._reset()
-        self.rowcount = rowcount  # still readable after close, as in sqlite3
+        if self._state.closed:
+            return
+        counts = self._state.counts()
+        with contextlib.suppress(Error):
+            if not self.connection.closed:
+                await self._reset()
+        self._state.close(counts)
 
     async def __aenter__(self) -> AsyncCursor:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
-
-    def cancel(self) -> None:
-        """Stop the statement running on this cursor's connection."""
-        self.connection.cancel()
 
     async def nextset(self) -> None:
         return None

@@ -7,20 +7,18 @@ result of any size is fetched in bounded memory.
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import datetime as dt
-import itertools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .client.blocking import Channel, open_channel
 from .client.core import ExecRequest, Request, SimpleRequest, warn_uncommitted
+from .client.cursor import CursorAttrs, CursorState, Step
 from .client.params import ConnectParams, Security, parse_params
-from .errors import Codes, Error, InterfaceError, OperationalError, ProgrammingError
+from .errors import Codes, Error, InterfaceError, OperationalError
 from .protocol import Msg
-
-RESULT_COLUMN = "__result__"  # a server method's single-value result (see server/calls.py)
 
 __all__ = [
     "apilevel", "threadsafety", "paramstyle", "connect", "Connection", "Cursor",
@@ -67,9 +65,6 @@ NUMBER = _TypeObject("integer", "float", "decimal", "bool")
 DATETIME = _TypeObject("date", "time", "datetime")
 ROWID = _TypeObject("integer")
 
-DEFAULT_BATCH_ROWS = 2000
-EXECUTEMANY_CHUNK = 2000
-_portal_ids = itertools.count(1)
 
 
 def connect(dsn: str | None = None, **kwargs: Any) -> Connection:
@@ -277,7 +272,7 @@ class Connection:
         cur = self.cursor()
         try:
             cur._call(name, args, kwargs)
-            if cur._scalar:
+            if cur._state.scalar:
                 row = cur.fetchone()
                 return row[0] if row else None
             return cur.fetchall()
@@ -306,163 +301,87 @@ class Connection:
             self._chan.close()  # type: ignore[union-attr]
 
 
-class Cursor:
-    """A PEP 249 cursor.  Rows arrive in batches as they are read."""
+class Cursor(CursorAttrs):
+    """A PEP 249 cursor.  Rows arrive in batches as they are read; what is asked and kept
+    is :class:`~casemate.client.cursor.CursorState`'s, shared with the asyncio cursor."""
 
     def __init__(self, conn: Connection) -> None:
         self.connection = conn
-        self.arraysize = 1
-        self.description: tuple[tuple[Any, ...], ...] | None = None
-        self.rowcount = -1
-        self.lastrowid: int | None = None
-        self._rows: collections.deque[tuple[Any, ...]] = collections.deque()
-        self._portal = next(_portal_ids)
-        self._generation = conn.generation
-        self._suspended = False
-        self._prefetch: ExecRequest | None = None
-        self._closed = False
-        self._scalar = False
+        self._state = CursorState(conn.generation)
 
-    def _check(self) -> Connection:
-        if self._closed:
-            raise InterfaceError("cursor is closed")
-        if self.connection.closed:
-            raise InterfaceError("connection is closed")
-        return self.connection
+    def _send(self, step: Step | None) -> None:
+        if step is not None:
+            self.connection._send(*step)
+            self._state.suspended = False
+
+    def _run(self, step: Step) -> Any:
+        self._send(step)
+        self.connection._wait(step[0])
+        return step[0]
 
     def _reset(self) -> None:
         """Forget the current result, telling the server to drop it if still open."""
-        conn = self.connection
-        same = self._generation == conn.generation  # else the result died with the old link
-        if same and self._prefetch is not None and not self._prefetch.done:
+        conn, st = self.connection, self._state
+        generation = conn.generation  # another: the result died with the old link
+        if st.generation == generation and st.prefetch is not None and not st.prefetch.done:
             try:
-                conn._wait(self._prefetch)
+                conn._wait(st.prefetch)
             except Error:
-                same = False
-        if same and (self._suspended or (self._prefetch is not None and
-                                         self._prefetch.suspended)):
-            conn._send(SimpleRequest(), Msg.CLOSE_PORTAL, (self._portal,))
-        self._generation = conn.generation
-        self._prefetch = None
-        self._suspended = False
-        self._rows.clear()
-        self.description = None
-        self.rowcount = -1
-
-    def _sink(self, chunk: Sequence[tuple[Any, ...]]) -> None:
-        self._rows.extend(chunk)
+                generation = -1
+        self._send(st.close_portal(generation))
+        st.forget(conn.generation)
 
     def execute(self, operation: str, parameters: Sequence[Any] | None = None) -> Cursor:
         conn = self._check()
-        if isinstance(parameters, dict):
-            raise ProgrammingError("Casemate uses qmark parameters: pass a sequence, not a dict")
+        step = self._state.query(operation, parameters, not conn.autocommit)
         self._reset()
-        req = ExecRequest(self._sink)
-        params = tuple(parameters) if parameters is not None else ()
-        conn._send(req, Msg.QUERY, (self._portal, operation, params, not conn.autocommit,
-                                    max(self.arraysize, DEFAULT_BATCH_ROWS)))
-        conn._wait(req)
-        self._after(req)
-        if req.description is not None:
-            self.description = tuple((n, t, None, None, None, None, None)
-                                     for n, t in req.description)
-        else:
-            self.rowcount = req.rowcount
-            self.lastrowid = req.lastrowid
+        self._send(self._state.executed(self._run(step)))
         return self
-
-    def _after(self, req: ExecRequest) -> None:
-        self._suspended = req.suspended
-        if req.suspended:  # prefetch the next batch while the caller reads this one
-            self._prefetch = ExecRequest(self._sink)
-            self.connection._send(self._prefetch, Msg.FETCH,
-                                  (self._portal, max(self.arraysize, DEFAULT_BATCH_ROWS)))
-            self._suspended = False
-        elif not req.error:
-            self.rowcount = req.rowcount if req.description is None else self.rowcount
 
     def executemany(self, operation: str, seq_of_parameters: Sequence[Sequence[Any]]) -> None:
         conn = self._check()
         self._reset()
-        self.lastrowid = None  # not the previous statement's (PEP 249 leaves it undefined)
-        total = 0
-        it = iter(seq_of_parameters)
-        while chunk := [tuple(p) for p in itertools.islice(it, EXECUTEMANY_CHUNK)]:
-            req = SimpleRequest()
-            conn._send(req, Msg.EXECUTE_MANY, (operation, chunk, not conn.autocommit))
-            conn._wait(req)
-            total += max(req.rowcount, 0)
-        self.rowcount = total
+        for step in self._state.executemany(operation, seq_of_parameters, not conn.autocommit):
+            self._state.add(self._run(step))
 
-    def _more(self) -> bool:
-        """Wait for the prefetched batch; return False when the result is exhausted."""
-        p = self._prefetch
-        if p is None:
-            return False
-        self.connection._wait(p)
-        self._prefetch = None
-        self._after(p)
-        return True
+    def _fill(self) -> bool:
+        """Rows are buffered (waiting for the next batch if needed); False at the end."""
+        self._check()
+        while (p := self._state.next_batch()) is not None:
+            self.connection._wait(p)
+            self._send(self._state.after(p))
+        return bool(self._state.rows)
 
     def fetchone(self) -> tuple[Any, ...] | None:
-        self._check()
-        if self.description is None and not self._rows:
-            raise ProgrammingError("no result set: the last statement returned no rows")
-        while not self._rows:
-            if not self._more():
-                return None
-        return self._rows.popleft()
+        return self._state.rows.popleft() if self._fill() else None
 
     def fetchmany(self, size: int | None = None) -> list[tuple[Any, ...]]:
         n = self.arraysize if size is None else size
         out: list[tuple[Any, ...]] = []
-        rows = self._rows
-        while len(out) < n:
-            if not rows:  # checks the cursor, waits for the next batch
-                row = self.fetchone()
-                if row is None:
-                    break
-                out.append(row)
-                continue
-            k = n - len(out)
-            if k >= len(rows):  # take the whole batch at once
-                out.extend(rows)
-                rows.clear()
-            else:
-                out.extend([rows.popleft() for _ in range(k)])
+        while len(out) < n and self._fill():
+            self._state.take(out, n)
         return out
 
     def fetchall(self) -> list[tuple[Any, ...]]:
-        out = []
-        while (row := self.fetchone()) is not None:
-            out.append(row)
-            if self._rows:
-                out.extend(self._rows)
-                self._rows.clear()
+        out: list[tuple[Any, ...]] = []
+        while self._fill():
+            self._state.take(out, None)
         return out
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        rows = self._rows  # (cleared in place if the cursor runs another statement)
-        while (row := self.fetchone()) is not None:  # checks, waits for the next batch
-            yield row
-            while rows:  # the rest of this batch without fetchone's checks per row
+        rows = self._state.rows  # (cleared in place if the cursor runs another statement)
+        while self._fill():  # checks, waits for the next batch
+            while rows:  # this batch without the checks per row
                 yield rows.popleft()
 
     def close(self) -> None:
-        if self._closed:
+        if self._state.closed:
             return
-        rowcount, lastrowid = self.rowcount, self.lastrowid
-        if not self.connection.closed:
-            try:
+        counts = self._state.counts()
+        with contextlib.suppress(Error):
+            if not self.connection.closed:
                 self._reset()
-            except Error:
-                pass
-        self.rowcount, self.lastrowid = rowcount, lastrowid  # still readable, as in sqlite3
-        self._closed = True
-
-    def cancel(self) -> None:
-        """Stop the statement running on this cursor's connection (:meth:`Connection.cancel`)."""
-        self.connection.cancel()
+        self._state.close(counts)
 
     def setinputsizes(self, sizes: Any) -> None:
         pass
@@ -479,14 +398,8 @@ class Cursor:
     def _call(self, name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
         conn = self._check()
         self._reset()
-        req = ExecRequest(self._sink)
-        conn._send(req, Msg.CALL, (self._portal, name, tuple(args), kwargs, not conn.autocommit,
-                                   max(self.arraysize, DEFAULT_BATCH_ROWS)))
-        conn._wait(req)
-        self._after(req)
-        desc = req.description or []
-        self._scalar = len(desc) == 1 and desc[0][0] == RESULT_COLUMN
-        self.description = tuple((n, t, None, None, None, None, None) for n, t in desc)
+        step = self._state.call(name, args, kwargs, not conn.autocommit)
+        self._send(self._state.executed(self._run(step), call=True))
 
     def __enter__(self) -> Cursor:
         return self

@@ -1,0 +1,184 @@
+"""A cursor's state, shared by the DB-API and asyncio cursors, with no I/O.
+
+What a cursor asks (QUERY, CALL, EXECUTE_MANY, the FETCH of the next batch, the
+CLOSE_PORTAL of a result left open) and what it keeps (rows, description,
+rowcount, lastrowid, the prefetched batch) are decided here once; the two
+cursors only send the requests this class returns and wait for their replies.
+So batch size, the result column of a server method, "no result set" and
+"cursor is closed" cannot drift apart between the clients.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from collections.abc import Iterator, Sequence
+from typing import Any, Generic, TypeVar, cast
+
+from ..errors import InterfaceError, ProgrammingError
+from ..protocol import Msg
+from .core import ExecRequest, Request, SimpleRequest
+
+__all__ = ["CursorState", "Step", "CursorAttrs", "DEFAULT_BATCH_ROWS", "EXECUTEMANY_CHUNK", "RESULT_COLUMN"]
+
+DEFAULT_BATCH_ROWS = 2000
+EXECUTEMANY_CHUNK = 2000
+RESULT_COLUMN = "__result__"  # a server method's single-value result (see server/calls.py)
+_portal_ids = itertools.count(1)
+T = TypeVar("T")
+
+Step = tuple[Request, Msg, Any]  # a request to send: its reply handler, type and body
+
+
+class StateAttr(Generic[T]):
+    """A cursor attribute (``arraysize``, ``description``...) kept in its CursorState."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> T:
+        return cast(T, getattr(obj._state, self.name))
+
+    def __set__(self, obj: Any, value: T) -> None:
+        setattr(obj._state, self.name, value)
+
+
+class CursorAttrs:
+    """What the two cursor classes share besides I/O: the PEP 249 attributes, read from
+    and written to the cursor's ``_state``, and the checks before a request."""
+
+    _state: CursorState
+    connection: Any  # Connection or AsyncConnection: has ``closed`` and ``cancel()``
+    arraysize: StateAttr[int] = StateAttr()
+    description: StateAttr[tuple[tuple[Any, ...], ...] | None] = StateAttr()
+    rowcount: StateAttr[int] = StateAttr()
+    lastrowid: StateAttr[int | None] = StateAttr()
+
+    def _check(self) -> Any:
+        """The connection, if this cursor and it are open."""
+        self._state.check_open()
+        if self.connection.closed:
+            raise InterfaceError("connection is closed")
+        return self.connection
+
+    def cancel(self) -> None:
+        """Stop the statement running on this cursor's connection (``Connection.cancel``)."""
+        self.connection.cancel()
+
+
+class CursorState:
+    """Rows, description and counts of one cursor, and the requests that fill them."""
+
+    def __init__(self, generation: int = 0) -> None:
+        self.arraysize = 1
+        self.description: tuple[tuple[Any, ...], ...] | None = None
+        self.rowcount = -1
+        self.lastrowid: int | None = None
+        self.rows: collections.deque[tuple[Any, ...]] = collections.deque()
+        self.portal = next(_portal_ids)
+        self.generation = generation  # the connection's, when the result was opened
+        self.prefetch: ExecRequest | None = None
+        self.suspended = False  # a result is open on the server and no FETCH is in flight
+        self.closed = False
+        self.scalar = False
+
+    @property
+    def batch(self) -> int:
+        return max(self.arraysize, DEFAULT_BATCH_ROWS)
+
+    def _sink(self, chunk: Sequence[tuple[Any, ...]]) -> None:
+        self.rows.extend(chunk)
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise InterfaceError("cursor is closed")
+
+    def next_batch(self) -> ExecRequest | None:
+        """The prefetched batch to wait for when no row is buffered; None when rows are
+        buffered or the result has ended.  Raises when there is no result to read."""
+        self.check_open()
+        if self.rows:
+            return None
+        if self.description is None:
+            raise ProgrammingError("no result set: the last statement returned no rows")
+        return self.prefetch
+
+    def counts(self) -> tuple[int, int | None]:
+        return self.rowcount, self.lastrowid
+
+    def close(self, counts: tuple[int, int | None]) -> None:
+        """Closed; ``rowcount`` and ``lastrowid`` stay readable, as in sqlite3."""
+        self.rowcount, self.lastrowid = counts
+        self.closed = True
+
+    # -- requests -------------------------------------------------------------------
+    def query(self, sql: str, params: Sequence[Any] | None, begin: bool) -> Step:
+        if isinstance(params, dict):
+            raise ProgrammingError("Casemate uses qmark parameters: pass a sequence, not a dict")
+        args = tuple(params) if params is not None else ()
+        return ExecRequest(self._sink), Msg.QUERY, (self.portal, sql, args, begin, self.batch)
+
+    def call(self, name: str, args: Sequence[Any], kwargs: dict[str, Any], begin: bool) -> Step:
+        return ExecRequest(self._sink), Msg.CALL, (self.portal, name, tuple(args), kwargs, begin,
+                                                   self.batch)
+
+    def executemany(self, sql: str, seq: Sequence[Sequence[Any]], begin: bool
+                    ) -> Iterator[tuple[SimpleRequest, Msg, Any]]:
+        """The EXECUTE_MANY requests, one chunk of parameters each; count with :meth:`add`."""
+        self.lastrowid = None  # not the previous statement's (PEP 249 leaves it undefined)
+        self.rowcount = 0
+        it = iter(seq)
+        while chunk := [tuple(p) for p in itertools.islice(it, EXECUTEMANY_CHUNK)]:
+            yield SimpleRequest(), Msg.EXECUTE_MANY, (sql, chunk, begin)
+
+    def add(self, req: SimpleRequest) -> None:
+        self.rowcount += max(req.rowcount, 0)
+
+    def executed(self, req: ExecRequest, call: bool = False) -> Step | None:
+        """A QUERY or CALL answered: keep what it said; returns the FETCH to send, if any."""
+        step = self.after(req)
+        desc = req.description
+        if call or desc is not None:
+            self.scalar = desc is not None and len(desc) == 1 and desc[0][0] == RESULT_COLUMN
+            self.description = tuple((n, t, None, None, None, None, None) for n, t in desc or ())
+        else:
+            self.rowcount, self.lastrowid = req.rowcount, req.lastrowid
+        return step
+
+    def after(self, req: ExecRequest) -> Step | None:
+        """A batch arrived: the FETCH of the next one (prefetched while this one is read)."""
+        self.prefetch = None
+        if req.suspended:
+            self.suspended = True  # until the caller has sent the FETCH
+            self.prefetch = ExecRequest(self._sink)
+            return self.prefetch, Msg.FETCH, (self.portal, self.batch)
+        if req.description is None:
+            self.rowcount = req.rowcount
+        return None
+
+    def close_portal(self, generation: int) -> Step | None:
+        """The CLOSE_PORTAL for a result still open on this connection, if there is one
+        (call after the prefetch, if any, is answered; else pass another generation)."""
+        p = self.prefetch
+        if generation == self.generation and (self.suspended or (p is not None and p.suspended)):
+            return SimpleRequest(), Msg.CLOSE_PORTAL, (self.portal,)
+        return None
+
+    def forget(self, generation: int) -> None:
+        """Forget the result (after :meth:`close_portal` was sent)."""
+        self.generation = generation
+        self.prefetch = None
+        self.suspended = False
+        self.rows.clear()
+        self.description = None
+        self.rowcount = -1
+
+    def take(self, out: list[tuple[Any, ...]], n: int | None) -> None:
+        """Move up to ``n`` (all if None) buffered rows to ``out``."""
+        rows = self.rows
+        k = len(rows) if n is None else n - len(out)
+        if k >= len(rows):  # the whole batch at once
+            out.extend(rows)
+            rows.clear()
+        else:
+            out.extend([rows.popleft() for _ in range(k)])

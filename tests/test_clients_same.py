@@ -1,0 +1,253 @@
+"""One behavioural suite, run on the blocking (DB-API) and the asyncio client.
+
+Both clients share their logic (casemate.client.core); each test here runs on both
+through a thin adapter that awaits the asyncio client's coroutines, so a difference
+between the two clients is a test failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import casemate
+import casemate.aio
+from casemate.testing import ServerProcess
+
+ENDLESS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+
+
+class Synced:
+    """An asyncio connection or cursor, used as if blocking: coroutines run to the end."""
+
+    def __init__(self, obj: Any, runner: asyncio.Runner) -> None:
+        object.__setattr__(self, "_obj", obj)
+        object.__setattr__(self, "_runner", runner)
+
+    def _wrap(self, value: Any) -> Any:
+        if inspect.iscoroutine(value):
+            value = self._runner.run(value)
+        if isinstance(value, (casemate.aio.AsyncConnection, casemate.aio.AsyncCursor)):
+            return Synced(value, self._runner)
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._obj, name)
+        if not callable(value):
+            return value
+        return lambda *a, **k: self._wrap(value(*a, **k))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "autocommit":  # the DB-API setter's rule: switching on commits first
+            self._runner.run(self._obj.set_autocommit(value))
+        else:
+            setattr(self._obj, name, value)
+
+    def __iter__(self) -> Iterator[Any]:
+        it = self._obj.__aiter__()
+
+        async def step() -> Any:
+            return await it.__anext__()
+        while True:
+            try:
+                yield self._runner.run(step())
+            except StopAsyncIteration:
+                return
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        """The DB-API's Connection.execute: a new cursor, executed (aio's returns a status)."""
+        if isinstance(self._obj, casemate.aio.AsyncConnection):
+            cur = self.cursor()
+            cur.execute(sql, params)
+            return cur
+        return self._wrap(self._obj.execute(sql, params))
+
+
+class Client:
+    """Opens connections of one kind and says how to cancel from elsewhere."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.runner = asyncio.Runner(debug=True) if kind == "aio" else None
+
+    def connect(self, url: str, **kw: Any) -> Any:
+        if self.runner is None:
+            return casemate.connect(url, **kw)
+        return Synced(self.runner.run(casemate.aio.connect(url, **kw)), self.runner)
+
+    def later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Call ``fn`` after ``delay`` while this client waits (another thread, or task)."""
+        if self.runner is None:
+            import threading
+            threading.Timer(delay, fn).start()
+        else:
+            self.runner.get_loop().call_later(delay, fn)
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+
+
+@pytest.fixture(params=["blocking", "aio"])
+def client(request: pytest.FixtureRequest) -> Iterator[Client]:
+    c = Client(request.param)
+    yield c
+    c.close()
+
+
+def _table(conn: Any, n: int) -> None:
+    cur = conn.cursor()
+    cur.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    cur.executemany("INSERT INTO t (v) VALUES (?)", [(f"v{i}",) for i in range(n)])
+    assert cur.rowcount == n
+    assert cur.lastrowid is None  # not the previous statement's
+    conn.commit()
+
+
+@pytest.mark.parametrize("fixture", ["plain_server", "tls_server"])
+def test_connect_and_security(client: Client, request: pytest.FixtureRequest,
+                              fixture: str) -> None:
+    server: ServerProcess = request.getfixturevalue(fixture)
+    conn = client.connect(server.url)
+    assert conn.security.encrypted == (fixture == "tls_server")
+    assert conn.security.level == ("encrypted-unverified" if fixture == "tls_server"
+                                   else "plain")
+    assert not conn.closed
+    conn.close()
+    assert conn.closed
+    conn.close()  # twice is fine
+
+
+def test_tls_fallback_note(client: Client, plain_server: ServerProcess) -> None:
+    """A plaintext server: TLS is tried first, and why it failed is kept."""
+    conn = client.connect(plain_server.url)
+    assert conn.security.tls_failure
+    assert "TLS failed" in conn.security.fallback_note
+    conn.close()
+
+
+def test_fetch_methods_across_batches(client: Client, plain_server: ServerProcess) -> None:
+    conn = client.connect(plain_server.url)
+    _table(conn, 5000)
+    cur = conn.cursor()
+    cur.execute("SELECT id, v FROM t ORDER BY id")
+    assert cur.fetchone() == (1, "v0")
+    assert cur.fetchmany() == [(2, "v1")]  # arraysize 1
+    assert cur.fetchmany(3) == [(3, "v2"), (4, "v3"), (5, "v4")]
+    rest = cur.fetchall()
+    assert len(rest) == 4995 and rest[-1] == (5000, "v4999")
+    assert cur.fetchone() is None and cur.fetchall() == [] and cur.fetchmany(5) == []
+    cur.execute("SELECT id FROM t ORDER BY id")
+    assert [r[0] for r in cur] == list(range(1, 5001))
+    cur.arraysize = 3000  # a larger batch than the default
+    cur.execute("SELECT id FROM t ORDER BY id")
+    assert len(cur.fetchmany()) == 3000
+    cur.execute("SELECT 1")  # a result left open is dropped
+    assert cur.fetchall() == [(1,)]
+    cur.close()
+    conn.close()
+
+
+def test_description_rowcount_lastrowid(client: Client, plain_server: ServerProcess) -> None:
+    conn = client.connect(plain_server.url)
+    _table(conn, 3)
+    cur = conn.cursor()
+    cur.execute("SELECT id, v FROM t WHERE id < 0")
+    assert [d[:2] for d in cur.description] == [("id", "integer"), ("v", "text")]
+    assert cur.fetchall() == []
+    cur.execute("UPDATE t SET v = 'x' WHERE id >= ?", (2,))
+    assert cur.description is None and cur.rowcount == 2
+    cur.execute("INSERT INTO t (v) VALUES (?)", ("new",))
+    assert cur.rowcount == 1 and cur.lastrowid == 4
+    cur.close()
+    assert cur.rowcount == 1 and cur.lastrowid == 4  # still readable, as in sqlite3
+    conn.rollback()
+    conn.close()
+
+
+def test_fetch_without_result_set_raises(client: Client, plain_server: ServerProcess) -> None:
+    conn = client.connect(plain_server.url)
+    cur = conn.cursor()
+    cur.execute("CREATE TABLE t (a)")
+    with pytest.raises(casemate.ProgrammingError):
+        cur.fetchone()
+    with pytest.raises(casemate.ProgrammingError):
+        cur.fetchall()
+    conn.rollback()
+    conn.close()
+
+
+def test_closed_cursor_and_connection(client: Client, plain_server: ServerProcess) -> None:
+    conn = client.connect(plain_server.url)
+    cur = conn.cursor()
+    cur.close()
+    with pytest.raises(casemate.InterfaceError):
+        cur.execute("SELECT 1")
+    conn.close()
+    with pytest.raises(casemate.InterfaceError):
+        conn.cursor().execute("SELECT 1")
+
+
+def test_errors_and_codes(client: Client, plain_server: ServerProcess) -> None:
+    conn = client.connect(plain_server.url)
+    cur = conn.cursor()
+    with pytest.raises(casemate.ProgrammingError) as e:
+        cur.execute("SELEC 1")
+    assert e.value.code == "42601"
+    with pytest.raises(casemate.ProgrammingError):
+        cur.execute("SELECT ?", {"a": 1})
+    cur.execute("SELECT 1")  # the session carries on
+    assert cur.fetchall() == [(1,)]
+    conn.close()
+    with pytest.raises(casemate.OperationalError) as e2:
+        client.connect(plain_server.url.replace("admin-secret-pw", "wrong"))
+    assert e2.value.code == "28P01"
+
+
+def test_commit_rollback(client: Client, plain_server: ServerProcess) -> None:
+    conn = client.connect(plain_server.url)
+    other = client.connect(plain_server.url)
+    _table(conn, 2)
+    assert not conn.in_transaction
+    conn.execute("DELETE FROM t")
+    assert conn.in_transaction
+    conn.rollback()
+    assert not conn.in_transaction
+    conn.execute("INSERT INTO t (v) VALUES ('c')")
+    assert other.execute("SELECT count(*) FROM t").fetchall() == [(2,)]
+    other.rollback()  # (its snapshot ends)
+    conn.commit()
+    assert other.execute("SELECT count(*) FROM t").fetchall() == [(3,)]
+    other.rollback()
+    conn.close()
+    other.close()
+
+
+def test_autocommit(client: Client, plain_server: ServerProcess) -> None:
+    conn = client.connect(plain_server.url)
+    other = client.connect(plain_server.url)
+    _table(conn, 0)
+    conn.execute("INSERT INTO t (v) VALUES ('a')")
+    conn.autocommit = True  # commits the open transaction first
+    assert conn.autocommit and not conn.in_transaction
+    conn.execute("INSERT INTO t (v) VALUES ('b')")
+    assert not conn.in_transaction
+    assert other.execute("SELECT count(*) FROM t").fetchall() == [(2,)]
+    other.rollback()
+    conn.close()
+    other.close()
+
+
+def test_cancel(client: Client, plain_server: ServerProcess) -> None:
+    conn = client.connect(plain_server.url)
+    conn.cancel()  # nothing running: nothing happens
+    client.later(0.3, conn.cancel)
+    with pytest.raises(casemate.OperationalError) as e:
+        conn.execute(ENDLESS).fetchall()
+    assert e.value.code == "57014"
+    assert conn.execute("SELECT 2").fetchall() == [(2,)]  # the session carries on
+    conn.close()
