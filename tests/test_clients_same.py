@@ -251,3 +251,20 @@ def test_cancel(client: Client, plain_server: ServerProcess) -> None:
     assert e.value.code == "57014"
     assert conn.execute("SELECT 2").fetchall() == [(2,)]  # the session carries on
     conn.close()
+
+
+def test_cannot_connect_says_why(client: Client, plain_server: ServerProcess) -> None:
+    """The same words and hint from both clients (the asyncio client had its own)."""
+    url = plain_server.url.replace(f":{plain_server.port}", ":1")
+    with pytest.raises(casemate.OperationalError) as e:
+        client.connect(url, connect_timeout=5)
+    assert e.value.code == "08001"
+    assert "casemate serve" in (e.value.hint or "")
+
+
+def test_encryption_required_refuses_plaintext(client: Client,
+                                               plain_server: ServerProcess) -> None:
+    with pytest.raises(casemate.SecurityError) as e:
+        client.connect(plain_server.url, encryption="required")
+    assert e.value.code == "08P03"
+    assert "did not complete a TLS handshake" in e.value.message

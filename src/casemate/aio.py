@@ -32,39 +32,28 @@ import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from . import tls
 from .aiopool import AsyncPool
 from .client.blocking import _context
+from .client.connecting import ConnectPlan, NotTLS, accept_server, tcp_error, verify_error
 from .client.core import (
-    PLAIN,
     TLS,
     ClientCore,
     LoginResult,
     Request,
     SimpleRequest,
-    check_server_key,
-    downgrade_error,
-    explain_login_failure,
     login_flow,
-    plan_attempts,
-    record_trust,
     warn_uncommitted,
 )
 from .client.cursor import DEFAULT_BATCH_ROWS, CursorAttrs, CursorState, Step
-from .client.known import KnownServer, KnownServers
 from .client.params import ConnectParams, Security, looks_up_lan, parse_params
 from .client.status import command_status
-from .errors import Codes, Error, InterfaceError, OperationalError, SecurityError
+from .errors import Error, InterfaceError, OperationalError
 from .keepalive import enable_keepalive
 from .protocol import NEED_DATA, Message, Msg
 
 __all__ = ["connect", "create_pool", "AsyncConnection", "AsyncCursor", "AsyncPool", "Transaction"]
 
 READ_SIZE = 256 * 1024
-
-
-class _NotTLS(Exception):
-    pass
 
 
 async def connect(dsn: str | None = None, **kwargs: Any) -> AsyncConnection:
@@ -98,87 +87,62 @@ class AsyncConnection:
             async with asyncio.timeout(p.connect_timeout):
                 reader, writer = await asyncio.open_connection(
                     p.host, p.port, ssl=ctx, server_hostname=p.host if ctx else None)
-            enable_keepalive(writer.get_extra_info("socket"), p.keepalive, user_timeout=True)
-            return reader, writer
         except ssl.SSLCertVerificationError as e:
-            raise SecurityError(f"the certificate of {p.server_key} failed verification "
-                                f"against {p.tls_ca}: {e.verify_message}",
-                                Codes.NOT_ENCRYPTED) from e
+            raise verify_error(p, e) from e
         except ssl.SSLError as e:
-            raise _NotTLS(e.reason or str(e)) from e
-        except TimeoutError as e:
-            raise OperationalError(f"cannot connect to {p.server_key}: timed out",
-                                   Codes.CANNOT_CONNECT) from e
+            raise NotTLS(e.reason or str(e)) from e
         except (ConnectionResetError, asyncio.IncompleteReadError) as e:
             if ctx is not None:
-                raise _NotTLS(str(e)) from e
-            raise OperationalError(f"cannot connect to {p.server_key}: {e}",
-                                   Codes.CANNOT_CONNECT) from e
-        except OSError as e:
-            raise OperationalError(f"cannot connect to {p.server_key}: {e.strerror or e}",
-                                   Codes.CANNOT_CONNECT,
-                                   "is the server running and is the port right?") from e
+                raise NotTLS(str(e)) from e
+            raise tcp_error(p, e) from e
+        except OSError as e:  # TimeoutError included
+            raise tcp_error(p, e) from e
+        enable_keepalive(writer.get_extra_info("socket"), p.keepalive, user_timeout=True)
+        return reader, writer
 
-    async def _attempt_tls(self, known: KnownServer | None) -> bytes:
+    async def _attempt_tls(self, plan: ConnectPlan) -> bytes:
         _key, ctx, _session = _context(self.params)
         self._reader, self._writer = await self._tcp(ctx)
-        sslobj = self._writer.get_extra_info("ssl_object")
-        der = sslobj.getpeercert(binary_form=True)
-        c = sslobj.cipher()
         try:
-            self.security = check_server_key(self.params, known, der, sslobj.version(),
-                                             c[0] if c else None, sslobj)
+            self.security, cb = accept_server(self.params, plan,
+                                              self._writer.get_extra_info("ssl_object"))
         except Error:
-            self._writer.close()
+            self._close_transport()
             raise
-        return tls.channel_binding_data(der)
+        return cb
 
     async def _open(self) -> None:
         p = self.params
-        known = KnownServers().get(p.server_key)
-        attempts = plan_attempts(p, known)
-        tls_failure = ""
-        for i, mode in enumerate(attempts):
-            later = attempts[i + 1:]
+        plan = ConnectPlan(p)
+        for mode in plan:
             cb: bytes | None = None
             if mode == TLS:
                 try:
-                    cb = await self._attempt_tls(known)
-                except _NotTLS as e:
-                    tls_failure = str(e)
-                    if PLAIN not in later:
-                        raise downgrade_error(p, known, tls_failure) from None
+                    cb = await self._attempt_tls(plan)
+                except NotTLS as e:
+                    plan.not_tls(e)
                     continue
             else:
                 self._reader, self._writer = await self._tcp(None)
-                self.security = Security("plain", tls_failure=tls_failure or None)
+                self.security = plan.plain()
             self._core = ClientCore.new()
             try:
                 async with asyncio.timeout(p.connect_timeout):
                     self.login = await self._login(cb)
-            except SecurityError as e:
+            except (Error, TimeoutError) as e:
                 self._close_transport()
-                if e.code == Codes.ENCRYPTION_REQUIRED and TLS in later:
+                if (err := plan.failed(e, self.security)) is None:
                     continue
-                explain_login_failure(e, self.security)
-                raise
-            except TimeoutError as e:
-                self._close_transport()
-                err = OperationalError(f"{p.server_key} did not complete the login in time",
-                                       Codes.CANNOT_CONNECT)
-                explain_login_failure(err, self.security)
+                if err is e:
+                    raise
                 raise err from e
-            except Error as e:
-                self._close_transport()
-                explain_login_failure(e, self.security)
-                raise
             except BaseException:
                 self._close_transport()
                 raise
-            record_trust(p, self.security)
+            plan.succeeded(self.security)
             self._core.on_notice = self._notice
             return
-        raise OperationalError(f"cannot connect to {p.server_key}", Codes.CANNOT_CONNECT)
+        raise plan.exhausted()
 
     async def _login(self, cb: bytes | None) -> LoginResult:
         gen = login_flow(self._core.proto, self.params, cb)

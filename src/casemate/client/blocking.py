@@ -17,19 +17,8 @@ from .. import tls
 from ..errors import Codes, Error, OperationalError, SecurityError
 from ..keepalive import enable_keepalive
 from ..protocol import NEED_DATA, Message
-from .core import (
-    PLAIN,
-    TLS,
-    ClientCore,
-    LoginResult,
-    check_server_key,
-    downgrade_error,
-    explain_login_failure,
-    login_flow,
-    plan_attempts,
-    record_trust,
-)
-from .known import KnownServer, KnownServers
+from .connecting import ConnectPlan, NotTLS, accept_server, tcp_error, verify_error
+from .core import TLS, ClientCore, LoginResult, login_flow
 from .params import ConnectParams, Security
 
 __all__ = ["Channel", "open_channel"]
@@ -163,10 +152,6 @@ class TLSSocket:
         self.raw.close()
 
 
-class _NotTLS(Exception):
-    """The TLS handshake failed in a way that a plaintext server would cause."""
-
-
 class Channel:
     """A connected, logged-in socket with its protocol core."""
 
@@ -291,14 +276,8 @@ class Channel:
 def _tcp(params: ConnectParams) -> socket.socket:
     try:
         sock = socket.create_connection((params.host, params.port), params.connect_timeout)
-    except TimeoutError as e:
-        raise OperationalError(
-            f"cannot connect to {params.server_key}: timed out after {params.connect_timeout} s",
-            Codes.CANNOT_CONNECT, "check the host, port and firewall") from e
     except OSError as e:
-        raise OperationalError(
-            f"cannot connect to {params.server_key}: {e.strerror or e}", Codes.CANNOT_CONNECT,
-            "is the server running (casemate serve DIR) and is the port right?") from e
+        raise tcp_error(params, e) from e
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     enable_keepalive(sock, params.keepalive, user_timeout=True)
     return sock
@@ -318,18 +297,7 @@ def _context(params: ConnectParams) -> tuple[tuple[Any, ...], ssl.SSLContext, An
         return key, entry[0], entry[1]
 
 
-_NAME_MISMATCH = (62, 64)  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
-
-
-def _verify_hint(host: str, code: int) -> str:
-    if code in _NAME_MISMATCH:
-        return (f"the certificate does not name {host}: on the server run 'casemate cert DIR "
-                f"generate --keep-key --san {host}' (same key: pinned clients keep working), "
-                "then 'casemate cert DIR reload', and give clients the new cert.pem")
-    return "check tls_ca and that the host name is in the certificate"
-
-
-def _tls_connect(params: ConnectParams, known: KnownServer | None
+def _tls_connect(params: ConnectParams, plan: ConnectPlan
                  ) -> tuple[TLSSocket, Security, bytes, tuple[Any, ...]]:
     key, ctx, session = _context(params)
     sock = _tcp(params)
@@ -337,24 +305,16 @@ def _tls_connect(params: ConnectParams, known: KnownServer | None
         ssock = TLSSocket.handshake(sock, ctx, params.host, session)
     except ssl.SSLCertVerificationError as e:
         sock.close()
-        raise SecurityError(f"the certificate of {params.server_key} failed verification "
-                            f"against {params.tls_ca}: {e.verify_message}", Codes.NOT_ENCRYPTED,
-                            _verify_hint(params.host, e.verify_code)) from e
+        raise verify_error(params, e) from e
     except (ssl.SSLError, ConnectionError, OSError) as e:
         sock.close()
-        raise _NotTLS(getattr(e, "reason", None) or str(e)) from e
-    der = ssock.obj.getpeercert(binary_form=True)
-    if der is None:
-        ssock.close()
-        raise SecurityError("the server sent no certificate", Codes.NOT_ENCRYPTED)
-    c = ssock.obj.cipher()
+        raise NotTLS(getattr(e, "reason", None) or str(e)) from e
     try:
-        security = check_server_key(params, known, der, ssock.obj.version(), c[0] if c else None,
-                                    ssock.obj)
+        security, cb = accept_server(params, plan, ssock.obj)
     except Error:
         ssock.close()
         raise
-    return ssock, security, tls.channel_binding_data(der), key
+    return ssock, security, cb, key
 
 
 def _login(sock: socket.socket | TLSSocket, params: ConnectParams, cb: bytes | None) -> tuple[
@@ -376,47 +336,32 @@ def _login(sock: socket.socket | TLSSocket, params: ConnectParams, cb: bytes | N
 
 def open_channel(params: ConnectParams) -> Channel:
     """Connect, choose plain or TLS as the server and the trust rules require, and log in."""
-    known = KnownServers().get(params.server_key)
-    attempts = plan_attempts(params, known)
-    tls_failure = ""
+    plan = ConnectPlan(params)
     sock: socket.socket | TLSSocket
     cb: bytes | None
     key: tuple[Any, ...] | None
-    for i, mode in enumerate(attempts):
-        later = attempts[i + 1:]
+    for mode in plan:
         if mode == TLS:
             try:
-                sock, security, cb, key = _tls_connect(params, known)
-            except _NotTLS as e:
-                tls_failure = str(e)
-                if PLAIN not in later:
-                    raise downgrade_error(params, known, tls_failure) from None
+                sock, security, cb, key = _tls_connect(params, plan)
+            except NotTLS as e:
+                plan.not_tls(e)
                 continue
         else:
-            sock, cb, key = _tcp(params), None, None
-            security = Security("plain", tls_failure=tls_failure or None)
+            sock, cb, key, security = _tcp(params), None, None, plan.plain()
         sock.settimeout(params.connect_timeout)
         try:
             core, login = _login(sock, params, cb)
-        except SecurityError as e:
+        except (Error, TimeoutError) as e:
             sock.close()
-            if e.code == Codes.ENCRYPTION_REQUIRED and TLS in later:
+            if (err := plan.failed(e, security)) is None:
                 continue
-            explain_login_failure(e, security)
-            raise
-        except Error as e:
-            sock.close()
-            explain_login_failure(e, security)
-            raise
-        except TimeoutError as e:
-            sock.close()
-            err = OperationalError(f"{params.server_key} did not complete the login within "
-                                   f"{params.connect_timeout} s", Codes.CANNOT_CONNECT)
-            explain_login_failure(err, security)
+            if err is e:
+                raise
             raise err from e
         sock.settimeout(None)
-        record_trust(params, security)
+        plan.succeeded(security)
         chan = Channel(sock, core, security, login, key)
         chan.save_session()  # TLS 1.3 tickets have arrived by now: next connect resumes
         return chan
-    raise OperationalError(f"cannot connect to {params.server_key}", Codes.CANNOT_CONNECT)
+    raise plan.exhausted()
