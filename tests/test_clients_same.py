@@ -87,6 +87,12 @@ class Client:
         else:
             self.runner.get_loop().call_later(delay, fn)
 
+    def resumed(self, conn: Any) -> bool:
+        """Whether the connection's TLS handshake resumed an earlier session."""
+        if self.runner is None:
+            return bool(conn._chan.sock.session_reused)
+        return bool(conn._obj._writer.get_extra_info("ssl_object").session_reused)
+
     def close(self) -> None:
         if self.runner is not None:
             self.runner.close()
@@ -120,6 +126,19 @@ def test_connect_and_security(client: Client, request: pytest.FixtureRequest,
     conn.close()
     assert conn.closed
     conn.close()  # twice is fine
+
+
+def test_tls_session_resumed(client: Client, tls_server: ServerProcess) -> None:
+    """The second connect to a server resumes the first's TLS session (a cheaper
+    handshake), and still checks the key and binds the login to the channel."""
+    first = client.connect(tls_server.url)
+    assert not client.resumed(first)
+    second = client.connect(tls_server.url)
+    assert client.resumed(second)
+    assert second.security.level == "encrypted-verified"  # pinned by the first login
+    assert second.execute("SELECT 1").fetchall() == [(1,)]
+    first.close()
+    second.close()
 
 
 def test_tls_fallback_note(client: Client, plain_server: ServerProcess) -> None:

@@ -30,10 +30,10 @@ import contextlib
 import itertools
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from .aiopool import AsyncPool
-from .client.blocking import _context
+from .client.blocking import _context, keep_session
 from .client.connecting import ConnectPlan, NotTLS, accept_server, tcp_error, verify_error
 from .client.core import (
     TLS,
@@ -54,6 +54,20 @@ from .protocol import NEED_DATA, Message, Msg
 __all__ = ["connect", "create_pool", "AsyncConnection", "AsyncCursor", "AsyncPool", "Transaction"]
 
 READ_SIZE = 256 * 1024
+
+
+class _Resuming:
+    """A TLS context that resumes ``session``: asyncio's streams take a context but no
+    session, and call only ``wrap_bio`` on it (as the blocking client resumes)."""
+
+    def __init__(self, ctx: ssl.SSLContext, session: ssl.SSLSession) -> None:
+        self.ctx = ctx
+        self.session = session
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
+                 server_side: bool = False, server_hostname: str | None = None) -> ssl.SSLObject:
+        return self.ctx.wrap_bio(incoming, outgoing, server_side, server_hostname,
+                                 session=self.session)
 
 
 async def connect(dsn: str | None = None, **kwargs: Any) -> AsyncConnection:
@@ -78,6 +92,7 @@ class AsyncConnection:
         self._read_lock = asyncio.Lock()
         self._broken: Error | None = None
         self._blocks: list[Transaction] = []  # open transaction() blocks, outermost first
+        self._tls_key: tuple[Any, ...] = ()  # its TLS context's, where its session is kept
 
     # -- connecting -----------------------------------------------------------
     async def _tcp(self, ctx: ssl.SSLContext | None) -> tuple[asyncio.StreamReader,
@@ -101,8 +116,9 @@ class AsyncConnection:
         return reader, writer
 
     async def _attempt_tls(self, plan: ConnectPlan) -> bytes:
-        _key, ctx, _session = _context(self.params)
-        self._reader, self._writer = await self._tcp(ctx)
+        self._tls_key, ctx, session = _context(self.params, plan.pin)
+        resuming = cast(ssl.SSLContext, _Resuming(ctx, session)) if session else ctx
+        self._reader, self._writer = await self._tcp(resuming)
         try:
             self.security, cb = accept_server(self.params, plan,
                                               self._writer.get_extra_info("ssl_object"))
@@ -141,6 +157,8 @@ class AsyncConnection:
                 raise
             plan.succeeded(self.security)
             self._core.on_notice = self._notice
+            if cb is not None and self._writer is not None:  # tickets are in: next connect resumes
+                keep_session(self._tls_key, self._writer.get_extra_info("ssl_object"))
             return
         raise plan.exhausted()
 

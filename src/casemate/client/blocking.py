@@ -21,10 +21,11 @@ from .connecting import ConnectPlan, NotTLS, accept_server, tcp_error, verify_er
 from .core import TLS, ClientCore, LoginResult, login_flow
 from .params import ConnectParams, Security
 
-__all__ = ["Channel", "open_channel"]
+__all__ = ["Channel", "open_channel", "keep_session"]
 
 READ_SIZE = 256 * 1024
-# One context (and the last TLS session, for resumption) per server and trust settings.
+# One context (and the last TLS session, for resumption, with the key it was made with)
+# per server and trust settings.
 _tls_cache: dict[tuple[Any, ...], list[Any]] = {}
 _cache_lock = threading.Lock()
 
@@ -254,23 +255,29 @@ class Channel:
         return self.broken
 
     def save_session(self) -> None:
-        """Keep this connection's TLS session for the next connect to resume.  Not when it
-        was itself resumed: the session kept is still good (it is reused until it expires,
-        then a full handshake brings a new one), and reading it costs as much as a resumed
-        handshake (Python serialises and parses it again, certificate included)."""
-        if (self.cache_key is not None and isinstance(self.sock, TLSSocket)
-                and not self.sock.session_reused):
-            session = self.sock.session
-            with _cache_lock:
-                entry = _tls_cache.get(self.cache_key)
-                if entry is not None and session is not None:
-                    entry[1] = session
+        """Keep this connection's TLS session for the next connect to resume."""
+        if self.cache_key is not None and isinstance(self.sock, TLSSocket):
+            keep_session(self.cache_key, self.sock.obj)
 
     def close(self) -> None:
         try:
             self.sock.close()
         except OSError:
             pass
+
+
+def keep_session(key: tuple[Any, ...], sslobj: ssl.SSLObject) -> None:
+    """Keep a connection's TLS session for the next connect to resume (either client).
+    Not when it was itself resumed: the session kept is still good (it is reused until
+    it expires, then a full handshake brings a new one), and reading it costs as much as
+    a resumed handshake (Python serialises and parses it again, certificate included)."""
+    if sslobj.session_reused:
+        return
+    session, der = sslobj.session, sslobj.getpeercert(binary_form=True)
+    with _cache_lock:
+        entry = _tls_cache.get(key)
+        if entry is not None and session is not None and der is not None:
+            entry[1:] = [session, tls.spki_fingerprint_der(der)]
 
 
 def _tcp(params: ConnectParams) -> socket.socket:
@@ -283,7 +290,12 @@ def _tcp(params: ConnectParams) -> socket.socket:
     return sock
 
 
-def _context(params: ConnectParams) -> tuple[tuple[Any, ...], ssl.SSLContext, Any]:
+def _context(params: ConnectParams, pin: str | None
+             ) -> tuple[tuple[Any, ...], ssl.SSLContext, Any]:
+    """The context for these trust settings, and the session to resume: only one made with
+    the pinned key (or checked by tls_ca).  A resumed handshake carries no certificate
+    chain, so it could not show a new key's endorsement (continuity.py); and a pin that
+    changed since (another login, ``trust forget``) must see a full handshake."""
     key = (params.host, params.port, params.tls_ca, params.tls_cert, params.tls_key)
     with _cache_lock:
         entry = _tls_cache.get(key)
@@ -293,13 +305,14 @@ def _context(params: ConnectParams) -> tuple[tuple[Any, ...], ssl.SSLContext, An
             except (OSError, ssl.SSLError) as e:
                 raise SecurityError(f"cannot load the client's TLS files: {e}",
                                     Codes.CANNOT_CONNECT) from e
-            entry = _tls_cache[key] = [ctx, None]
-        return key, entry[0], entry[1]
+            entry = _tls_cache[key] = [ctx, None, None]
+        ok = params.tls_ca is not None or (pin is not None and entry[2] == pin)
+        return key, entry[0], entry[1] if ok else None
 
 
 def _tls_connect(params: ConnectParams, plan: ConnectPlan
                  ) -> tuple[TLSSocket, Security, bytes, tuple[Any, ...]]:
-    key, ctx, session = _context(params)
+    key, ctx, session = _context(params, plan.pin)
     sock = _tcp(params)
     try:
         ssock = TLSSocket.handshake(sock, ctx, params.host, session)

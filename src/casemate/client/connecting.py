@@ -50,6 +50,11 @@ class ConnectPlan:
         self.tls_failure = ""
         self._later: list[str] = []
 
+    @property
+    def pin(self) -> str | None:
+        """The server key this client trusts, if it pinned one."""
+        return self.known.fingerprint if self.known is not None else None
+
     def __iter__(self) -> Iterator[str]:
         for i, mode in enumerate(self.attempts):
             self._later = self.attempts[i + 1:]
