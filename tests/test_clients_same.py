@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -287,3 +288,26 @@ def test_encryption_required_refuses_plaintext(client: Client,
         client.connect(plain_server.url, encryption="required")
     assert e.value.code == "08P03"
     assert "did not complete a TLS handshake" in e.value.message
+
+
+def test_resumable_session_does_not_pass_a_mitm(client: Client, tls_server: ServerProcess,
+                                                tmp_path: Path) -> None:
+    """With a session to resume from the honest path, an interceptor still cannot take the
+    connection: the session is offered, the attacker cannot resume it, its key is refused."""
+    from tests.security.relay import Relay, mitm_server_context
+    with Relay(tls_server.port) as relay:
+        url = relay.url(tls_server.password)
+        client.connect(url).close()  # the key is pinned, a session kept for the relay's port
+        conn = client.connect(url)
+        assert client.resumed(conn)
+        conn.close()
+        relay.wait_idle()
+        relay.mitm_context = mitm_server_context(tmp_path / "mitm")
+        relay.mode = "mitm"
+        n = len(relay.flows)
+        with pytest.raises(casemate.SecurityError) as e:
+            client.connect(url)
+        assert e.value.code == "08P03" and "different key" in e.value.message
+        relay.wait_idle()
+        attacked = relay.flows[n:]
+        assert attacked and all(bytes(f.c2s) == b"" for f in attacked)  # nothing was sent
