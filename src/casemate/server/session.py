@@ -17,20 +17,29 @@ import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Hashable
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..admin import run_admin_command
 from ..errors import Codes, Error, ProtocolError
 from ..methods import MethodContext
-from ..protocol import NEED_DATA, PROTOCOL_VERSION, Message, Msg, ProtocolConnection, Role, codec
-from ..storage import Busy, Interrupted, StorageConnection, StorageCursor, StorageError, TooLong
+from ..protocol import NEED_DATA, Message, Msg, ProtocolConnection, Role, codec
+from ..storage import Busy, StorageConnection, StorageCursor, StorageError, TooLong
 from ..storage.access import PermissionDenied, Policy
-from ..storage.base import type_code
 from .audit import clean, format_address
-from .auth import ScramException, ScramLogin, mechanism_for
 from .calls import IterCursor, guarded, method_error, run_method, stop_method
-from .certauth import EXTERNAL, certificate_refusal, external_refusal
+from .login import Login
 from .monitor import SERVER_COMMANDS, run_server_command
+from .results import (
+    REPORTED,
+    Batch,
+    batch_size,
+    execute_first,
+    execute_many,
+    fetch_batch,
+    query_args,
+    shape,
+    storage_error,
+)
 
 if TYPE_CHECKING:
     from .admission import Ticket
@@ -48,11 +57,6 @@ PRELOGIN_MAX_FRAME = 16 * 1024
 # Pause reading when this many requests wait: a pipelining client cannot make
 # us queue without limit (each request is itself bounded by the frame limit).
 MAX_INBOX = 64
-# A row batch stops growing at ~1 MiB or at the client's row count, whichever
-# comes first: server and client then hold at most about one batch each.
-BATCH_BYTES = 1024 * 1024
-SUBCHUNK_ROWS = 256
-MAX_BATCH_ROWS = 100_000
 MAX_PORTALS = 256
 # SET / SHOW statement_timeout, answered by the session itself (PostgreSQL's syntax: a
 # bare number is milliseconds), so it never reaches a pooled storage connection.
@@ -64,76 +68,6 @@ _UNITS = {"": 0.001, "ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400
 _ids = itertools.count(1)
 _RDN_NAMES = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
               "countryName": "C", "localityName": "L", "stateOrProvinceName": "ST"}
-
-
-class Batch(NamedTuple):
-    """Rows pulled from a cursor for one ROWS frame (or a one-frame RESULT)."""
-
-    body: bytes  # the rows, packed as one msgpack array
-    row_count: int
-    more: bool  # the cursor may hold more rows: it stays open as a portal
-    types: list[str | None]  # each column's type code ([] unless asked to describe)
-
-
-def fetch_batch(cur: StorageCursor, max_rows: int, describe: bool = True) -> Batch:
-    """Pull up to ``max_rows`` rows (or ~1 MiB) from ``cur``; with ``describe``, each
-    column's type code, from the first row's value, else (NULL, no rows) from the
-    statement's declared types."""
-    chunks: list[bytes] = []
-    total = n = 0
-    first: list[Any] = []
-    while n < max_rows and total < BATCH_BYTES:
-        # Rows may be large (a value can reach limits.max_value_bytes): fetch one first,
-        # then as many as fit in the batch at the mean size seen, so a batch holds at most
-        # one row beyond BATCH_BYTES (256 rows of 16 MB values took gigabytes).
-        want = min(SUBCHUNK_ROWS, max_rows - n, (BATCH_BYTES - total) * n // total + 1
-                   if n else 1)
-        rows = cur.fetch(want)
-        if rows:
-            if not first:
-                first = list(rows[0])
-            packed = codec.pack(rows)
-            chunks.append(packed)
-            total += len(packed)
-            n += len(rows)
-        if not rows or (len(rows) < want and not cur.short_fetches):
-            return Batch(codec.pack_array_of_packed(chunks), n, False, _types(cur, first, describe))
-    return Batch(codec.pack_array_of_packed(chunks), n, True, _types(cur, first, describe))
-
-
-def _types(cur: StorageCursor, first: list[Any], describe: bool) -> list[str | None]:
-    if not describe:
-        return []
-    types = [type_code(v) for v in first]
-    if types and None not in types:
-        return types
-    declared = cur.declared_types()
-    if not types:
-        return declared
-    return [t if t is not None else d for t, d in zip(types, declared, strict=False)]
-
-
-def storage_error(e: BaseException) -> Error:
-    """A failed request's exception as the coded error sent to the client (each storage
-    backend has already given its engine's errors their codes: StorageError)."""
-    msg = str(e)
-    if isinstance(e, StorageError):
-        return Error(e.message, e.code, e.hint)
-    if isinstance(e, Interrupted):  # stopped without the session asking (a method's limit)
-        return Error("statement interrupted", Codes.QUERY_CANCELED)
-    if isinstance(e, Busy):  # met where no retry is possible (e.g. reading a later batch)
-        return Error("database is busy: another session holds the write lock", Codes.BUSY,
-                     "roll back and retry the transaction")
-    if isinstance(e, PermissionDenied):
-        hint = ("an administrator can grant it: casemate group grant TARGET GROUP TABLE RIGHT"
-                if " on table " in msg else None)
-        return Error(msg, Codes.INSUFFICIENT_PRIVILEGE, hint)
-    if isinstance(e, ArithmeticError | ValueError):
-        return Error(msg, Codes.NUMERIC_OUT_OF_RANGE if isinstance(e, OverflowError) or
-                     "64 bits" in msg else Codes.DATA)
-    if isinstance(e, TypeError):
-        return Error(f"malformed request: {msg}", Codes.PROTOCOL_VIOLATION)
-    return Error(f"internal error: {type(e).__name__}: {msg}", Codes.INTERNAL)
 
 
 class _Closed(Exception):
@@ -251,11 +185,11 @@ class Session(asyncio.Protocol):
                         or not self._serve_now(ev)):
                     self.inbox.append(ev)
         except ProtocolError as e:
-            self._fatal(e)
+            self.fatal(e)
             return
         except Exception:  # a bug must not take the server down with it
             log.exception("session %s: internal error", self.id)
-            self._fatal(Error("internal server error", Codes.INTERNAL))
+            self.fatal(Error("internal server error", Codes.INTERNAL))
             return
         finally:
             self._holding = False
@@ -313,7 +247,7 @@ class Session(asyncio.Protocol):
     def notice(self, code: str, message: str) -> None:
         self._write(self.proto.send(Msg.NOTICE, {"code": code, "message": message}))
 
-    def _fatal(self, e: Error) -> None:
+    def fatal(self, e: Error) -> None:
         log.warning("session %s from %s: %s; closing", self.id, self.peer, e.message)
         self.end_reason = e.message
         try:
@@ -475,7 +409,7 @@ class Session(asyncio.Protocol):
                 async with asyncio.timeout_at(self.deadline):
                     ok = await self.login()
             except TimeoutError:
-                self._fatal(Error("login not completed in time", Codes.PROTOCOL_VIOLATION))
+                self.fatal(Error("login not completed in time", Codes.PROTOCOL_VIOLATION))
                 return
             if not ok:
                 return
@@ -509,10 +443,10 @@ class Session(asyncio.Protocol):
         except _Closed:
             pass
         except ProtocolError as e:
-            self._fatal(e)
+            self.fatal(e)
         except Exception:  # a bug must not take the server down with it
             log.exception("session %s: internal error", self.id)
-            self._fatal(Error("internal server error", Codes.INTERNAL))
+            self.fatal(Error("internal server error", Codes.INTERNAL))
         finally:
             await self.release_all()
             self.close()
@@ -578,141 +512,7 @@ class Session(asyncio.Protocol):
         self.close()
 
     async def login(self) -> bool:
-        m = await self.next_message()
-        body = m.body if isinstance(m.body, dict) else {}
-        if body.get("protocol") != PROTOCOL_VERSION:
-            self._fatal(Error(f"unsupported protocol version {body.get('protocol')!r}; this "
-                              f"server speaks version {PROTOCOL_VERSION}",
-                              Codes.UNSUPPORTED_VERSION, "upgrade the Casemate client"))
-            return False
-        self.program = clean(body.get("program", ""))  # shown to admins: no forged rows
-        features = body.get("features")
-        self.result_frames = isinstance(features, tuple) and "result" in features
-        self.client_host = clean(body.get("host", ""))
-        if refusal := self.server.admission_error(self):
-            self._fatal(refusal)
-            return False
-        encrypted = self.tls_version is not None
-        mech = mechanism_for(encrypted)
-        self.send(Msg.HELLO_OK, {"protocol": PROTOCOL_VERSION, "encrypted": encrypted,
-                                 "mechanisms": [mech, EXTERNAL] if self.client_cert_der else [mech],
-                                 "max_message_bytes": self.server.settings.limits.max_message_bytes})
-        m = await self.next_message()
-        if self.client_cert_der and isinstance(m.body, tuple) and len(m.body) == 2 and \
-                m.body[0] == EXTERNAL and isinstance(m.body[1], str):
-            return await self._login_external(m.body[1], body.get("statement_timeout"))
-        if not (isinstance(m.body, tuple) and len(m.body) == 2 and m.body[0] == mech
-                and isinstance(m.body[1], str)):
-            self._fatal(Error(f"expected a {mech} login", Codes.INVALID_AUTHORIZATION,
-                              "connections to an encrypted server must use channel binding"
-                              if encrypted else None))
-            return False
-        scram = ScramLogin(self.server.backend, mech, self.cb_data)
-        throttle = self.server.throttle
-        counted = False
-        try:
-            self.rights_version = self.server.backend.grants_version()  # before the lookup
-            challenge = await self.call(scram.first, m.body[1])
-            if scram.user is not None and (why := self._cert_refusal(
-                    certificate_refusal, scram.user.name, scram.user.group)):
-                return self._login_failed(scram.username, why, certificate=True)
-            self.send(Msg.SASL_CHALLENGE, challenge)
-            m = await self.next_message()
-            if not isinstance(m.body, str):
-                raise ScramException("malformed client-final message")
-            # Counted as a failure before the verdict and queued behind the attempts in
-            # flight, so parallel guesses see it too (audit.Throttle); a success clears it.
-            left = self.deadline - asyncio.get_running_loop().time() - 0.05
-            counted = True
-            if not await throttle.wait_turn(self.peer_ip, scram.username, left):
-                return self._login_failed(scram.username, "too many attempts in flight",
-                                          throttled=True)
-            server_final = await self.call(scram.final, m.body)
-        except ScramException as e:
-            if not counted:
-                throttle.failed(self.peer_ip, scram.username, time.monotonic())
-            return self._login_failed(scram.username, str(e))
-        throttle.succeeded(self.peer_ip, scram.username)
-        assert scram.user is not None
-        self._logged_in(scram.user.name, scram.user.group, server_final,
-                        body.get("statement_timeout"))
-        return True
-
-    def _cert_refusal(self, rule: Callable[[str, list[str], str], str | None], user: str,
-                      group: str) -> str | None:
-        """What the user's auth method says about this connection's certificate."""
-        method = self.server.settings.auth.method_for(user, group)
-        return rule(method, self.server.cert_users.users(self.client_cert_der), user)
-
-    async def _login_external(self, name: str, wanted_timeout: Any) -> bool:
-        """SASL EXTERNAL: the client certificate alone, for users whose method allows it."""
-        self.rights_version = self.server.backend.grants_version()  # before the lookup
-        user = await self.call(self.server.backend.get_user, name)
-        why = "no such user" if user is None else self._cert_refusal(
-            external_refusal, user.name, user.group)
-        if user is None or why:
-            return self._login_failed(name, why or "", certificate=True)
-        self.send(Msg.SASL_CHALLENGE, "")  # RFC 4422 EXTERNAL: empty challenge and response
-        if (await self.next_message()).body != "":
-            self._fatal(Error("malformed EXTERNAL login", Codes.PROTOCOL_VIOLATION))
-            return False
-        self._logged_in(user.name, user.group, None, wanted_timeout)
-        return True
-
-    def _logged_in(self, user: str, group: str, server_final: str | None,
-                   wanted_timeout: Any) -> None:
-        self.proto.max_frame = self.server.settings.limits.max_message_bytes
-        if self.ticket is not None:
-            self.ticket.release()
-        self.user, self.group = user, group
-        method = self.server.settings.auth.method_for(user, group)
-        by_cert = f"certificate {self.client_cert_subject}" if "certificate" in method else ""
-        self.authenticated_by = {"scram": "password", "certificate": by_cert}.get(
-            method, f"{by_cert} + password")
-        self.send(Msg.AUTH_OK, {"server_final": server_final, "session": self.id,
-                                "server_version": self.server.version,
-                                "backend": self.server.backend.name,
-                                "publication": self.server.settings.network.publication_name,
-                                "user": self.user, "group": self.group})
-        self._hello_timeout(wanted_timeout)
-
-    def _hello_timeout(self, wanted: Any) -> None:
-        """The client's statement_timeout (seconds, in HELLO); one over the limit is lowered
-        to it, with a notice, rather than failing the login."""
-        if wanted is None:
-            return
-        try:
-            if not isinstance(wanted, int | float) or isinstance(wanted, bool) or wanted < 0:
-                raise Error(f"invalid statement_timeout {wanted!r}", Codes.DATA)
-            self._set_timeout(float(wanted))
-        except Error as e:
-            self.notice(Codes.WARNING, f"{e.message}; statement_timeout stays "
-                        f"{self.statement_timeout:g} s")
-
-    def _login_failed(self, name: str, reason: str, throttled: bool = False,
-                      certificate: bool = False) -> bool:
-        name = clean(name)  # the client's choice, shown in logs
-        log.warning("login failed for user %r from %s (%s)", name, self.peer, reason)
-        self.server.audit.event("login_failed", user=name, address=self.peer_ip,
-                                encrypted=self.tls_version is not None,
-                                tls_version=self.tls_version, cipher=self.cipher,
-                                client_certificate=self.client_cert_subject,
-                                **({"reason": "throttled"} if throttled else
-                                   {"reason": clean(reason)} if certificate else {}))
-        if throttled:  # refused unheard: the password was not checked
-            self._fatal(Error(f'too many login attempts in progress for user "{name}" or from '
-                              f"{self.peer_ip}", Codes.TOO_MANY_CONNECTIONS,
-                              "wait and try again (failed logins are throttled)"))
-            return False
-        if certificate:
-            self._fatal(Error(f'certificate authentication failed for user "{name}"',
-                              Codes.INVALID_AUTHORIZATION, "the administrator maps client "
-                              "certificates to users ([auth] in casemate.toml)"))
-            return False
-        self._fatal(Error(f'password authentication failed for user "{name}"',
-                          Codes.INVALID_PASSWORD,
-                          "check the user name and password (user names are case-sensitive)"))
-        return False
+        return await Login(self).run()
 
     # -- requests ---------------------------------------------------------
     async def handle(self, m: Message) -> None:
@@ -727,7 +527,7 @@ class Session(asyncio.Protocol):
             await handler(self, m.body)
         except ProtocolError:
             raise  # a malformed request ends the session (run() reports it and closes)
-        except _REPORTED as e:
+        except REPORTED as e:
             self._failed(e)
         self.maybe_release()
 
@@ -767,7 +567,7 @@ class Session(asyncio.Protocol):
                 return False
         except ProtocolError:
             raise
-        except _REPORTED as e:
+        except REPORTED as e:
             self._failed(e)
         self.seq += 1
         self.last_active = time.monotonic()
@@ -775,7 +575,7 @@ class Session(asyncio.Protocol):
         return True
 
     def _query_now(self, body: Any) -> bool:
-        portal, sql, params, begin, batch = _query_args(body)
+        portal, sql, params, begin, batch = query_args(body)
         conn = self.storage
         key = self.key(sql, begin or (conn is not None and conn.in_transaction))
         if portal in self.portals or not self.server.cost.inline(key):
@@ -788,7 +588,7 @@ class Session(asyncio.Protocol):
             return False  # in a thread, where it cannot stall us
         try:
             self._count_statement()
-            result = self._inline(conn, key, _execute_first, conn, sql, params, begin, batch)
+            result = self._inline(conn, key, execute_first, conn, sql, params, begin, batch)
         except (Busy, TooLong):
             self._count_statement(-1)
             return False  # nothing ran: the task waits for the lock (or a thread) and retries
@@ -856,7 +656,7 @@ class Session(asyncio.Protocol):
                         Codes.PROGRAMMING)
 
     async def on_query(self, body: Any) -> None:
-        portal, sql, params, begin, batch = _query_args(body)
+        portal, sql, params, begin, batch = query_args(body)
         self._check_statement(sql)
         if portal in self.portals:
             await self.call(self.portals.pop(portal).close, key=self.key("close"))
@@ -868,7 +668,7 @@ class Session(asyncio.Protocol):
         key = self.key(sql, begin or conn.in_transaction)
         if key is not None and not self._may_cut(conn, sql, params):
             key = None  # a write in a transaction: never cut off, so never in the event loop
-        result = await self.call_retrying(_execute_first, conn, sql, params, begin, batch,
+        result = await self.call_retrying(execute_first, conn, sql, params, begin, batch,
                                           key=key)
         self._query_done(portal, sql, conn, result)
 
@@ -884,7 +684,7 @@ class Session(asyncio.Protocol):
     def _session_statement(self, sql: str) -> bool:
         """Answer SET / SHOW statement_timeout here; False for any other statement."""
         if m := _SET_TIMEOUT.match(sql):
-            self._set_timeout(self._parse_timeout(m.group(1)))
+            self.set_timeout(self._parse_timeout(m.group(1)))
             self._complete()
             return True
         if _SHOW_TIMEOUT.match(sql):
@@ -903,7 +703,7 @@ class Session(asyncio.Protocol):
                         "a number of milliseconds, or with a unit: '500ms', '30s', '5min', '1h'")
         return float(m.group(1)) * _UNITS[m.group(2)]
 
-    def _set_timeout(self, seconds: float) -> None:
+    def set_timeout(self, seconds: float) -> None:
         """This session's statement timeout (0 = none); above the server's setting only for
         admins, so a user cannot opt out of what protects the others."""
         most = self.server.settings.limits.statement_timeout_seconds
@@ -948,7 +748,7 @@ class Session(asyncio.Protocol):
             self._complete(cur.rowcount, cur.lastrowid)
 
     async def on_call(self, body: Any) -> None:
-        portal, name, args, kwargs, begin, batch = _shape(
+        portal, name, args, kwargs, begin, batch = shape(
             body, "CALL", int, str, tuple, dict, bool, int)
         m = self.server.methods.get(name)
         if m is None:
@@ -975,7 +775,7 @@ class Session(asyncio.Protocol):
             # A method that meets another session's write lock is undone to its savepoint;
             # it runs again once the lock is released, like a statement.
             cur = await self.retrying(lambda: guarded(work, conn, holder, limit, name))
-            first = await guarded(lambda: self.call(fetch_batch, cur, _batch(batch),
+            first = await guarded(lambda: self.call(fetch_batch, cur, batch_size(batch),
                                                     holder=getattr(cur, "holder", None)),
                                   conn, holder, limit, name)
         except (Error, PermissionDenied, Busy, StorageError):
@@ -989,8 +789,8 @@ class Session(asyncio.Protocol):
             cur.close()
 
     async def on_fetch(self, body: Any) -> None:
-        portal, batch = _shape(body, "FETCH", int, int)
-        batch = _batch(batch)
+        portal, batch = shape(body, "FETCH", int, int)
+        batch = batch_size(batch)
         cur = self.portals.pop(portal, None)
         if cur is None:
             raise Error(f"cursor {portal} has no pending result", Codes.INVALID_CURSOR)
@@ -1005,14 +805,14 @@ class Session(asyncio.Protocol):
             cur.close()
 
     async def on_close_portal(self, body: Any) -> None:
-        (portal,) = _shape(body, "CLOSE_PORTAL", int)
+        (portal,) = shape(body, "CLOSE_PORTAL", int)
         cur = self.portals.pop(portal, None)
         if cur is not None:
             await self.call(cur.close, key=self.key("close"))
         self._complete()
 
     async def on_execute_many(self, body: Any) -> None:
-        sql, seq, begin = _shape(body, "EXECUTE_MANY", str, tuple, bool)
+        sql, seq, begin = shape(body, "EXECUTE_MANY", str, tuple, bool)
         self._check_statement(sql)
         conn = await self._storage()
         self.statements += 1
@@ -1021,7 +821,7 @@ class Session(asyncio.Protocol):
         first = seq[0] if seq and isinstance(seq[0], tuple) else ()
         key = (None if conn.in_transaction or self.portals or not conn.inlinable(sql, first)
                else self.key(sql, len(seq).bit_length(), begin))
-        n = await self.call_retrying(_execute_many, conn, sql, seq, begin, key=key)
+        n = await self.call_retrying(execute_many, conn, sql, seq, begin, key=key)
         if not conn.in_transaction:
             self.server.lock_released()
         self._complete(n, None)
@@ -1119,63 +919,3 @@ class Session(asyncio.Protocol):
         Msg.ADMIN: on_admin,
         Msg.CALL: on_call,
     }
-
-
-# Request failures reported to the client as errors (the session goes on).
-_REPORTED = (Error, StorageError, PermissionDenied, Busy, Interrupted, ValueError, TypeError,
-             ArithmeticError)
-
-
-def _shape(body: Any, name: str, *types: type) -> tuple[Any, ...]:
-    """Check a request body's layout; a malformed one is a protocol error (session ends)."""
-    if not (isinstance(body, tuple) and len(body) == len(types) and all(
-            isinstance(v, t) and (t is bool or not isinstance(v, bool))
-            for v, t in zip(body, types, strict=True))):
-        raise ProtocolError(f"malformed {name} message", Codes.PROTOCOL_VIOLATION)
-    return body
-
-
-def _batch(v: Any) -> int:
-    n = int(v) if isinstance(v, int) and not isinstance(v, bool) else 1000
-    return max(1, min(n, MAX_BATCH_ROWS))
-
-
-def _query_args(body: Any) -> tuple[int, str, tuple[Any, ...], bool, int]:
-    if not (isinstance(body, tuple) and len(body) == 5 and isinstance(body[1], str)):
-        raise ProtocolError("malformed QUERY message", Codes.PROTOCOL_VIOLATION)
-    params = body[2] if body[2] is not None else ()
-    if not isinstance(params, tuple):
-        raise ProtocolError("QUERY parameters must be an array", Codes.PROTOCOL_VIOLATION)
-    return int(body[0]), body[1], params, bool(body[3]), _batch(body[4])
-
-
-def _execute_first(conn: StorageConnection, sql: str, params: tuple[Any, ...], begin: bool,
-                   batch: int) -> tuple[StorageCursor, Batch | None]:
-    opened = begin and not conn.in_transaction
-    if begin:
-        conn.begin()
-    try:
-        cur = conn.execute(sql, params)
-        if cur.description is None:
-            cur.close()
-            return cur, None
-        return cur, fetch_batch(cur, batch)
-    except BaseException:
-        if opened:  # the client never saw this transaction start: do not leave it open
-            conn.rollback()
-        raise
-
-
-def _execute_many(conn: StorageConnection, sql: str, seq: Any, begin: bool) -> int:
-    if not all(isinstance(p, tuple) for p in seq):
-        raise Error("executemany parameters must be a sequence of sequences", Codes.PROGRAMMING)
-    if not begin and not conn.in_transaction:
-        return conn.atomic_many(sql, seq)  # autocommit: each request is all or nothing
-    opened = not conn.in_transaction
-    conn.begin()
-    try:
-        return conn.executemany(sql, seq)
-    except BaseException:
-        if opened:
-            conn.rollback()
-        raise

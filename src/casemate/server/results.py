@@ -1,0 +1,153 @@
+"""What a request's storage work produces and how its failure reads: row batches, the
+coded error for an exception, request bodies checked for shape, and the two storage calls
+that open a result.  Pure functions, with no session state: the request handlers call
+them, in the event loop or in a worker thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ..errors import Codes, Error, ProtocolError
+from ..protocol import codec
+from ..storage import Busy, Interrupted, StorageConnection, StorageCursor, StorageError
+from ..storage.access import PermissionDenied
+from ..storage.base import type_code
+
+__all__ = ["REPORTED", "Batch", "batch_size", "execute_first", "execute_many", "fetch_batch",
+           "query_args", "shape", "storage_error"]
+
+# A row batch stops growing at ~1 MiB or at the client's row count, whichever
+# comes first: server and client then hold at most about one batch each.
+BATCH_BYTES = 1024 * 1024
+SUBCHUNK_ROWS = 256
+MAX_BATCH_ROWS = 100_000
+
+class Batch(NamedTuple):
+    """Rows pulled from a cursor for one ROWS frame (or a one-frame RESULT)."""
+
+    body: bytes  # the rows, packed as one msgpack array
+    row_count: int
+    more: bool  # the cursor may hold more rows: it stays open as a portal
+    types: list[str | None]  # each column's type code ([] unless asked to describe)
+
+
+def fetch_batch(cur: StorageCursor, max_rows: int, describe: bool = True) -> Batch:
+    """Pull up to ``max_rows`` rows (or ~1 MiB) from ``cur``; with ``describe``, each
+    column's type code, from the first row's value, else (NULL, no rows) from the
+    statement's declared types."""
+    chunks: list[bytes] = []
+    total = n = 0
+    first: list[Any] = []
+    while n < max_rows and total < BATCH_BYTES:
+        # Rows may be large (a value can reach limits.max_value_bytes): fetch one first,
+        # then as many as fit in the batch at the mean size seen, so a batch holds at most
+        # one row beyond BATCH_BYTES (256 rows of 16 MB values took gigabytes).
+        want = min(SUBCHUNK_ROWS, max_rows - n, (BATCH_BYTES - total) * n // total + 1
+                   if n else 1)
+        rows = cur.fetch(want)
+        if rows:
+            if not first:
+                first = list(rows[0])
+            packed = codec.pack(rows)
+            chunks.append(packed)
+            total += len(packed)
+            n += len(rows)
+        if not rows or (len(rows) < want and not cur.short_fetches):
+            return Batch(codec.pack_array_of_packed(chunks), n, False, _types(cur, first, describe))
+    return Batch(codec.pack_array_of_packed(chunks), n, True, _types(cur, first, describe))
+
+
+def _types(cur: StorageCursor, first: list[Any], describe: bool) -> list[str | None]:
+    if not describe:
+        return []
+    types = [type_code(v) for v in first]
+    if types and None not in types:
+        return types
+    declared = cur.declared_types()
+    if not types:
+        return declared
+    return [t if t is not None else d for t, d in zip(types, declared, strict=False)]
+
+
+def storage_error(e: BaseException) -> Error:
+    """A failed request's exception as the coded error sent to the client (each storage
+    backend has already given its engine's errors their codes: StorageError)."""
+    msg = str(e)
+    if isinstance(e, StorageError):
+        return Error(e.message, e.code, e.hint)
+    if isinstance(e, Interrupted):  # stopped without the session asking (a method's limit)
+        return Error("statement interrupted", Codes.QUERY_CANCELED)
+    if isinstance(e, Busy):  # met where no retry is possible (e.g. reading a later batch)
+        return Error("database is busy: another session holds the write lock", Codes.BUSY,
+                     "roll back and retry the transaction")
+    if isinstance(e, PermissionDenied):
+        hint = ("an administrator can grant it: casemate group grant TARGET GROUP TABLE RIGHT"
+                if " on table " in msg else None)
+        return Error(msg, Codes.INSUFFICIENT_PRIVILEGE, hint)
+    if isinstance(e, ArithmeticError | ValueError):
+        return Error(msg, Codes.NUMERIC_OUT_OF_RANGE if isinstance(e, OverflowError) or
+                     "64 bits" in msg else Codes.DATA)
+    if isinstance(e, TypeError):
+        return Error(f"malformed request: {msg}", Codes.PROTOCOL_VIOLATION)
+    return Error(f"internal error: {type(e).__name__}: {msg}", Codes.INTERNAL)
+
+
+# Request failures reported to the client as errors (the session goes on).
+REPORTED = (Error, StorageError, PermissionDenied, Busy, Interrupted, ValueError, TypeError,
+             ArithmeticError)
+
+
+def shape(body: Any, name: str, *types: type) -> tuple[Any, ...]:
+    """Check a request body's layout; a malformed one is a protocol error (session ends)."""
+    if not (isinstance(body, tuple) and len(body) == len(types) and all(
+            isinstance(v, t) and (t is bool or not isinstance(v, bool))
+            for v, t in zip(body, types, strict=True))):
+        raise ProtocolError(f"malformed {name} message", Codes.PROTOCOL_VIOLATION)
+    return body
+
+
+def batch_size(v: Any) -> int:
+    n = int(v) if isinstance(v, int) and not isinstance(v, bool) else 1000
+    return max(1, min(n, MAX_BATCH_ROWS))
+
+
+def query_args(body: Any) -> tuple[int, str, tuple[Any, ...], bool, int]:
+    if not (isinstance(body, tuple) and len(body) == 5 and isinstance(body[1], str)):
+        raise ProtocolError("malformed QUERY message", Codes.PROTOCOL_VIOLATION)
+    params = body[2] if body[2] is not None else ()
+    if not isinstance(params, tuple):
+        raise ProtocolError("QUERY parameters must be an array", Codes.PROTOCOL_VIOLATION)
+    return int(body[0]), body[1], params, bool(body[3]), batch_size(body[4])
+
+
+def execute_first(conn: StorageConnection, sql: str, params: tuple[Any, ...], begin: bool,
+                   batch: int) -> tuple[StorageCursor, Batch | None]:
+    opened = begin and not conn.in_transaction
+    if begin:
+        conn.begin()
+    try:
+        cur = conn.execute(sql, params)
+        if cur.description is None:
+            cur.close()
+            return cur, None
+        return cur, fetch_batch(cur, batch)
+    except BaseException:
+        if opened:  # the client never saw this transaction start: do not leave it open
+            conn.rollback()
+        raise
+
+
+def execute_many(conn: StorageConnection, sql: str, seq: Any, begin: bool) -> int:
+    if not all(isinstance(p, tuple) for p in seq):
+        raise Error("executemany parameters must be a sequence of sequences", Codes.PROGRAMMING)
+    if not begin and not conn.in_transaction:
+        return conn.atomic_many(sql, seq)  # autocommit: each request is all or nothing
+    opened = not conn.in_transaction
+    conn.begin()
+    try:
+        return conn.executemany(sql, seq)
+    except BaseException:
+        if opened:
+            conn.rollback()
+        raise
