@@ -14,7 +14,7 @@ from ..storage import Busy, Interrupted, StorageConnection, StorageCursor, Stora
 from ..storage.access import PermissionDenied
 from ..storage.base import type_code
 
-__all__ = ["REPORTED", "Batch", "batch_size", "execute_first", "execute_many", "fetch_batch",
+__all__ = ["REPORTED", "Batch", "Closed", "batch_size", "execute_first", "execute_many", "fetch_batch",
            "query_args", "shape", "storage_error"]
 
 # A row batch stops growing at ~1 MiB or at the client's row count, whichever
@@ -22,6 +22,10 @@ __all__ = ["REPORTED", "Batch", "batch_size", "execute_first", "execute_many", "
 BATCH_BYTES = 1024 * 1024
 SUBCHUNK_ROWS = 256
 MAX_BATCH_ROWS = 100_000
+
+
+class Closed(Exception):
+    """The peer went away or the session must end."""
 
 class Batch(NamedTuple):
     """Rows pulled from a cursor for one ROWS frame (or a one-frame RESULT)."""

@@ -13,31 +13,21 @@ import collections
 import itertools
 import logging
 import random
-import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from ..admin import run_admin_command
 from ..errors import Codes, Error, ProtocolError
-from ..methods import MethodContext
-from ..protocol import NEED_DATA, Message, Msg, ProtocolConnection, Role, codec
-from ..storage import Busy, StorageConnection, StorageCursor, StorageError, TooLong
-from ..storage.access import PermissionDenied, Policy
+from ..protocol import NEED_DATA, Message, Msg, ProtocolConnection, Role
+from ..storage import Busy, StorageConnection, StorageCursor, TooLong
+from ..storage.access import Policy
 from .audit import clean, format_address
-from .calls import IterCursor, guarded, method_error, run_method, stop_method
+from .calls import stop_method
+from .handlers import handle, serve_now
 from .login import Login
-from .monitor import SERVER_COMMANDS, run_server_command
 from .results import (
-    REPORTED,
-    Batch,
-    batch_size,
-    execute_first,
-    execute_many,
-    fetch_batch,
-    query_args,
-    shape,
+    Closed,
     storage_error,
 )
 
@@ -57,21 +47,10 @@ PRELOGIN_MAX_FRAME = 16 * 1024
 # Pause reading when this many requests wait: a pipelining client cannot make
 # us queue without limit (each request is itself bounded by the frame limit).
 MAX_INBOX = 64
-MAX_PORTALS = 256
-# SET / SHOW statement_timeout, answered by the session itself (PostgreSQL's syntax: a
-# bare number is milliseconds), so it never reaches a pooled storage connection.
-_SET_TIMEOUT = re.compile(r"\s*SET\s+(?:SESSION\s+)?statement_timeout\s*(?:=|\s+TO\s)\s*"
-                          r"'?\s*([^';]*?)\s*'?\s*;?\s*\Z", re.I)
-_SHOW_TIMEOUT = re.compile(r"\s*SHOW\s+statement_timeout\s*;?\s*\Z", re.I)
-_UNITS = {"": 0.001, "ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
 _ids = itertools.count(1)
 _RDN_NAMES = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
               "countryName": "C", "localityName": "L", "stateOrProvinceName": "ST"}
-
-
-class _Closed(Exception):
-    """The peer went away or the session must end."""
 
 
 class _Running:
@@ -182,7 +161,7 @@ class Session(asyncio.Protocol):
                     self._on_cancel(ev.body)
                     continue
                 if (self.inbox or not self.waiting or not self.can_write.is_set()
-                        or not self._serve_now(ev)):
+                        or not serve_now(self, ev)):
                     self.inbox.append(ev)
         except ProtocolError as e:
             self.fatal(e)
@@ -219,7 +198,7 @@ class Session(asyncio.Protocol):
         self.can_write.set()
 
     # -- helpers ----------------------------------------------------------
-    def _write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> None:
         # Frames of one reply are gathered and written once, at the end of this loop
         # iteration: one send (and, under TLS, about one record) per reply, not per frame.
         if self.closed or self.transport is None:
@@ -236,16 +215,16 @@ class Session(asyncio.Protocol):
             self.transport.write(data)
 
     def send(self, msg: Msg, body: Any = None) -> None:
-        self._write(self.proto.send(msg, body))
+        self.write(self.proto.send(msg, body))
 
     def send_error(self, err: Error) -> None:
         body = {"code": err.code or Codes.INTERNAL, "message": err.message}
         if err.hint:
             body["hint"] = err.hint
-        self._write(self.proto.send(Msg.ERROR, body))
+        self.write(self.proto.send(Msg.ERROR, body))
 
     def notice(self, code: str, message: str) -> None:
-        self._write(self.proto.send(Msg.NOTICE, {"code": code, "message": message}))
+        self.write(self.proto.send(Msg.NOTICE, {"code": code, "message": message}))
 
     def fatal(self, e: Error) -> None:
         log.warning("session %s from %s: %s; closing", self.id, self.peer, e.message)
@@ -266,10 +245,10 @@ class Session(asyncio.Protocol):
 
     async def next_message(self) -> Message:
         if self.closed:
-            raise _Closed  # messages still queued from a closed peer are not served
+            raise Closed  # messages still queued from a closed peer are not served
         while not self.inbox:
             if self.closed:
-                raise _Closed
+                raise Closed
             self.wakeup.clear()
             await self.wakeup.wait()
         if self.paused and len(self.inbox) < MAX_INBOX // 2 and self.transport:
@@ -290,12 +269,12 @@ class Session(asyncio.Protocol):
         conn = self.storage
         if conn is not None and self.server.cost.inline(key):
             try:
-                return self._inline(conn, key, fn, *args)
+                return self.inline(conn, key, fn, *args)
             except TooLong:
                 pass  # stopped at the cut-off and undone: run it again in a thread
         return await self._in_thread(conn, key, holder, fn, *args)
 
-    def _inline(self, conn: StorageConnection, key: Hashable | None, fn: Callable[..., T],
+    def inline(self, conn: StorageConnection, key: Hashable | None, fn: Callable[..., T],
                 *args: Any) -> T:
         """Run in the event loop, stopped (TooLong) past the cost model's cut-off."""
         cost = self.server.cost
@@ -437,10 +416,10 @@ class Session(asyncio.Protocol):
                 if m.type is Msg.TERMINATE:
                     self.end_reason = "client closed the session"
                     break
-                await self.handle(m)
+                await handle(self, m)
                 await self._wait_writable()
                 self.last_active = time.monotonic()
-        except _Closed:
+        except Closed:
             pass
         except ProtocolError as e:
             self.fatal(e)
@@ -501,7 +480,7 @@ class Session(asyncio.Protocol):
             self.end_reason = "client stopped reading inside a transaction"
             if self.transport is not None:
                 self.transport.abort()  # the unread replies would keep close() waiting
-            raise _Closed from None
+            raise Closed from None
 
     def _idle_timeout(self, seconds: float) -> None:
         txn = self.storage is not None and self.storage.in_transaction
@@ -514,110 +493,15 @@ class Session(asyncio.Protocol):
     async def login(self) -> bool:
         return await Login(self).run()
 
-    # -- requests ---------------------------------------------------------
-    async def handle(self, m: Message) -> None:
-        self.seq += 1
-        handler = self._handlers.get(m.type)
-        if handler is None:
-            raise ProtocolError(f"unexpected {m.type.name} message", Codes.PROTOCOL_VIOLATION)
-        try:
-            # Unable to read the user store: this request fails, the session goes on.
-            if not await self.server.rights.check(self):
-                raise _Closed  # the user was removed or moved: see server/rights.py
-            await handler(self, m.body)
-        except ProtocolError:
-            raise  # a malformed request ends the session (run() reports it and closes)
-        except REPORTED as e:
-            self._failed(e)
-        self.maybe_release()
-
-    def _failed(self, e: Exception) -> None:
-        """Tell the client why its request failed (the session goes on)."""
-        if isinstance(e, Error):
-            self.send_error(e)
-            return
-        err = storage_error(e)
-        if err.code == Codes.INSUFFICIENT_PRIVILEGE:
-            self.server.audit.event("permission_refused", session=self.id, user=self.user,
-                                    address=self.peer_ip, detail=err.message)
-        self.send_error(err)
-
-    # -- the fast path: short requests served in data_received ---------------------------
-    def _serve_now(self, m: Message) -> bool:
-        """Serve ``m`` at once if it is known to be short work for the event loop (most
-        statements on SQLite); return False to leave it to the session's task.
-
-        Only called when the task is idle with nothing queued, so replies keep the order
-        of requests, and while the transport takes writes (a client that does not read its
-        replies still meets the write buffer limit).  Saves the task switch and two loop
-        iterations per request.
-        """
-        if self.closed or self.server.cost.limit <= 0 or not self.server.rights.current(self):
-            return False
-        try:
-            if m.type is Msg.QUERY:
-                if not self._query_now(m.body):
-                    return False
-            elif m.type is Msg.SYNC:
-                self._complete()
-            elif m.type is Msg.COMMIT or m.type is Msg.ROLLBACK:
-                if not self._end_now(m.type is Msg.COMMIT):
-                    return False
-            else:
-                return False
-        except ProtocolError:
-            raise
-        except REPORTED as e:
-            self._failed(e)
-        self.seq += 1
-        self.last_active = time.monotonic()
-        self.maybe_release()
-        return True
-
-    def _query_now(self, body: Any) -> bool:
-        portal, sql, params, begin, batch = query_args(body)
-        conn = self.storage
-        key = self.key(sql, begin or (conn is not None and conn.in_transaction))
-        if portal in self.portals or not self.server.cost.inline(key):
-            return False
-        self._check_statement(sql)
-        self._check_portals()
-        if conn is None:
-            conn = self.storage = self._acquire()
-        if not self._may_cut(conn, sql, params):
-            return False  # in a thread, where it cannot stall us
-        try:
-            self._count_statement()
-            result = self._inline(conn, key, execute_first, conn, sql, params, begin, batch)
-        except (Busy, TooLong):
-            self._count_statement(-1)
-            return False  # nothing ran: the task waits for the lock (or a thread) and retries
-        self._query_done(portal, sql, conn, result)
-        return True
-
-    def _end_now(self, commit: bool) -> bool:
-        s = self.storage
-        if s is not None:
-            key = self.key("commit" if commit else "rollback")
-            if self.portals or not self.server.cost.inline(key) or (commit and self.txn_wrote):
-                return False
-            try:
-                self._inline(s, key, s.commit if commit else s.rollback)
-            except (Busy, TooLong):
-                return False
-            self.server.lock_released()
-        self._complete()
-        return True
-
-    async def _storage(self) -> StorageConnection:
+    async def lease(self) -> StorageConnection:
         if self.storage is None:
             if self.server.cost.limit > 0:  # SQLite: a pooled connection, at once
-                self.storage = self._acquire()
+                self.storage = self.acquire_now()
             else:
-                self.storage = await self.call(self._acquire)
+                self.storage = await self.call(self.acquire_now)
         return self.storage
 
-    def _acquire(self) -> StorageConnection:
+    def acquire_now(self) -> StorageConnection:
         # Grants are checked at every acquisition, so a change applies from the next
         # transaction; the policy is rebuilt only when the group or the grants differ
         # from what the pooled connection last enforced.
@@ -635,74 +519,6 @@ class Session(asyncio.Protocol):
         self.policy = conn.policy
         return conn
 
-    def _complete(self, rowcount: int = -1, lastrowid: int | None = None) -> None:
-        in_txn = self.storage is not None and self.storage.in_transaction
-        self.send(Msg.COMPLETE, (rowcount, lastrowid, in_txn))
-
-    def _check_statement(self, sql: str) -> None:
-        limit = self.server.settings.limits.max_statement_bytes
-        if len(sql) > limit // 4 and len(sql.encode()) > limit:
-            raise Error(f"statement of {len(sql.encode())} bytes exceeds the limit of {limit} "
-                        "bytes (limits.max_statement_bytes)", Codes.MESSAGE_TOO_LARGE,
-                        "pass large values as parameters")
-
-    def _count_statement(self, n: int = 1) -> None:
-        self.statements += n
-        self.server.statements += n
-
-    def _check_portals(self) -> None:
-        if len(self.portals) >= MAX_PORTALS:
-            raise Error(f"too many open cursors (limit {MAX_PORTALS}); close some",
-                        Codes.PROGRAMMING)
-
-    async def on_query(self, body: Any) -> None:
-        portal, sql, params, begin, batch = query_args(body)
-        self._check_statement(sql)
-        if portal in self.portals:
-            await self.call(self.portals.pop(portal).close, key=self.key("close"))
-        if self._session_statement(sql):
-            return
-        self._check_portals()
-        conn = await self._storage()
-        self._count_statement()
-        key = self.key(sql, begin or conn.in_transaction)
-        if key is not None and not self._may_cut(conn, sql, params):
-            key = None  # a write in a transaction: never cut off, so never in the event loop
-        result = await self.call_retrying(execute_first, conn, sql, params, begin, batch,
-                                          key=key)
-        self._query_done(portal, sql, conn, result)
-
-    def _may_cut(self, conn: StorageConnection, sql: str, params: tuple[Any, ...]) -> bool:
-        """Whether ``sql`` may run in the event loop, where it is stopped at the cut-off and
-        run again: every step of it must be short (the cut-off falls between steps), and
-        stopping a write undoes its transaction and the session's open cursors with it, so
-        with either open only a statement that writes nothing may."""
-        if not conn.inlinable(sql, params):
-            return False
-        return not (conn.in_transaction or self.portals) or conn.read_only(sql, params)
-
-    def _session_statement(self, sql: str) -> bool:
-        """Answer SET / SHOW statement_timeout here; False for any other statement."""
-        if m := _SET_TIMEOUT.match(sql):
-            self.set_timeout(self._parse_timeout(m.group(1)))
-            self._complete()
-            return True
-        if _SHOW_TIMEOUT.match(sql):
-            self.send(Msg.DESCRIPTION, [("statement_timeout", "text")])
-            self._write(self.proto.send(Msg.ROWS, [[(f"{self.statement_timeout:g}s",)]]))
-            self._complete(1)
-            return True
-        return False
-
-    def _parse_timeout(self, text: str) -> float:
-        if text.upper() == "DEFAULT":
-            return self.server.settings.limits.statement_timeout_seconds
-        m = re.fullmatch(r"([0-9]+(?:\.[0-9]*)?)\s*([a-z]*)", text.lower())
-        if m is None or m.group(2) not in _UNITS:
-            raise Error(f"invalid value for statement_timeout: {text!r}", Codes.DATA,
-                        "a number of milliseconds, or with a unit: '500ms', '30s', '5min', '1h'")
-        return float(m.group(1)) * _UNITS[m.group(2)]
-
     def set_timeout(self, seconds: float) -> None:
         """This session's statement timeout (0 = none); above the server's setting only for
         admins, so a user cannot opt out of what protects the others."""
@@ -713,162 +529,6 @@ class Session(asyncio.Protocol):
                         "an administrator can raise limits.statement_timeout_seconds")
         self.statement_timeout = seconds
 
-    def _query_done(self, portal: int, sql: str, conn: StorageConnection,
-                    result: tuple[StorageCursor, Batch | None]
-                    ) -> None:
-        cur, first = result
-        if not conn.in_transaction:
-            self.server.lock_released()  # an autocommit write just ended
-        self._send_result(portal, cur, first, describe=True)
-        if first is not None and portal not in self.portals:
-            cur.close()  # exhausted: closing a finished cursor does no I/O
-
-    def _send_result(self, portal: int, cur: StorageCursor,
-                     first: Batch | None, describe: bool) -> None:
-        if first is None:  # statement without a result set
-            self._complete(cur.rowcount, cur.lastrowid)
-            return
-        body, more = first.body, first.more
-        if describe:
-            desc = cur.description or ()
-            types = first.types or [None] * len(desc)
-            described = [(d[0], t) for d, t in zip(desc, types, strict=False)]
-            if not more and self.result_frames:  # the whole result: one frame
-                in_txn = self.storage is not None and self.storage.in_transaction
-                self._write(self.proto.send_packed(Msg.RESULT, b"".join((
-                    codec.array_header(3), codec.pack(described), body,
-                    codec.pack((cur.rowcount, cur.lastrowid, in_txn))))))
-                return
-            self.send(Msg.DESCRIPTION, described)
-        self._write(self.proto.send_packed(Msg.ROWS, body))
-        if more:
-            self.portals[portal] = cur
-            self.send(Msg.SUSPENDED, portal)
-        else:
-            self._complete(cur.rowcount, cur.lastrowid)
-
-    async def on_call(self, body: Any) -> None:
-        portal, name, args, kwargs, begin, batch = shape(
-            body, "CALL", int, str, tuple, dict, bool, int)
-        m = self.server.methods.get(name)
-        if m is None:
-            raise Error(f"no server method {name!r}; see casemate methods DIR",
-                        Codes.UNDEFINED_METHOD)
-        conn = await self._storage()
-        if not self.policy.may_call(name):
-            raise Error(f"permission denied for group {self.group!r}: EXECUTE on method "
-                        f"{name}", Codes.INSUFFICIENT_PRIVILEGE,
-                        f"an administrator can grant it: casemate group grant TARGET "
-                        f"{self.group} method:{name} EXECUTE")
-        if portal in self.portals:
-            self.portals.pop(portal).close()
-        self.statements += 1
-        self.server.statements += 1
-        ctx = MethodContext(conn, self.user, self.group, self.id)
-        holder: dict[str, int] = {}
-        limit = self.server.settings.methods.time_limit_seconds
-
-        def work() -> Any:
-            return self.call(run_method, conn, m, ctx, args, dict(kwargs), begin, holder,
-                             holder=holder)
-        try:
-            # A method that meets another session's write lock is undone to its savepoint;
-            # it runs again once the lock is released, like a statement.
-            cur = await self.retrying(lambda: guarded(work, conn, holder, limit, name))
-            first = await guarded(lambda: self.call(fetch_batch, cur, batch_size(batch),
-                                                    holder=getattr(cur, "holder", None)),
-                                  conn, holder, limit, name)
-        except (Error, PermissionDenied, Busy, StorageError):
-            raise
-        except BaseException as e:  # the method's own exception: type and message only
-            if isinstance(e, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
-                raise
-            raise method_error(e, name) from None
-        self._send_result(portal, cur, first, describe=True)
-        if portal not in self.portals:
-            cur.close()
-
-    async def on_fetch(self, body: Any) -> None:
-        portal, batch = shape(body, "FETCH", int, int)
-        batch = batch_size(batch)
-        cur = self.portals.pop(portal, None)
-        if cur is None:
-            raise Error(f"cursor {portal} has no pending result", Codes.INVALID_CURSOR)
-        if isinstance(cur, IterCursor) and self.storage is not None:  # a method's rows
-            conn, limit = self.storage, self.server.settings.methods.time_limit_seconds
-            first = await guarded(lambda: self.call(fetch_batch, cur, batch, False, holder=cur.holder),
-                                  conn, cur.holder, limit, cur.name)
-        else:  # in a thread: an open cursor cannot be cut off and run again
-            first = await self.call(fetch_batch, cur, batch, False)
-        self._send_result(portal, cur, first, describe=False)
-        if portal not in self.portals:
-            cur.close()
-
-    async def on_close_portal(self, body: Any) -> None:
-        (portal,) = shape(body, "CLOSE_PORTAL", int)
-        cur = self.portals.pop(portal, None)
-        if cur is not None:
-            await self.call(cur.close, key=self.key("close"))
-        self._complete()
-
-    async def on_execute_many(self, body: Any) -> None:
-        sql, seq, begin = shape(body, "EXECUTE_MANY", str, tuple, bool)
-        self._check_statement(sql)
-        conn = await self._storage()
-        self.statements += 1
-        self.server.statements += 1
-        # In a transaction, in a thread: a write stopped part-way undoes the transaction.
-        first = seq[0] if seq and isinstance(seq[0], tuple) else ()
-        key = (None if conn.in_transaction or self.portals or not conn.inlinable(sql, first)
-               else self.key(sql, len(seq).bit_length(), begin))
-        n = await self.call_retrying(execute_many, conn, sql, seq, begin, key=key)
-        if not conn.in_transaction:
-            self.server.lock_released()
-        self._complete(n, None)
-
-    async def on_commit(self, body: Any) -> None:
-        if self.storage is not None:
-            await self.call_retrying(self.storage.commit,
-                                     key=None if self.txn_wrote else self.key("commit"))
-            self.server.lock_released()
-        self._complete()
-
-    async def on_rollback(self, body: Any) -> None:
-        await self._close_portals()
-        if self.storage is not None:
-            await self.call(self.storage.rollback, key=self.key("rollback"))
-            self.server.lock_released()
-        self._complete()
-
-    async def on_sync(self, body: Any) -> None:
-        self._complete()
-
-    async def on_admin(self, body: Any) -> None:
-        if not (isinstance(body, tuple) and len(body) == 2 and isinstance(body[0], str)
-                and isinstance(body[1], dict)):
-            raise ProtocolError("malformed ADMIN message", Codes.PROTOCOL_VIOLATION)
-        command, args = body
-        if self.group == "admin" and not await self.server.rights.still_admin(self.user):
-            raise _Closed  # removed or moved meanwhile: see server/rights.py
-        if self.group != "admin":
-            self.server.audit.event("permission_refused", session=self.id, user=self.user,
-                                    address=self.peer_ip, detail=f"admin command {command}")
-            raise Error(f"admin command {command!r} needs the admin group; user {self.user!r} "
-                        f"is in {self.group!r}", Codes.INSUFFICIENT_PRIVILEGE)
-        if command in SERVER_COMMANDS:
-            # In the event loop: these touch the session registry and its transports.
-            columns, rows = run_server_command(self.server, self, command, args)
-        else:
-            rows = await self.call(run_admin_command, self.server.backend, command, args)
-            columns = [f"column{i + 1}" for i in range(len(rows[0]) if rows else 0)]
-        if command not in ("status", "sessions"):
-            target = args.get("name") or args.get("group") or args.get("session")
-            self.server.audit.event("admin", session=self.id, user=self.user,
-                                    address=self.peer_ip, command=command, target=target)
-        self.send(Msg.DESCRIPTION, [(c, None) for c in columns])
-        self._write(self.proto.send(Msg.ROWS, [rows]))
-        self._complete(len(rows))
-
     def drop(self, reason: str, code: str = Codes.SESSION_DROPPED) -> None:
         """End this session at an administrator's request; its transaction is rolled back."""
         txn = self.storage is not None and self.storage.in_transaction
@@ -876,11 +536,6 @@ class Session(asyncio.Protocol):
                                                      if txn else ""))
         self.end_reason = reason
         self.close()
-
-    async def _close_portals(self) -> None:
-        for cur in self.portals.values():
-            await self.call(cur.close, key=self.key("close"))
-        self.portals.clear()
 
     def maybe_release(self) -> None:
         """Give the storage connection back when no transaction or cursor needs it."""
@@ -908,14 +563,3 @@ class Session(asyncio.Protocol):
         except Exception as e:  # noqa: BLE001 - a broken connection is discarded, not reused
             log.warning("session %s: could not release its storage connection: %s", self.id, e)
 
-    _handlers: dict[Msg, Callable[[Session, Any], Any]] = {
-        Msg.QUERY: on_query,
-        Msg.FETCH: on_fetch,
-        Msg.CLOSE_PORTAL: on_close_portal,
-        Msg.EXECUTE_MANY: on_execute_many,
-        Msg.COMMIT: on_commit,
-        Msg.ROLLBACK: on_rollback,
-        Msg.SYNC: on_sync,
-        Msg.ADMIN: on_admin,
-        Msg.CALL: on_call,
-    }

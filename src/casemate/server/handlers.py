@@ -1,0 +1,411 @@
+"""The request handlers of a logged-in session: one function per request kind.
+
+Each takes the :class:`~casemate.server.session.Session` and the request body,
+and reaches storage only through the session (``s.call``: in the event loop when
+the cost model has seen the call to be short, else in a worker thread; ``s.lease``
+for the storage connection).  The fast path (:func:`serve_now`) answers short
+requests from ``data_received``; everything else runs in the session's task
+(:func:`handle`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ..admin import run_admin_command
+from ..errors import Codes, Error, ProtocolError
+from ..methods import MethodContext
+from ..protocol import Message, Msg, codec
+from ..storage import Busy, StorageConnection, StorageCursor, StorageError, TooLong
+from ..storage.access import PermissionDenied
+from .calls import IterCursor, guarded, method_error, run_method
+from .monitor import SERVER_COMMANDS, run_server_command
+from .results import (
+    REPORTED,
+    Batch,
+    Closed,
+    batch_size,
+    execute_first,
+    execute_many,
+    fetch_batch,
+    query_args,
+    shape,
+    storage_error,
+)
+
+if TYPE_CHECKING:
+    from .session import Session
+
+__all__ = ["HANDLERS", "complete", "handle", "serve_now"]
+
+MAX_PORTALS = 256
+# SET / SHOW statement_timeout, answered by the session itself (PostgreSQL's syntax: a
+# bare number is milliseconds), so it never reaches a pooled storage connection.
+_SET_TIMEOUT = re.compile(r"\s*SET\s+(?:SESSION\s+)?statement_timeout\s*(?:=|\s+TO\s)\s*"
+                          r"'?\s*([^';]*?)\s*'?\s*;?\s*\Z", re.I)
+_SHOW_TIMEOUT = re.compile(r"\s*SHOW\s+statement_timeout\s*;?\s*\Z", re.I)
+_UNITS = {"": 0.001, "ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+async def handle(s: Session, m: Message) -> None:
+    s.seq += 1
+    handler = HANDLERS.get(m.type)
+    if handler is None:
+        raise ProtocolError(f"unexpected {m.type.name} message", Codes.PROTOCOL_VIOLATION)
+    try:
+        # Unable to read the user store: this request fails, the session goes on.
+        if not await s.server.rights.check(s):
+            raise Closed  # the user was removed or moved: see server/rights.py
+        await handler(s, m.body)
+    except ProtocolError:
+        raise  # a malformed request ends the session (run() reports it and closes)
+    except REPORTED as e:
+        _failed(s, e)
+    s.maybe_release()
+
+
+def _failed(s: Session, e: Exception) -> None:
+    """Tell the client why its request failed (the session goes on)."""
+    if isinstance(e, Error):
+        s.send_error(e)
+        return
+    err = storage_error(e)
+    if err.code == Codes.INSUFFICIENT_PRIVILEGE:
+        s.server.audit.event("permission_refused", session=s.id, user=s.user,
+                                address=s.peer_ip, detail=err.message)
+    s.send_error(err)
+
+
+# -- the fast path: short requests served in data_received ---------------------------
+def serve_now(s: Session, m: Message) -> bool:
+    """Serve ``m`` at once if it is known to be short work for the event loop (most
+    statements on SQLite); return False to leave it to the session's task.
+
+    Only called when the task is idle with nothing queued, so replies keep the order
+    of requests, and while the transport takes writes (a client that does not read its
+    replies still meets the write buffer limit).  Saves the task switch and two loop
+    iterations per request.
+    """
+    if s.closed or s.server.cost.limit <= 0 or not s.server.rights.current(s):
+        return False
+    try:
+        if m.type is Msg.QUERY:
+            if not _query_now(s, m.body):
+                return False
+        elif m.type is Msg.SYNC:
+            complete(s)
+        elif m.type is Msg.COMMIT or m.type is Msg.ROLLBACK:
+            if not _end_now(s, m.type is Msg.COMMIT):
+                return False
+        else:
+            return False
+    except ProtocolError:
+        raise
+    except REPORTED as e:
+        _failed(s, e)
+    s.seq += 1
+    s.last_active = time.monotonic()
+    s.maybe_release()
+    return True
+
+
+def _query_now(s: Session, body: Any) -> bool:
+    portal, sql, params, begin, batch = query_args(body)
+    conn = s.storage
+    key = s.key(sql, begin or (conn is not None and conn.in_transaction))
+    if portal in s.portals or not s.server.cost.inline(key):
+        return False
+    _check_statement(s, sql)
+    _check_portals(s)
+    if conn is None:
+        conn = s.storage = s.acquire_now()
+    if not _may_cut(s, conn, sql, params):
+        return False  # in a thread, where it cannot stall us
+    try:
+        _count_statement(s)
+        result = s.inline(conn, key, execute_first, conn, sql, params, begin, batch)
+    except (Busy, TooLong):
+        _count_statement(s, -1)
+        return False  # nothing ran: the task waits for the lock (or a thread) and retries
+    _query_done(s, portal, sql, conn, result)
+    return True
+
+
+def _end_now(s: Session, commit: bool) -> bool:
+    conn = s.storage
+    if conn is not None:
+        key = s.key("commit" if commit else "rollback")
+        if s.portals or not s.server.cost.inline(key) or (commit and s.txn_wrote):
+            return False
+        try:
+            s.inline(conn, key, conn.commit if commit else conn.rollback)
+        except (Busy, TooLong):
+            return False
+        s.server.lock_released()
+    complete(s)
+    return True
+
+
+def complete(s: Session, rowcount: int = -1, lastrowid: int | None = None) -> None:
+    in_txn = s.storage is not None and s.storage.in_transaction
+    s.send(Msg.COMPLETE, (rowcount, lastrowid, in_txn))
+
+
+def _check_statement(s: Session, sql: str) -> None:
+    limit = s.server.settings.limits.max_statement_bytes
+    if len(sql) > limit // 4 and len(sql.encode()) > limit:
+        raise Error(f"statement of {len(sql.encode())} bytes exceeds the limit of {limit} "
+                    "bytes (limits.max_statement_bytes)", Codes.MESSAGE_TOO_LARGE,
+                    "pass large values as parameters")
+
+
+def _count_statement(s: Session, n: int = 1) -> None:
+    s.statements += n
+    s.server.statements += n
+
+
+def _check_portals(s: Session) -> None:
+    if len(s.portals) >= MAX_PORTALS:
+        raise Error(f"too many open cursors (limit {MAX_PORTALS}); close some",
+                    Codes.PROGRAMMING)
+
+
+async def on_query(s: Session, body: Any) -> None:
+    portal, sql, params, begin, batch = query_args(body)
+    _check_statement(s, sql)
+    if portal in s.portals:
+        await s.call(s.portals.pop(portal).close, key=s.key("close"))
+    if _session_statement(s, sql):
+        return
+    _check_portals(s)
+    conn = await s.lease()
+    _count_statement(s)
+    key = s.key(sql, begin or conn.in_transaction)
+    if key is not None and not _may_cut(s, conn, sql, params):
+        key = None  # a write in a transaction: never cut off, so never in the event loop
+    result = await s.call_retrying(execute_first, conn, sql, params, begin, batch,
+                                      key=key)
+    _query_done(s, portal, sql, conn, result)
+
+
+def _may_cut(s: Session, conn: StorageConnection, sql: str, params: tuple[Any, ...]) -> bool:
+    """Whether ``sql`` may run in the event loop, where it is stopped at the cut-off and
+    run again: every step of it must be short (the cut-off falls between steps), and
+    stopping a write undoes its transaction and the session's open cursors with it, so
+    with either open only a statement that writes nothing may."""
+    if not conn.inlinable(sql, params):
+        return False
+    return not (conn.in_transaction or s.portals) or conn.read_only(sql, params)
+
+
+def _session_statement(s: Session, sql: str) -> bool:
+    """Answer SET / SHOW statement_timeout here; False for any other statement."""
+    if m := _SET_TIMEOUT.match(sql):
+        s.set_timeout(_parse_timeout(s, m.group(1)))
+        complete(s)
+        return True
+    if _SHOW_TIMEOUT.match(sql):
+        s.send(Msg.DESCRIPTION, [("statement_timeout", "text")])
+        s.write(s.proto.send(Msg.ROWS, [[(f"{s.statement_timeout:g}s",)]]))
+        complete(s, 1)
+        return True
+    return False
+
+
+def _parse_timeout(s: Session, text: str) -> float:
+    if text.upper() == "DEFAULT":
+        return s.server.settings.limits.statement_timeout_seconds
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]*)?)\s*([a-z]*)", text.lower())
+    if m is None or m.group(2) not in _UNITS:
+        raise Error(f"invalid value for statement_timeout: {text!r}", Codes.DATA,
+                    "a number of milliseconds, or with a unit: '500ms', '30s', '5min', '1h'")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _query_done(s: Session, portal: int, sql: str, conn: StorageConnection,
+                result: tuple[StorageCursor, Batch | None]
+                ) -> None:
+    cur, first = result
+    if not conn.in_transaction:
+        s.server.lock_released()  # an autocommit write just ended
+    _send_result(s, portal, cur, first, describe=True)
+    if first is not None and portal not in s.portals:
+        cur.close()  # exhausted: closing a finished cursor does no I/O
+
+
+def _send_result(s: Session, portal: int, cur: StorageCursor,
+                 first: Batch | None, describe: bool) -> None:
+    if first is None:  # statement without a result set
+        complete(s, cur.rowcount, cur.lastrowid)
+        return
+    body, more = first.body, first.more
+    if describe:
+        desc = cur.description or ()
+        types = first.types or [None] * len(desc)
+        described = [(d[0], t) for d, t in zip(desc, types, strict=False)]
+        if not more and s.result_frames:  # the whole result: one frame
+            in_txn = s.storage is not None and s.storage.in_transaction
+            s.write(s.proto.send_packed(Msg.RESULT, b"".join((
+                codec.array_header(3), codec.pack(described), body,
+                codec.pack((cur.rowcount, cur.lastrowid, in_txn))))))
+            return
+        s.send(Msg.DESCRIPTION, described)
+    s.write(s.proto.send_packed(Msg.ROWS, body))
+    if more:
+        s.portals[portal] = cur
+        s.send(Msg.SUSPENDED, portal)
+    else:
+        complete(s, cur.rowcount, cur.lastrowid)
+
+
+async def on_call(s: Session, body: Any) -> None:
+    portal, name, args, kwargs, begin, batch = shape(
+        body, "CALL", int, str, tuple, dict, bool, int)
+    m = s.server.methods.get(name)
+    if m is None:
+        raise Error(f"no server method {name!r}; see casemate methods DIR",
+                    Codes.UNDEFINED_METHOD)
+    conn = await s.lease()
+    if not s.policy.may_call(name):
+        raise Error(f"permission denied for group {s.group!r}: EXECUTE on method "
+                    f"{name}", Codes.INSUFFICIENT_PRIVILEGE,
+                    f"an administrator can grant it: casemate group grant TARGET "
+                    f"{s.group} method:{name} EXECUTE")
+    if portal in s.portals:
+        s.portals.pop(portal).close()
+    s.statements += 1
+    s.server.statements += 1
+    ctx = MethodContext(conn, s.user, s.group, s.id)
+    holder: dict[str, int] = {}
+    limit = s.server.settings.methods.time_limit_seconds
+
+    def work() -> Any:
+        return s.call(run_method, conn, m, ctx, args, dict(kwargs), begin, holder,
+                         holder=holder)
+    try:
+        # A method that meets another session's write lock is undone to its savepoint;
+        # it runs again once the lock is released, like a statement.
+        cur = await s.retrying(lambda: guarded(work, conn, holder, limit, name))
+        first = await guarded(lambda: s.call(fetch_batch, cur, batch_size(batch),
+                                                holder=getattr(cur, "holder", None)),
+                              conn, holder, limit, name)
+    except (Error, PermissionDenied, Busy, StorageError):
+        raise
+    except BaseException as e:  # the method's own exception: type and message only
+        if isinstance(e, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+            raise
+        raise method_error(e, name) from None
+    _send_result(s, portal, cur, first, describe=True)
+    if portal not in s.portals:
+        cur.close()
+
+
+async def on_fetch(s: Session, body: Any) -> None:
+    portal, batch = shape(body, "FETCH", int, int)
+    batch = batch_size(batch)
+    cur = s.portals.pop(portal, None)
+    if cur is None:
+        raise Error(f"cursor {portal} has no pending result", Codes.INVALID_CURSOR)
+    if isinstance(cur, IterCursor) and s.storage is not None:  # a method's rows
+        conn, limit = s.storage, s.server.settings.methods.time_limit_seconds
+        first = await guarded(lambda: s.call(fetch_batch, cur, batch, False, holder=cur.holder),
+                              conn, cur.holder, limit, cur.name)
+    else:  # in a thread: an open cursor cannot be cut off and run again
+        first = await s.call(fetch_batch, cur, batch, False)
+    _send_result(s, portal, cur, first, describe=False)
+    if portal not in s.portals:
+        cur.close()
+
+
+async def on_close_portal(s: Session, body: Any) -> None:
+    (portal,) = shape(body, "CLOSE_PORTAL", int)
+    cur = s.portals.pop(portal, None)
+    if cur is not None:
+        await s.call(cur.close, key=s.key("close"))
+    complete(s)
+
+
+async def on_execute_many(s: Session, body: Any) -> None:
+    sql, seq, begin = shape(body, "EXECUTE_MANY", str, tuple, bool)
+    _check_statement(s, sql)
+    conn = await s.lease()
+    s.statements += 1
+    s.server.statements += 1
+    # In a transaction, in a thread: a write stopped part-way undoes the transaction.
+    first = seq[0] if seq and isinstance(seq[0], tuple) else ()
+    key = (None if conn.in_transaction or s.portals or not conn.inlinable(sql, first)
+           else s.key(sql, len(seq).bit_length(), begin))
+    n = await s.call_retrying(execute_many, conn, sql, seq, begin, key=key)
+    if not conn.in_transaction:
+        s.server.lock_released()
+    complete(s, n, None)
+
+
+async def on_commit(s: Session, body: Any) -> None:
+    if s.storage is not None:
+        await s.call_retrying(s.storage.commit,
+                                 key=None if s.txn_wrote else s.key("commit"))
+        s.server.lock_released()
+    complete(s)
+
+
+async def on_rollback(s: Session, body: Any) -> None:
+    await _close_portals(s)
+    if s.storage is not None:
+        await s.call(s.storage.rollback, key=s.key("rollback"))
+        s.server.lock_released()
+    complete(s)
+
+
+async def on_sync(s: Session, body: Any) -> None:
+    complete(s)
+
+
+async def on_admin(s: Session, body: Any) -> None:
+    if not (isinstance(body, tuple) and len(body) == 2 and isinstance(body[0], str)
+            and isinstance(body[1], dict)):
+        raise ProtocolError("malformed ADMIN message", Codes.PROTOCOL_VIOLATION)
+    command, args = body
+    if s.group == "admin" and not await s.server.rights.still_admin(s.user):
+        raise Closed  # removed or moved meanwhile: see server/rights.py
+    if s.group != "admin":
+        s.server.audit.event("permission_refused", session=s.id, user=s.user,
+                                address=s.peer_ip, detail=f"admin command {command}")
+        raise Error(f"admin command {command!r} needs the admin group; user {s.user!r} "
+                    f"is in {s.group!r}", Codes.INSUFFICIENT_PRIVILEGE)
+    if command in SERVER_COMMANDS:
+        # In the event loop: these touch the session registry and its transports.
+        columns, rows = run_server_command(s.server, s, command, args)
+    else:
+        rows = await s.call(run_admin_command, s.server.backend, command, args)
+        columns = [f"column{i + 1}" for i in range(len(rows[0]) if rows else 0)]
+    if command not in ("status", "sessions"):
+        target = args.get("name") or args.get("group") or args.get("session")
+        s.server.audit.event("admin", session=s.id, user=s.user,
+                                address=s.peer_ip, command=command, target=target)
+    s.send(Msg.DESCRIPTION, [(c, None) for c in columns])
+    s.write(s.proto.send(Msg.ROWS, [rows]))
+    complete(s, len(rows))
+
+
+async def _close_portals(s: Session) -> None:
+    for cur in s.portals.values():
+        await s.call(cur.close, key=s.key("close"))
+    s.portals.clear()
+
+
+HANDLERS: dict[Msg, Callable[[Session, Any], Awaitable[None]]] = {
+    Msg.QUERY: on_query,
+    Msg.FETCH: on_fetch,
+    Msg.CLOSE_PORTAL: on_close_portal,
+    Msg.EXECUTE_MANY: on_execute_many,
+    Msg.COMMIT: on_commit,
+    Msg.ROLLBACK: on_rollback,
+    Msg.SYNC: on_sync,
+    Msg.ADMIN: on_admin,
+    Msg.CALL: on_call,
+}
