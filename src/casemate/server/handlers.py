@@ -116,7 +116,7 @@ def serve_now(s: Session, m: Message) -> bool:
 def _query_now(s: Session, body: Any) -> bool:
     portal, sql, params, begin, batch = query_args(body)
     conn = s.storage
-    key = s.key(sql, begin or (conn is not None and conn.in_transaction))
+    key = s.runner.key(sql, begin or (conn is not None and conn.in_transaction))
     if portal in s.portals or not s.server.cost.inline(key):
         return False
     _check_statement(s, sql)
@@ -127,7 +127,7 @@ def _query_now(s: Session, body: Any) -> bool:
         return False  # in a thread, where it cannot stall us
     try:
         _count_statement(s)
-        result = s.inline(conn, key, execute_first, conn, sql, params, begin, batch)
+        result = s.runner.inline(conn, key, execute_first, conn, sql, params, begin, batch)
     except (Busy, TooLong):
         _count_statement(s, -1)
         return False  # nothing ran: the task waits for the lock (or a thread) and retries
@@ -138,11 +138,11 @@ def _query_now(s: Session, body: Any) -> bool:
 def _end_now(s: Session, commit: bool) -> bool:
     conn = s.storage
     if conn is not None:
-        key = s.key("commit" if commit else "rollback")
+        key = s.runner.key("commit" if commit else "rollback")
         if s.portals or not s.server.cost.inline(key) or (commit and s.txn_wrote):
             return False
         try:
-            s.inline(conn, key, conn.commit if commit else conn.rollback)
+            s.runner.inline(conn, key, conn.commit if commit else conn.rollback)
         except (Busy, TooLong):
             return False
         s.server.lock_released()
@@ -178,16 +178,16 @@ async def on_query(s: Session, body: Any) -> None:
     portal, sql, params, begin, batch = query_args(body)
     _check_statement(s, sql)
     if portal in s.portals:
-        await s.call(s.portals.pop(portal).close, key=s.key("close"))
+        await s.runner.call(s.portals.pop(portal).close, key=s.runner.key("close"))
     if _session_statement(s, sql):
         return
     _check_portals(s)
     conn = await s.lease()
     _count_statement(s)
-    key = s.key(sql, begin or conn.in_transaction)
+    key = s.runner.key(sql, begin or conn.in_transaction)
     if key is not None and not _may_cut(s, conn, sql, params):
         key = None  # a write in a transaction: never cut off, so never in the event loop
-    result = await s.call_retrying(execute_first, conn, sql, params, begin, batch,
+    result = await s.runner.call_retrying(execute_first, conn, sql, params, begin, batch,
                                       key=key)
     _query_done(s, portal, sql, conn, result)
 
@@ -284,13 +284,13 @@ async def on_call(s: Session, body: Any) -> None:
     limit = s.server.settings.methods.time_limit_seconds
 
     def work() -> Any:
-        return s.call(run_method, conn, m, ctx, args, dict(kwargs), begin, holder,
+        return s.runner.call(run_method, conn, m, ctx, args, dict(kwargs), begin, holder,
                          holder=holder)
     try:
         # A method that meets another session's write lock is undone to its savepoint;
         # it runs again once the lock is released, like a statement.
-        cur = await s.retrying(lambda: guarded(work, conn, holder, limit, name))
-        first = await guarded(lambda: s.call(fetch_batch, cur, batch_size(batch),
+        cur = await s.runner.retrying(lambda: guarded(work, conn, holder, limit, name))
+        first = await guarded(lambda: s.runner.call(fetch_batch, cur, batch_size(batch),
                                                 holder=getattr(cur, "holder", None)),
                               conn, holder, limit, name)
     except (Error, PermissionDenied, Busy, StorageError):
@@ -312,10 +312,10 @@ async def on_fetch(s: Session, body: Any) -> None:
         raise Error(f"cursor {portal} has no pending result", Codes.INVALID_CURSOR)
     if isinstance(cur, IterCursor) and s.storage is not None:  # a method's rows
         conn, limit = s.storage, s.server.settings.methods.time_limit_seconds
-        first = await guarded(lambda: s.call(fetch_batch, cur, batch, False, holder=cur.holder),
+        first = await guarded(lambda: s.runner.call(fetch_batch, cur, batch, False, holder=cur.holder),
                               conn, cur.holder, limit, cur.name)
     else:  # in a thread: an open cursor cannot be cut off and run again
-        first = await s.call(fetch_batch, cur, batch, False)
+        first = await s.runner.call(fetch_batch, cur, batch, False)
     _send_result(s, portal, cur, first, describe=False)
     if portal not in s.portals:
         cur.close()
@@ -325,7 +325,7 @@ async def on_close_portal(s: Session, body: Any) -> None:
     (portal,) = shape(body, "CLOSE_PORTAL", int)
     cur = s.portals.pop(portal, None)
     if cur is not None:
-        await s.call(cur.close, key=s.key("close"))
+        await s.runner.call(cur.close, key=s.runner.key("close"))
     complete(s)
 
 
@@ -338,8 +338,8 @@ async def on_execute_many(s: Session, body: Any) -> None:
     # In a transaction, in a thread: a write stopped part-way undoes the transaction.
     first = seq[0] if seq and isinstance(seq[0], tuple) else ()
     key = (None if conn.in_transaction or s.portals or not conn.inlinable(sql, first)
-           else s.key(sql, len(seq).bit_length(), begin))
-    n = await s.call_retrying(execute_many, conn, sql, seq, begin, key=key)
+           else s.runner.key(sql, len(seq).bit_length(), begin))
+    n = await s.runner.call_retrying(execute_many, conn, sql, seq, begin, key=key)
     if not conn.in_transaction:
         s.server.lock_released()
     complete(s, n, None)
@@ -347,8 +347,8 @@ async def on_execute_many(s: Session, body: Any) -> None:
 
 async def on_commit(s: Session, body: Any) -> None:
     if s.storage is not None:
-        await s.call_retrying(s.storage.commit,
-                                 key=None if s.txn_wrote else s.key("commit"))
+        await s.runner.call_retrying(s.storage.commit,
+                                 key=None if s.txn_wrote else s.runner.key("commit"))
         s.server.lock_released()
     complete(s)
 
@@ -356,7 +356,7 @@ async def on_commit(s: Session, body: Any) -> None:
 async def on_rollback(s: Session, body: Any) -> None:
     await _close_portals(s)
     if s.storage is not None:
-        await s.call(s.storage.rollback, key=s.key("rollback"))
+        await s.runner.call(s.storage.rollback, key=s.runner.key("rollback"))
         s.server.lock_released()
     complete(s)
 
@@ -381,7 +381,7 @@ async def on_admin(s: Session, body: Any) -> None:
         # In the event loop: these touch the session registry and its transports.
         columns, rows = run_server_command(s.server, s, command, args)
     else:
-        rows = await s.call(run_admin_command, s.server.backend, command, args)
+        rows = await s.runner.call(run_admin_command, s.server.backend, command, args)
         columns = [f"column{i + 1}" for i in range(len(rows[0]) if rows else 0)]
     if command not in ("status", "sessions"):
         target = args.get("name") or args.get("group") or args.get("session")
@@ -394,7 +394,7 @@ async def on_admin(s: Session, body: Any) -> None:
 
 async def _close_portals(s: Session) -> None:
     for cur in s.portals.values():
-        await s.call(cur.close, key=s.key("close"))
+        await s.runner.call(cur.close, key=s.runner.key("close"))
     s.portals.clear()
 
 

@@ -68,7 +68,7 @@ class Login:
         counted = False
         try:
             self.s.rights_version = self.server.backend.grants_version()  # before the lookup
-            challenge = await self.s.call(scram.first, m.body[1])
+            challenge = await self.s.runner.call(scram.first, m.body[1])
             if scram.user is not None and (why := self._cert_refusal(
                     certificate_refusal, scram.user.name, scram.user.group)):
                 return self._failed(scram.username, why, certificate=True)
@@ -83,7 +83,7 @@ class Login:
             if not await throttle.wait_turn(self.s.peer_ip, scram.username, left):
                 return self._failed(scram.username, "too many attempts in flight",
                                           throttled=True)
-            server_final = await self.s.call(scram.final, m.body)
+            server_final = await self.s.runner.call(scram.final, m.body)
         except ScramException as e:
             if not counted:
                 throttle.failed(self.s.peer_ip, scram.username, time.monotonic())
@@ -103,7 +103,7 @@ class Login:
     async def _external(self, name: str, wanted_timeout: Any) -> bool:
         """SASL EXTERNAL: the client certificate alone, for users whose method allows it."""
         self.s.rights_version = self.server.backend.grants_version()  # before the lookup
-        user = await self.s.call(self.server.backend.get_user, name)
+        user = await self.s.runner.call(self.server.backend.get_user, name)
         why = "no such user" if user is None else self._cert_refusal(
             external_refusal, user.name, user.group)
         if user is None or why:

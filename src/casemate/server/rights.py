@@ -74,7 +74,7 @@ class Rights:
             return False
         conn = s.storage
         if conn is not None and conn.policy_key != (s.group, self.version):
-            s.policy = await s.call(_reapply, self.server.backend, conn, s.group, self.version)
+            s.policy = await s.runner.call(_reapply, self.server.backend, conn, s.group, self.version)
         return True
 
     async def still_admin(self, user: str) -> bool:

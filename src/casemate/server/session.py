@@ -12,24 +12,23 @@ import asyncio
 import collections
 import itertools
 import logging
-import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..errors import Codes, Error, ProtocolError
 from ..protocol import NEED_DATA, Message, Msg, ProtocolConnection, Role
-from ..storage import Busy, StorageConnection, StorageCursor, TooLong
+from ..storage import StorageConnection, StorageCursor
 from ..storage.access import Policy
 from .audit import clean, format_address
-from .calls import stop_method
 from .handlers import handle, serve_now
 from .login import Login
 from .results import (
     Closed,
     storage_error,
 )
+from .runner import Runner
 
 if TYPE_CHECKING:
     from .admission import Ticket
@@ -51,25 +50,6 @@ MAX_INBOX = 64
 _ids = itertools.count(1)
 _RDN_NAMES = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
               "countryName": "C", "localityName": "L", "stateOrProvinceName": "ST"}
-
-
-class _Running:
-    """The storage call a session has in a worker thread: what a cancel, the statement
-    timeout or the session's end stops."""
-
-    __slots__ = ("conn", "holder", "reason")
-
-    def __init__(self, conn: StorageConnection, holder: dict[str, int] | None) -> None:
-        self.conn = conn
-        self.holder = holder  # a server method's thread, to stop as well
-        self.reason: str | None = None  # why it was stopped
-
-    def stop(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
-        self.conn.interrupt()
-        if self.holder is not None:
-            stop_method(self.holder)
 
 
 class Session(asyncio.Protocol):
@@ -114,19 +94,18 @@ class Session(asyncio.Protocol):
         self.portals: dict[int, StorageCursor] = {}
         self.task: asyncio.Task[None] | None = None
         # The task waits for a request with nothing queued: a request that arrives now may
-        # be served at once, in data_received (see _serve_now).
+        # be served at once, in data_received (see handlers.serve_now).
         self.waiting = False
         self.result_frames = False  # the client takes RESULT frames (HELLO "features")
         self._holding = False  # in data_received: replies are written once, at its end
         # Requests are numbered from 1 in the order received, as the client numbers them:
         # a CANCEL names the one it means, so it never stops a later one.
         self.seq = 0  # the request being served (or last served)
-        self.cancel_seq = 0  # the client cancelled every request up to this one
-        self.running: _Running | None = None
         # The open transaction ran work in a thread (its writes all do): its COMMIT may
         # write many pages and fsync, so it runs in a thread too, however short the last.
         self.txn_wrote = False
         self.statement_timeout = server.settings.limits.statement_timeout_seconds
+        self.runner = Runner(self)  # where each storage call runs, and what stops it
 
     # -- asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -158,7 +137,7 @@ class Session(asyncio.Protocol):
             while (ev := self.proto.next_event()) is not NEED_DATA:
                 assert isinstance(ev, Message)
                 if ev.type is Msg.CANCEL:  # out of band: never queued behind the request
-                    self._on_cancel(ev.body)
+                    self.runner.on_cancel(ev.body)
                     continue
                 if (self.inbox or not self.waiting or not self.can_write.is_set()
                         or not serve_now(self, ev)):
@@ -186,7 +165,7 @@ class Session(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.ticket is not None:
             self.ticket.release()
-        self._stop_running("the client disconnected")
+        self.runner.stop_running("the client disconnected")
         self.closed = True
         self.wakeup.set()
         self.can_write.set()
@@ -236,7 +215,7 @@ class Session(asyncio.Protocol):
         self.close()
 
     def close(self) -> None:
-        self._stop_running(self.end_reason)  # a drop, a shutdown: the work stops at once
+        self.runner.stop_running(self.end_reason)  # a drop, a shutdown: the work stops at once
         if self.transport is not None and not self.closed:
             self._flush()
             self.transport.close()
@@ -260,126 +239,6 @@ class Session(asyncio.Protocol):
         self.waiting = False
         return self.inbox.popleft()
 
-    async def call(self, fn: Callable[..., T], *args: Any, key: Hashable | None = None,
-                   holder: dict[str, int] | None = None) -> T:
-        """Run a blocking storage call: directly, when calls of kind ``key`` have been seen
-        to be short (``server.inline``) and this one stays short, otherwise in a worker
-        thread, where a cancel or the statement timeout stops it (``holder``: a server
-        method's thread, stopped with it)."""
-        conn = self.storage
-        if conn is not None and self.server.cost.inline(key):
-            try:
-                return self.inline(conn, key, fn, *args)
-            except TooLong:
-                pass  # stopped at the cut-off and undone: run it again in a thread
-        return await self._in_thread(conn, key, holder, fn, *args)
-
-    def inline(self, conn: StorageConnection, key: Hashable | None, fn: Callable[..., T],
-                *args: Any) -> T:
-        """Run in the event loop, stopped (TooLong) past the cost model's cut-off."""
-        cost = self.server.cost
-        conn.arm(cost.cutoff)
-        try:
-            return cost.run_inline(key, fn, *args)
-        except TooLong:
-            cost.cut_calls += 1
-            cost.record(key, cost.cutoff)  # however quickly it was stopped: a thread next time
-            raise
-        finally:
-            conn.arm()
-
-    async def _in_thread(self, conn: StorageConnection | None, key: Hashable | None,
-                         holder: dict[str, int] | None, fn: Callable[..., T], *args: Any) -> T:
-        cost = self.server.cost
-        loop = asyncio.get_running_loop()
-        cost.thread_calls += 1
-        work = (fn, *args) if key is None else (cost.timed, key, fn, *args)
-        if conn is None:  # no statement runs without a storage connection
-            return await loop.run_in_executor(self.server.executor, *work)
-        if self.closed:  # dropped, disconnected, shut down: start nothing more
-            raise self._stop_error(self.end_reason)
-        if self.cancel_seq >= self.seq:
-            raise self._stop_error("cancel")
-        conn.arm()
-        run = self.running = _Running(conn, holder)
-        limit = self.statement_timeout
-        timer = loop.call_later(limit, run.stop, "timeout") if limit else None
-        try:
-            return await loop.run_in_executor(self.server.executor, *work)
-        except BaseException as e:  # a stopped method's thread raises MethodTimeout
-            if run.reason is not None and not isinstance(e, asyncio.CancelledError):
-                raise self._stop_error(run.reason) from e
-            raise
-        finally:
-            if conn.in_transaction:
-                self.txn_wrote = True
-            if self.running is run:
-                self.running = None
-            if timer is not None:
-                timer.cancel()
-
-    def _stop_running(self, reason: str) -> None:
-        if self.running is not None:
-            self.running.stop(reason)
-
-    def _on_cancel(self, body: Any) -> None:
-        """CANCEL n: stop every request up to n that runs now or has not started (the
-        later ones are not the client's to cancel yet); those answered already are done."""
-        if not isinstance(body, int) or isinstance(body, bool):
-            raise ProtocolError("malformed CANCEL message", Codes.PROTOCOL_VIOLATION)
-        if body > self.cancel_seq:
-            self.cancel_seq = body
-        if body >= self.seq:
-            self._stop_running("cancel")
-
-    def _stop_error(self, reason: str) -> Error:
-        if reason == "timeout":
-            return Error(f"canceling statement due to statement timeout "
-                         f"({self.statement_timeout:g} s)", Codes.QUERY_CANCELED,
-                         "make the statement cheaper, or give this session more time: "
-                         "SET statement_timeout = '10min' (limits.statement_timeout_seconds "
-                         "is the default and, except for admins, the most)")
-        if reason == "cancel":
-            return Error("canceling statement due to user request", Codes.QUERY_CANCELED,
-                         "the client cancelled it (cancel() or Ctrl-C in casemate shell); in "
-                         "a transaction, roll back before going on")
-        return Error(f"canceling statement: {reason}", Codes.QUERY_CANCELED)
-
-    def key(self, *parts: Any) -> Hashable | None:
-        """The kind of a storage call, for :meth:`call` (None: always a worker thread)."""
-        return self.server.cost.key(*parts)
-
-    async def call_retrying(self, fn: Callable[..., T], *args: Any,
-                            key: Hashable | None = None) -> T:
-        """Like :meth:`call`, retrying while the write lock is busy, up to the busy timeout."""
-        return await self.retrying(lambda: self.call(fn, *args, key=key))
-
-    async def retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Await ``attempt()``, again while it raises Busy, up to the busy timeout.
-
-        The wait happens here, in the event loop, so a blocked writer never holds a
-        worker thread that the lock's holder needs to commit.
-        """
-        timeout = self.server.settings.storage.busy_timeout_seconds
-        deadline = time.monotonic() + timeout
-        delay = 0.05
-        waited = False
-        while True:
-            try:
-                return await attempt()
-            except Busy as e:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise Error(
-                        f"database is busy: waited more than {timeout:g} s for the write lock "
-                        "that other sessions' transactions hold", Codes.BUSY,
-                        "roll back and retry the transaction, or raise "
-                        "storage.busy_timeout_seconds") from e
-                # Woken (in turn) when a session's transaction ends; the timeout covers
-                # writers in other processes (a backup) and lost wake-ups.
-                await self.server.wait_lock_released(min(delay * (0.5 + random.random()), left),
-                                                     first=waited)
-                waited = True
 
     # -- main task --------------------------------------------------------
     async def run(self) -> None:
@@ -498,7 +357,7 @@ class Session(asyncio.Protocol):
             if self.server.cost.limit > 0:  # SQLite: a pooled connection, at once
                 self.storage = self.acquire_now()
             else:
-                self.storage = await self.call(self.acquire_now)
+                self.storage = await self.runner.call(self.acquire_now)
         return self.storage
 
     def acquire_now(self) -> StorageConnection:
@@ -554,10 +413,10 @@ class Session(asyncio.Protocol):
             return
         try:
             for cur in portals.values():
-                await self.call(cur.close)
+                await self.runner.call(cur.close)
             if s.in_transaction:
                 log.info("session %s: rolling back its open transaction", self.id)
-                await self.call(s.rollback)
+                await self.runner.call(s.rollback)
                 self.server.lock_released()
             self.server.pool.release(s)
         except Exception as e:  # noqa: BLE001 - a broken connection is discarded, not reused

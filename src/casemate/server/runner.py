@@ -1,0 +1,179 @@
+"""Where a session's storage call runs, and what stops it.
+
+Every storage call of a session goes through :meth:`Runner.call`: in the event
+loop when the cost model (``inline.py``) has seen calls of its kind to be short
+(stopped at the cut-off and run again in a thread if it is not), otherwise in a
+worker thread, where a CANCEL, the statement timeout or the session's end stops
+it.  The request handlers do not know which: only the call decides.  A call
+that meets another session's write lock is retried here (:meth:`Runner.retrying`),
+waiting in the event loop, up to the busy timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..errors import Codes, Error, ProtocolError
+from ..storage import Busy, StorageConnection, TooLong
+from .calls import stop_method
+
+if TYPE_CHECKING:
+    from .session import Session
+
+__all__ = ["Runner"]
+
+T = TypeVar("T")
+
+
+class _Running:
+    """The storage call a session has in a worker thread: what a cancel, the statement
+    timeout or the session's end stops."""
+
+    __slots__ = ("conn", "holder", "reason")
+
+    def __init__(self, conn: StorageConnection, holder: dict[str, int] | None) -> None:
+        self.conn = conn
+        self.holder = holder  # a server method's thread, to stop as well
+        self.reason: str | None = None  # why it was stopped
+
+    def stop(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.conn.interrupt()
+        if self.holder is not None:
+            stop_method(self.holder)
+
+
+class Runner:
+    """Runs one session's storage calls; holds the call in a worker thread, if any."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+        self.server = session.server
+        self.running: _Running | None = None
+        self.cancel_seq = 0  # the client cancelled every request up to this one
+
+    async def call(self, fn: Callable[..., T], *args: Any, key: Hashable | None = None,
+                   holder: dict[str, int] | None = None) -> T:
+        """Run a blocking storage call: directly, when calls of kind ``key`` have been seen
+        to be short (``server.inline``) and this one stays short, otherwise in a worker
+        thread, where a cancel or the statement timeout stops it (``holder``: a server
+        method's thread, stopped with it)."""
+        conn = self.s.storage
+        if conn is not None and self.server.cost.inline(key):
+            try:
+                return self.inline(conn, key, fn, *args)
+            except TooLong:
+                pass  # stopped at the cut-off and undone: run it again in a thread
+        return await self._in_thread(conn, key, holder, fn, *args)
+
+    def inline(self, conn: StorageConnection, key: Hashable | None, fn: Callable[..., T],
+               *args: Any) -> T:
+        """Run in the event loop, stopped (TooLong) past the cost model's cut-off."""
+        cost = self.server.cost
+        conn.arm(cost.cutoff)
+        try:
+            return cost.run_inline(key, fn, *args)
+        except TooLong:
+            cost.cut_calls += 1
+            cost.record(key, cost.cutoff)  # however quickly it was stopped: a thread next time
+            raise
+        finally:
+            conn.arm()
+
+    async def _in_thread(self, conn: StorageConnection | None, key: Hashable | None,
+                         holder: dict[str, int] | None, fn: Callable[..., T], *args: Any) -> T:
+        cost = self.server.cost
+        loop = asyncio.get_running_loop()
+        cost.thread_calls += 1
+        work = (fn, *args) if key is None else (cost.timed, key, fn, *args)
+        if conn is None:  # no statement runs without a storage connection
+            return await loop.run_in_executor(self.server.executor, *work)
+        if self.s.closed:  # dropped, disconnected, shut down: start nothing more
+            raise self._stop_error(self.s.end_reason)
+        if self.cancel_seq >= self.s.seq:
+            raise self._stop_error("cancel")
+        conn.arm()
+        run = self.running = _Running(conn, holder)
+        limit = self.s.statement_timeout
+        timer = loop.call_later(limit, run.stop, "timeout") if limit else None
+        try:
+            return await loop.run_in_executor(self.server.executor, *work)
+        except BaseException as e:  # a stopped method's thread raises MethodTimeout
+            if run.reason is not None and not isinstance(e, asyncio.CancelledError):
+                raise self._stop_error(run.reason) from e
+            raise
+        finally:
+            if conn.in_transaction:
+                self.s.txn_wrote = True
+            if self.running is run:
+                self.running = None
+            if timer is not None:
+                timer.cancel()
+
+    def stop_running(self, reason: str) -> None:
+        if self.running is not None:
+            self.running.stop(reason)
+
+    def on_cancel(self, body: Any) -> None:
+        """CANCEL n: stop every request up to n that runs now or has not started (the
+        later ones are not the client's to cancel yet); those answered already are done."""
+        if not isinstance(body, int) or isinstance(body, bool):
+            raise ProtocolError("malformed CANCEL message", Codes.PROTOCOL_VIOLATION)
+        if body > self.cancel_seq:
+            self.cancel_seq = body
+        if body >= self.s.seq:
+            self.stop_running("cancel")
+
+    def _stop_error(self, reason: str) -> Error:
+        if reason == "timeout":
+            return Error(f"canceling statement due to statement timeout "
+                         f"({self.s.statement_timeout:g} s)", Codes.QUERY_CANCELED,
+                         "make the statement cheaper, or give this session more time: "
+                         "SET statement_timeout = '10min' (limits.statement_timeout_seconds "
+                         "is the default and, except for admins, the most)")
+        if reason == "cancel":
+            return Error("canceling statement due to user request", Codes.QUERY_CANCELED,
+                         "the client cancelled it (cancel() or Ctrl-C in casemate shell); in "
+                         "a transaction, roll back before going on")
+        return Error(f"canceling statement: {reason}", Codes.QUERY_CANCELED)
+
+    def key(self, *parts: Any) -> Hashable | None:
+        """The kind of a storage call, for :meth:`call` (None: always a worker thread)."""
+        return self.server.cost.key(*parts)
+
+    async def call_retrying(self, fn: Callable[..., T], *args: Any,
+                            key: Hashable | None = None) -> T:
+        """Like :meth:`call`, retrying while the write lock is busy, up to the busy timeout."""
+        return await self.retrying(lambda: self.call(fn, *args, key=key))
+
+    async def retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Await ``attempt()``, again while it raises Busy, up to the busy timeout.
+
+        The wait happens here, in the event loop, so a blocked writer never holds a
+        worker thread that the lock's holder needs to commit.
+        """
+        timeout = self.server.settings.storage.busy_timeout_seconds
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        waited = False
+        while True:
+            try:
+                return await attempt()
+            except Busy as e:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Error(
+                        f"database is busy: waited more than {timeout:g} s for the write lock "
+                        "that other sessions' transactions hold", Codes.BUSY,
+                        "roll back and retry the transaction, or raise "
+                        "storage.busy_timeout_seconds") from e
+                # Woken (in turn) when a session's transaction ends; the timeout covers
+                # writers in other processes (a backup) and lost wake-ups.
+                await self.server.wait_lock_released(min(delay * (0.5 + random.random()), left),
+                                                     first=waited)
+                waited = True
