@@ -65,7 +65,7 @@ async def handle(s: Session, m: Message) -> None:
         raise  # a malformed request ends the session (run() reports it and closes)
     except REPORTED as e:
         _failed(s, e)
-    s.maybe_release()
+    s.lease.maybe_release()
 
 
 def _failed(s: Session, e: Exception) -> None:
@@ -109,7 +109,7 @@ def serve_now(s: Session, m: Message) -> bool:
         _failed(s, e)
     s.seq += 1
     s.last_active = time.monotonic()
-    s.maybe_release()
+    s.lease.maybe_release()
     return True
 
 
@@ -122,7 +122,7 @@ def _query_now(s: Session, body: Any) -> bool:
     _check_statement(s, sql)
     _check_portals(s)
     if conn is None:
-        conn = s.storage = s.acquire_now()
+        conn = s.storage = s.lease.acquire_now()
     if not _may_cut(s, conn, sql, params):
         return False  # in a thread, where it cannot stall us
     try:
@@ -182,7 +182,7 @@ async def on_query(s: Session, body: Any) -> None:
     if _session_statement(s, sql):
         return
     _check_portals(s)
-    conn = await s.lease()
+    conn = await s.lease.get()
     _count_statement(s)
     key = s.runner.key(sql, begin or conn.in_transaction)
     if key is not None and not _may_cut(s, conn, sql, params):
@@ -269,7 +269,7 @@ async def on_call(s: Session, body: Any) -> None:
     if m is None:
         raise Error(f"no server method {name!r}; see casemate methods DIR",
                     Codes.UNDEFINED_METHOD)
-    conn = await s.lease()
+    conn = await s.lease.get()
     if not s.policy.may_call(name):
         raise Error(f"permission denied for group {s.group!r}: EXECUTE on method "
                     f"{name}", Codes.INSUFFICIENT_PRIVILEGE,
@@ -332,7 +332,7 @@ async def on_close_portal(s: Session, body: Any) -> None:
 async def on_execute_many(s: Session, body: Any) -> None:
     sql, seq, begin = shape(body, "EXECUTE_MANY", str, tuple, bool)
     _check_statement(s, sql)
-    conn = await s.lease()
+    conn = await s.lease.get()
     s.statements += 1
     s.server.statements += 1
     # In a transaction, in a thread: a write stopped part-way undoes the transaction.

@@ -23,6 +23,7 @@ from ..storage import StorageConnection, StorageCursor
 from ..storage.access import Policy
 from .audit import clean, format_address
 from .handlers import handle, serve_now
+from .lease import Lease
 from .login import Login
 from .results import (
     Closed,
@@ -106,6 +107,7 @@ class Session(asyncio.Protocol):
         self.txn_wrote = False
         self.statement_timeout = server.settings.limits.statement_timeout_seconds
         self.runner = Runner(self)  # where each storage call runs, and what stops it
+        self.lease = Lease(self)  # the storage connection, from the pool and back
 
     # -- asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -286,7 +288,7 @@ class Session(asyncio.Protocol):
             log.exception("session %s: internal error", self.id)
             self.fatal(Error("internal server error", Codes.INTERNAL))
         finally:
-            await self.release_all()
+            await self.lease.release_all()
             self.close()
             self.server.on_session_end(self)
 
@@ -352,32 +354,6 @@ class Session(asyncio.Protocol):
     async def login(self) -> bool:
         return await Login(self).run()
 
-    async def lease(self) -> StorageConnection:
-        if self.storage is None:
-            if self.server.cost.limit > 0:  # SQLite: a pooled connection, at once
-                self.storage = self.acquire_now()
-            else:
-                self.storage = await self.runner.call(self.acquire_now)
-        return self.storage
-
-    def acquire_now(self) -> StorageConnection:
-        # Grants are checked at every acquisition, so a change applies from the next
-        # transaction; the policy is rebuilt only when the group or the grants differ
-        # from what the pooled connection last enforced.
-        backend = self.server.backend
-        conn = self.server.pool.acquire()
-        try:
-            version = backend.grants_version()
-            key = (self.group, version)
-            if version is None or conn.policy_key != key:
-                conn.set_policy(Policy(self.group, backend.grants_for(self.group)))
-                conn.policy_key = key
-        except BaseException:
-            self.server.pool.release(conn)
-            raise
-        self.policy = conn.policy
-        return conn
-
     def set_timeout(self, seconds: float) -> None:
         """This session's statement timeout (0 = none); above the server's setting only for
         admins, so a user cannot opt out of what protects the others."""
@@ -395,30 +371,3 @@ class Session(asyncio.Protocol):
                                                      if txn else ""))
         self.end_reason = reason
         self.close()
-
-    def maybe_release(self) -> None:
-        """Give the storage connection back when no transaction or cursor needs it."""
-        s = self.storage
-        if s is None or not s.in_transaction:
-            self.txn_wrote = False
-        if s is not None and not self.portals and not s.in_transaction:
-            self.storage = None
-            self.server.pool.release(s)
-
-    async def release_all(self) -> None:
-        """End of session: close cursors, roll back an open transaction, return the connection."""
-        s, self.storage = self.storage, None
-        portals, self.portals = self.portals, {}
-        if s is None:
-            return
-        try:
-            for cur in portals.values():
-                await self.runner.call(cur.close)
-            if s.in_transaction:
-                log.info("session %s: rolling back its open transaction", self.id)
-                await self.runner.call(s.rollback)
-                self.server.lock_released()
-            self.server.pool.release(s)
-        except Exception as e:  # noqa: BLE001 - a broken connection is discarded, not reused
-            log.warning("session %s: could not release its storage connection: %s", self.id, e)
-
