@@ -6,7 +6,7 @@ method's changes are kept with the caller's transaction on success and
 undone if it raises or runs over ``methods.time_limit_seconds``.  A method
 over its limit gets an exception raised into its thread and its SQLite
 statement interrupted; the event loop never waits on it.  A cancel and the
-session's statement timeout stop it the same way (``Session.call``).
+session's statement timeout stop it the same way (``Runner.call`` in runner.py).
 """
 
 from __future__ import annotations
