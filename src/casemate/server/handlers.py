@@ -194,12 +194,12 @@ async def on_query(s: Session, body: Any) -> None:
 
 def _may_cut(s: Session, conn: StorageConnection, sql: str, params: tuple[Any, ...]) -> bool:
     """Whether ``sql`` may run in the event loop, where it is stopped at the cut-off and
-    run again: every step of it must be short (the cut-off falls between steps), and
-    stopping a write undoes its transaction and the session's open cursors with it, so
-    with either open only a statement that writes nothing may."""
-    if not conn.inlinable(sql, params):
-        return False
-    return not (conn.in_transaction or s.portals) or conn.read_only(sql, params)
+    run again: every step of it must be short (the cut-off falls between steps), and it
+    must write nothing.  Stopping a write inside a transaction undoes the transaction and
+    the session's open cursors with it; and SQLite may report the stop of an autocommit
+    write after its own commit (its last progress check comes after the Halt that
+    commits), so running it again would write it twice (seen under load: rows doubled)."""
+    return conn.inlinable(sql, params) and conn.read_only(sql, params)
 
 
 def _session_statement(s: Session, sql: str) -> bool:
@@ -335,9 +335,10 @@ async def on_execute_many(s: Session, body: Any) -> None:
     conn = await s.lease.get()
     s.statements += 1
     s.server.statements += 1
-    # In a transaction, in a thread: a write stopped part-way undoes the transaction.
+    # Writes in a thread (see _may_cut): a write stopped part-way undoes the transaction,
+    # and one stopped after its commit must not run again.
     first = seq[0] if seq and isinstance(seq[0], tuple) else ()
-    key = (None if conn.in_transaction or s.portals or not conn.inlinable(sql, first)
+    key = (None if conn.in_transaction or s.portals or not _may_cut(s, conn, sql, first)
            else s.runner.key(sql, len(seq).bit_length(), begin))
     n = await s.runner.call_retrying(execute_many, conn, sql, seq, begin, key=key)
     if not conn.in_transaction:

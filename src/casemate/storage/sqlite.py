@@ -247,6 +247,22 @@ class _Cursor(StorageCursor):
         self._cur.close()
 
 
+class _Done(StorageCursor):
+    """A write that committed though its stop was reported: no rows, its count and rowid."""
+
+    description = None
+
+    def __init__(self, rowcount: int, lastrowid: int | None) -> None:
+        self.rowcount = rowcount
+        self.lastrowid = lastrowid
+
+    def fetch(self, n: int) -> list[tuple[Any, ...]]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
 class _Connection(StorageConnection):
     def __init__(self, path: Path, busy_timeout: float, mmap_bytes: int = 0,
                  max_value_bytes: int = DEFAULT_MAX_VALUE) -> None:
@@ -493,6 +509,8 @@ class _Connection(StorageConnection):
             cur = _Cursor(raw, self, sqlite_types.converters_for(plan, raw.description),
                           (sql, big))
         except sqlite3.DatabaseError as e:
+            if self._committed_before_stop(e, was_txn, changes):
+                return self._done(changes)
             raise self._denied(e, was_txn) from e
         except MemoryError as e:
             raise _out_of_memory() from e
@@ -502,6 +520,21 @@ class _Connection(StorageConnection):
         elif not self._db.in_transaction:  # a COMMIT or ROLLBACK sent as SQL
             self.note_transaction()
         return cur
+
+    def _committed_before_stop(self, e: sqlite3.DatabaseError, was_txn: bool,
+                               changes: int) -> bool:
+        """A stop (cancel, timeout, cut-off) reported by an autocommit write after its own
+        commit: SQLite's last progress check comes after the Halt that commits."""
+        return (self._stop is not None and getattr(e, "sqlite_errorcode", 0)
+                == sqlite3.SQLITE_INTERRUPT and not was_txn and not self._db.in_transaction
+                and self._db.total_changes != changes)
+
+    def _done(self, changes: int) -> StorageCursor:
+        """The statement finished and committed: report it so (never run it again)."""
+        self._stop = None
+        self._forget_facts()
+        rowid = self._db.execute("SELECT last_insert_rowid()").fetchone()[0]
+        return _Done(self._db.total_changes - changes, rowid)
 
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
         self.policy.last_denied = ""
