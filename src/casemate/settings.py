@@ -158,7 +158,8 @@ class NetworkSettings:
         False, "When encrypted, also require a client certificate signed by "
         "Resources/client-ca.pem.")
     event_loop: str = setting(
-        "auto", "Event loop of the server: \"uvloop\" (faster; pip install 'casemate[uvloop]'), "
+        "auto", "Event loop of the server: \"uvloop\" (faster; installed with Casemate except on "
+        "Windows), "
         "\"asyncio\" (the standard library's), or \"auto\" (uvloop when installed).",
         _choice("auto", "uvloop", "asyncio"))
     keepalive_seconds: float = setting(

@@ -189,7 +189,7 @@ def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None
     except ImportError:
         if choice == "uvloop":
             fail("network.event_loop is \"uvloop\" but uvloop is not installed; install it "
-                 "with: pip install 'casemate[uvloop]' (or set event_loop = \"auto\")\n"
+                 "with: pip install uvloop (or set event_loop = \"auto\")\n"
                  "The server did not start.", 2)
         return None
     return uvloop.new_event_loop
