@@ -11,7 +11,7 @@ from .. import lan
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of servers.")
-@click.option("--timeout", type=float, default=2.0, show_default=True,
+@click.option("--timeout", type=click.FloatRange(0.1, 60), default=2.0, show_default=True,
               help="Seconds to listen for announcements.")
 def servers(as_json: bool, timeout: float) -> None:
     """List the Casemate servers announced on the local network (DNS-SD, _casemate._tcp).

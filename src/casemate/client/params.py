@@ -155,7 +155,10 @@ KNOWN_OPTIONS = ("host", "port", "user", "password", "tls_ca", "tls_cert", "tls_
 
 def _url_options(dsn: str) -> dict[str, Any]:
     """The options a ``casemate://`` URL gives; anything it cannot mean is an error."""
-    u = urlsplit(dsn)
+    try:
+        u = urlsplit(dsn)
+    except ValueError as e:  # e.g. an unterminated [IPv6 address
+        raise InterfaceError(f"malformed URL {dsn!r}: {e}") from e
     if u.scheme != "casemate":
         raise InterfaceError(f"not a casemate:// URL: {dsn!r}")
     try:
@@ -204,7 +207,8 @@ def _env_defaults(opts: dict[str, Any]) -> dict[str, Any]:
            "password": "CASEMATE_PASSWORD"}
     out = dict(opts)
     for key, var in env.items():
-        if not out.get(key) and os.environ.get(var):
+        given = out.get(key) is not None if key == "port" else bool(out.get(key))
+        if not given and os.environ.get(var):  # an explicit port 0 is an error, not unset
             out[key] = os.environ[var]
             if key == "port":  # checked here, to name the variable in the error
                 _number({"CASEMATE_PORT": out[key]}, "CASEMATE_PORT", int, 0, 1, 65535)

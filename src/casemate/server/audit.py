@@ -207,7 +207,11 @@ class Throttle:
         for key in self._keys(address, user):
             self._failures.setdefault(key, []).append(now)
         if len(self._failures) > 100_000:  # bounded memory under a wide scan
-            for k in list(self._failures)[:50_000]:
+            # Forget the keys with the fewest failures first (then the least recent): a
+            # flood of made-up names must not evict the counter of the user under attack.
+            ranked = sorted(self._failures, key=lambda k: (len(self._failures[k]),
+                                                            self._failures[k][-1]))
+            for k in ranked[:50_000]:
                 del self._failures[k]
         if len(self._turns) > 100_000:
             self._turns = {k: t for k, t in self._turns.items() if t > now}

@@ -199,7 +199,10 @@ _STOP = "stop"      # _Connection._stop: interrupt() was called
 # inlinable; bounded, cleared when full.
 _facts: dict[str, tuple[bool, bool]] = {}
 _MAX_FACTS = 2048
-_WRITE_OPS = ("Vacuum", "JournalMode")  # besides a write Transaction: what clears readOnly
+# Besides a write Transaction: what clears readOnly, and what ends or starts a transaction
+# or checkpoints the WAL (COMMIT of a transaction that wrote, PRAGMA wal_checkpoint): work
+# that cannot be undone and run again, so never run where the inline cut-off may stop it.
+_WRITE_OPS = ("Vacuum", "JournalMode", "AutoCommit", "Checkpoint")
 
 
 def _program_facts(ops: list[Any]) -> tuple[bool, bool]:
