@@ -158,7 +158,8 @@ def test_cursor_surface(plain_server) -> None:  # type: ignore[no-untyped-def]
     finally:
         conn.close()
     assert conn.closed
-    conn.close()  # twice is fine
+    with pytest.raises(casemate.InterfaceError, match="already closed"):
+        conn.close()  # PEP 249: any use of a closed connection raises, closing too
     with pytest.raises(casemate.InterfaceError):
         other.execute("SELECT 1")
     with pytest.raises(casemate.InterfaceError):

@@ -2,8 +2,7 @@
 unchanged from PyPI's ``dbapi-compliance`` 1.15.0, public domain) against a real server.
 
 Only what PEP 249 itself marks optional is skipped: ``nextset`` (several result sets from
-one call) and ``setoutputsize`` (a driver-specific size hint); and one test the suite
-itself calls debatable: ``test_non_idempotent_close`` (see there).  ``callproc`` calls a
+one call) and ``setoutputsize`` (a driver-specific size hint).  ``callproc`` calls a
 server method named ``lower`` (Casemate's stored procedures are server methods).
 """
 
@@ -55,12 +54,6 @@ class TestCasemateDBAPI20(dbapi20.DatabaseAPI20Test, unittest.TestCase):
 
     def test_nextset(self) -> None:
         self.skipTest("nextset is an optional extension of PEP 249 (one result set per call)")
-
-    def test_non_idempotent_close(self) -> None:
-        # Not optional in PEP 249's text, but the suite itself says "reasonable persons
-        # differ": Casemate's close() is idempotent, like sqlite3's and psycopg's, so that
-        # `with` blocks, pools and SQLAlchemy may close a connection twice.
-        self.skipTest("close() is idempotent on purpose (as in sqlite3 and psycopg)")
 
     def test_setoutputsize(self) -> None:
         self.skipTest("setoutputsize is a driver-specific hint, optional in PEP 249")

@@ -247,10 +247,14 @@ class Connection:
 
     def close(self) -> None:
         """Close; an uncommitted transaction is rolled back by the server, with an
-        :class:`~casemate.errors.UncommittedWorkWarning` if it may hold changes."""
+        :class:`~casemate.errors.UncommittedWorkWarning` if it may hold changes.
+
+        Closing twice raises :class:`~casemate.errors.InterfaceError`, as any other use of
+        a closed connection does (PEP 249); a ``with`` block, the pool and the
+        SQLAlchemy dialect close only what is still open."""
         chan, self._chan = self._chan, None
         if chan is None:
-            return
+            raise InterfaceError("connection is already closed")
         lost = chan.core.wrote and not chan.broken
         if not chan.broken:
             try:
@@ -294,7 +298,8 @@ class Connection:
                 self.commit()
             else:
                 self.rollback()
-        self.close()
+        if self._chan is not None:  # closed inside the block: nothing left to close
+            self.close()
 
     def __del__(self) -> None:
         if getattr(self, "_chan", None) is not None:

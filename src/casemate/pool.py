@@ -86,7 +86,7 @@ class ConnectionPool:
             if kept and not self._closed:
                 with self._lock:
                     self._idle.append(conn)
-            else:
+            elif not conn.closed:  # the borrower may have closed it already
                 conn.close()
         finally:
             self._slots.release()
