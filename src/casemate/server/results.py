@@ -12,7 +12,7 @@ from ..errors import Codes, Error, ProtocolError
 from ..protocol import codec
 from ..storage import Busy, Interrupted, StorageConnection, StorageCursor, StorageError
 from ..storage.access import PermissionDenied
-from ..storage.base import type_code
+from ..storage.base import TYPE_NAMES, type_code
 
 __all__ = ["REPORTED", "Batch", "Closed", "batch_size", "execute_first", "execute_many", "fetch_batch",
            "query_args", "shape", "storage_error"]
@@ -65,7 +65,7 @@ def fetch_batch(cur: StorageCursor, max_rows: int, describe: bool = True) -> Bat
 def _types(cur: StorageCursor, first: list[Any], describe: bool) -> list[str | None]:
     if not describe:
         return []
-    types = [type_code(v) for v in first]
+    types = [None if v is None else TYPE_NAMES.get(type(v)) or type_code(v) for v in first]
     if types and None not in types:
         return types
     declared = cur.declared_types()

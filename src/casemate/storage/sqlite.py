@@ -48,7 +48,7 @@ from .base import (
     UserRecord,
     type_code,
 )
-from .sqlite_errors import engine_boundary
+from .sqlite_errors import ENGINE_ERRORS, engine_boundary, engine_error, translates_itself
 
 __all__ = ["SQLiteBackend", "DATA_FILE", "SYSTEM_FILE"]
 
@@ -123,6 +123,8 @@ _BLANK = re.compile(r"\s+|--[^\n]*|/\*.*?(?:\*/|\Z)", re.S)  # one run of blanks
 
 def _is_explain(sql: str) -> bool:
     """Whether ``sql`` is itself an EXPLAIN (after blanks and comments, as SQLite skips them)."""
+    if sql[:1].isalpha() and sql[:1] not in "eE":
+        return False  # most statements: their first word starts right away
     i = 0
     while (m := _BLANK.match(sql, i)) and m.end() > i:
         i = m.end()
@@ -145,6 +147,12 @@ def _big_ints(params: Sequence[Any]) -> Sequence[Any]:
             raise StorageError("SQLite cannot store a float NaN (it would become NULL)",
                                "22000", "store Decimal('NaN') in a DECIMAL column, or NULL")
     return params
+
+
+def _leaving(e: BaseException) -> BaseException:
+    """``e`` as it may leave the backend: one of SQLite's own exceptions translated (for
+    the methods that translate in their own body: sqlite_errors.translates_itself)."""
+    return engine_error(e) if isinstance(e, ENGINE_ERRORS) else e
 
 
 def _create_private(path: Path) -> None:
@@ -214,6 +222,7 @@ def _program_facts(ops: list[Any]) -> tuple[bool, bool]:
 
 
 class _Cursor(StorageCursor):
+    @translates_itself  # reads attributes only: nothing of SQLite's can fail here
     def __init__(self, cur: sqlite3.Cursor, conn: _Connection,
                  conv: list[tuple[int, Callable[[Any], Any]]] | None = None,
                  statement: tuple[str, Sequence[Any]] = ("", ())) -> None:
@@ -226,13 +235,16 @@ class _Cursor(StorageCursor):
         self.rowcount = cur.rowcount
         self.lastrowid = cur.lastrowid
 
+    @translates_itself
     def fetch(self, n: int) -> list[tuple[Any, ...]]:
         try:
             rows = self._cur.fetchmany(n)
         except MemoryError as e:
             raise _out_of_memory() from e
         except (sqlite3.OperationalError, sqlite3.DataError) as e:
-            raise self._conn._denied(e) from e
+            raise _leaving(self._conn._denied(e)) from e
+        except ENGINE_ERRORS as e:
+            raise engine_error(e) from e
         if self._conv:  # typed parameters selected back (sqlite_types.ResultTyper)
             return sqlite_types.convert_rows(rows, self._conv)
         return rows
@@ -246,8 +258,12 @@ class _Cursor(StorageCursor):
             raise self._conn._denied(e) from e
         return found if found is not None and len(found) == width else [None] * width
 
+    @translates_itself
     def close(self) -> None:
-        self._cur.close()
+        try:
+            self._cur.close()
+        except ENGINE_ERRORS as e:
+            raise engine_error(e) from e
 
 
 class _Done(StorageCursor):
@@ -310,27 +326,33 @@ class _Connection(StorageConnection):
             return 1
         return 0
 
+    @translates_itself
     def arm(self, inline_seconds: float = 0.0) -> None:
         self._stop = None
         limit = sqlite3.SQLITE_LIMIT_LENGTH
-        if inline_seconds:
-            self._inline_until = time.monotonic() + inline_seconds
-            self._length = self._db.getlimit(limit)
-            self._db.setlimit(limit, min(self._length, INLINE_MAX_LENGTH))
-            self._db.set_progress_handler(self._progress, INLINE_PROGRESS_STEPS)
-        else:
-            self._inline_until = 0.0
-            if self._length:
-                self._db.setlimit(limit, self._length)
-                self._db.set_progress_handler(self._progress, PROGRESS_STEPS)
-                self._length = 0
+        try:
+            if inline_seconds:
+                self._inline_until = time.monotonic() + inline_seconds
+                self._length = self._db.getlimit(limit)
+                self._db.setlimit(limit, min(self._length, INLINE_MAX_LENGTH))
+                self._db.set_progress_handler(self._progress, INLINE_PROGRESS_STEPS)
+            else:
+                self._inline_until = 0.0
+                if self._length:
+                    self._db.setlimit(limit, self._length)
+                    self._db.set_progress_handler(self._progress, PROGRESS_STEPS)
+                    self._length = 0
+        except ENGINE_ERRORS as e:
+            raise engine_error(e) from e
 
     def interrupt(self) -> None:
         self._stop = _STOP
 
+    @translates_itself  # _facts answers False where SQLite fails
     def read_only(self, sql: str, params: Sequence[Any]) -> bool:
         return self._facts(sql, params)[0]
 
+    @translates_itself
     def inlinable(self, sql: str, params: Sequence[Any]) -> bool:
         return self._facts(sql, params)[1]
 
@@ -456,13 +478,17 @@ class _Connection(StorageConnection):
     def in_transaction(self) -> bool:
         return self._db.in_transaction or self._lost
 
+    @translates_itself
     def begin(self) -> None:
         self._check_lost()
         if not self._db.in_transaction:
             try:
                 self._db.execute("BEGIN")
             except sqlite3.OperationalError as e:
-                raise self._denied(e) from e  # a locked database becomes Busy: retried
+                # a locked database becomes Busy: retried
+                raise _leaving(self._denied(e)) from e
+            except ENGINE_ERRORS as e:
+                raise engine_error(e) from e
             self.note_transaction()
 
     def atomic_many(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
@@ -496,28 +522,34 @@ class _Connection(StorageConnection):
                                "type = 'table'", (page,)).fetchone()
         return row[0] if row else None
 
+    @translates_itself
     def execute(self, sql: str, params: Sequence[Any]) -> StorageCursor:
         self.policy.last_denied = ""
-        self._check_lost()
+        if self._lost:
+            self._check_lost()
         was_txn = self._db.in_transaction
         sql = sqlite_types.rewrite_ddl(sql)
         changes = self._db.total_changes
         try:
-            if self.policy.per_table:
-                self._check_program(sql, _big_ints(params))
-            elif _is_explain(sql):
-                self._fresh_schema()  # a cached EXPLAIN never notices a change by itself
-            plan = self._typer.plan(sql, params)  # before the statement runs: see ResultTyper
-            raw = self._db.execute(sql, big := _big_ints(params))
-            cur = _Cursor(raw, self, sqlite_types.converters_for(plan, raw.description),
-                          (sql, big))
-        except sqlite3.DatabaseError as e:
-            if self._committed_before_stop(e, was_txn, changes):
-                return self._done(changes)
-            raise self._denied(e, was_txn) from e
+            try:
+                if self.policy.per_table:
+                    self._check_program(sql, _big_ints(params))
+                elif _is_explain(sql):
+                    self._fresh_schema()  # a cached EXPLAIN never notices a change by itself
+                plan = self._typer.plan(sql, params)  # before the statement runs: ResultTyper
+                raw = self._db.execute(sql, big := _big_ints(params))
+                cur = _Cursor(raw, self, None if plan is None
+                              else sqlite_types.converters_for(plan, raw.description), (sql, big))
+            except sqlite3.DatabaseError as e:
+                if self._committed_before_stop(e, was_txn, changes):
+                    return self._done(changes)
+                raise _leaving(self._denied(e, was_txn)) from e
+        except ENGINE_ERRORS as e:  # besides the above: a Warning, or _done() failing
+            raise engine_error(e) from e
         except MemoryError as e:
             raise _out_of_memory() from e
-        self._forget_facts()
+        if self._schema_changed:
+            self._forget_facts()
         if self.txn_since is None or self.write_since is None:
             self.note_transaction(sql, self._db.total_changes != changes)
         elif not self._db.in_transaction:  # a COMMIT or ROLLBACK sent as SQL
