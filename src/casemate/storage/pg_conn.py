@@ -6,7 +6,6 @@ Part of the PostgreSQL backend (:mod:`casemate.storage.postgresql`).
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -17,8 +16,8 @@ from psycopg.pq import TransactionStatus
 
 from .access import Policy
 from .base import StorageConnection, StorageCursor, StorageError
-from .pg_cursors import FIRST_FETCH, _PlainCursor, _Result, _ServerCursor
-from .pg_errors import _error, log
+from .pg_cursors import _Cursors, _PlainCursor, _Result
+from .pg_errors import _error
 from .pg_pool import _Phys
 from .pg_sql import SQLTextError, Statement, analyze, refusal
 from .pg_values import _params
@@ -29,7 +28,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 CANCEL_RETRY = 0.1         # an interrupted statement still running is cancelled again after
-_cursor_ids = itertools.count(1)
 _IDLE, _INTRANS, _INERROR = (TransactionStatus.IDLE, TransactionStatus.INTRANS,
                              TransactionStatus.INERROR)
 
@@ -50,15 +48,9 @@ class _Connection(StorageConnection):
         self._phys: _Phys | None = None
         self._begin_pending = False
         self._lost: StorageError | None = None   # the connection died inside a transaction
-        self._cursors: dict[str, _ServerCursor] = {}
+        self._cursors = _Cursors(self)
         self._savepoints: list[str] = []
-        self._cancelling = threading.Lock()
-        # interrupt() picks the connection to cancel and marks the cancel under this lock, and
-        # _give_back() detaches the connection under it: a cancel never targets a connection
-        # already on its way to the pool (and another session's statement).
-        self._handoff = threading.Lock()
-        self._stopped = False  # interrupt() until the next arm(): nothing more goes out
-        self._round_trip: _Phys | None = None  # the connection a statement is on its way on
+        self._stop = _Interrupts(self._broken)
 
     # -- state --
     @property
@@ -76,19 +68,11 @@ class _Connection(StorageConnection):
         self.policy = policy
         p = self._phys
         if p is not None and p.key != policy.group and not self.in_transaction:
-            self._close_cursors()
+            self._cursors.close_all()
             self._give_back(force=True)
 
-    def _settle(self) -> None:
-        """Wait for a cancel request still on its way (interrupt), so that it never reaches
-        a later statement of this session or, once the connection is back in the pool,
-        of another."""
-        if self._cancelling.locked():
-            with self._cancelling:
-                pass
-
     def _take(self) -> _Phys:
-        self._settle()
+        self._stop.settle()
         if self._lost is not None:
             raise self._lost
         if self._phys is None:
@@ -96,12 +80,12 @@ class _Connection(StorageConnection):
         return self._phys
 
     def _give_back(self, force: bool = False) -> None:
-        with self._handoff:
+        with self._stop.handoff:
             p = self._phys
-            if p is None or (not force and (self._cursors or self.in_transaction)):
+            if p is None or (not force and (self._cursors.open or self.in_transaction)):
                 return
             self._phys = None
-        self._settle()
+        self._stop.settle()
         self._savepoints.clear()
         self._b._pool.put(p)
 
@@ -109,9 +93,9 @@ class _Connection(StorageConnection):
         """The connection is unusable: drop it; an open transaction is lost."""
         was_txn = self._begin_pending or p.conn.info.transaction_status != _IDLE
         self._phys = None
-        for c in self._cursors.values():
+        for c in self._cursors.open.values():
             c.gone = c.closed = True
-        self._cursors.clear()
+        self._cursors.open.clear()
         self._b._pool.discard(p)
         self._begin_pending = False
         if was_txn:
@@ -122,7 +106,7 @@ class _Connection(StorageConnection):
     def _prefix(self, p: _Phys) -> list[str]:
         """Statements owed to the connection, sent ahead of the next one (same round trip)."""
         pre = []
-        if p.close_all and not self._cursors:
+        if p.close_all and not self._cursors.open:
             pre.append("CLOSE ALL")
             p.close_all = False
         if self._begin_pending:
@@ -131,33 +115,7 @@ class _Connection(StorageConnection):
         return pre
 
     def arm(self, inline_seconds: float = 0.0) -> None:
-        with self._handoff:
-            self._stopped = False
-
-    def _guard(self, p: _Phys, work: Callable[[], T], statement: bool = False) -> T:
-        """Run ``work`` (a round trip on ``p``): PostgreSQL's errors as StorageError; a
-        ``statement`` interrupted before it went out does not start."""
-        with self._handoff:
-            if statement and self._stopped:
-                self._stopped = False  # this statement was the one to stop
-                raise StorageError("canceling statement due to user request", "57014")
-            self._round_trip = p
-        try:
-            return work()
-        except psycopg.Error as e:
-            err = _error(e)
-            if not p.usable or err.code.startswith("08"):
-                self._broken(p)
-            raise err from e
-        except BaseException:
-            if not p.usable or p.conn.info.transaction_status == TransactionStatus.ACTIVE:
-                self._broken(p)  # interrupted mid round trip (a method over its time limit)
-            raise
-        finally:
-            with self._handoff:
-                self._round_trip = None
-                if statement:
-                    self._stopped = False
+        self._stop.arm()
 
     def _send(self, statements: list[str], prefix: bool = True, statement: bool = False
               ) -> _Result:
@@ -166,23 +124,12 @@ class _Connection(StorageConnection):
         p = self._take()
         pre = self._prefix(p) if prefix else []
         query = "\n;".join(pre + statements)  # "\n": a statement may end in a -- comment
-        return self._guard(p, lambda: _Result(p, query, self._b.max_result, self._b.budget), statement)
+        return self._stop.guard(p, lambda: _Result(p, query, self._b.max_result, self._b.budget),
+                                statement)
 
     def _bind(self, p: _Phys, st: Statement, params: Sequence[Any]) -> str:
         _check_lexing(p)
-        return self._guard(p, lambda: p.mog.mogrify(st.text, _params(params)))
-
-    def _statement(self, sql: str) -> Statement:
-        """The statement read by PostgreSQL's parser, or StorageError if the session may not
-        run it (docs/postgresql.md, "What sessions may run")."""
-        try:
-            st = analyze(sql)
-        except SQLTextError as e:
-            raise StorageError(e.message, e.code) from None
-        why = refusal(st, self.policy.is_admin)
-        if why is not None:
-            raise StorageError(why, "42501", _REFUSAL_HINT)
-        return st
+        return self._stop.guard(p, lambda: p.mog.mogrify(st.text, _params(params)))
 
     # -- transactions --
     def begin(self) -> None:
@@ -221,10 +168,10 @@ class _Connection(StorageConnection):
         cur = self._send([what])
         self._savepoints.clear()
         if what == "ROLLBACK":
-            for c in list(self._cursors.values()):
+            for c in list(self._cursors.open.values()):
                 if c.depth >= 0:  # declared in the transaction: PostgreSQL dropped it
                     c.gone = True
-                    self._cursors.pop(c.name, None)
+                    self._cursors.open.pop(c.name, None)
         self._give_back()
         if what == "COMMIT" and cur.statusmessage == "ROLLBACK":
             raise StorageError("the transaction was rolled back, not committed: a statement "
@@ -244,10 +191,10 @@ class _Connection(StorageConnection):
         depth = self._savepoints.index(name) if name in self._savepoints else len(self._savepoints)
         del self._savepoints[depth:]
         if undo:  # cursors opened since the savepoint are gone with it
-            for c in list(self._cursors.values()):
+            for c in list(self._cursors.open.values()):
                 if c.depth > depth:
                     c.gone = True
-                    self._cursors.pop(c.name, None)
+                    self._cursors.open.pop(c.name, None)
 
     # -- statements --
     def execute(self, sql: str, params: Sequence[Any]) -> StorageCursor:
@@ -258,11 +205,11 @@ class _Connection(StorageConnection):
             raise
 
     def _execute(self, sql: str, params: Sequence[Any]) -> StorageCursor:
-        kind = self._statement(sql)
+        kind = _statement(sql, self.policy)
         p = self._take()
         bound = self._bind(p, kind, params)
         if kind.cursor:
-            cursor = self._declare(p, bound)
+            cursor = self._cursors.declare(p, bound)
             self.note_transaction(sql)
             self._give_back()
             return cursor
@@ -275,73 +222,11 @@ class _Connection(StorageConnection):
         if p.conn.info.transaction_status == _IDLE:  # a COMMIT or ROLLBACK sent as SQL
             self._savepoints.clear()
         if kind.undoes_savepoint:  # ROLLBACK (TO) or COMMIT in SQL: some cursors may be gone
-            for c in self._cursors.values():
+            for c in self._cursors.open.values():
                 if c.depth >= 0:
                     c.uncertain = True
         self._give_back()
         return result
-
-    def _declare(self, p: _Phys, bound: str) -> _ServerCursor:
-        name = f"casemate_{next(_cursor_ids)}"
-        in_txn = self.in_transaction
-        first = self._send([f'DECLARE "{name}" NO SCROLL CURSOR WITH HOLD FOR {bound}',
-                            f'FETCH FORWARD {FIRST_FETCH} FROM "{name}"'], statement=True)
-        cursor = _ServerCursor(self, p, name, len(self._savepoints) if in_txn else -1, first)
-        if cursor.exhausted:
-            cursor.closed = True
-            p.close_all = True  # closed later with others, in a round trip made anyway
-        else:
-            self._cursors[name] = cursor
-        return cursor
-
-    def _fetch(self, cursor: _ServerCursor, n: int) -> tuple[list[tuple[Any, ...]], int]:
-        if not self._exists(cursor):
-            raise StorageError(f"cursor {cursor.name} no longer exists (its transaction or "
-                               "savepoint was rolled back)", "34000")
-        try:
-            res = self._send([f'FETCH FORWARD {int(n)} FROM "{cursor.name}"'], prefix=False,
-                             statement=True)
-        except StorageError as e:
-            if e.code == "54000":  # cancelled mid-FETCH: PostgreSQL will not run it again
-                cursor.gone = True
-            raise
-        return res.fetchall(), res.widest
-
-    def _cursor_done(self, cursor: _ServerCursor) -> None:
-        """Exhausted: it stays declared until a CLOSE ALL rides along with a later statement."""
-        if self._cursors.pop(cursor.name, None) is not None and self._phys is not None:
-            self._phys.close_all = True
-        self._give_back()
-
-    def _cursor_closed(self, cursor: _ServerCursor) -> None:
-        if self._cursors.pop(cursor.name, None) is None:
-            return
-        if not cursor.exhausted and self._phys is not None and self._exists(cursor):
-            try:
-                self._send([f'CLOSE "{cursor.name}"'], prefix=False)
-            except StorageError as e:
-                if self.in_transaction:
-                    raise
-                log.debug("closing cursor %s: %s", cursor.name, e.message)
-        elif self._phys is not None:
-            self._phys.close_all = True
-        self._give_back()
-
-    def _exists(self, cursor: _ServerCursor) -> bool:
-        """Whether PostgreSQL still has it: a statement on a dropped cursor would abort the
-        transaction."""
-        if cursor.uncertain:
-            found = self._send([f"SELECT 1 FROM pg_cursors WHERE name = '{cursor.name}'"],
-                               prefix=False).fetchall()
-            cursor.uncertain, cursor.gone = False, not found
-        return not cursor.gone
-
-    def _close_cursors(self) -> None:
-        for c in list(self._cursors.values()):
-            c.closed = True
-        self._cursors.clear()
-        if self._phys is not None:
-            self._phys.close_all = True
 
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
         try:
@@ -351,7 +236,7 @@ class _Connection(StorageConnection):
             raise
 
     def _executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
-        st = self._statement(sql)
+        st = _statement(sql, self.policy)
         if not seq:
             return 0
         p = self._take()
@@ -371,7 +256,7 @@ class _Connection(StorageConnection):
                 else:
                     cur.executemany(text, rows)
                 return max(cur.rowcount, 0)
-        n = self._guard(p, run, statement=True)
+        n = self._stop.guard(p, run, statement=True)
         self.note_transaction(sql, n > 0)
         self._give_back()
         return n
@@ -388,28 +273,10 @@ class _Connection(StorageConnection):
 
     def interrupt(self) -> None:
         """Cancel the running statement (from another thread; never blocks the caller)."""
-        with self._handoff:
-            self._stopped = True
-            p = self._phys
-            if p is None or not self._cancelling.acquire(blocking=False):
-                return
-
-        def cancel() -> None:
-            try:
-                while True:  # PostgreSQL ignores a cancel that comes before the statement
-                    p.conn.cancel_safe(timeout=5)
-                    time.sleep(CANCEL_RETRY)
-                    with self._handoff:
-                        if self._round_trip is not p or not self._stopped:
-                            break
-            except (psycopg.Error, OSError):
-                pass
-            finally:
-                self._cancelling.release()
-        threading.Thread(target=cancel, name="casemate-pg-cancel", daemon=True).start()
+        self._stop.interrupt(lambda: self._phys)
 
     def close(self) -> None:
-        self._close_cursors()
+        self._cursors.close_all()
         self._lost = None
         p = self._phys
         if p is None:
@@ -422,6 +289,95 @@ class _Connection(StorageConnection):
             pass
         self._begin_pending = False
         self._give_back(force=True)
+
+
+class _Interrupts:
+    """A session's interrupts: a cancel sent from another thread to the statement on its way,
+    and the guard every round trip runs under (a statement interrupted before it went out
+    does not start)."""
+
+    def __init__(self, broken: Callable[[_Phys], None]) -> None:
+        self._broken = broken  # the connection is unusable: the session drops it
+        self._cancelling = threading.Lock()
+        # interrupt() picks the connection to cancel and marks the cancel under this lock, and
+        # _give_back() detaches the connection under it: a cancel never targets a connection
+        # already on its way to the pool (and another session's statement).
+        self.handoff = threading.Lock()
+        self._stopped = False  # interrupt() until the next arm(): nothing more goes out
+        self._round_trip: _Phys | None = None  # the connection a statement is on its way on
+
+    def arm(self) -> None:
+        with self.handoff:
+            self._stopped = False
+
+    def settle(self) -> None:
+        """Wait for a cancel request still on its way (interrupt), so that it never reaches
+        a later statement of this session or, once the connection is back in the pool,
+        of another."""
+        if self._cancelling.locked():
+            with self._cancelling:
+                pass
+
+    def guard(self, p: _Phys, work: Callable[[], T], statement: bool = False) -> T:
+        """Run ``work`` (a round trip on ``p``): PostgreSQL's errors as StorageError; a
+        ``statement`` interrupted before it went out does not start."""
+        with self.handoff:
+            if statement and self._stopped:
+                self._stopped = False  # this statement was the one to stop
+                raise StorageError("canceling statement due to user request", "57014")
+            self._round_trip = p
+        try:
+            return work()
+        except psycopg.Error as e:
+            err = _error(e)
+            if not p.usable or err.code.startswith("08"):
+                self._broken(p)
+            raise err from e
+        except BaseException:
+            if not p.usable or p.conn.info.transaction_status == TransactionStatus.ACTIVE:
+                self._broken(p)  # interrupted mid round trip (a method over its time limit)
+            raise
+        finally:
+            with self.handoff:
+                self._round_trip = None
+                if statement:
+                    self._stopped = False
+
+    def interrupt(self, current: Callable[[], _Phys | None]) -> None:
+        """Cancel the statement running on the ``current()`` connection (from another thread;
+        never blocks the caller)."""
+        with self.handoff:
+            self._stopped = True
+            p = current()
+            if p is None or not self._cancelling.acquire(blocking=False):
+                return
+
+        def cancel() -> None:
+            try:
+                while True:  # PostgreSQL ignores a cancel that comes before the statement
+                    p.conn.cancel_safe(timeout=5)
+                    time.sleep(CANCEL_RETRY)
+                    with self.handoff:
+                        if self._round_trip is not p or not self._stopped:
+                            break
+            except (psycopg.Error, OSError):
+                pass
+            finally:
+                self._cancelling.release()
+        threading.Thread(target=cancel, name="casemate-pg-cancel", daemon=True).start()
+
+
+def _statement(sql: str, policy: Policy) -> Statement:
+        """The statement read by PostgreSQL's parser, or StorageError if the session may not
+        run it (docs/postgresql.md, "What sessions may run")."""
+        try:
+            st = analyze(sql)
+        except SQLTextError as e:
+            raise StorageError(e.message, e.code) from None
+        why = refusal(st, policy.is_admin)
+        if why is not None:
+            raise StorageError(why, "42501", _REFUSAL_HINT)
+        return st
 
 
 _REFUSAL_HINT = ("Casemate refused it before PostgreSQL saw it; docs/postgresql.md, \"What "

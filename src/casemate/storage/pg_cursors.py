@@ -9,6 +9,7 @@ Part of the PostgreSQL backend (:mod:`casemate.storage.postgresql`).
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import threading
 import uuid
 import weakref
@@ -21,6 +22,7 @@ from psycopg.adapt import Transformer
 from psycopg.pq import ExecStatus
 
 from .base import StorageCursor, StorageError
+from .pg_errors import log
 from .pg_pool import _Phys
 from .pg_values import _TYPE_OIDS
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
 FIRST_FETCH = 64           # rows fetched with the DECLARE, in the same round trip
 SWOLLEN_ROW = 4 * 1024 * 1024  # a connection that read a larger row is closed, not pooled
+_cursor_ids = itertools.count(1)
 
 
 class _Result:
@@ -200,7 +203,7 @@ class _ServerCursor(StorageCursor):
 
     short_fetches = True
 
-    def __init__(self, owner: _Connection, phys: _Phys, name: str, depth: int,
+    def __init__(self, owner: _Cursors, phys: _Phys, name: str, depth: int,
                  first: _Result) -> None:
         self._owner = owner
         self.phys = phys
@@ -224,12 +227,12 @@ class _ServerCursor(StorageCursor):
         # A FETCH sized by bytes: no more rows of the widest size seen than fit in a quarter
         # of the limit, so that large rows are not cancelled for being too many at once
         # (then fewer rows than asked come back: short_fetches).
-        k = min(n - len(out), max(1, self._owner._b.max_result // 4 // max(1, self.widest)))
-        rows, widest = self._owner._fetch(self, k)
+        k = min(n - len(out), max(1, self._owner.max_result // 4 // max(1, self.widest)))
+        rows, widest = self._owner.fetch(self, k)
         self.widest = max(self.widest, widest)
         if len(rows) < k:
             self.exhausted = True
-            self._owner._cursor_done(self)
+            self._owner.done(self)
         return out + rows
 
     def close(self) -> None:
@@ -237,4 +240,82 @@ class _ServerCursor(StorageCursor):
         self._buf.release()
         if not self.closed:
             self.closed = True
-            self._owner._cursor_closed(self)
+            self._owner.close(self)
+
+
+class _Cursors:
+    """A session's open server-side cursors: declared, fetched from and closed on its
+    connection, which stays out of the pool while one is open."""
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+        self.open: dict[str, _ServerCursor] = {}
+
+    @property
+    def max_result(self) -> int:
+        return self._conn._b.max_result
+
+    def declare(self, p: _Phys, bound: str) -> _ServerCursor:
+        conn = self._conn
+        name = f"casemate_{next(_cursor_ids)}"
+        in_txn = conn.in_transaction
+        first = conn._send([f'DECLARE "{name}" NO SCROLL CURSOR WITH HOLD FOR {bound}',
+                            f'FETCH FORWARD {FIRST_FETCH} FROM "{name}"'], statement=True)
+        cursor = _ServerCursor(self, p, name, len(conn._savepoints) if in_txn else -1, first)
+        if cursor.exhausted:
+            cursor.closed = True
+            p.close_all = True  # closed later with others, in a round trip made anyway
+        else:
+            self.open[name] = cursor
+        return cursor
+
+    def fetch(self, cursor: _ServerCursor, n: int) -> tuple[list[tuple[Any, ...]], int]:
+        if not self.exists(cursor):
+            raise StorageError(f"cursor {cursor.name} no longer exists (its transaction or "
+                               "savepoint was rolled back)", "34000")
+        try:
+            res = self._conn._send([f'FETCH FORWARD {int(n)} FROM "{cursor.name}"'],
+                                   prefix=False, statement=True)
+        except StorageError as e:
+            if e.code == "54000":  # cancelled mid-FETCH: PostgreSQL will not run it again
+                cursor.gone = True
+            raise
+        return res.fetchall(), res.widest
+
+    def done(self, cursor: _ServerCursor) -> None:
+        """Exhausted: it stays declared until a CLOSE ALL rides along with a later statement."""
+        conn = self._conn
+        if self.open.pop(cursor.name, None) is not None and conn._phys is not None:
+            conn._phys.close_all = True
+        conn._give_back()
+
+    def close(self, cursor: _ServerCursor) -> None:
+        conn = self._conn
+        if self.open.pop(cursor.name, None) is None:
+            return
+        if not cursor.exhausted and conn._phys is not None and self.exists(cursor):
+            try:
+                conn._send([f'CLOSE "{cursor.name}"'], prefix=False)
+            except StorageError as e:
+                if conn.in_transaction:
+                    raise
+                log.debug("closing cursor %s: %s", cursor.name, e.message)
+        elif conn._phys is not None:
+            conn._phys.close_all = True
+        conn._give_back()
+
+    def exists(self, cursor: _ServerCursor) -> bool:
+        """Whether PostgreSQL still has it: a statement on a dropped cursor would abort the
+        transaction."""
+        if cursor.uncertain:
+            found = self._conn._send([f"SELECT 1 FROM pg_cursors WHERE name = '{cursor.name}'"],
+                                     prefix=False).fetchall()
+            cursor.uncertain, cursor.gone = False, not found
+        return not cursor.gone
+
+    def close_all(self) -> None:
+        for c in list(self.open.values()):
+            c.closed = True
+        self.open.clear()
+        if self._conn._phys is not None:
+            self._conn._phys.close_all = True
