@@ -299,12 +299,12 @@ def test_users_are_not_told_where_the_database_is(pg: PostgresServer,
 def test_a_session_holding_the_setup_lock_does_not_hang_init(backend: PostgreSQLBackend,
                                                             monkeypatch: pytest.MonkeyPatch
                                                             ) -> None:
-    from casemate.storage import postgresql
-    monkeypatch.setattr(postgresql, "INIT_LOCK_SECONDS", 0.5)
+    from casemate.storage import pg_roles
+    monkeypatch.setattr(pg_roles, "INIT_LOCK_SECONDS", 0.5)
     c = session(backend, "readwrite")
     try:
         c.begin()
-        c.execute("SELECT pg_advisory_xact_lock(?)", (postgresql._INIT_LOCK,))
+        c.execute("SELECT pg_advisory_xact_lock(?)", (pg_roles._INIT_LOCK,))
         with pytest.raises(StorageError) as e:
             backend.initialize()
         assert e.value.code == "55P03" and "setup lock" in e.value.message

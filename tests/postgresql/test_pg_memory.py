@@ -18,7 +18,7 @@ import pytest
 
 import casemate
 from casemate.pgtest import PostgresServer
-from casemate.storage import postgresql
+from casemate.storage import pg_roles
 from casemate.storage.postgresql import PostgreSQLBackend
 from casemate.testing import ServerProcess
 from tests.access.test_live_rights import add_user, login
@@ -185,15 +185,15 @@ def test_rights_listener_detects_a_half_open_connection(pg: PostgresServer) -> N
     SELECT 1, a silently dead peer would leave it waiting forever (and rights stale)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(ENV, pg.password)
-        mp.setattr(postgresql, "LISTEN_PING", 0.2)
+        mp.setattr(pg_roles, "LISTEN_PING", 0.2)
         b = PostgreSQLBackend(settings(pg))
         b.initialize()
         try:
             b.watch_rights()
-            listener = b._listener
+            listener = b._rights.listener
             assert listener is not None
             params = listener.info.get_parameters()
-            for k, v in postgresql.LISTEN_TCP.items():
+            for k, v in pg_roles.LISTEN_TCP.items():
                 assert params.get(k) == str(v), (k, params.get(k))
             with psycopg.connect(pg.dsn(), autocommit=True) as c:
                 for _ in range(50):
