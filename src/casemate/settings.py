@@ -8,7 +8,8 @@ commented file that ``casemate init`` writes and ``docs/settings.md``
 (both in :mod:`casemate.settings_file`).  A new setting is one more
 ``name: type = setting(default, comment, check)`` line (then regenerate the
 docs); a rule joining two settings goes in ``_CROSS_CHECKS``.  Settings
-are read once, at server start.
+are read once, at server start.  How a declaration is written and read into
+the schema is :mod:`casemate.settings_schema`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import typing
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from .settings_schema import Check, Field, read_schema, setting, type_name
 
 __all__ = [
     "DEFAULT_PORT",
@@ -44,20 +47,12 @@ class SettingsError(ValueError):
     """A setting is unknown, of the wrong type or out of range; the message says which."""
 
 
-@dataclasses.dataclass(frozen=True)
-class _Check:
-    """A value rule: ``allowed`` is what the error message and the docs say is allowed."""
-
-    allowed: str
-    problem: Callable[[Any], str | None]  # None: valid; else a detail added to ``allowed``
+def _range(lo: float, hi: float) -> Check:
+    return Check(f"a number from {lo} to {hi}", lambda v: None if lo <= v <= hi else "")
 
 
-def _range(lo: float, hi: float) -> _Check:
-    return _Check(f"a number from {lo} to {hi}", lambda v: None if lo <= v <= hi else "")
-
-
-def _choice(*options: str) -> _Check:
-    return _Check("one of " + ", ".join(repr(o) for o in options),
+def _choice(*options: str) -> Check:
+    return Check("one of " + ", ".join(repr(o) for o in options),
                   lambda v: None if v in options else "")
 
 
@@ -68,9 +63,9 @@ def _listen_problem(v: Any) -> str | None:
     return f" (without brackets or spaces: {bad[0]!r})" if bad else None
 
 
-_LISTEN = _Check('a non-empty list of host names or IP addresses, e.g. ["127.0.0.1", "::1"]',
+_LISTEN = Check('a non-empty list of host names or IP addresses, e.g. ["127.0.0.1", "::1"]',
                  _listen_problem)
-_NONEMPTY = _Check("a non-empty string", lambda v: None if v.strip() else "")
+_NONEMPTY = Check("a non-empty string", lambda v: None if v.strip() else "")
 
 
 def _rules_problem(v: Any) -> str | None:
@@ -88,27 +83,12 @@ def _rules_problem(v: Any) -> str | None:
 
 
 AUTH_METHODS = ("scram", "certificate", "certificate+scram")
-_METHODS_TABLE = _Check("a table of names to one of " + ", ".join(repr(m) for m in AUTH_METHODS),
+_METHODS_TABLE = Check("a table of names to one of " + ", ".join(repr(m) for m in AUTH_METHODS),
                         lambda v: None if all(isinstance(k, str) and m in AUTH_METHODS
                                               for k, m in v.items()) else "")
-_RULES = _Check('a list of [[access.rules]] tables, each with action = "allow" or "deny" and '
+_RULES = Check('a list of [[access.rules]] tables, each with action = "allow" or "deny" and '
                 'from = an address, a CIDR such as "10.0.0.0/8" or "::1/128", or "*"',
                 _rules_problem)
-
-
-def setting(default: Any, comment: str, check: _Check | None = None, *,
-            convert: Callable[[Any], Any] | None = None, table: bool = False,
-            example: tuple[str, ...] = ()) -> Any:
-    """Declare one setting: a dataclass field carrying what the file, the checks and docs need.
-
-    ``convert`` turns a valid TOML value into the attribute's value (lists
-    become tuples and integers floats without it); ``table``: the file holds
-    a TOML table, kept as sorted (key, value) pairs; ``example`` lines are
-    rendered commented out instead of ``key = default``.
-    """
-    meta = {"comment": comment, "check": check, "convert": convert, "table": table,
-            "example": example}
-    return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,80 +327,27 @@ class Settings:
 
 # -- the schema, read from the declarations above ----------------------------------------------
 
-
-@dataclasses.dataclass(frozen=True)
-class _Field:
-    section: str
-    name: str
-    default: Any  # the attribute's value when the file lacks the key
-    kind: tuple[type, ...]  # the TOML types accepted
-    comment: str
-    check: _Check | None
-    convert: Callable[[Any], Any] | None
-    table: bool
-    example: tuple[str, ...]
-
-    @property
-    def key(self) -> str:
-        return f"{self.section}.{self.name}"
-
-    @property
-    def toml_default(self) -> Any:
-        if self.table:
-            return dict(self.default)
-        return list(self.default) if isinstance(self.default, tuple) else self.default
-
-
-_TOML_KINDS: dict[Any, tuple[type, ...]] = {bool: (bool,), int: (int,), float: (int, float),
-                                            str: (str,), tuple: (list,)}
-
-
-def _declared(section: str, cls: type, f: dataclasses.Field[Any], hint: Any) -> _Field:
-    if "comment" not in f.metadata:
-        raise TypeError(f"{cls.__name__}.{f.name}: declare it with setting(default, comment, "
-                        "check)")
-    kind = (dict,) if f.metadata["table"] else _TOML_KINDS[typing.get_origin(hint) or hint]
-    return _Field(section, f.name, f.default, kind, **f.metadata)
-
-
-def _read_schema() -> dict[str, tuple[_Field, ...]]:
-    schema = {}
-    for section, cls in typing.get_type_hints(Settings).items():
-        hints = typing.get_type_hints(cls)
-        schema[section] = tuple(_declared(section, cls, f, hints[f.name])
-                                for f in dataclasses.fields(cls))
-    return schema
-
-
-_SCHEMA = _read_schema()
+_SCHEMA = read_schema(Settings)
 _SECTION_TYPES: dict[str, Any] = typing.get_type_hints(Settings)
 
 
-def _all_fields() -> Iterator[_Field]:
+def _all_fields() -> Iterator[Field]:
     for fields in _SCHEMA.values():
         yield from fields
 
 
-def _type_name(kind: tuple[type, ...]) -> str:
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-             list: "a list", dict: "a table"}
-    if set(kind) == {int, float}:
-        return "a number"  # not "an integer or a number"
-    return " or ".join(names.get(k, k.__name__) for k in kind)
-
-
-def _check_value(f: _Field, value: Any, source: str) -> Any:
+def _check_value(f: Field, value: Any, source: str) -> Any:
     bad_bool = isinstance(value, bool) and bool not in f.kind
     if bad_bool or not isinstance(value, f.kind):
         raise SettingsError(f"{source}: {f.key} = {value!r} is not valid: "
-                            f"expected {_type_name(f.kind)}")
+                            f"expected {type_name(f.kind)}")
     if f.check is not None and (detail := f.check.problem(value)) is not None:
         raise SettingsError(f"{source}: {f.key} = {value!r} is not valid: "
                             f"expected {f.check.allowed}{detail}")
     return _convert(f, value)
 
 
-def _convert(f: _Field, value: Any) -> Any:
+def _convert(f: Field, value: Any) -> Any:
     """A valid TOML value as the attribute holds it: lists and tables as tuples, numbers as floats."""
     if f.convert is not None:
         return f.convert(value)

@@ -12,7 +12,8 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
-from .settings import _CROSS_CHECKS, _SCHEMA, SettingsError, _all_fields, _type_name
+from .settings import _CROSS_CHECKS, _SCHEMA, SettingsError, _all_fields
+from .settings_schema import type_name
 
 __all__ = ["render_default_toml", "render_settings_reference", "set_toml_value"]
 
@@ -140,7 +141,7 @@ def render_settings_reference() -> str:
         out += [f"## [{section}]", "", "| Key | Default | Allowed | What it does |",
                 "|---|---|---|---|"]
         for f in fields:
-            allowed = f.check.allowed if f.check else _type_name(f.kind)
+            allowed = f.check.allowed if f.check else type_name(f.kind)
             if f.kind == (int,):
                 allowed = allowed.replace("a number from", "an integer from")
             out.append(f"| `{f.name}` | `{_toml_value(f.toml_default)}` | {allowed} | "
