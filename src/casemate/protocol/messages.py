@@ -42,6 +42,7 @@ __all__ = [
 
 MAX_BATCH_ROWS = 100_000
 _new = tuple.__new__  # a tuple as a NamedTuple, in C, with no per-field Python call
+_RESULT_HEADER = codec.array_header(3)
 
 
 def batch_size(v: Any) -> int:
@@ -293,15 +294,19 @@ class Result(NamedTuple):
 
     @classmethod
     def decode(cls, body: Any) -> Result:
-        desc, rows, completion = body
-        return _new(cls, (decode_description(desc), rows, Complete.decode(completion)))
+        desc, rows, c = body
+        return _new(cls, ([(str(d[0]), d[1]) for d in desc], rows,
+                          _new(Complete, c) if type(c) is tuple and len(c) == 3
+                          else Complete.decode(c)))
 
     @staticmethod
-    def pack(description: list[tuple[str, str | None]], packed_rows: bytes,
-             completion: Complete) -> bytes:
-        """The body, from rows already packed (no copy of them but the join)."""
-        return b"".join((codec.array_header(3), codec.pack(description), packed_rows,
-                         codec.pack(completion)))
+    def pack(description: list[tuple[str, str | None]], packed_rows: bytes, rowcount: int,
+             lastrowid: int | None, in_transaction: bool) -> bytes:
+        """The body, from rows already packed (no copy of them but the join); the
+        completion's fields are packed as the :class:`Complete` they are, without
+        building one (the hot path of every small query)."""
+        return b"".join((_RESULT_HEADER, codec.pack(description), packed_rows,
+                         codec.pack((rowcount, lastrowid, in_transaction))))
 
 
 Suspended = NewType("Suspended", int)  # the portal whose result stays open

@@ -249,7 +249,7 @@ def _send_result(s: Session, portal: int, cur: StorageCursor,
         if not more and s.result_frames:  # the whole result: one frame
             in_txn = s.storage is not None and s.storage.in_transaction
             s.write(s.proto.send_packed(Msg.RESULT, Result.pack(
-                described, body, Complete(cur.rowcount, cur.lastrowid, in_txn))))
+                described, body, cur.rowcount, cur.lastrowid, in_txn)))
             return
         s.send(Msg.DESCRIPTION, described)
     s.write(s.proto.send_packed(Msg.ROWS, body))
