@@ -19,6 +19,7 @@ from .client.cursor import CursorAttrs, CursorState, Step
 from .client.params import ConnectParams, Security, parse_params
 from .errors import Codes, Error, InterfaceError, OperationalError
 from .protocol import Msg
+from .protocol.messages import Admin
 
 __all__ = [
     "apilevel", "threadsafety", "paramstyle", "connect", "Connection", "Cursor",
@@ -241,7 +242,7 @@ class Connection:
         """Like :meth:`admin`, with the column names."""
         rows: list[tuple[Any, ...]] = []
         req = ExecRequest(rows.extend)
-        self._send(req, Msg.ADMIN, (command, args))
+        self._send(req, Msg.ADMIN, Admin(command, args))
         self._wait(req)
         return [c[0] for c in req.description or ()], rows
 

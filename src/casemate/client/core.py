@@ -40,6 +40,22 @@ from ..errors import (
     error_from_code,
 )
 from ..protocol import Message, Msg, ProtocolConnection, Role, encode_frame
+from ..protocol.messages import (
+    Admin,
+    AuthOk,
+    Call,
+    Complete,
+    ErrorBody,
+    ExecuteMany,
+    Fetch,
+    HelloOk,
+    Notice,
+    Query,
+    Result,
+    SaslInitial,
+    decode_description,
+    typed,
+)
 from .known import KnownServer, KnownServers
 from .params import ConnectParams, Security, client_hello
 
@@ -146,18 +162,19 @@ def _successor(params: ConnectParams, pin: str, fp: str, sslobj: object) -> str:
 
 
 class LoginResult:
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.session_id: int = body.get("session", 0)
-        self.server_version: str = body.get("server_version", "")
-        self.backend: str = body.get("backend", "")
-        self.publication: str = body.get("publication", "")
-        self.group: str = body.get("group", "")
+    def __init__(self, ok: AuthOk | dict[str, Any]) -> None:
+        if not isinstance(ok, AuthOk):
+            ok = AuthOk.decode(ok)  # ({} before the login)
+        self.session_id: int = ok.session
+        self.server_version: str = ok.server_version
+        self.backend: str = ok.backend
+        self.publication: str = ok.publication
+        self.group: str = ok.group
 
 
 def _raise_error(m: Message) -> None:
-    body = m.body if isinstance(m.body, dict) else {}
-    raise error_from_code(str(body.get("code", Codes.INTERNAL)),
-                          str(body.get("message", "unknown error")), body.get("hint"))
+    err = ErrorBody.decode(m.body)
+    raise error_from_code(err.code, err.message, err.hint)
 
 
 LoginGen = Generator[bytes | None, Message | None, LoginResult]
@@ -177,14 +194,13 @@ def login_flow(proto: ProtocolConnection, params: ConnectParams,
         raise InterfaceError(f"cannot start the login: {e}") from e
     # Hello and client-first go together: one round trip saved on every connect.
     out = proto.send(Msg.HELLO, client_hello(params))
-    out += proto.send(Msg.SASL_INITIAL, (mech, scram.get_client_first()))
+    out += proto.send(Msg.SASL_INITIAL, SaslInitial(mech, scram.get_client_first()))
     yield out
     m = yield None
     hello = _take_hello(proto, m)
-    if bool(hello.get("encrypted")) != (cb_data is not None) or mech not in hello.get(
-            "mechanisms", ()):
-        raise SecurityError(f"server offered {hello.get('mechanisms')} "
-                            f"(encrypted={hello.get('encrypted')}); the client requires {mech}",
+    if bool(hello.encrypted) != (cb_data is not None) or mech not in (hello.mechanisms or ()):
+        raise SecurityError(f"server offered {hello.mechanisms} "
+                            f"(encrypted={hello.encrypted}); the client requires {mech}",
                             Codes.PROTOCOL_VIOLATION)
     m = yield None
     challenge = _expect(m, Msg.SASL_CHALLENGE)
@@ -196,9 +212,9 @@ def login_flow(proto: ProtocolConnection, params: ConnectParams,
                             Codes.PROTOCOL_VIOLATION) from e
     yield proto.send(Msg.SASL_RESPONSE, final)
     m = yield None
-    ok = _expect(m, Msg.AUTH_OK)
+    ok = AuthOk.decode(_expect(m, Msg.AUTH_OK))
     try:
-        scram.set_server_final(ok["server_final"])
+        scram.set_server_final(ok.server_final)
     except (ScramException, KeyError, TypeError) as e:
         raise SecurityError(
             "the server could not prove that it knows this user's password verifier: possible "
@@ -206,9 +222,9 @@ def login_flow(proto: ProtocolConnection, params: ConnectParams,
     return LoginResult(ok)
 
 
-def _take_hello(proto: ProtocolConnection, m: Message | None) -> Any:
-    hello = _expect(m, Msg.HELLO_OK)
-    limit = hello.get("max_message_bytes")
+def _take_hello(proto: ProtocolConnection, m: Message | None) -> HelloOk:
+    hello = HelloOk.decode(_expect(m, Msg.HELLO_OK))
+    limit = hello.max_message_bytes
     if isinstance(limit, int) and limit > 0:
         proto.max_send = limit  # refuse oversized requests here, before they cost a connection
     return hello
@@ -224,16 +240,16 @@ def _external_flow(proto: ProtocolConnection, params: ConnectParams,
     # RFC 4422 EXTERNAL: an empty challenge and an empty response, sent with the rest at
     # once (no round trip more than a password login).
     yield (proto.send(Msg.HELLO, client_hello(params))
-           + proto.send(Msg.SASL_INITIAL, (EXTERNAL, params.user))
+           + proto.send(Msg.SASL_INITIAL, SaslInitial(EXTERNAL, params.user))
            + proto.send(Msg.SASL_RESPONSE, ""))
     m = yield None
-    if EXTERNAL not in _take_hello(proto, m).get("mechanisms", ()):
+    if EXTERNAL not in (_take_hello(proto, m).mechanisms or ()):
         raise SecurityError("the server did not accept the client certificate for login",
                             Codes.INVALID_AUTHORIZATION)
     m = yield None
     _expect(m, Msg.SASL_CHALLENGE)
     m = yield None
-    return LoginResult(_expect(m, Msg.AUTH_OK))
+    return LoginResult(AuthOk.decode(_expect(m, Msg.AUTH_OK)))
 
 
 def _expect(m: Message | None, kind: Msg) -> Any:
@@ -301,7 +317,8 @@ class SimpleRequest(Request):
             return self._fail(m)
         if m.type is not Msg.COMPLETE:
             raise ProtocolError(f"unexpected {m.type.name}", Codes.PROTOCOL_VIOLATION)
-        self.rowcount, self.lastrowid, self.in_transaction = m.body
+        c = Complete.decode(m.body)
+        self.rowcount, self.lastrowid, self.in_transaction = c.rowcount, c.lastrowid, c.in_transaction
         self.done = True
         return True
 
@@ -317,18 +334,19 @@ class ExecRequest(SimpleRequest):
 
     def on_message(self, m: Message) -> bool:
         if m.type is Msg.DESCRIPTION:
-            self.description = [(str(c[0]), c[1]) for c in m.body]
+            self.description = decode_description(m.body)
             return False
         if m.type is Msg.ROWS:
             for chunk in m.body:
                 self.sink(chunk)
             return False
         if m.type is Msg.RESULT:  # DESCRIPTION, ROWS and COMPLETE in one frame
-            desc, chunks, complete = m.body
-            self.description = [(str(c[0]), c[1]) for c in desc]
-            for chunk in chunks:
+            r = Result.decode(m.body)
+            self.description = r.description
+            for chunk in r.rows:
                 self.sink(chunk)
-            self.rowcount, self.lastrowid, self.in_transaction = complete
+            c = r.completion
+            self.rowcount, self.lastrowid, self.in_transaction = c.rowcount, c.lastrowid, c.in_transaction
             self.done = True
             return True
         if m.type is Msg.SUSPENDED:
@@ -383,9 +401,8 @@ class ClientCore:
 
     def dispatch(self, m: Message) -> None:
         if m.type is Msg.NOTICE:
-            if not isinstance(m.body, dict):
-                raise ProtocolError("malformed NOTICE from server", Codes.PROTOCOL_VIOLATION)
-            code, text = str(m.body.get("code", "")), str(m.body.get("message", ""))
+            notice = Notice.decode(m.body)
+            code, text = notice.code, notice.message
             # The server is ending this session: shutdown, drop, idle, idle in a transaction.
             if code.startswith("57") or code == Codes.IDLE_IN_TRANSACTION_TIMEOUT:
                 self.shutdown_notice = text
@@ -414,18 +431,17 @@ class ClientCore:
             self.in_transaction = req.in_transaction
         if req.sent is None:
             return
-        msg, body = req.sent
-        if msg is Msg.QUERY or msg is Msg.CALL:
-            begin = body[3] if msg is Msg.QUERY else body[4]
+        body = typed(*req.sent)
+        if isinstance(body, Query | Call):
             if not req.suspended:
-                self.autocommit_portals.discard(body[0])
-            elif begin:  # the server began a transaction for it
+                self.autocommit_portals.discard(body.portal)
+            elif body.begin:  # the server began a transaction for it
                 self.in_transaction = True
-                self.autocommit_portals.discard(body[0])
+                self.autocommit_portals.discard(body.portal)
             else:
-                self.autocommit_portals.add(body[0])
-        elif msg is Msg.FETCH and not req.suspended:
-            self.autocommit_portals.discard(body[0])
+                self.autocommit_portals.add(body.portal)
+        elif isinstance(body, Fetch) and not req.suspended:
+            self.autocommit_portals.discard(body.portal)
 
     def fail_pending(self, err: Error) -> None:
         """The connection is gone: every request still waiting gets ``err``."""
@@ -485,9 +501,9 @@ def may_write(sent: tuple[Msg, Any] | None) -> bool:
     ``SELECT`` that calls a writing function is not seen)."""
     if sent is None:
         return False
-    msg, body = sent
-    if msg is Msg.QUERY:
-        return not isinstance(body[1], str) or _sql_may_write(body[1])
+    msg, body = sent[0], typed(*sent)
+    if isinstance(body, Query):
+        return not isinstance(body.sql, str) or _sql_may_write(body.sql)
     return msg in (Msg.EXECUTE_MANY, Msg.CALL)
 
 
@@ -510,26 +526,26 @@ def commit_risk(sent: tuple[Msg, Any] | None, autocommit_portals: set[int]) -> s
     """
     if sent is None:
         return ""
-    msg, body = sent
     try:
-        if msg is Msg.COMMIT:
+        if sent[0] is Msg.COMMIT:
             return "COMMIT"
-        if msg is Msg.QUERY:
-            if not body[3]:
+        body = typed(*sent)
+        if isinstance(body, Query):
+            if not body.begin:
                 return "a statement in autocommit mode"
-            return "a COMMIT statement" if _COMMIT_SQL.search(body[1]) else ""
-        if msg is Msg.EXECUTE_MANY:
-            if not body[2]:
+            return "a COMMIT statement" if _COMMIT_SQL.search(body.sql) else ""
+        if isinstance(body, ExecuteMany):
+            if not body.begin:
                 return "executemany in autocommit mode"
-            return "a COMMIT statement" if _COMMIT_SQL.search(body[0]) else ""
-        if msg is Msg.CALL:
+            return "a COMMIT statement" if _COMMIT_SQL.search(body.sql) else ""
+        if isinstance(body, Call):
             # Even inside a transaction: only SQLite's authorizer stops a method's COMMIT.
-            return ("a server method call" if body[4] else
+            return ("a server method call" if body.begin else
                     "a server method call in autocommit mode")
-        if msg is Msg.FETCH and body[0] in autocommit_portals:
+        if isinstance(body, Fetch) and body.portal in autocommit_portals:
             return "a fetch from an autocommit statement"
-        if msg is Msg.ADMIN and body[0] not in _READ_ONLY_ADMIN:
-            return f"admin command {body[0]!r}"
+        if isinstance(body, Admin) and body.command not in _READ_ONLY_ADMIN:
+            return f"admin command {body.command!r}"
     except (TypeError, IndexError, KeyError):
         return "a request"  # a shape this function does not know: assume the worst
     return ""

@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from ..errors import InterfaceError, ProgrammingError
 from ..protocol import Msg
+from ..protocol.messages import Call, ClosePortal, ExecuteMany, Fetch, Query
 from .core import ExecRequest, Request, SimpleRequest
 
 __all__ = ["CursorState", "Step", "CursorAttrs", "DEFAULT_BATCH_ROWS", "EXECUTEMANY_CHUNK", "RESULT_COLUMN"]
@@ -116,11 +117,11 @@ class CursorState:
         if isinstance(params, dict):
             raise ProgrammingError("Casemate uses qmark parameters: pass a sequence, not a dict")
         args = tuple(params) if params is not None else ()
-        return ExecRequest(self._sink), Msg.QUERY, (self.portal, sql, args, begin, self.batch)
+        return ExecRequest(self._sink), Msg.QUERY, Query(self.portal, sql, args, begin, self.batch)
 
     def call(self, name: str, args: Sequence[Any], kwargs: dict[str, Any], begin: bool) -> Step:
-        return ExecRequest(self._sink), Msg.CALL, (self.portal, name, tuple(args), kwargs, begin,
-                                                   self.batch)
+        return ExecRequest(self._sink), Msg.CALL, Call(self.portal, name, tuple(args), kwargs,
+                                                       begin, self.batch)
 
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]], begin: bool
                     ) -> Iterator[tuple[SimpleRequest, Msg, Any]]:
@@ -129,7 +130,7 @@ class CursorState:
         self.rowcount = 0
         it = iter(seq)
         while chunk := [tuple(p) for p in itertools.islice(it, EXECUTEMANY_CHUNK)]:
-            yield SimpleRequest(), Msg.EXECUTE_MANY, (sql, chunk, begin)
+            yield SimpleRequest(), Msg.EXECUTE_MANY, ExecuteMany(sql, chunk, begin)
 
     def add(self, req: SimpleRequest) -> None:
         self.rowcount += max(req.rowcount, 0)
@@ -151,7 +152,7 @@ class CursorState:
         if req.suspended:
             self.suspended = True  # until the caller has sent the FETCH
             self.prefetch = ExecRequest(self._sink)
-            return self.prefetch, Msg.FETCH, (self.portal, self.batch)
+            return self.prefetch, Msg.FETCH, Fetch(self.portal, self.batch)
         if req.description is None:
             self.rowcount = req.rowcount
         return None
@@ -161,7 +162,7 @@ class CursorState:
         (call after the prefetch, if any, is answered; else pass another generation)."""
         p = self.prefetch
         if generation == self.generation and (self.suspended or (p is not None and p.suspended)):
-            return SimpleRequest(), Msg.CLOSE_PORTAL, (self.portal,)
+            return SimpleRequest(), Msg.CLOSE_PORTAL, ClosePortal(self.portal)
         return None
 
     def forget(self, generation: int) -> None:

@@ -322,9 +322,7 @@ def _from_lan(publication: str | None, host: str, port: Any,
 
 def client_hello(params: ConnectParams) -> dict[str, Any]:
     from ..protocol import PROTOCOL_VERSION
+    from ..protocol.messages import Hello
     # "result": this client understands RESULT frames (small results in one frame).
-    hello: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "program": params.program[:200],
-                             "host": socket.gethostname()[:200], "features": ["result"]}
-    if params.statement_timeout is not None:
-        hello["statement_timeout"] = params.statement_timeout
-    return hello
+    return Hello(PROTOCOL_VERSION, params.program[:200], socket.gethostname()[:200],
+                 ("result",), params.statement_timeout).wire()

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from ..admin import run_admin_command
 from ..errors import Codes, Error, ProtocolError
 from ..methods import MethodContext
-from ..protocol import Message, Msg, codec
+from ..protocol import Message, Msg
+from ..protocol.messages import Admin, Call, ClosePortal, Complete, ExecuteMany, Fetch, Query, Result
 from ..storage import Busy, StorageConnection, StorageCursor, StorageError, TooLong
 from ..storage.access import PermissionDenied
 from .calls import IterCursor, guarded, method_error, run_method
@@ -28,12 +29,9 @@ from .results import (
     REPORTED,
     Batch,
     Closed,
-    batch_size,
     execute_first,
     execute_many,
     fetch_batch,
-    query_args,
-    shape,
     storage_error,
 )
 
@@ -114,24 +112,25 @@ def serve_now(s: Session, m: Message) -> bool:
 
 
 def _query_now(s: Session, body: Any) -> bool:
-    portal, sql, params, begin, batch = query_args(body)
+    q = Query.decode(body)
     conn = s.storage
-    key = s.runner.key(sql, begin or (conn is not None and conn.in_transaction))
-    if portal in s.portals or not s.server.cost.inline(key):
+    key = s.runner.key(q.sql, q.begin or (conn is not None and conn.in_transaction))
+    if q.portal in s.portals or not s.server.cost.inline(key):
         return False
-    _check_statement(s, sql)
+    _check_statement(s, q.sql)
     _check_portals(s)
     if conn is None:
         conn = s.storage = s.lease.acquire_now()
-    if not _may_cut(s, conn, sql, params):
+    if not _may_cut(s, conn, q.sql, q.params):
         return False  # in a thread, where it cannot stall us
     try:
         _count_statement(s)
-        result = s.runner.inline(conn, key, execute_first, conn, sql, params, begin, batch)
+        result = s.runner.inline(conn, key, execute_first, conn, q.sql, q.params, q.begin,
+                                 q.batch_rows)
     except (Busy, TooLong):
         _count_statement(s, -1)
         return False  # nothing ran: the task waits for the lock (or a thread) and retries
-    _query_done(s, portal, sql, conn, result)
+    _query_done(s, q.portal, q.sql, conn, result)
     return True
 
 
@@ -152,7 +151,7 @@ def _end_now(s: Session, commit: bool) -> bool:
 
 def complete(s: Session, rowcount: int = -1, lastrowid: int | None = None) -> None:
     in_txn = s.storage is not None and s.storage.in_transaction
-    s.send(Msg.COMPLETE, (rowcount, lastrowid, in_txn))
+    s.send(Msg.COMPLETE, Complete(rowcount, lastrowid, in_txn))
 
 
 def _check_statement(s: Session, sql: str) -> None:
@@ -175,21 +174,21 @@ def _check_portals(s: Session) -> None:
 
 
 async def on_query(s: Session, body: Any) -> None:
-    portal, sql, params, begin, batch = query_args(body)
-    _check_statement(s, sql)
-    if portal in s.portals:
-        await s.runner.call(s.portals.pop(portal).close, key=s.runner.key("close"))
-    if _session_statement(s, sql):
+    q = Query.decode(body)
+    _check_statement(s, q.sql)
+    if q.portal in s.portals:
+        await s.runner.call(s.portals.pop(q.portal).close, key=s.runner.key("close"))
+    if _session_statement(s, q.sql):
         return
     _check_portals(s)
     conn = await s.lease.get()
     _count_statement(s)
-    key = s.runner.key(sql, begin or conn.in_transaction)
-    if key is not None and not _may_cut(s, conn, sql, params):
+    key = s.runner.key(q.sql, q.begin or conn.in_transaction)
+    if key is not None and not _may_cut(s, conn, q.sql, q.params):
         key = None  # a write in a transaction: never cut off, so never in the event loop
-    result = await s.runner.call_retrying(execute_first, conn, sql, params, begin, batch,
-                                      key=key)
-    _query_done(s, portal, sql, conn, result)
+    result = await s.runner.call_retrying(execute_first, conn, q.sql, q.params, q.begin,
+                                          q.batch_rows, key=key)
+    _query_done(s, q.portal, q.sql, conn, result)
 
 
 def _may_cut(s: Session, conn: StorageConnection, sql: str, params: tuple[Any, ...]) -> bool:
@@ -249,9 +248,8 @@ def _send_result(s: Session, portal: int, cur: StorageCursor,
         described = [(d[0], t) for d, t in zip(desc, types, strict=False)]
         if not more and s.result_frames:  # the whole result: one frame
             in_txn = s.storage is not None and s.storage.in_transaction
-            s.write(s.proto.send_packed(Msg.RESULT, b"".join((
-                codec.array_header(3), codec.pack(described), body,
-                codec.pack((cur.rowcount, cur.lastrowid, in_txn))))))
+            s.write(s.proto.send_packed(Msg.RESULT, Result.pack(
+                described, body, cur.rowcount, cur.lastrowid, in_txn)))
             return
         s.send(Msg.DESCRIPTION, described)
     s.write(s.proto.send_packed(Msg.ROWS, body))
@@ -263,8 +261,8 @@ def _send_result(s: Session, portal: int, cur: StorageCursor,
 
 
 async def on_call(s: Session, body: Any) -> None:
-    portal, name, args, kwargs, begin, batch = shape(
-        body, "CALL", int, str, tuple, dict, bool, int)
+    c = Call.decode(body)
+    portal, name = c.portal, c.name
     m = s.server.methods.get(name)
     if m is None:
         raise Error(f"no server method {name!r}; see casemate methods DIR",
@@ -284,13 +282,13 @@ async def on_call(s: Session, body: Any) -> None:
     limit = s.server.settings.methods.time_limit_seconds
 
     def work() -> Any:
-        return s.runner.call(run_method, conn, m, ctx, args, dict(kwargs), begin, holder,
+        return s.runner.call(run_method, conn, m, ctx, c.args, dict(c.kwargs), c.begin, holder,
                          holder=holder)
     try:
         # A method that meets another session's write lock is undone to its savepoint;
         # it runs again once the lock is released, like a statement.
         cur = await s.runner.retrying(lambda: guarded(work, conn, holder, limit, name))
-        first = await guarded(lambda: s.runner.call(fetch_batch, cur, batch_size(batch),
+        first = await guarded(lambda: s.runner.call(fetch_batch, cur, c.batch_rows,
                                                 holder=getattr(cur, "holder", None)),
                               conn, holder, limit, name)
     except (Error, PermissionDenied, Busy, StorageError):
@@ -305,8 +303,8 @@ async def on_call(s: Session, body: Any) -> None:
 
 
 async def on_fetch(s: Session, body: Any) -> None:
-    portal, batch = shape(body, "FETCH", int, int)
-    batch = batch_size(batch)
+    f = Fetch.decode(body)
+    portal, batch = f.portal, f.batch_rows
     cur = s.portals.pop(portal, None)
     if cur is None:
         raise Error(f"cursor {portal} has no pending result", Codes.INVALID_CURSOR)
@@ -322,15 +320,15 @@ async def on_fetch(s: Session, body: Any) -> None:
 
 
 async def on_close_portal(s: Session, body: Any) -> None:
-    (portal,) = shape(body, "CLOSE_PORTAL", int)
-    cur = s.portals.pop(portal, None)
+    cur = s.portals.pop(ClosePortal.decode(body).portal, None)
     if cur is not None:
         await s.runner.call(cur.close, key=s.runner.key("close"))
     complete(s)
 
 
 async def on_execute_many(s: Session, body: Any) -> None:
-    sql, seq, begin = shape(body, "EXECUTE_MANY", str, tuple, bool)
+    em = ExecuteMany.decode(body)
+    sql, seq, begin = em.sql, em.param_sets, em.begin
     _check_statement(s, sql)
     conn = await s.lease.get()
     s.statements += 1
@@ -367,10 +365,8 @@ async def on_sync(s: Session, body: Any) -> None:
 
 
 async def on_admin(s: Session, body: Any) -> None:
-    if not (isinstance(body, tuple) and len(body) == 2 and isinstance(body[0], str)
-            and isinstance(body[1], dict)):
-        raise ProtocolError("malformed ADMIN message", Codes.PROTOCOL_VIOLATION)
-    command, args = body
+    a = Admin.decode(body)
+    command, args = a.command, a.args
     if s.group == "admin" and not await s.server.rights.still_admin(s.user):
         raise Closed  # removed or moved meanwhile: see server/rights.py
     if s.group != "admin":

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import Codes, Error
 from ..protocol import PROTOCOL_VERSION, Msg
+from ..protocol.messages import AuthOk, Hello, HelloOk, SaslInitial
 from .audit import clean
 from .auth import ScramException, ScramLogin, mechanism_for
 from .certauth import EXTERNAL, certificate_refusal, external_refusal
@@ -34,31 +35,28 @@ class Login:
 
     async def run(self) -> bool:
         """HELLO, then SCRAM (or SASL EXTERNAL); False once the session was told why not."""
-        m = await self.s.next_message()
-        body = m.body if isinstance(m.body, dict) else {}
-        if body.get("protocol") != PROTOCOL_VERSION:
-            self.s.fatal(Error(f"unsupported protocol version {body.get('protocol')!r}; this "
+        hello = Hello.decode((await self.s.next_message()).body)
+        if hello.protocol != PROTOCOL_VERSION:
+            self.s.fatal(Error(f"unsupported protocol version {hello.protocol!r}; this "
                               f"server speaks version {PROTOCOL_VERSION}",
                               Codes.UNSUPPORTED_VERSION, "upgrade the Casemate client"))
             return False
-        self.s.program = clean(body.get("program", ""))  # shown to admins: no forged rows
-        features = body.get("features")
+        self.s.program = clean(hello.program)  # shown to admins: no forged rows
+        features = hello.features
         self.s.result_frames = isinstance(features, tuple) and "result" in features
-        self.s.client_host = clean(body.get("host", ""))
+        self.s.client_host = clean(hello.host)
         if refusal := self.server.admission_error(self.s):
             self.s.fatal(refusal)
             return False
         encrypted = self.s.tls_version is not None
         mech = mechanism_for(encrypted)
-        self.s.send(Msg.HELLO_OK, {"protocol": PROTOCOL_VERSION, "encrypted": encrypted,
-                                 "mechanisms": [mech, EXTERNAL] if self.s.client_cert_der else [mech],
-                                 "max_message_bytes": self.server.settings.limits.max_message_bytes})
-        m = await self.s.next_message()
-        if self.s.client_cert_der and isinstance(m.body, tuple) and len(m.body) == 2 and \
-                m.body[0] == EXTERNAL and isinstance(m.body[1], str):
-            return await self._external(m.body[1], body.get("statement_timeout"))
-        if not (isinstance(m.body, tuple) and len(m.body) == 2 and m.body[0] == mech
-                and isinstance(m.body[1], str)):
+        self.s.send(Msg.HELLO_OK, HelloOk(
+            PROTOCOL_VERSION, encrypted, [mech, EXTERNAL] if self.s.client_cert_der else [mech],
+            self.server.settings.limits.max_message_bytes).wire())
+        initial = SaslInitial.decode((await self.s.next_message()).body)
+        if self.s.client_cert_der and initial is not None and initial.mechanism == EXTERNAL:
+            return await self._external(initial.message, hello.statement_timeout)
+        if initial is None or initial.mechanism != mech:
             self.s.fatal(Error(f"expected a {mech} login", Codes.INVALID_AUTHORIZATION,
                               "connections to an encrypted server must use channel binding"
                               if encrypted else None))
@@ -68,7 +66,7 @@ class Login:
         counted = False
         try:
             self.s.rights_version = self.server.backend.grants_version()  # before the lookup
-            challenge = await self.s.runner.call(scram.first, m.body[1])
+            challenge = await self.s.runner.call(scram.first, initial.message)
             if scram.user is not None and (why := self._cert_refusal(
                     certificate_refusal, scram.user.name, scram.user.group)):
                 return self._failed(scram.username, why, certificate=True)
@@ -91,7 +89,7 @@ class Login:
         throttle.succeeded(self.s.peer_ip, scram.username)
         assert scram.user is not None
         self._logged_in(scram.user.name, scram.user.group, server_final,
-                        body.get("statement_timeout"))
+                        hello.statement_timeout)
         return True
 
     def _cert_refusal(self, rule: Callable[[str, list[str], str], str | None], user: str,
@@ -125,11 +123,10 @@ class Login:
         by_cert = f"certificate {self.s.client_cert_subject}" if "certificate" in method else ""
         self.s.authenticated_by = {"scram": "password", "certificate": by_cert}.get(
             method, f"{by_cert} + password")
-        self.s.send(Msg.AUTH_OK, {"server_final": server_final, "session": self.s.id,
-                                "server_version": self.server.version,
-                                "backend": self.server.backend.name,
-                                "publication": self.server.settings.network.publication_name,
-                                "user": self.s.user, "group": self.s.group})
+        self.s.send(Msg.AUTH_OK, AuthOk(server_final, self.s.id, self.server.version,
+                                        self.server.backend.name,
+                                        self.server.settings.network.publication_name,
+                                        self.s.user, self.s.group).wire())
         self._hello_timeout(wanted_timeout)
 
     def _hello_timeout(self, wanted: Any) -> None:

@@ -1,27 +1,28 @@
 """What a request's storage work produces and how its failure reads: row batches, the
-coded error for an exception, request bodies checked for shape, and the two storage calls
-that open a result.  Pure functions, with no session state: the request handlers call
-them, in the event loop or in a worker thread.
+coded error for an exception, and the two storage calls that open a result (request
+bodies are checked for shape by their types, in ``protocol/messages.py``).  Pure
+functions, with no session state: the request handlers call them, in the event loop or
+in a worker thread.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..errors import Codes, Error, ProtocolError
+from ..errors import Codes, Error
 from ..protocol import codec
+from ..protocol.messages import batch_size
 from ..storage import Busy, Interrupted, StorageConnection, StorageCursor, StorageError
 from ..storage.access import PermissionDenied
 from ..storage.base import TYPE_NAMES, type_code
 
 __all__ = ["REPORTED", "Batch", "Closed", "batch_size", "execute_first", "execute_many", "fetch_batch",
-           "query_args", "shape", "storage_error"]
+           "storage_error"]
 
 # A row batch stops growing at ~1 MiB or at the client's row count, whichever
 # comes first: server and client then hold at most about one batch each.
 BATCH_BYTES = 1024 * 1024
 SUBCHUNK_ROWS = 256
-MAX_BATCH_ROWS = 100_000
 
 
 class Closed(Exception):
@@ -100,29 +101,6 @@ def storage_error(e: BaseException) -> Error:
 # Request failures reported to the client as errors (the session goes on).
 REPORTED = (Error, StorageError, PermissionDenied, Busy, Interrupted, ValueError, TypeError,
              ArithmeticError)
-
-
-def shape(body: Any, name: str, *types: type) -> tuple[Any, ...]:
-    """Check a request body's layout; a malformed one is a protocol error (session ends)."""
-    if not (isinstance(body, tuple) and len(body) == len(types) and all(
-            isinstance(v, t) and (t is bool or not isinstance(v, bool))
-            for v, t in zip(body, types, strict=True))):
-        raise ProtocolError(f"malformed {name} message", Codes.PROTOCOL_VIOLATION)
-    return body
-
-
-def batch_size(v: Any) -> int:
-    n = int(v) if isinstance(v, int) and not isinstance(v, bool) else 1000
-    return max(1, min(n, MAX_BATCH_ROWS))
-
-
-def query_args(body: Any) -> tuple[int, str, tuple[Any, ...], bool, int]:
-    if not (isinstance(body, tuple) and len(body) == 5 and isinstance(body[1], str)):
-        raise ProtocolError("malformed QUERY message", Codes.PROTOCOL_VIOLATION)
-    params = body[2] if body[2] is not None else ()
-    if not isinstance(params, tuple):
-        raise ProtocolError("QUERY parameters must be an array", Codes.PROTOCOL_VIOLATION)
-    return int(body[0]), body[1], params, bool(body[3]), batch_size(body[4])
 
 
 def execute_first(conn: StorageConnection, sql: str, params: tuple[Any, ...], begin: bool,

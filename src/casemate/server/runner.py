@@ -17,7 +17,8 @@ import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import Codes, Error, ProtocolError
+from ..errors import Codes, Error
+from ..protocol.messages import decode_cancel
 from ..storage import Busy, StorageConnection, TooLong
 from .calls import stop_method
 
@@ -122,11 +123,10 @@ class Runner:
     def on_cancel(self, body: Any) -> None:
         """CANCEL n: stop every request up to n that runs now or has not started (the
         later ones are not the client's to cancel yet); those answered already are done."""
-        if not isinstance(body, int) or isinstance(body, bool):
-            raise ProtocolError("malformed CANCEL message", Codes.PROTOCOL_VIOLATION)
-        if body > self.cancel_seq:
-            self.cancel_seq = body
-        if body >= self.s.seq:
+        n = decode_cancel(body)
+        if n > self.cancel_seq:
+            self.cancel_seq = n
+        if n >= self.s.seq:
             self.stop_running("cancel")
 
     def _stop_error(self, reason: str) -> Error:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..errors import Codes, Error, ProtocolError
 from ..protocol import NEED_DATA, Message, Msg, ProtocolConnection, Role
+from ..protocol.messages import ErrorBody, Notice
 from ..storage import StorageConnection, StorageCursor
 from ..storage.access import Policy
 from .audit import clean, format_address
@@ -199,13 +200,11 @@ class Session(asyncio.Protocol):
         self.write(self.proto.send(msg, body))
 
     def send_error(self, err: Error) -> None:
-        body = {"code": err.code or Codes.INTERNAL, "message": err.message}
-        if err.hint:
-            body["hint"] = err.hint
-        self.write(self.proto.send(Msg.ERROR, body))
+        body = ErrorBody(err.code or Codes.INTERNAL, err.message, err.hint)
+        self.write(self.proto.send(Msg.ERROR, body.wire()))
 
     def notice(self, code: str, message: str) -> None:
-        self.write(self.proto.send(Msg.NOTICE, {"code": code, "message": message}))
+        self.write(self.proto.send(Msg.NOTICE, Notice(code, message).wire()))
 
     def fatal(self, e: Error) -> None:
         log.warning("session %s from %s: %s; closing", self.id, self.peer, e.message)
