@@ -35,17 +35,11 @@ from typing import Any, cast
 from .aiopool import AsyncPool
 from .client.blocking import _context, keep_session
 from .client.connecting import ConnectPlan, NotTLS, accept_server, tcp_error, verify_error
-from .client.core import (
-    TLS,
-    ClientCore,
-    LoginResult,
-    Request,
-    SimpleRequest,
-    login_flow,
-    warn_uncommitted,
-)
+from .client.core import TLS, ClientCore, Request, SimpleRequest
 from .client.cursor import DEFAULT_BATCH_ROWS, CursorAttrs, CursorState, Step
+from .client.login import LoginResult, login_flow
 from .client.params import ConnectParams, Security, looks_up_lan, parse_params
+from .client.risk import warn_uncommitted
 from .client.status import command_status
 from .errors import Error, InterfaceError, OperationalError
 from .keepalive import enable_keepalive

@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .client.blocking import Channel, open_channel
-from .client.core import ExecRequest, Request, SimpleRequest, warn_uncommitted
+from .client.core import ExecRequest, Request, SimpleRequest
 from .client.cursor import CursorAttrs, CursorState, Step
 from .client.params import ConnectParams, Security, parse_params
+from .client.risk import warn_uncommitted
 from .errors import Codes, Error, InterfaceError, OperationalError
 from .protocol import Msg
 from .protocol.messages import Admin
