@@ -261,6 +261,6 @@ def test_failed_statement_in_a_nested_block(plain_server: Any) -> None:
     ("INSERT INTO t VALUES (1)", True), ("CREATE TABLE u (a)", True), ("PRAGMA user_version = 3", True),
 ])
 def test_which_statements_count_as_changes(sql: str, writes: bool) -> None:
-    from casemate.client.core import may_write
+    from casemate.client.risk import may_write
     from casemate.protocol import Msg
     assert may_write((Msg.QUERY, (1, sql, (), True, 100))) is writes

@@ -23,7 +23,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .client.core import warn_uncommitted
+from .client.risk import warn_uncommitted
 from .errors import Codes, Error, InterfaceError, OperationalError
 
 if TYPE_CHECKING:

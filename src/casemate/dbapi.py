@@ -10,14 +10,15 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .client.blocking import Channel, open_channel
-from .client.core import ExecRequest, Request, SimpleRequest, warn_uncommitted
+from .client.core import ExecRequest
 from .client.cursor import CursorAttrs, CursorState, Step
+from .client.link import BlockingLink
 from .client.params import ConnectParams, Security, parse_params
-from .errors import Codes, Error, InterfaceError, OperationalError
+from .client.risk import warn_uncommitted
+from .errors import Error, InterfaceError
 from .protocol import Msg
 from .protocol.messages import Admin
 
@@ -79,8 +80,9 @@ def connect(dsn: str | None = None, **kwargs: Any) -> Connection:
     return Connection(parse_params(dsn, **kwargs))
 
 
-class Connection:
-    """A session on a Casemate server.  Autocommit is off, as PEP 249 says."""
+class Connection(BlockingLink):
+    """A session on a Casemate server.  Autocommit is off, as PEP 249 says.  Requests,
+    replies and reconnection are :class:`~casemate.client.link.BlockingLink`'s."""
 
     Error = Error
     from .errors import (  # noqa: E402 - PEP 249 optional extension: errors on the connection
@@ -96,19 +98,8 @@ class Connection:
     )
 
     def __init__(self, params: ConnectParams) -> None:
-        self.params = params
-        self._chan: Channel | None = open_channel(params)
+        super().__init__(params)
         self._autocommit = False
-        self.on_notice: Callable[[str, str], None] | None = None
-        self._notices: list[tuple[str, str]] = []
-        self._chan.core.on_notice = self._notice
-        self.generation = 0  # bumped at each automatic reconnection
-
-    def _notice(self, code: str, text: str) -> None:
-        self._notices.append((code, text))
-        del self._notices[:-100]  # bounded: the last 100, kept across reconnections
-        if self.on_notice is not None:
-            self.on_notice(code, text)
 
     # -- properties ---------------------------------------------------------
     @property
@@ -152,57 +143,6 @@ class Connection:
     @property
     def closed(self) -> bool:
         return self._chan is None
-
-    @property
-    def _channel(self) -> Channel:
-        if self._chan is None:
-            raise InterfaceError("connection is closed")
-        return self._chan
-
-    # -- requests -------------------------------------------------------------
-    def _send(self, req: Request, msg: Msg, body: Any) -> None:
-        chan = self._channel
-        if not chan.core.pending and not chan.poll_alive():
-            chan = self._recover(chan)
-        chan.send(chan.core.request(req, msg, body))
-
-    def _recover(self, chan: Channel) -> Channel:
-        """The idle connection is gone: report a lost transaction, else reconnect."""
-        assert chan.broken is not None
-        chan.core.fail_pending(chan.broken)
-        if chan.core.in_transaction:
-            chan.core.in_transaction = False  # reported once; the next call reconnects
-            raise chan.broken
-        if self.params.reconnect_attempts <= 0:
-            raise chan.broken
-        delay = self.params.reconnect_delay
-        for attempt in range(self.params.reconnect_attempts):
-            try:
-                new = open_channel(self.params)
-            except OperationalError as e:
-                if e.code != Codes.CANNOT_CONNECT or attempt + 1 == self.params.reconnect_attempts:
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            new.core.on_notice = self._notice
-            self._chan = new
-            self.generation += 1
-            return new
-        raise chan.broken
-
-    def _wait(self, req: Request) -> None:
-        chan = self._channel
-        while not req.done:
-            chan.read_messages()
-        if req.error is not None:
-            raise req.error
-
-    def _simple(self, msg: Msg, body: Any = None) -> SimpleRequest:
-        req = SimpleRequest()
-        self._send(req, msg, body)
-        self._wait(req)
-        return req
 
     # -- PEP 249 ------------------------------------------------------------
     def cursor(self) -> Cursor:
@@ -301,10 +241,6 @@ class Connection:
                 self.rollback()
         if self._chan is not None:  # closed inside the block: nothing left to close
             self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_chan", None) is not None:
-            self._chan.close()  # type: ignore[union-attr]
 
 
 class Cursor(CursorAttrs):

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from .client.core import warn_uncommitted
+from .client.risk import warn_uncommitted
 from .dbapi import Connection, connect
 from .errors import Codes, Error, InterfaceError, OperationalError
 

@@ -16,7 +16,7 @@ import msgpack
 import pytest
 
 import casemate
-from casemate.client.core import login_flow
+from casemate.client.login import login_flow
 from casemate.client.params import parse_params
 from casemate.protocol import NEED_DATA, Message, Msg, ProtocolConnection, Role, encode_frame
 from tests.conftest import ADMIN_PASSWORD, ServerProcess, set_setting

@@ -18,7 +18,8 @@ from ..errors import Codes, Error, OperationalError, SecurityError
 from ..keepalive import enable_keepalive
 from ..protocol import NEED_DATA, Message
 from .connecting import ConnectPlan, NotTLS, accept_server, tcp_error, verify_error
-from .core import TLS, ClientCore, LoginResult, login_flow
+from .core import TLS, ClientCore
+from .login import LoginResult, login_flow
 from .params import ConnectParams, Security
 
 __all__ = ["Channel", "open_channel", "keep_session"]

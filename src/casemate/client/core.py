@@ -5,14 +5,13 @@
   for a server once seen encrypted, or with ``encryption="required"``).
 * :func:`check_server_key` applies the trust rules right after the TLS
   handshake, before any Casemate byte is sent.
-* :func:`login_flow` is the handshake + SCRAM exchange as a generator: it
-  yields bytes to send, or ``None`` to be sent the next message.
+* The login itself is :func:`~.login.login_flow`'s (``login.py``).
 * The ``*Request`` classes consume the replies of one request each; replies
   arrive strictly in request order, so a FIFO of them allows pipelining.
 * :meth:`ClientCore.lost_error` words a lost connection: "rolled back" only
   when no request that can commit awaited its reply, else the outcome is
   unknown (``08007``), as PostgreSQL's JDBC driver says: a server can commit
-  and die before it answers.
+  and die before it answers (the verdict on each request is ``risk.py``'s).
 """
 
 from __future__ import annotations
@@ -20,12 +19,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import re
-import warnings
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import Any
-
-from scramp import ScramClient, ScramException
 
 from .. import continuity, lan, tls
 from ..errors import (
@@ -36,34 +31,28 @@ from ..errors import (
     ProgrammingError,
     ProtocolError,
     SecurityError,
-    UncommittedWorkWarning,
     error_from_code,
 )
 from ..protocol import Message, Msg, ProtocolConnection, Role, encode_frame
 from ..protocol.messages import (
-    Admin,
-    AuthOk,
     Call,
     Complete,
     ErrorBody,
-    ExecuteMany,
     Fetch,
-    HelloOk,
     Notice,
     Query,
     Result,
-    SaslInitial,
     decode_description,
     typed,
 )
 from .known import KnownServer, KnownServers
-from .params import ConnectParams, Security, client_hello
+from .params import ConnectParams, Security
+from .risk import commit_risk, may_write
 
 __all__ = [
     "plan_attempts",
     "check_server_key",
-    "login_flow",
-    "LoginResult",
+    "raise_error",
     "ClientCore",
     "ExecRequest",
     "SimpleRequest",
@@ -71,7 +60,6 @@ __all__ = [
 
 log = logging.getLogger("casemate.client")
 TLS, PLAIN = "tls", "plain"
-EXTERNAL = "EXTERNAL"  # SASL: the client certificate alone (server/certauth.py)
 CLIENT_MAX_FRAME = 256 * 1024 * 1024
 
 
@@ -161,105 +149,10 @@ def _successor(params: ConnectParams, pin: str, fp: str, sslobj: object) -> str:
         f"prints; if they match, run: casemate trust forget {params.server_key}")
 
 
-class LoginResult:
-    def __init__(self, ok: AuthOk | dict[str, Any]) -> None:
-        if not isinstance(ok, AuthOk):
-            ok = AuthOk.decode(ok)  # ({} before the login)
-        self.session_id: int = ok.session
-        self.server_version: str = ok.server_version
-        self.backend: str = ok.backend
-        self.publication: str = ok.publication
-        self.group: str = ok.group
-
-
-def _raise_error(m: Message) -> None:
+def raise_error(m: Message) -> None:
+    """Raise the coded error an ERROR reply carries (a request's, or the login's)."""
     err = ErrorBody.decode(m.body)
     raise error_from_code(err.code, err.message, err.hint)
-
-
-LoginGen = Generator[bytes | None, Message | None, LoginResult]
-
-
-def login_flow(proto: ProtocolConnection, params: ConnectParams,
-               cb_data: bytes | None) -> LoginGen:
-    """Handshake and SCRAM login.  With ``cb_data`` (TLS), SCRAM is channel-bound.  With
-    no password and a client certificate: SASL EXTERNAL, the certificate alone."""
-    if not params.password:
-        return (yield from _external_flow(proto, params, cb_data))
-    mech = "SCRAM-SHA-256-PLUS" if cb_data is not None else "SCRAM-SHA-256"
-    binding = ("tls-server-end-point", cb_data) if cb_data is not None else None
-    try:
-        scram = ScramClient([mech], params.user, params.password, channel_binding=binding)
-    except ScramException as e:
-        raise InterfaceError(f"cannot start the login: {e}") from e
-    # Hello and client-first go together: one round trip saved on every connect.
-    out = proto.send(Msg.HELLO, client_hello(params))
-    out += proto.send(Msg.SASL_INITIAL, SaslInitial(mech, scram.get_client_first()))
-    yield out
-    m = yield None
-    hello = _take_hello(proto, m)
-    if bool(hello.encrypted) != (cb_data is not None) or mech not in (hello.mechanisms or ()):
-        raise SecurityError(f"server offered {hello.mechanisms} "
-                            f"(encrypted={hello.encrypted}); the client requires {mech}",
-                            Codes.PROTOCOL_VIOLATION)
-    m = yield None
-    challenge = _expect(m, Msg.SASL_CHALLENGE)
-    try:
-        scram.set_server_first(challenge)
-        final = scram.get_client_final()
-    except ScramException as e:
-        raise ProtocolError(f"bad SCRAM challenge from server: {e}",
-                            Codes.PROTOCOL_VIOLATION) from e
-    yield proto.send(Msg.SASL_RESPONSE, final)
-    m = yield None
-    ok = AuthOk.decode(_expect(m, Msg.AUTH_OK))
-    try:
-        scram.set_server_final(ok.server_final)
-    except (ScramException, KeyError, TypeError) as e:
-        raise SecurityError(
-            "the server could not prove that it knows this user's password verifier: possible "
-            f"man-in-the-middle ({e}); nothing was recorded", Codes.INVALID_AUTHORIZATION) from e
-    return LoginResult(ok)
-
-
-def _take_hello(proto: ProtocolConnection, m: Message | None) -> HelloOk:
-    hello = HelloOk.decode(_expect(m, Msg.HELLO_OK))
-    limit = hello.max_message_bytes
-    if isinstance(limit, int) and limit > 0:
-        proto.max_send = limit  # refuse oversized requests here, before they cost a connection
-    return hello
-
-
-def _external_flow(proto: ProtocolConnection, params: ConnectParams,
-                   cb_data: bytes | None) -> LoginGen:
-    """Certificate-only login.  No password proves the server here, so the caller has
-    already required a pinned or CA-verified server key (check_server_key)."""
-    if cb_data is None or params.tls_cert is None:
-        raise InterfaceError("no password: a login without one needs a client certificate "
-                             "(tls_cert) and an encrypted connection")
-    # RFC 4422 EXTERNAL: an empty challenge and an empty response, sent with the rest at
-    # once (no round trip more than a password login).
-    yield (proto.send(Msg.HELLO, client_hello(params))
-           + proto.send(Msg.SASL_INITIAL, SaslInitial(EXTERNAL, params.user))
-           + proto.send(Msg.SASL_RESPONSE, ""))
-    m = yield None
-    if EXTERNAL not in (_take_hello(proto, m).mechanisms or ()):
-        raise SecurityError("the server did not accept the client certificate for login",
-                            Codes.INVALID_AUTHORIZATION)
-    m = yield None
-    _expect(m, Msg.SASL_CHALLENGE)
-    m = yield None
-    return LoginResult(AuthOk.decode(_expect(m, Msg.AUTH_OK)))
-
-
-def _expect(m: Message | None, kind: Msg) -> Any:
-    if m is None:
-        raise ProtocolError("no reply from server", Codes.CONNECTION_FAILURE)
-    if m.type is Msg.ERROR:
-        _raise_error(m)
-    if m.type is not kind:
-        raise ProtocolError(f"expected {kind.name}, got {m.type.name}", Codes.PROTOCOL_VIOLATION)
-    return m.body
 
 
 def explain_login_failure(err: Error, security: Security) -> None:
@@ -297,7 +190,7 @@ class Request:
 
     def _fail(self, m: Message) -> bool:
         try:
-            _raise_error(m)
+            raise_error(m)
         except Error as e:
             self.error = e
         self.done = True
@@ -467,85 +360,3 @@ class ClientCore:
                "committed.") if self.in_transaction else ""
         return OperationalError(f"connection to the server lost ({reason}).{txn}",
                                 Codes.CONNECTION_FAILURE)
-
-
-# A statement that can end a transaction by committing it: COMMIT, END (SQLite), RELEASE of
-# a savepoint that began the transaction, PREPARE TRANSACTION (PostgreSQL); at the start of
-# the text or after a semicolon, past comments.  A false match only makes an error cautious.
-_COMMIT_SQL = re.compile(
-    r"(?:^|;)(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*(?:COMMIT|END|RELEASE|PREPARE)\b",
-    re.IGNORECASE | re.DOTALL)
-_READ_ONLY_ADMIN = frozenset({"status", "sessions"})
-# Statements that read (or only open or mark a transaction): after them alone, closing an
-# open transaction loses nothing.  Anything else in a transaction may have written.
-_READ_SQL = re.compile(r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*(?:SELECT|VALUES|EXPLAIN|SHOW|"
-                       r"BEGIN|START|SAVEPOINT|RELEASE|ROLLBACK)\b", re.IGNORECASE | re.DOTALL)
-
-
-_WITH_SQL = re.compile(r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*WITH\b", re.IGNORECASE | re.DOTALL)
-_QUOTED_OR_COMMENT = re.compile(r"'(?:[^']|'')*'|--[^\n]*|/\*.*?\*/", re.DOTALL)
-_DML_WORD = re.compile(r"\b(?:INSERT|UPDATE|DELETE|MERGE|REPLACE\b(?!\s*\())\b", re.IGNORECASE)
-
-
-def warn_uncommitted(stacklevel: int) -> None:
-    """Say that closing loses changes (the server rolls them back), as a warning: a
-    program that meant to commit learns it here rather than from missing rows later."""
-    warnings.warn(UncommittedWorkWarning(
-        "closing a connection with uncommitted changes (or a server method call that may "
-        "have made some): the server rolls them back; call commit() (or rollback() to "
-        "discard them) before close()"), stacklevel=stacklevel + 1)
-
-
-def may_write(sent: tuple[Msg, Any] | None) -> bool:
-    """Whether a request may have changed data (a guess on the side of caution; a
-    ``SELECT`` that calls a writing function is not seen)."""
-    if sent is None:
-        return False
-    msg, body = sent[0], typed(*sent)
-    if isinstance(body, Query):
-        return not isinstance(body.sql, str) or _sql_may_write(body.sql)
-    return msg in (Msg.EXECUTE_MANY, Msg.CALL)
-
-
-def _sql_may_write(sql: str) -> bool:
-    if _READ_SQL.match(sql):
-        return False
-    if not _WITH_SQL.match(sql):
-        return True
-    # WITH ... SELECT reads; WITH ... INSERT/UPDATE/DELETE (or such a CTE) writes.
-    return bool(_DML_WORD.search(_QUOTED_OR_COMMENT.sub(" ", sql)))
-
-
-def commit_risk(sent: tuple[Msg, Any] | None, autocommit_portals: set[int]) -> str:
-    """What a request sent but not answered may have committed ("" if it cannot commit).
-
-    Autocommit statements (the QUERY/EXECUTE_MANY/CALL flag ``begin`` off) commit by
-    themselves, as does FETCH of an autocommit result (an INSERT ... RETURNING ends with
-    its last row), a server method (on PostgreSQL nothing stops one from sending COMMIT)
-    and an admin command that changes users, groups or grants.
-    """
-    if sent is None:
-        return ""
-    try:
-        if sent[0] is Msg.COMMIT:
-            return "COMMIT"
-        body = typed(*sent)
-        if isinstance(body, Query):
-            if not body.begin:
-                return "a statement in autocommit mode"
-            return "a COMMIT statement" if _COMMIT_SQL.search(body.sql) else ""
-        if isinstance(body, ExecuteMany):
-            if not body.begin:
-                return "executemany in autocommit mode"
-            return "a COMMIT statement" if _COMMIT_SQL.search(body.sql) else ""
-        if isinstance(body, Call):
-            # Even inside a transaction: only SQLite's authorizer stops a method's COMMIT.
-            return ("a server method call" if body.begin else
-                    "a server method call in autocommit mode")
-        if isinstance(body, Fetch) and body.portal in autocommit_portals:
-            return "a fetch from an autocommit statement"
-        if isinstance(body, Admin) and body.command not in _READ_ONLY_ADMIN:
-            return f"admin command {body.command!r}"
-    except (TypeError, IndexError, KeyError):
-        return "a request"  # a shape this function does not know: assume the worst
-    return ""
