@@ -187,3 +187,35 @@ def test_idle_timeout_counts_from_requests_served_at_once(make_db, server_factor
         assert time.monotonic() - last < 5
     finally:
         conn.close()
+
+
+def test_inline_limits_do_not_outlive_the_event_loop(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A call in the event loop holds values to INLINE_MAX_LENGTH and stays so after it
+    (disarm keeps the limits for the next inline call); the next call in a thread (arm)
+    builds a value of any size under the usual limit."""
+    from casemate.storage import StorageError, TooLong
+    from casemate.storage.access import Policy
+    from casemate.storage.sqlite import INLINE_MAX_LENGTH, SQLiteBackend
+
+    backend = SQLiteBackend(tmp_path)
+    conn = backend.connect()
+    try:
+        conn.set_policy(Policy("admin"))
+        big = f"SELECT length(zeroblob({4 * INLINE_MAX_LENGTH}))"
+        for _ in range(2):  # the second inline call starts with the limits left in place
+            conn.arm(0.05)
+            with pytest.raises(TooLong):
+                conn.execute(big, ())
+            conn.disarm()
+        conn.arm(0.05)
+        assert conn.execute("SELECT 1", ()).fetch(1) == [(1,)]
+        conn.disarm()
+        conn.arm()  # as before a worker thread's call
+        assert conn.execute(big, ()).fetch(1) == [(4 * INLINE_MAX_LENGTH,)]
+        conn.arm(0.05)  # and back in the event loop, the inline limit again
+        with pytest.raises((TooLong, StorageError)):
+            conn.execute(big, ())
+        conn.disarm()
+    finally:
+        conn.close()
+        backend.close()

@@ -84,7 +84,7 @@ class Runner:
             cost.record(key, cost.cutoff)  # however quickly it was stopped: a thread next time
             raise
         finally:
-            conn.arm()
+            conn.disarm()
 
     async def _in_thread(self, conn: StorageConnection | None, key: Hashable | None,
                          holder: dict[str, int] | None, fn: Callable[..., T], *args: Any) -> T:

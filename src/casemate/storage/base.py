@@ -186,6 +186,12 @@ class StorageConnection(abc.ABC):
         """A new call starts: forget an earlier :meth:`interrupt`.  With ``inline_seconds``
         (a call in the event loop), stop it with :class:`TooLong` once it has run that long."""
 
+    def disarm(self) -> None:
+        """A call in the event loop has ended (run, stopped or failed).  The next call
+        starts with :meth:`arm`, which a backend may leave to restore what an inline call
+        changed (SQLite keeps its inline limits until a call runs in a thread)."""
+        self.arm()
+
     def read_only(self, sql: str, params: Sequence[Any]) -> bool:
         """Whether ``sql`` writes nothing (False when unknown).  Stopping a statement that
         writes can undo more than the statement (SQLite: the whole transaction, and the

@@ -134,9 +134,10 @@ class _Connection(StorageConnection):
         try:
             if inline_seconds:
                 self._inline_until = time.monotonic() + inline_seconds
-                self._length = self._db.getlimit(limit)
-                self._db.setlimit(limit, min(self._length, INLINE_MAX_LENGTH))
-                self._db.set_progress_handler(self._progress, INLINE_PROGRESS_STEPS)
+                if not self._length:  # else still in place from the last call (disarm)
+                    self._length = self._db.getlimit(limit)
+                    self._db.setlimit(limit, min(self._length, INLINE_MAX_LENGTH))
+                    self._db.set_progress_handler(self._progress, INLINE_PROGRESS_STEPS)
             else:
                 self._inline_until = 0.0
                 if self._length:
@@ -145,6 +146,14 @@ class _Connection(StorageConnection):
                     self._length = 0
         except ENGINE_ERRORS as e:
             raise engine_error(e) from e
+
+    def disarm(self) -> None:
+        # The inline value limit and progress interval stay for the next call in the event
+        # loop (most calls are: five fewer calls into SQLite per request); arm() puts the
+        # usual ones back before a call runs in a worker thread, the only other way a
+        # statement runs (server/runner.py).
+        self._stop = None
+        self._inline_until = 0.0
 
     def interrupt(self) -> None:
         self._stop = _STOP
