@@ -34,7 +34,7 @@ from .admission import PendingLogins, address_key
 from .audit import AuditLog, Throttle
 from .certauth import CertUsers
 from .inline import CostModel
-from .monitor import share_sessions
+from .monitor import Table, run_server_command, share_sessions
 from .rights import Rights
 from .session import Session
 
@@ -279,6 +279,9 @@ class Server:
             await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             pass
+
+    def admin_command(self, caller: Session, command: str, args: dict[str, Any]) -> Table:
+        return run_server_command(self, caller, command, args)
 
     def admission_error(self, session: Session) -> Error | None:
         if not self.accepting or (self._stopping and self._stopping.is_set()):

@@ -24,7 +24,7 @@ from ..protocol.messages import Admin, Call, ClosePortal, Complete, ExecuteMany,
 from ..storage import Busy, StorageConnection, StorageCursor, StorageError, TooLong
 from ..storage.access import PermissionDenied
 from .calls import IterCursor, guarded, method_error, run_method
-from .monitor import SERVER_COMMANDS, run_server_command
+from .monitor import SERVER_COMMANDS
 from .results import (
     REPORTED,
     Batch,
@@ -376,7 +376,7 @@ async def on_admin(s: Session, body: Any) -> None:
                     f"is in {s.group!r}", Codes.INSUFFICIENT_PRIVILEGE)
     if command in SERVER_COMMANDS:
         # In the event loop: these touch the session registry and its transports.
-        columns, rows = run_server_command(s.server, s, command, args)
+        columns, rows = s.server.admin_command(s, command, args)
     else:
         rows = await s.runner.call(run_admin_command, s.server.backend, command, args)
         columns = [f"column{i + 1}" for i in range(len(rows[0]) if rows else 0)]

@@ -34,7 +34,7 @@ from .runner import Runner
 
 if TYPE_CHECKING:
     from .admission import Ticket
-    from .app import Server
+    from .host import SessionHost
 
 __all__ = ["Session", "storage_error"]
 
@@ -57,7 +57,7 @@ _RDN_NAMES = {"commonName": "CN", "organizationName": "O", "organizationalUnitNa
 class Session(asyncio.Protocol):
     """Protocol + task for one connection; the server keeps it in its registry."""
 
-    def __init__(self, server: Server, cb_data: bytes | None, deadline: float,
+    def __init__(self, server: SessionHost, cb_data: bytes | None, deadline: float,
                  ticket: Ticket | None = None) -> None:
         self.server = server
         self.ticket = ticket  # our place among the connections not logged in (admission.py)
