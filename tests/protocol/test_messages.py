@@ -98,8 +98,8 @@ def test_decoding_gives_the_declared_type_by_field() -> None:
     q = Query.decode(codec.unpack_wrapped(codec.pack((1, "SELECT ?", (42,), True, 2000))))
     assert type(q) is Query and (q.portal, q.sql, q.params, q.begin, q.batch_rows) == (
         1, "SELECT ?", (42,), True, 2000)
-    # What the server always accepted: nil parameters, loose portal/begin, batch clamped.
-    q = Query.decode((True, "SELECT 1", None, 1, 10**9))
+    # Still accepted: nil parameters, a batch size clamped (not an integer: 1000).
+    q = Query.decode((1, "SELECT 1", None, True, 10**9))
     assert (q.portal, q.params, q.begin, q.batch_rows) == (1, (), True, 100_000)
     assert Query.decode((1, "x", (), False, "many")).batch_rows == 1000
     assert Fetch.decode((2, 0)).batch_rows == 1
@@ -111,6 +111,10 @@ def test_decoding_gives_the_declared_type_by_field() -> None:
     (Query.decode, (1, "x", ()), "malformed QUERY message"),
     (Query.decode, [1, "x", (), True, 10], "malformed QUERY message"),
     (Query.decode, (1, "x", 5, True, 10), "QUERY parameters must be an array"),
+    (Query.decode, (True, "x", (), True, 10), "malformed QUERY message"),  # portal: a bool
+    (Query.decode, (None, "x", (), True, 10), "malformed QUERY message"),
+    (Query.decode, ("1", "x", (), True, 10), "malformed QUERY message"),
+    (Query.decode, (1, "x", (), 1, 10), "malformed QUERY message"),  # begin: not a bool
     (Fetch.decode, (1, True), "malformed FETCH message"),
     (Fetch.decode, (1,), "malformed FETCH message"),
     (ClosePortal.decode, ("1",), "malformed CLOSE_PORTAL message"),

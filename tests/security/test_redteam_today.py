@@ -2,8 +2,9 @@
 path's rights check, SQLite's event-loop limits kept between inline calls).
 
 Each test attacks one refactored part through a real ``casemate serve`` process; most
-guard behaviour that held (and matched the code before the refactor), the ones marked
-BROKEN reproduce a finding.
+guard behaviour that held (and matched the code before the refactor); one finding, older
+than the refactor (a QUERY portal or begin flag of the wrong type did not end the session),
+is fixed and its test now guards the fix.
 """
 
 from __future__ import annotations
@@ -277,24 +278,22 @@ def test_malformed_bodies_before_login(make_db, server_factory) -> None:  # type
     no_internal_errors(server)
 
 
-def test_broken_query_portal_of_wrong_type_must_end_the_session(make_db, server_factory) -> None:  # type: ignore[no-untyped-def]
-    """BROKEN (already before the refactor: same answers on 71b48f1).
-
-    docs/protocol.md §4: "a body that decodes but has the wrong shape" gets ERROR 08P01
-    and the connection is closed.  QUERY's slow path calls int() on the portal: a nil,
-    map or array portal is answered ERROR 08P01 "malformed request: int() argument ..."
-    (the TypeError caught as a request failure) and the session goes on, in a state the
-    client's ProtocolError says is over; a string or float portal is accepted ("1",
-    1.5 -> portal 1) or answered 22000/22003, also without closing.
-    """
+def test_query_portal_of_wrong_type_ends_the_session(make_db, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """docs/protocol.md §4: "a body that decodes but has the wrong shape" gets ERROR 08P01
+    and the connection is closed.  Found by the red team (and older than the typed
+    messages): QUERY's lenient decoding called int() on the portal, so a nil, map or array
+    portal was answered as a failed request and the session went on, in a state the
+    client's ProtocolError says is over; "1" or 1.5 were taken for portal 1, and a
+    non-boolean begin ("x") opened a transaction."""
     server = server_factory(make_db())
-    for portal in (None, {}, [1]):
+    for portal, begin in ((None, False), ({}, False), ([1], False), ("1", False),
+                          (1.5, False), (True, False), (1, "x"), (1, 1)):
         sock, proto = raw(server)
         with sock:
-            sock.sendall(encode_frame(Msg.QUERY, (portal, "SELECT 1", (), False, 10)))
+            sock.sendall(encode_frame(Msg.QUERY, (portal, "SELECT 1", (), begin, 10)))
             err = replies(sock, proto, 1)[-1]
             assert err.type is Msg.ERROR and err.body["code"] == "08P01", err
-            assert closed(sock, timeout=3), f"portal {portal!r}: 08P01 but the session goes on"
+            assert closed(sock, timeout=3), f"{portal!r}, {begin!r}: 08P01 but the session goes on"
 
 
 # -- 3. the fast path's rights check ------------------------------------------------------

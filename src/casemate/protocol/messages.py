@@ -128,7 +128,13 @@ class Query(NamedTuple):
         params = body[2] if body[2] is not None else ()
         if not isinstance(params, tuple):
             raise ProtocolError("QUERY parameters must be an array", Codes.PROTOCOL_VIOLATION)
-        return _new(cls, (int(body[0]), body[1], params, bool(body[3]), batch_size(body[4])))
+        # The portal is an integer and begin a boolean, as with FETCH and CALL: anything
+        # else is the wrong shape, fatal to the connection (a nil portal was answered as a
+        # failed request, and "1" or 1.5 taken for portal 1).  batch_rows stays lenient
+        # (documented: not an integer counts as 1000).
+        if type(body[0]) is not int or type(body[3]) is not bool:
+            raise _malformed("QUERY")
+        return _new(cls, (body[0], body[1], params, body[3], batch_size(body[4])))
 
 
 class ExecuteMany(NamedTuple):
