@@ -57,6 +57,11 @@ class TLSState:
     warnings: tuple[str, ...]
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class ConnectionPool:
     """Idle storage connections, reused so a short session does not reopen the database."""
 
@@ -270,15 +275,20 @@ class Server:
     async def wait_lock_released(self, timeout: float, first: bool = False) -> None:
         """Wait (FIFO) until a transaction ends, or ``timeout``; ``first`` keeps a waiter
         that was woken but lost the race at the head of the queue."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
         if first:
             self._lock_waiters.appendleft(fut)
         else:
             self._lock_waiters.append(fut)
+        # The timeout wakes the waiter as a release would (the caller tries again either
+        # way).  Not asyncio.wait_for: from Python 3.12 on it needs a current task, and a
+        # handler may wait here before it has one (started from data_received, handlers.py).
+        timer = loop.call_later(timeout, _wake, fut)
         try:
-            await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            pass
+            await fut
+        finally:
+            timer.cancel()
 
     def admin_command(self, caller: Session, command: str, args: dict[str, Any]) -> Table:
         return run_server_command(self, caller, command, args)

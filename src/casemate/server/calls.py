@@ -161,10 +161,11 @@ async def guarded(coro_factory: Any, conn: StorageConnection, holder: dict[str, 
                   limit: float, name: str) -> Any:
     """Await a method's work with a time limit; stop it (not the loop) when it runs over."""
     fut = asyncio.ensure_future(coro_factory())
-    try:
-        return await asyncio.wait_for(asyncio.shield(fut), limit)
-    except TimeoutError:
-        pass
+    # asyncio.wait, not wait_for: it leaves fut running at the limit (as shield did), and
+    # needs no current task (a handler may start in data_received: handlers.serve_now).
+    done, _ = await asyncio.wait({fut}, timeout=limit)
+    if done:
+        return fut.result()
     for _ in range(50):  # ask repeatedly: the thread may be inside a C call
         stop_method(holder)
         conn.interrupt()

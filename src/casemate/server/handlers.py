@@ -1,11 +1,13 @@
 """The request handlers of a logged-in session: one function per request kind.
 
 Each takes the :class:`~casemate.server.session.Session` and the request body,
-and reaches storage only through the session (``s.call``: in the event loop when
-the cost model has seen the call to be short, else in a worker thread; ``s.lease``
-for the storage connection).  The fast path (:func:`serve_now`) answers short
-requests from ``data_received``; everything else runs in the session's task
-(:func:`handle`).
+and reaches storage only through the session (``s.runner.call``: in the event loop
+when the cost model has seen the call to be short, else in a worker thread;
+``s.lease`` for the storage connection).  Each handler is written once: started
+from ``data_received`` when the session is idle (:func:`serve_now`), it runs there
+until it first waits, and the session's task awaits the rest (:class:`Resumed`);
+a request that arrives while another is served is queued and run by the task
+(:func:`handle`).  Only the storage call decides where the work runs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from ..admin import run_admin_command
@@ -21,7 +23,7 @@ from ..errors import Codes, Error, ProtocolError
 from ..methods import MethodContext
 from ..protocol import Message, Msg
 from ..protocol.messages import Admin, Call, ClosePortal, Complete, ExecuteMany, Fetch, Query, Result
-from ..storage import Busy, StorageConnection, StorageCursor, StorageError, TooLong
+from ..storage import Busy, StorageConnection, StorageCursor, StorageError
 from ..storage.access import PermissionDenied
 from .calls import IterCursor, guarded, method_error, run_method
 from .monitor import SERVER_COMMANDS
@@ -38,13 +40,14 @@ from .results import (
 if TYPE_CHECKING:
     from .session import Session
 
-__all__ = ["HANDLERS", "complete", "handle", "serve_now"]
+__all__ = ["HANDLERS", "Resumed", "complete", "handle", "serve_now"]
 
 MAX_PORTALS = 256
 # SET / SHOW statement_timeout, answered by the session itself (PostgreSQL's syntax: a
 # bare number is milliseconds), so it never reaches a pooled storage connection.
 _SET_TIMEOUT = re.compile(r"\s*SET\s+(?:SESSION\s+)?statement_timeout\s*(?:=|\s+TO\s)\s*"
                           r"'?\s*([^';]*?)\s*'?\s*;?\s*\Z", re.I)
+_SET_OR_SHOW = ("SET", "SHO")
 _SHOW_TIMEOUT = re.compile(r"\s*SHOW\s+statement_timeout\s*;?\s*\Z", re.I)
 _UNITS = {"": 0.001, "ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -56,7 +59,8 @@ async def handle(s: Session, m: Message) -> None:
         raise ProtocolError(f"unexpected {m.type.name} message", Codes.PROTOCOL_VIOLATION)
     try:
         # Unable to read the user store: this request fails, the session goes on.
-        if not await s.server.rights.check(s):
+        # (current: the check without its coroutine, for the common case of no change)
+        if (s.closed or not s.server.rights.current(s)) and not await s.server.rights.check(s):
             raise Closed  # the user was removed or moved: see server/rights.py
         await handler(s, m.body)
     except ProtocolError:
@@ -64,6 +68,7 @@ async def handle(s: Session, m: Message) -> None:
     except REPORTED as e:
         _failed(s, e)
     s.lease.maybe_release()
+    s.last_active = time.monotonic()
 
 
 def _failed(s: Session, e: Exception) -> None:
@@ -78,74 +83,72 @@ def _failed(s: Session, e: Exception) -> None:
     s.send_error(err)
 
 
-# -- the fast path: short requests served in data_received ---------------------------
+# -- starting a request in data_received -------------------------------------------------
+class Resumed:
+    """A request whose handler :func:`serve_now` started in ``data_received`` and that now
+    waits for something (a worker thread, the write lock, a reload of the user store):
+    the session's task takes it from the queue and awaits the rest of it."""
+
+    type = None  # not a message: the task's loop tells it apart by this
+    __slots__ = ("_coro", "_waits_for")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waits_for: Any) -> None:
+        self._coro = coro
+        self._waits_for = waits_for
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        # Hand what the handler waits for to the awaiting task, as the handler's own
+        # ``await`` would have, then go on driving the handler (``yield from`` for a
+        # coroutine that was started elsewhere).
+        coro, waits_for = self._coro, self._waits_for
+        # Held no longer than it runs: what the handler waited for may hold a large result
+        # (or an exception whose frames do), and the task keeps this object until its next
+        # request.
+        del self._coro, self._waits_for
+        while True:
+            try:
+                yield waits_for
+            except BaseException as e:  # the task was cancelled (the session ends)
+                waits_for = None
+                try:
+                    waits_for = coro.throw(e)
+                except StopIteration:
+                    return
+                continue
+            # Not held while the handler runs on: an exception raised there has this frame
+            # in its traceback's chain of callers (f_back), and the future it came from
+            # holds the exception, a cycle that kept a failed 150 MB result alive until the
+            # garbage collector ran (tests/postgresql/test_pg_memory.py).
+            waits_for = None
+            try:
+                waits_for = coro.send(None)
+            except StopIteration:
+                return
+
+
 def serve_now(s: Session, m: Message) -> bool:
-    """Serve ``m`` at once if it is known to be short work for the event loop (most
-    statements on SQLite); return False to leave it to the session's task.
+    """Serve ``m`` from ``data_received``: its handler (:func:`handle`, the same one the
+    task runs) starts at once and runs until it first waits.  Most requests never wait
+    (on SQLite a statement the cost model has seen to be short runs in the event loop,
+    ``Runner.call``), and are answered before this returns; one that waits is queued as
+    :class:`Resumed` for the session's task.  False: ``m`` is left to the task.
 
     Only called when the task is idle with nothing queued, so replies keep the order
     of requests, and while the transport takes writes (a client that does not read its
     replies still meets the write buffer limit).  Saves the task switch and two loop
     iterations per request.
     """
-    if s.closed or s.server.cost.limit <= 0 or not s.server.rights.current(s):
+    if s.closed or m.type is Msg.TERMINATE:
         return False
+    coro = handle(s, m)
     try:
-        if m.type is Msg.QUERY:
-            if not _query_now(s, m.body):
-                return False
-        elif m.type is Msg.SYNC:
-            complete(s)
-        elif m.type is Msg.COMMIT or m.type is Msg.ROLLBACK:
-            if not _end_now(s, m.type is Msg.COMMIT):
-                return False
-        else:
-            return False
-    except ProtocolError:
-        raise
-    except REPORTED as e:
-        _failed(s, e)
-    s.seq += 1
-    s.last_active = time.monotonic()
-    s.lease.maybe_release()
-    return True
-
-
-def _query_now(s: Session, body: Any) -> bool:
-    q = Query.decode(body)
-    conn = s.storage
-    key = s.runner.key(q.sql, q.begin or (conn is not None and conn.in_transaction))
-    if q.portal in s.portals or not s.server.cost.inline(key):
-        return False
-    _check_statement(s, q.sql)
-    _check_portals(s)
-    if conn is None:
-        conn = s.storage = s.lease.acquire_now()
-    if not _may_cut(s, conn, q.sql, q.params):
-        return False  # in a thread, where it cannot stall us
-    try:
-        _count_statement(s)
-        result = s.runner.inline(conn, key, execute_first, conn, q.sql, q.params, q.begin,
-                                 q.batch_rows)
-    except (Busy, TooLong):
-        _count_statement(s, -1)
-        return False  # nothing ran: the task waits for the lock (or a thread) and retries
-    _query_done(s, q.portal, q.sql, conn, result)
-    return True
-
-
-def _end_now(s: Session, commit: bool) -> bool:
-    conn = s.storage
-    if conn is not None:
-        key = s.runner.key("commit" if commit else "rollback")
-        if s.portals or not s.server.cost.inline(key) or (commit and s.txn_wrote):
-            return False
-        try:
-            s.runner.inline(conn, key, conn.commit if commit else conn.rollback)
-        except (Busy, TooLong):
-            return False
-        s.server.lock_released()
-    complete(s)
+        waits_for = coro.send(None)
+    except StopIteration:
+        return True
+    except Closed:  # the user was removed or moved: the task ends the session
+        s.close()
+        return True
+    s.inbox.append(Resumed(coro, waits_for))
     return True
 
 
@@ -181,7 +184,7 @@ async def on_query(s: Session, body: Any) -> None:
     if _session_statement(s, q.sql):
         return
     _check_portals(s)
-    conn = await s.lease.get()
+    conn = s.storage or await s.lease.get()
     _count_statement(s)
     key = s.runner.key(q.sql, q.begin or conn.in_transaction)
     if key is not None and not _may_cut(s, conn, q.sql, q.params):
@@ -203,6 +206,8 @@ def _may_cut(s: Session, conn: StorageConnection, sql: str, params: tuple[Any, .
 
 def _session_statement(s: Session, sql: str) -> bool:
     """Answer SET / SHOW statement_timeout here; False for any other statement."""
+    if sql[:3].upper() not in _SET_OR_SHOW and not sql[:1].isspace():
+        return False  # (most statements: a SELECT or an INSERT is told at once)
     if m := _SET_TIMEOUT.match(sql):
         s.set_timeout(_parse_timeout(s, m.group(1)))
         complete(s)

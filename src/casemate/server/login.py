@@ -35,7 +35,7 @@ class Login:
 
     async def run(self) -> bool:
         """HELLO, then SCRAM (or SASL EXTERNAL); False once the session was told why not."""
-        hello = Hello.decode((await self.s.next_message()).body)
+        hello = Hello.decode((await self.s.next_login_message()).body)
         if hello.protocol != PROTOCOL_VERSION:
             self.s.fatal(Error(f"unsupported protocol version {hello.protocol!r}; this "
                               f"server speaks version {PROTOCOL_VERSION}",
@@ -53,7 +53,7 @@ class Login:
         self.s.send(Msg.HELLO_OK, HelloOk(
             PROTOCOL_VERSION, encrypted, [mech, EXTERNAL] if self.s.client_cert_der else [mech],
             self.server.settings.limits.max_message_bytes).wire())
-        initial = SaslInitial.decode((await self.s.next_message()).body)
+        initial = SaslInitial.decode((await self.s.next_login_message()).body)
         if self.s.client_cert_der and initial is not None and initial.mechanism == EXTERNAL:
             return await self._external(initial.message, hello.statement_timeout)
         if initial is None or initial.mechanism != mech:
@@ -71,7 +71,7 @@ class Login:
                     certificate_refusal, scram.user.name, scram.user.group)):
                 return self._failed(scram.username, why, certificate=True)
             self.s.send(Msg.SASL_CHALLENGE, challenge)
-            m = await self.s.next_message()
+            m = await self.s.next_login_message()
             if not isinstance(m.body, str):
                 raise ScramException("malformed client-final message")
             # Counted as a failure before the verdict and queued behind the attempts in
@@ -107,7 +107,7 @@ class Login:
         if user is None or why:
             return self._failed(name, why or "", certificate=True)
         self.s.send(Msg.SASL_CHALLENGE, "")  # RFC 4422 EXTERNAL: empty challenge and response
-        if (await self.s.next_message()).body != "":
+        if (await self.s.next_login_message()).body != "":
             self.s.fatal(Error("malformed EXTERNAL login", Codes.PROTOCOL_VIOLATION))
             return False
         self._logged_in(user.name, user.group, None, wanted_timeout)

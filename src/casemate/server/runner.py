@@ -149,6 +149,14 @@ class Runner:
     async def call_retrying(self, fn: Callable[..., T], *args: Any,
                             key: Hashable | None = None) -> T:
         """Like :meth:`call`, retrying while the write lock is busy, up to the busy timeout."""
+        conn = self.s.storage
+        if conn is not None and self.server.cost.inline(key):
+            # The common case first, without the coroutines of the general one (a lookup
+            # pays for each): a short call, run in the event loop, that meets no lock.
+            try:
+                return self.inline(conn, key, fn, *args)
+            except (TooLong, Busy):
+                pass  # nothing ran: as below (a thread, or a wait for the lock)
         return await self.retrying(lambda: self.call(fn, *args, key=key))
 
     async def retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:

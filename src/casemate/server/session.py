@@ -23,7 +23,7 @@ from ..protocol.messages import ErrorBody, Notice
 from ..storage import StorageConnection, StorageCursor
 from ..storage.access import Policy
 from .audit import clean, format_address
-from .handlers import handle, serve_now
+from .handlers import Resumed, handle, serve_now
 from .lease import Lease
 from .login import Login
 from .results import (
@@ -67,7 +67,7 @@ class Session(asyncio.Protocol):
         # Incoming frames are bounded by the setting; outgoing ones by what clients accept.
         self.proto = ProtocolConnection(Role.SERVER, PRELOGIN_MAX_FRAME,
                                         max_send=256 * 1024 * 1024)
-        self.inbox: collections.deque[Message] = collections.deque()
+        self.inbox: collections.deque[Message | Resumed] = collections.deque()
         self.wakeup = asyncio.Event()
         self.can_write = asyncio.Event()
         self.can_write.set()
@@ -223,7 +223,12 @@ class Session(asyncio.Protocol):
         self.closed = True
         self.wakeup.set()
 
-    async def next_message(self) -> Message:
+    async def next_login_message(self) -> Message:
+        m = await self.next_message()
+        assert isinstance(m, Message)  # nothing starts in data_received before the login
+        return m
+
+    async def next_message(self) -> Message | Resumed:
         if self.closed:
             raise Closed  # messages still queued from a closed peer are not served
         while not self.inbox:
@@ -273,10 +278,13 @@ class Session(asyncio.Protocol):
                 finally:
                     self.waiting = False
                 self.last_active = time.monotonic()
-                if m.type is Msg.TERMINATE:
+                if isinstance(m, Resumed):  # started in data_received (serve_now)
+                    await m
+                elif m.type is Msg.TERMINATE:
                     self.end_reason = "client closed the session"
                     break
-                await handle(self, m)
+                else:
+                    await handle(self, m)
                 await self._wait_writable()
                 self.last_active = time.monotonic()
         except Closed:
