@@ -230,11 +230,11 @@ def small_messages(make_db, server_factory) -> Iterator[ServerProcess]:  # type:
     yield server_with(make_db, server_factory, max_message_bytes="65536")
 
 
-def raw_login(server: ServerProcess) -> tuple[socket.socket, ProtocolConnection]:
+def raw_login(server: ServerProcess, user: str = "admin", password: str = ADMIN_PASSWORD
+              ) -> tuple[socket.socket, ProtocolConnection]:
     """A logged-in plain connection driven by the sans-I/O core, so the test can send frames
     the real client would refuse to send."""
-    params = parse_params(host="127.0.0.1", port=server.port, user="admin",
-                          password=ADMIN_PASSWORD)
+    params = parse_params(host="127.0.0.1", port=server.port, user=user, password=password)
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     proto = ProtocolConnection(Role.CLIENT, max_frame=1 << 28)
     gen = login_flow(proto, params, None)

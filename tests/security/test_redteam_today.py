@@ -21,11 +21,9 @@ from typing import Any
 import pytest
 
 import casemate
-from casemate.client.login import login_flow
-from casemate.client.params import parse_params
 from casemate.database import make_verifier
 from casemate.protocol import Message, Msg, ProtocolConnection, Role, encode_frame
-from tests.access.test_limits import next_message
+from tests.access.test_limits import next_message, raw_login
 from tests.conftest import ServerProcess
 from tests.web import prepare_web_db, web_url
 from tests.web.test_web_http import Web
@@ -48,22 +46,7 @@ def add_user(admin: casemate.Connection, name: str, group: str) -> None:
 def raw(server: ServerProcess, user: str = "admin", password: str | None = None
         ) -> tuple[socket.socket, ProtocolConnection]:
     """A logged-in plain socket driven by the sans-I/O core (frames a client would refuse)."""
-    params = parse_params(host="127.0.0.1", port=server.port, user=user,
-                          password=password or (server.password if user == "admin" else PW))
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    proto = ProtocolConnection(Role.CLIENT, max_frame=1 << 28)
-    gen = login_flow(proto, params, None)
-    out = next(gen)
-    try:
-        while True:
-            if out is None:
-                out = gen.send(next_message(sock, proto))
-            else:
-                sock.sendall(out)
-                out = gen.send(None)
-    except StopIteration:
-        pass
-    return sock, proto
+    return raw_login(server, user, password or (server.password if user == "admin" else PW))
 
 
 def replies(sock: socket.socket, proto: ProtocolConnection, n: int) -> list[Message]:
