@@ -140,6 +140,7 @@ def serve_now(s: Session, m: Message) -> bool:
     """
     if s.closed or m.type is Msg.TERMINATE:
         return False
+    s.last_active = time.monotonic()  # a request that waits is no idle session to end
     coro = handle(s, m)
     try:
         waits_for = coro.send(None)

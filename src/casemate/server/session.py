@@ -229,6 +229,12 @@ class Session(asyncio.Protocol):
         return m
 
     async def next_message(self) -> Message | Resumed:
+        if self.inbox and isinstance(self.inbox[0], Resumed):
+            # A request started in data_received is finished by this task even when the
+            # session has ended meanwhile: its storage call may still run in a worker
+            # thread (stopped by close()), and the connection is given back only after it.
+            self.waiting = False
+            return self.inbox.popleft()
         if self.closed:
             raise Closed  # messages still queued from a closed peer are not served
         while not self.inbox:
