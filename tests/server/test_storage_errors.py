@@ -208,3 +208,21 @@ def test_the_asyncio_client_gets_the_same_codes(server: ServerProcess) -> None:
         finally:
             await conn.close()
     asyncio.run(main())
+
+
+def test_every_public_method_translates_sqlite_errors() -> None:
+    """Each public method of the SQLite backend's classes is either wrapped by
+    engine_boundary or marked translates_itself (it catches SQLite's exceptions in its
+    own body, to save a wrapper call on the request path): a new method can't forget."""
+    import inspect
+
+    from casemate.storage import sqlite, sqlite_cursor, sqlite_files, sqlite_system
+
+    classes = [sqlite._Connection, sqlite.SQLiteBackend, sqlite_cursor._Cursor,
+               sqlite_system.UserStore, sqlite_files.Snapshot]
+    for cls in classes:
+        for name, fn in vars(cls).items():
+            if not inspect.isfunction(fn) or (name.startswith("_") and name != "__init__"):
+                continue
+            assert hasattr(fn, "__wrapped__") or getattr(
+                fn, "__casemate_translates__", False), f"{cls.__name__}.{name}"
