@@ -33,7 +33,7 @@ def finals(msgs: list[Message]) -> list[Message]:
 
 def rows_of(m: Message) -> Any:
     assert m.type is Msg.RESULT, m
-    return [tuple(r) for r in m.body[1][0]]
+    return [tuple(r) for batch in m.body[1] for r in batch]
 
 
 def admin_rows(server: ServerProcess, sql: str) -> list[tuple[Any, ...]]:
@@ -107,3 +107,42 @@ def test_handler_abandoned_by_a_closed_session_runs_in_another_sessions_transact
     other.sendall(encode_frame(Msg.ROLLBACK, None))
     replies(other, oproto, 1)
     assert seen == [], "a dead session's INSERT ran inside another session's transaction"
+
+
+# -- rights: a change while a handed-over request waits -------------------------------------
+
+def rights_server(make_db, server_factory) -> ServerProcess:  # type: ignore[no-untyped-def]
+    server: ServerProcess = server_factory(make_db())
+    with server.connect() as admin:
+        admin.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
+        admin.commit()
+        admin.admin("group_add", name="clerks")
+        admin.admin("grant", group="clerks", table="items", privileges=["SELECT", "INSERT"])
+        add_user(admin, "clerk", "clerks")
+    return server
+
+
+def test_revoke_while_a_write_waits_for_the_lock_applies_to_its_retry(
+        make_db, server_factory, socks) -> None:  # type: ignore[no-untyped-def]
+    """A clerk's INSERT meets an admin's write lock: it is handed over (Resumed) and waits
+    in Runner.retrying, with a SELECT pipelined behind it.  INSERT is revoked from the
+    clerk's group (committed, visible to the server) before the lock is released: the
+    retry must not insert with the grants the handler checked before it waited."""
+    server = rights_server(make_db, server_factory)
+    holder, hproto = login(server, socks)
+    holder.sendall(query("INSERT INTO items VALUES (1, 'lock')", begin=True))
+    assert finals(replies(holder, hproto, 1))[0].type is Msg.COMPLETE
+    clerk, cproto = login(server, socks, "clerk")
+    clerk.sendall(query("INSERT INTO items VALUES (2, 'after revoke')")
+                  + query("SELECT count(*) FROM items"))
+    time.sleep(0.5)  # the INSERT met the lock and waits
+    with server.connect() as admin:
+        admin.admin("revoke", group="clerks", table="items", privileges=["INSERT"])
+        assert ("clerks", "items", "SELECT") in admin.admin("group_list")
+    holder.sendall(encode_frame(Msg.COMMIT, None))
+    assert finals(replies(holder, hproto, 1))[0].type is Msg.COMPLETE
+    insert, count = finals(replies(clerk, cproto, 2))
+    rows = admin_rows(server, "SELECT id FROM items ORDER BY id")
+    assert insert.type is Msg.ERROR and insert.body[0] == "42501", (insert, rows)
+    assert rows == [(1,)]
+    assert rows_of(count) == [(1,)]
