@@ -143,6 +143,148 @@ def test_revoke_while_a_write_waits_for_the_lock_applies_to_its_retry(
     assert finals(replies(holder, hproto, 1))[0].type is Msg.COMPLETE
     insert, count = finals(replies(clerk, cproto, 2))
     rows = admin_rows(server, "SELECT id FROM items ORDER BY id")
-    assert insert.type is Msg.ERROR and insert.body[0] == "42501", (insert, rows)
+    assert insert.type is Msg.ERROR and insert.body["code"] == "42501", (insert, rows)
     assert rows == [(1,)]
     assert rows_of(count) == [(1,)]
+
+
+# -- held: reply order, cancels, timeouts, methods and admin commands around the hand-over --
+
+METHODS = '''
+import time
+
+from casemate.methods import method
+
+
+@method
+def ping(db, n: int = 1) -> int:
+    return n
+
+
+@method
+def boom(db) -> int:
+    raise ValueError("boom")
+
+
+@method
+def spin(db, seconds: float) -> int:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.01)
+    db.execute("INSERT INTO items VALUES (999, 'spun')")
+    return 1
+'''
+
+
+def call(name: str, *args: Any) -> bytes:
+    return encode_frame(Msg.CALL, (0, name, args, {}, False, 100))
+
+
+def sessions(server: ServerProcess) -> list[int]:
+    with server.connect() as admin:
+        return [r[0] for r in admin.admin("sessions")]
+
+
+def method_server(make_db, server_factory) -> ServerProcess:  # type: ignore[no-untyped-def]
+    db = make_db()
+    (db / "Methods").mkdir(exist_ok=True)
+    (db / "Methods" / "tools.py").write_text(METHODS)
+    set_setting(db, "time_limit_seconds", "1.0")
+    server: ServerProcess = server_factory(db)
+    with server.connect() as admin:
+        admin.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
+        admin.cursor().executemany("INSERT INTO items VALUES (?, 'x')", [(i,) for i in range(1, 6)])
+        admin.commit()
+    return server
+
+
+def test_mixed_pipeline_replies_in_order_in_one_segment_and_across_segments(
+        make_db, server_factory, socks) -> None:  # type: ignore[no-untyped-def]
+    """Requests answered at once, ones handed over to a worker thread, a write waiting for
+    another session's lock, a suspended cursor and its FETCH, admin commands, server
+    methods (one raising), SET/SHOW: every reply in request order, none lost, none twice."""
+    server = method_server(make_db, server_factory)
+    s, proto = login(server, socks)
+    holder, hproto = login(server, socks)
+    s.sendall(query("SELECT 1 AS a"))
+    replies(s, proto, 1)
+    for round_, one_segment in enumerate((True, False)):
+        holder.sendall(query(f"INSERT INTO items VALUES ({50 + round_}, 'lock')", begin=True))
+        assert finals(replies(holder, hproto, 1))[0].type is Msg.COMPLETE
+        plan: list[tuple[bytes, Msg, Any]] = [
+            (query("SELECT 1 AS a"), Msg.RESULT, [(1,)]),
+            (query(SLOW.format(n=300_000 + round_)), Msg.RESULT, [(300_000 + round_,)]),
+            (encode_frame(Msg.SYNC, None), Msg.COMPLETE, None),
+            (query(f"INSERT INTO items VALUES ({100 + round_}, 'w')"), Msg.COMPLETE, None),
+            (encode_frame(Msg.QUERY, (1, "SELECT id FROM items ORDER BY id", (), False, 1)),
+             Msg.SUSPENDED, None),
+            (encode_frame(Msg.FETCH, (1, 1)), Msg.SUSPENDED, None),
+            (encode_frame(Msg.ADMIN, ("status", {})), Msg.COMPLETE, None),
+            (call("ping", 7 + round_), Msg.RESULT, [(7 + round_,)]),
+            (call("boom"), Msg.ERROR, None),
+            (query("SHOW statement_timeout"), Msg.COMPLETE, None),
+            (encode_frame(Msg.CLOSE_PORTAL, (1,)), Msg.COMPLETE, None),
+            (encode_frame(Msg.ADMIN, ("user_list", {})), Msg.COMPLETE, None),
+            (query(f"SELECT {round_} + 40 AS b"), Msg.RESULT, [(40 + round_,)]),
+        ]
+        if one_segment:
+            s.sendall(b"".join(f for f, _, _ in plan))
+        else:
+            for f, _, _ in plan:
+                s.sendall(f)
+                time.sleep(0.02)
+        time.sleep(0.3)
+        holder.sendall(encode_frame(Msg.COMMIT, None))
+        assert finals(replies(holder, hproto, 1))[0].type is Msg.COMPLETE
+        got = finals(replies(s, proto, len(plan)))
+        assert [m.type for m in got] == [t for _, t, _ in plan], got
+        for m, (_, _, rows) in zip(got, plan, strict=True):
+            if rows is not None:
+                assert rows_of(m) == rows, (m, rows)
+        s.sendall(encode_frame(Msg.SYNC, None))  # nothing else was pending
+        assert [m.type for m in replies(s, proto, 1)] == [Msg.COMPLETE]
+    no_internal_errors(server)
+
+
+def test_cancel_and_statement_timeout_at_the_hand_over(
+        make_db, server_factory, socks) -> None:  # type: ignore[no-untyped-def]
+    """CANCEL of the handed-over request, of a later queued one (stops all up to it), and
+    the statement timeout: the stopped requests answer 57014 in order, the ones behind run."""
+    server = method_server(make_db, server_factory)
+    s, proto = login(server, socks)
+    # requests 1, 2: a slow read handed over, a short one queued; CANCEL 1 stops only 1
+    s.sendall(query(SLOW.format(n=20_000_000)) + query("SELECT 2 AS two"))
+    time.sleep(0.2)
+    s.sendall(encode_frame(Msg.CANCEL, 1))
+    a, b = finals(replies(s, proto, 2))
+    assert a.type is Msg.ERROR and a.body["code"] == "57014", a
+    assert rows_of(b) == [(2,)]
+    # requests 3, 4, 5: CANCEL 4 stops 3 (running) and 4 (queued); 5 runs
+    s.sendall(query(SLOW.format(n=20_000_001)) + query(SLOW.format(n=20_000_002))
+              + query("SELECT 5 AS five"))
+    time.sleep(0.2)
+    s.sendall(encode_frame(Msg.CANCEL, 4))
+    a, b, c = finals(replies(s, proto, 3))
+    assert [a.type, b.type] == [Msg.ERROR, Msg.ERROR] and a.body["code"] == b.body["code"] == "57014"
+    assert rows_of(c) == [(5,)]
+    # a method spinning past nothing, cancelled while handed over: undone, 57014
+    s.sendall(call("spin", 5.0) + query("SELECT 7 AS seven"))
+    time.sleep(0.3)
+    s.sendall(encode_frame(Msg.CANCEL, 6))
+    a, b = finals(replies(s, proto, 2))
+    assert a.type is Msg.ERROR and a.body["code"] == "57014", a
+    assert rows_of(b) == [(7,)]
+    # statement timeout: request 8 answered at once, 9 handed over and stopped, 10 runs
+    s.sendall(query("SET statement_timeout = '100ms'") + query(SLOW.format(n=20_000_003))
+              + query("SELECT 10 AS ten"))
+    a, b, c = finals(replies(s, proto, 3))
+    assert a.type is Msg.COMPLETE and b.type is Msg.ERROR and b.body["code"] == "57014", (a, b)
+    assert "timeout" in b.body["message"]
+    assert rows_of(c) == [(10,)]
+    # a method over methods.time_limit_seconds (1 s), timed out while handed over
+    s.sendall(query("SET statement_timeout = 0") + call("spin", 3.0) + query("SELECT 13 AS x"))
+    a, b, c = finals(replies(s, proto, 3))
+    assert b.type is Msg.ERROR and b.body["code"] == "57014", b
+    assert rows_of(c) == [(13,)]
+    assert admin_rows(server, "SELECT id FROM items WHERE id = 999") == []
+    no_internal_errors(server)
