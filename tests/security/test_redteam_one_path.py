@@ -180,9 +180,13 @@ def call(name: str, *args: Any) -> bytes:
     return encode_frame(Msg.CALL, (0, name, args, {}, False, 100))
 
 
-def sessions(server: ServerProcess) -> list[int]:
+def session_id(server: ServerProcess, sock: socket.socket) -> int:
+    """The server's id of the session on ``sock`` (matched by its address)."""
+    me = "127.0.0.1:%d" % sock.getsockname()[1]
     with server.connect() as admin:
-        return [r[0] for r in admin.admin("sessions")]
+        ids = [r[0] for r in admin.admin("sessions") if r[2] == me]
+    assert len(ids) == 1
+    return int(ids[0])
 
 
 def method_server(make_db, server_factory) -> ServerProcess:  # type: ignore[no-untyped-def]
@@ -287,4 +291,91 @@ def test_cancel_and_statement_timeout_at_the_hand_over(
     assert b.type is Msg.ERROR and b.body["code"] == "57014", b
     assert rows_of(c) == [(13,)]
     assert admin_rows(server, "SELECT id FROM items WHERE id = 999") == []
+    no_internal_errors(server)
+
+
+def notices(msgs: list[Message]) -> list[str]:
+    return [m.body["code"] if isinstance(m.body, dict) else m.body[0]
+            for m in msgs if m.type is Msg.NOTICE]
+
+
+def read_all(sock: socket.socket, proto: ProtocolConnection, timeout: float = 10
+             ) -> tuple[list[Message], bool]:
+    """Every message until the server closes the connection (True) or ``timeout`` (False)."""
+    got: list[Message] = []
+    sock.settimeout(timeout)
+    try:
+        while True:
+            while (ev := proto.next_event()) is not None and isinstance(ev, Message):
+                got.append(ev)
+            data = sock.recv(65536)
+            if not data:
+                return got, True
+            proto.receive_data(data)
+    except ConnectionResetError:
+        return got, True
+    except TimeoutError:
+        return got, False
+
+
+def test_drop_of_own_session_and_of_one_with_a_handed_over_write(
+        make_db, server_factory, socks) -> None:  # type: ignore[no-untyped-def]
+    """An admin drops its own session with requests pipelined behind; an admin drops a
+    session whose write in a transaction is handed over to a worker thread: the dropped
+    sessions get their notice and no reply after it, the transaction is rolled back, the
+    write lock is free at once, the other sessions go on."""
+    server = method_server(make_db, server_factory)
+    bystander, bproto = login(server, socks)
+    me, mproto = login(server, socks)
+    mine = session_id(server, me)
+    me.sendall(encode_frame(Msg.ADMIN, ("drop", {"session": mine})) + query("SELECT 1 AS a")
+               + query("INSERT INTO items VALUES (700, 'after drop')"))
+    got, ended = read_all(me, mproto)
+    assert ended and len(notices(got)) == 1, got
+    assert [m.type for m in got if m.type in FINAL] == [], got
+    victim, vproto = login(server, socks)
+    vid = session_id(server, victim)
+    victim.sendall(query("INSERT INTO items VALUES (800, 'in txn')", begin=True))
+    assert finals(replies(victim, vproto, 1))[0].type is Msg.COMPLETE
+    victim.sendall(query("INSERT INTO items SELECT x + 1000, 'slow' FROM ("
+                         + SLOW.format(n=3_000_000).replace("count(*)", "x") + ")")
+                   + query("SELECT 2 AS b"))
+    time.sleep(0.3)
+    with server.connect() as admin:
+        assert admin.admin("drop", session=vid) == [(vid,)]
+    got, ended = read_all(victim, vproto)
+    assert ended and [m.type for m in got if m.type in FINAL] in ([], [Msg.ERROR]), got
+    bystander.sendall(query("INSERT INTO items VALUES (900, 'free')"))  # the lock is free
+    assert finals(replies(bystander, bproto, 1))[0].type is Msg.COMPLETE
+    assert admin_rows(server, "SELECT id FROM items WHERE id >= 700") == [(900,)]
+    no_internal_errors(server)
+
+
+def test_user_removed_or_moved_while_its_request_waits_with_more_pipelined(
+        make_db, server_factory, socks) -> None:  # type: ignore[no-untyped-def]
+    """A clerk's INSERT waits for the write lock (handed over) with statements pipelined
+    behind; the clerk is removed (or moved to another group) meanwhile: the session ends,
+    the waiting INSERT never runs, nothing behind it is answered."""
+    server = rights_server(make_db, server_factory)
+    with server.connect() as admin:
+        add_user(admin, "clerk2", "clerks")
+    for user, change in (("clerk", {"cmd": "user_remove", "name": "clerk"}),
+                         ("clerk2", {"cmd": "user_group", "name": "clerk2", "group": "readonly"})):
+        holder, hproto = login(server, socks)
+        holder.sendall(query("INSERT INTO items VALUES (1, 'lock')", begin=True))
+        assert finals(replies(holder, hproto, 1))[0].type is Msg.COMPLETE
+        clerk, cproto = login(server, socks, user)
+        clerk.sendall(query(f"INSERT INTO items VALUES (2, '{user}')")
+                      + query("SELECT count(*) FROM items") + query("INSERT INTO items VALUES (3, 'x')"))
+        time.sleep(0.4)
+        with server.connect() as admin:
+            cmd = change.pop("cmd")
+            admin.admin(cmd, **change)
+        time.sleep(0.3)
+        holder.sendall(encode_frame(Msg.ROLLBACK, None))
+        replies(holder, hproto, 1)
+        got, ended = read_all(clerk, cproto)
+        assert ended and notices(got) == ["57P06"], got
+        assert [m for m in got if m.type in FINAL and m.type is not Msg.ERROR] == [], got
+        assert admin_rows(server, "SELECT id FROM items") == []
     no_internal_errors(server)
