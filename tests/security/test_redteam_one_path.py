@@ -14,9 +14,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import pytest
 
-import casemate
 from casemate.protocol import Message, Msg, ProtocolConnection, encode_frame
 from tests.conftest import ServerProcess, set_setting
 from tests.security.test_redteam_today import add_user, closed, no_internal_errors, query, raw, replies
@@ -164,6 +164,12 @@ def ping(db, n: int = 1) -> int:
 @method
 def boom(db) -> int:
     raise ValueError("boom")
+
+
+@method
+def hold(db, megabytes: int) -> int:
+    blob = b"y" * (megabytes * 1_000_000)
+    raise ValueError(f"refused {len(blob)} bytes")
 
 
 @method
@@ -379,3 +385,97 @@ def test_user_removed_or_moved_while_its_request_waits_with_more_pipelined(
         assert [m for m in got if m.type in FINAL and m.type is not Msg.ERROR] == [], got
         assert admin_rows(server, "SELECT id FROM items") == []
     no_internal_errors(server)
+
+
+def test_malformed_body_queued_behind_a_handed_over_request(
+        make_db, server_factory, socks) -> None:  # type: ignore[no-untyped-def]
+    """A slow read handed over, then a QUERY whose body has the wrong shape: the read is
+    answered, then 08P01, and the session ends; nothing after the bad request runs."""
+    server = method_server(make_db, server_factory)
+    s, proto = login(server, socks)
+    s.sendall(query(SLOW.format(n=1_000_000)) + encode_frame(Msg.QUERY, ("x", "SELECT 1", (), False, 100))
+              + query("INSERT INTO items VALUES (600, 'behind')"))
+    got, ended = read_all(s, proto)
+    assert ended and [m.type for m in got] == [Msg.RESULT, Msg.ERROR], got
+    assert got[1].body["code"] == "08P01"
+    assert admin_rows(server, "SELECT id FROM items WHERE id = 600") == []
+    no_internal_errors(server)
+
+
+def test_burst_of_eager_requests_meets_back_pressure(
+        make_db, server_factory, socks) -> None:  # type: ignore[no-untyped-def]
+    """A client pipelines a bounded burst of short requests with 15 kB replies and reads
+    none: the server stops reading (MAX_INBOX / the write buffer), so the client's send
+    blocks and the server's memory stays bounded; other sessions are served meanwhile."""
+    server = method_server(make_db, server_factory)
+    proc = psutil.Process(server.proc.pid)
+    s, proto = login(server, socks)
+    q = query("SELECT zeroblob(15000) AS z")
+    for _ in range(5):  # the cost model learns it is short: answered in data_received
+        s.sendall(q)
+        replies(s, proto, 1)
+    before = proc.memory_info().rss
+    data = q * 300_000  # 15 MB of requests, 4.5 GB of replies if all were answered
+    s.settimeout(3)
+    sent = 0
+    try:
+        while sent < len(data):
+            sent += s.send(data[sent:sent + (1 << 20)])
+    except TimeoutError:
+        pass
+    assert sent < len(data), "the server never stopped reading"
+    grown = proc.memory_info().rss - before
+    assert admin_rows(server, "SELECT 5 AS x") == [(5,)]
+    assert grown < 200_000_000, grown
+
+
+def test_failed_method_with_a_large_value_is_not_kept(
+        make_db, server_factory, socks) -> None:  # type: ignore[no-untyped-def]
+    """A server method whose frame holds 50 MB raises: once the error is answered (and
+    the session has gone on to another request) nothing may keep those 50 MB.  Each of
+    four calls here stays referenced (a reference cycle through the exception's traceback
+    and the future it was stored in, freed only by the garbage collector): the server's
+    memory grows by about 50 MB per failed call."""
+    server = method_server(make_db, server_factory)
+    proc = psutil.Process(server.proc.pid)
+    s, proto = login(server, socks)
+    s.sendall(call("ping", 1))
+    replies(s, proto, 1)
+    time.sleep(0.3)
+    before = proc.memory_info().rss
+    for _ in range(4):
+        s.sendall(call("hold", 50))
+        err = finals(replies(s, proto, 1))[0]
+        assert err.type is Msg.ERROR and "refused 50000000 bytes" in err.body["message"], err
+    s.sendall(query("SELECT 1 AS a"))
+    replies(s, proto, 1)
+    time.sleep(0.5)
+    grown = proc.memory_info().rss - before
+    assert grown < 60_000_000, f"{grown / 1e6:.0f} MB still held after four failed calls"
+
+
+def test_sigterm_with_handed_over_requests_pending(
+        make_db, server_factory, socks) -> None:  # type: ignore[no-untyped-def]
+    """SIGTERM while one session's slow read is handed over to a worker thread and
+    another's write waits for the lock, with requests pipelined behind both: the server
+    stops promptly and cleanly, and the open transaction is not committed."""
+    db = make_db()
+    server = server_factory(db)
+    with server.connect() as admin:
+        admin.cursor().execute("CREATE TABLE t(x)")
+        admin.commit()
+    holder, hproto = login(server, socks)
+    holder.sendall(query("INSERT INTO t VALUES (1)", begin=True))
+    assert finals(replies(holder, hproto, 1))[0].type is Msg.COMPLETE
+    reader, _ = login(server, socks)
+    writer, _ = login(server, socks)
+    reader.sendall(query(SLOW.format(n=50_000_000)) + query("SELECT 1 AS a"))
+    writer.sendall(query("INSERT INTO t VALUES (2)") + query("INSERT INTO t VALUES (3)"))
+    time.sleep(0.4)
+    t0 = time.monotonic()
+    rc = server.stop()
+    assert time.monotonic() - t0 < 15
+    assert rc == 0, server.log()
+    no_internal_errors(server)
+    again = server_factory(db)
+    assert admin_rows(again, "SELECT x FROM t") == []
