@@ -188,7 +188,7 @@ def call(name: str, *args: Any) -> bytes:
 
 def session_id(server: ServerProcess, sock: socket.socket) -> int:
     """The server's id of the session on ``sock`` (matched by its address)."""
-    me = "127.0.0.1:%d" % sock.getsockname()[1]
+    me = f"127.0.0.1:{sock.getsockname()[1]}"
     with server.connect() as admin:
         ids = [r[0] for r in admin.admin("sessions") if r[2] == me]
     assert len(ids) == 1
