@@ -6,14 +6,17 @@ Each test drives a real ``casemate serve`` process over raw sockets (frames in o
 segment, across segments, malformed ones) and checks reply order, cancels, drops, rights
 and memory around the hand-over.
 
-Failing (findings, product code not changed here):
-- a handler started in data_received and queued as Resumed is abandoned when the session
-  closes before its task takes it (a bad frame in the same segment): its worker-thread
-  statement runs later on a connection already back in the pool (new with c7a494a);
-- a write waiting for the write lock retries with the grants checked before the wait
-  (also before c7a494a);
-- a server method failing with a large value in its frame keeps it until the garbage
-  collector runs, one per call (also before c7a494a).
+Three findings, each fixed and its test now guarding the fix:
+- a handler started in data_received and queued as Resumed was abandoned when the session
+  closed before its task took it (a bad frame in the same segment): its worker-thread
+  statement ran later on a connection already back in the pool, inside another session's
+  transaction (new with c7a494a; Session.next_message now hands the task a Resumed
+  request before it reports the session closed, and a call stopped while it waits for a
+  worker thread never starts);
+- a write waiting for the write lock was retried with the grants checked before the wait
+  (older than c7a494a; Runner.retrying checks the rights again after each wait);
+- a server method failing with a large value in its frame kept it until the garbage
+  collector ran, one per call (older than c7a494a; calls.guarded lets go of the future).
 """
 
 from __future__ import annotations
@@ -84,13 +87,13 @@ def test_handler_abandoned_by_a_closed_session_runs_in_another_sessions_transact
         make_db, server_factory, socks) -> None:  # type: ignore[no-untyped-def]
     """An INSERT followed, in the same TCP segment, by a frame of unknown type: serve_now
     starts the INSERT (a write: a worker thread, here queued behind another session's long
-    read on the only worker) and queues it as Resumed; the bad frame ends the session
-    before its task takes the Resumed (next_message raises Closed once the session is
-    closed), so nothing waits for the thread, and release_all gives the storage connection
-    back to the pool with the INSERT still queued on it.  The next session to lease that
-    connection re-arms it (clearing the stop the close asked for) and opens a transaction:
-    the dead session's INSERT then runs inside the other session's transaction.  Before
-    the change the INSERT was a queued message, never started once the session closed."""
+    read on the only worker) and queues it as Resumed; the bad frame ends the session at
+    once.  Found: the task then saw the session closed and never took the Resumed, so the
+    connection went back to the pool with the INSERT still queued on it, and the INSERT
+    ran later inside the next session's transaction.  Fixed twice over: the task finishes
+    a Resumed request before it reports the session closed (the connection is given back
+    after), and a call stopped while it waits for a thread never starts (runner.py
+    _unless_stopped: the stop the close asks for reached a short statement too late)."""
     db = make_db()
     set_setting(db, "worker_threads", "1")
     server = server_factory(db)

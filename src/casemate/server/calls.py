@@ -165,7 +165,13 @@ async def guarded(coro_factory: Any, conn: StorageConnection, holder: dict[str, 
     # needs no current task (a handler may start in data_received: handlers.serve_now).
     done, _ = await asyncio.wait({fut}, timeout=limit)
     if done:
-        return fut.result()
+        try:
+            return fut.result()
+        finally:
+            # Not held by this frame, which a failed method's traceback keeps: the future
+            # holds that exception, and the cycle kept the method's data (50 MB values,
+            # once per call) until the garbage collector ran (found by the red team).
+            del fut, done
     for _ in range(50):  # ask repeatedly: the thread may be inside a C call
         stop_method(holder)
         conn.interrupt()

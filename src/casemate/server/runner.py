@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import Codes, Error
 from ..protocol.messages import decode_cancel
-from ..storage import Busy, StorageConnection, TooLong
+from ..storage import Busy, Interrupted, StorageConnection, TooLong
 from .calls import stop_method
+from .results import Closed
 
 if TYPE_CHECKING:
     from .session import Session
@@ -47,6 +48,16 @@ class _Running:
         self.conn.interrupt()
         if self.holder is not None:
             stop_method(self.holder)
+
+
+def _unless_stopped(run: _Running, fn: Callable[..., T], *args: Any) -> T:
+    """In the worker thread: a call stopped while it waited for a thread never starts.
+    (Interrupting a connection stops a statement only from its next progress check, which
+    a short one never reaches: a dead session's INSERT, queued behind another session's
+    long read on the only worker thread, still ran once the thread came free.)"""
+    if run.reason is not None:
+        raise Interrupted("statement stopped before it started")
+    return fn(*args)
 
 
 class Runner:
@@ -103,7 +114,7 @@ class Runner:
         limit = self.s.statement_timeout
         timer = loop.call_later(limit, run.stop, "timeout") if limit else None
         try:
-            return await loop.run_in_executor(self.server.executor, *work)
+            return await loop.run_in_executor(self.server.executor, _unless_stopped, run, *work)
         except BaseException as e:  # a stopped method's thread raises MethodTimeout
             if run.reason is not None and not isinstance(e, asyncio.CancelledError):
                 raise self._stop_error(run.reason) from e
@@ -185,3 +196,8 @@ class Runner:
                 await self.server.wait_lock_released(min(delay * (0.5 + random.random()), left),
                                                      first=waited)
                 waited = True
+                # The rights may have changed while we waited (a revoke, the user removed or
+                # moved): the statement runs again under the rights of now, as a new request
+                # would (found by the red team: a revoked INSERT was retried and stored).
+                if not await self.server.rights.check(self.s):
+                    raise Closed from None
