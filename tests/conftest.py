@@ -3,15 +3,86 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 
 from casemate.database import create_database
 from casemate.testing import ADMIN_PASSWORD, ServerProcess
 
-__all__ = ["ADMIN_PASSWORD", "ServerProcess", "set_setting"]
+__all__ = ["ADMIN_PASSWORD", "HAVE_V6", "ServerProcess", "client_running", "end_process",
+           "set_setting", "worst_wait_during"]
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+HAVE_V6 = _ipv6_loopback()  # tests on ::1 are skipped (or left out) without it
+
+
+class Stall(NamedTuple):
+    worst: float  # the victim's longest one-row query (s)
+    took: float  # the attack's duration (s)
+    queries: int  # the victim's queries meanwhile
+
+
+def worst_wait_during(attacker_call: Callable[[], Any], victim: Any) -> Stall:
+    """How long one session stalls the others: the victim's one-row queries while
+    attacker_call runs in another thread (an exception there fails the caller)."""
+    done = threading.Event()
+    took: list[float] = []
+    failed: list[BaseException] = []
+
+    def attack() -> None:
+        t0 = time.perf_counter()
+        try:
+            attacker_call()
+        except BaseException as e:  # noqa: BLE001 - reported in the test's thread
+            failed.append(e)
+        finally:
+            took.append(time.perf_counter() - t0)
+            done.set()
+    threading.Thread(target=attack, daemon=True).start()
+    worst = 0.0
+    n = 0
+    while not done.is_set():
+        t0 = time.perf_counter()
+        victim.execute("SELECT 1").fetchall()
+        worst = max(worst, time.perf_counter() - t0)
+        n += 1
+        time.sleep(0.002)
+    if failed:
+        raise failed[0]
+    return Stall(worst, took[0], n)
+
+
+def client_running(url: str, sql: str, **kw: Any) -> subprocess.Popen[str]:
+    """A client process that connects and runs ``sql`` (endless: the test ends it)."""
+    code = (f"import casemate; c = casemate.connect({url!r}, **{kw!r}); print('go', flush=True);"
+            f" c.execute({sql!r})")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "go"
+    return p
+
+
+def end_process(p: subprocess.Popen[str]) -> None:
+    p.kill()
+    p.wait()
+    assert p.stdout is not None
+    p.stdout.close()
 
 
 @pytest.fixture(autouse=True)

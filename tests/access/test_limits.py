@@ -19,19 +19,7 @@ import casemate
 from casemate.client.login import login_flow
 from casemate.client.params import parse_params
 from casemate.protocol import NEED_DATA, Message, Msg, ProtocolConnection, Role, encode_frame
-from tests.conftest import ADMIN_PASSWORD, ServerProcess, set_setting
-
-
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-HAVE_V6 = _ipv6_loopback()
+from tests.conftest import ADMIN_PASSWORD, HAVE_V6, ServerProcess, set_setting
 
 
 def connect(server: ServerProcess, host: str = "127.0.0.1", **kw: Any) -> casemate.Connection:

@@ -19,19 +19,8 @@ import msgpack
 import pytest
 
 import casemate
-from tests.conftest import ADMIN_PASSWORD, ServerProcess, set_setting
+from tests.conftest import ADMIN_PASSWORD, HAVE_V6, ServerProcess, set_setting
 
-
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-HAVE_V6 = _ipv6_loopback()
 needs_v6 = pytest.mark.skipif(not HAVE_V6, reason="no IPv6 loopback (::1) on this machine")
 BOTH = ("--host", "127.0.0.1", "--host", "::1")
 

@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 
 from casemate.pgtest import PostgresServer, PostgresUnavailable, postgres_bin
+from casemate.testing import ServerProcess
 
-__all__ = ["cli", "dsn_of", "init_folder"]
+__all__ = ["ADMIN_PW", "cli", "dsn_of", "init_folder"]
+
+ADMIN_PW = "admin-pg-pw"  # the admin of the folders the `server` fixture makes
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +48,16 @@ def init_folder(pg: PostgresServer, path: Path, admin_password: str, **dsn: str
                 ) -> subprocess.CompletedProcess[str]:
     return cli("init", str(path), "--storage", "postgresql", "--dsn", dsn_of(pg, **dsn),
                "--admin-password", admin_password, env={"CASEMATE_PG_PASSWORD": pg.password})
+
+
+@pytest.fixture
+def server(pg: PostgresServer, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A Casemate server on a fresh folder backed by ``pg`` (admin password ADMIN_PW); a
+    test module may define its own ``server`` instead."""
+    r = init_folder(pg, tmp_path / "db", ADMIN_PW)
+    assert r.returncode == 0, r.stderr
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CASEMATE_PG_PASSWORD", pg.password)
+        s = ServerProcess(tmp_path / "db", password=ADMIN_PW).start()
+    yield s
+    s.stop()

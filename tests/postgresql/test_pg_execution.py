@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -18,22 +15,12 @@ import pytest
 import casemate
 from casemate.pgtest import PostgresServer
 from casemate.testing import ServerProcess
+from tests.conftest import client_running, end_process
 
-from .conftest import init_folder
+from .conftest import ADMIN_PW
 
-PW = "admin-pg-pw"
+PW = ADMIN_PW
 ENDLESS = "SELECT pg_sleep(1000)"
-
-
-@pytest.fixture
-def server(pg: PostgresServer, tmp_path: Path) -> Iterator[ServerProcess]:
-    r = init_folder(pg, tmp_path / "db", PW)
-    assert r.returncode == 0, r.stderr
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CASEMATE_PG_PASSWORD", pg.password)
-        s = ServerProcess(tmp_path / "db", password=PW).start()
-    yield s
-    s.stop()
 
 
 def sleeping(pg: PostgresServer) -> int:
@@ -78,25 +65,15 @@ def test_cancel_from_another_thread(server: ServerProcess, pg: PostgresServer) -
 
 
 def start_endless(url: str, program: str = "runaway") -> subprocess.Popen[str]:
-    code = (f"import casemate; c = casemate.connect({url!r}, program={program!r}); "
-            f"print('go', flush=True); c.execute({ENDLESS!r})")
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert p.stdout is not None and p.stdout.readline().strip() == "go"
-    return p
+    return client_running(url, ENDLESS, program=program)
 
-
-def end(p: subprocess.Popen[str]) -> None:
-    p.kill()
-    p.wait()
-    assert p.stdout is not None
-    p.stdout.close()
 
 
 def test_disconnect_and_drop_stop_the_statement(server: ServerProcess, pg: PostgresServer
                                                 ) -> None:
     client = start_endless(server.url)
     wait_sleeping(pg, 1)
-    end(client)
+    end_process(client)
     wait_sleeping(pg, 0, within=3)
     client = start_endless(server.url)
     try:
@@ -107,7 +84,7 @@ def test_disconnect_and_drop_stop_the_statement(server: ServerProcess, pg: Postg
         admin.admin("drop", session=victim[0])
         wait_sleeping(pg, 0, within=3)
     finally:
-        end(client)
+        end_process(client)
 
 
 def test_shutdown_stops_the_statement(server: ServerProcess, pg: PostgresServer) -> None:
@@ -119,4 +96,4 @@ def test_shutdown_stops_the_statement(server: ServerProcess, pg: PostgresServer)
         assert time.monotonic() - t0 < 5
         wait_sleeping(pg, 0, within=3)
     finally:
-        end(client)
+        end_process(client)

@@ -3,30 +3,14 @@ its own catalog (issue 17, item 7)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from click.testing import CliRunner
 
 from casemate.cli.shell import shell
-from casemate.pgtest import PostgresServer
 from casemate.testing import ServerProcess
 
-from .conftest import init_folder
+from .conftest import ADMIN_PW
 
-PW = "admin-pg-pw"
-
-
-@pytest.fixture
-def server(pg: PostgresServer, tmp_path: Path) -> Iterator[ServerProcess]:
-    r = init_folder(pg, tmp_path / "db", PW)
-    assert r.returncode == 0, r.stderr
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CASEMATE_PG_PASSWORD", pg.password)
-        s = ServerProcess(tmp_path / "db", password=PW).start()
-    yield s
-    s.stop()
+PW = ADMIN_PW
 
 
 def test_describe_on_postgresql(server: ServerProcess) -> None:

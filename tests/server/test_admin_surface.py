@@ -18,7 +18,7 @@ import pytest
 
 import casemate
 from casemate.protocol import PROTOCOL_VERSION, Msg, encode_frame
-from tests.conftest import ADMIN_PASSWORD, ServerProcess, set_setting
+from tests.conftest import ADMIN_PASSWORD, HAVE_V6, ServerProcess, set_setting
 
 FORGED = "psql\n99  mallory  10.0.0.9:1  forged-row\u202e"
 
@@ -27,14 +27,6 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "casemate", *args], capture_output=True,
                           text=True, timeout=60)
 
-
-def _have_v6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 def raw_login(port: int, user: str) -> bytes:
@@ -67,7 +59,7 @@ def test_client_strings_cannot_forge_rows_or_log_lines(plain_server: ServerProce
         assert "\u202e" not in text
 
 
-@pytest.mark.skipif(not _have_v6(), reason="no IPv6 loopback")
+@pytest.mark.skipif(not HAVE_V6, reason="no IPv6 loopback")
 def test_ipv6_peers_in_brackets(make_db, server_factory) -> None:  # type: ignore[no-untyped-def]
     server = server_factory(make_db(), extra=("--host", "::1", "--host", "127.0.0.1"))
     with casemate.connect(host="::1", port=server.port, user="admin",

@@ -23,7 +23,7 @@ import casemate.aio
 from casemate.database import make_verifier
 from casemate.protocol import Msg, encode_frame
 from casemate.testing import ADMIN_PASSWORD, ServerProcess
-from tests.conftest import set_setting
+from tests.conftest import client_running, end_process, set_setting, worst_wait_during
 
 # Bounded by ?: trained with a small bound, then run with a huge one (same SQL text).
 BOUNDED = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) "
@@ -50,19 +50,8 @@ def assert_cpu_settles(pid: int, within: float = 5.0) -> None:
 
 
 def start_endless(url: str, **kw: Any) -> subprocess.Popen[str]:
-    """A client process running an endless statement (killed by the test)."""
-    code = (f"import casemate; c = casemate.connect({url!r}, **{kw!r}); print('go', flush=True);"
-            f" c.execute({ENDLESS!r})")
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert p.stdout is not None and p.stdout.readline().strip() == "go"
-    return p
-
-
-def end(p: subprocess.Popen[str]) -> None:
-    p.kill()
-    p.wait()
-    assert p.stdout is not None
-    p.stdout.close()
+    """A client process running an endless statement (ended by the test)."""
+    return client_running(url, ENDLESS, **kw)
 
 
 def wait_busy(pid: int) -> None:
@@ -86,26 +75,9 @@ def test_trained_statement_cannot_stall_other_sessions(plain_server: ServerProce
         attacker.execute(BOUNDED, (10,)).fetchall()
     for _ in range(20):
         victim.execute("SELECT 1").fetchall()
-    done = threading.Event()
-    took: list[float] = []
-
-    def attack() -> None:
-        t0 = time.perf_counter()
-        try:
-            attacker.execute(BOUNDED, (3_000_000,)).fetchall()
-        finally:
-            took.append(time.perf_counter() - t0)
-            done.set()
-    threading.Thread(target=attack, daemon=True).start()
-    worst = 0.0
-    n = 0
-    while not done.is_set():
-        t0 = time.perf_counter()
-        victim.execute("SELECT 1").fetchall()
-        worst = max(worst, time.perf_counter() - t0)
-        n += 1
-        time.sleep(0.002)
-    assert took[0] > 0.3, "the attack must be long for the test to mean anything"
+    worst, took, n = worst_wait_during(
+        lambda: attacker.execute(BOUNDED, (3_000_000,)).fetchall(), victim)
+    assert took > 0.3, "the attack must be long for the test to mean anything"
     assert n > 20
     assert worst < 0.1, f"another session waited {worst * 1000:.0f} ms behind the attack"
     # And the statement that was cut off in the event loop ran to its end in a thread.
@@ -120,20 +92,10 @@ def test_one_long_step_cannot_stall_other_sessions(plain_server: ServerProcess) 
     sql = "SELECT length(randomblob(?))"
     for _ in range(30):
         attacker.execute(sql, (10,)).fetchall()
-    done = threading.Event()
-
-    def attack() -> None:
-        try:
-            assert attacker.execute(sql, (15_000_000,)).fetchall() == [(15_000_000,)]
-        finally:
-            done.set()
-    threading.Thread(target=attack, daemon=True).start()
-    worst = 0.0
-    while not done.is_set():
-        t0 = time.perf_counter()
-        victim.execute("SELECT 1").fetchall()
-        worst = max(worst, time.perf_counter() - t0)
-        time.sleep(0.002)
+    result: list[Any] = []
+    worst, _, _ = worst_wait_during(
+        lambda: result.extend(attacker.execute(sql, (15_000_000,)).fetchall()), victim)
+    assert result == [(15_000_000,)]
     assert worst < 0.1, f"another session waited {worst * 1000:.0f} ms behind the attack"
 
 
@@ -375,7 +337,7 @@ def test_ctrl_c_in_shell_cancels_the_statement(plain_server: ServerProcess) -> N
 def test_disconnect_stops_the_statement(plain_server: ServerProcess) -> None:
     client = start_endless(plain_server.url)
     wait_busy(plain_server.pid)
-    end(client)
+    end_process(client)
     assert_cpu_settles(plain_server.pid)
 
 
@@ -389,7 +351,7 @@ def test_drop_stops_the_statement(plain_server: ServerProcess) -> None:
         admin.admin("drop", session=victim[0])
         assert_cpu_settles(plain_server.pid)
     finally:
-        end(client)
+        end_process(client)
 
 
 def test_shutdown_does_not_wait_for_a_runaway_statement(plain_server: ServerProcess) -> None:
@@ -400,7 +362,7 @@ def test_shutdown_does_not_wait_for_a_runaway_statement(plain_server: ServerProc
         plain_server.stop(signal.SIGINT, timeout=15)
         assert time.monotonic() - t0 < 5
     finally:
-        end(client)
+        end_process(client)
 
 
 def test_server_method_obeys_timeout_and_cancel(make_db, server_factory) -> None:  # type: ignore[no-untyped-def]

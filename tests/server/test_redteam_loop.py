@@ -9,12 +9,10 @@ make one step last seconds.
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 
 from casemate.testing import ServerProcess
+from tests.conftest import worst_wait_during
 
 A = "printf('%.*c', ?, 'a')"
 QUADRATIC = {
@@ -25,27 +23,6 @@ QUADRATIC = {
     "like_function": (f"SELECT like('%' || {A} || 'b', {A})", (20_000, 200_000)),
 }
 
-
-def worst_wait_during(attacker_call, victim) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """(the victim's longest one-row query, the attack's duration) while attacker_call runs."""
-    done = threading.Event()
-    took: list[float] = []
-
-    def attack() -> None:
-        t0 = time.perf_counter()
-        try:
-            attacker_call()
-        finally:
-            took.append(time.perf_counter() - t0)
-            done.set()
-    threading.Thread(target=attack, daemon=True).start()
-    worst = 0.0
-    while not done.is_set():
-        t0 = time.perf_counter()
-        victim.execute("SELECT 1").fetchall()
-        worst = max(worst, time.perf_counter() - t0)
-        time.sleep(0.002)
-    return worst, took[0]
 
 
 @pytest.mark.parametrize("name", sorted(QUADRATIC))
@@ -59,7 +36,7 @@ def test_one_quadratic_function_cannot_stall_other_sessions(plain_server: Server
         attacker.execute(sql, (3, 1) * (len(big) // 2)).fetchall()
     for _ in range(20):
         victim.execute("SELECT 1").fetchall()
-    worst, took = worst_wait_during(lambda: attacker.execute(sql, big).fetchall(), victim)
+    worst, took, _ = worst_wait_during(lambda: attacker.execute(sql, big).fetchall(), victim)
     assert took > 0.3, f"the attack took {took:.2f} s: too short to mean anything"
     assert worst < 0.1, f"another session waited {worst * 1000:.0f} ms behind {name}"
     attacker.close()
@@ -83,7 +60,7 @@ def test_steps_of_large_values_cannot_stall_other_sessions(plain_server: ServerP
         attacker.execute(ROWS, (2,) + (3,) * 8).fetchall()
     for _ in range(20):
         victim.execute("SELECT 1").fetchall()
-    worst, took = worst_wait_during(
+    worst, took, _ = worst_wait_during(
         lambda: attacker.execute(ROWS, (30_000_000 // size,) + (size,) * 8).fetchall(), victim)
     assert took > 0.3, f"the attack took {took:.2f} s: too short to mean anything"
     assert worst < 0.06, f"another session waited {worst * 1000:.0f} ms behind the attack"
@@ -115,7 +92,7 @@ def test_a_view_redefined_to_match_patterns_leaves_the_event_loop(plain_server: 
     for _ in range(20):
         attacker.execute(sql, (1,)).fetchall()
         victim.execute("SELECT 1").fetchall()
-    worst, took = worst_wait_during(lambda: attacker.execute(sql, (2,)).fetchall(), victim)
+    worst, took, _ = worst_wait_during(lambda: attacker.execute(sql, (2,)).fetchall(), victim)
     assert took > 0.3, f"the attack took {took:.2f} s: too short to mean anything"
     assert worst < 0.1, f"another session waited {worst * 1000:.0f} ms behind the view"
     for c in (admin, attacker, victim):

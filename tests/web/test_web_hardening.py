@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import casemate
-from tests.conftest import ADMIN_PASSWORD
+from tests.conftest import ADMIN_PASSWORD, HAVE_V6
 from tests.web import prepare_web_db, web_url
 from tests.web.test_web_http import Web, audit_events, start
 
@@ -24,16 +24,7 @@ SECURITY_HEADERS = ("X-Frame-Options", "X-Content-Type-Options", "Referrer-Polic
                     "Content-Security-Policy", "Cache-Control")
 
 
-def _have_v6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
-
-HAVE_V6 = _have_v6()
 
 
 def deny_rules(db: Any, *nets: str) -> None:
