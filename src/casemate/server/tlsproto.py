@@ -38,7 +38,55 @@ class _Scratch(threading.local):
 _scratch = _Scratch()
 
 
-class TLSServerProtocol(asyncio.Protocol, asyncio.Transport):
+class _PassThrough(asyncio.Protocol, asyncio.Transport):
+    """The parts of both faces that only pass a call on: flow control between the TCP
+    transport (``_t``) below and the session (``_app``) above, and the transport
+    interface the session may ask for without TLS having a say."""
+
+    _t: asyncio.Transport | None
+    _app: asyncio.Protocol | None
+
+    def pause_writing(self) -> None:
+        if self._app is not None:
+            self._app.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._app is not None:
+            self._app.resume_writing()
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        if self._t is not None:
+            self._t.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._t is not None:
+            self._t.resume_reading()
+
+    def is_reading(self) -> bool:
+        return bool(self._t and self._t.is_reading())
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if self._t is not None:
+            self._t.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return self._t.get_write_buffer_size() if self._t else 0
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        assert isinstance(protocol, asyncio.Protocol)
+        self._app = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._app  # type: ignore[return-value]
+
+
+class TLSServerProtocol(_PassThrough):
     """Server side of TLS on one accepted connection; a transport for the app protocol."""
 
     def __init__(self, context: ssl.SSLContext, app_factory: Callable[[], asyncio.Protocol],
@@ -136,14 +184,6 @@ class TLSServerProtocol(asyncio.Protocol, asyncio.Transport):
         if self._app is not None:
             self._app.connection_lost(exc)
 
-    def pause_writing(self) -> None:
-        if self._app is not None:
-            self._app.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._app is not None:
-            self._app.resume_writing()
-
     # -- above: the transport the session sees -----------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or self._obj is None:
@@ -154,12 +194,6 @@ class TLSServerProtocol(asyncio.Protocol, asyncio.Transport):
             while view:
                 view = view[self._obj.write(view):]
         self._flush()
-
-    def writelines(self, list_of_data: Any) -> None:
-        self.write(b"".join(list_of_data))
-
-    def can_write_eof(self) -> bool:
-        return False
 
     def close(self) -> None:
         if self._closing:
@@ -192,28 +226,3 @@ class TLSServerProtocol(asyncio.Protocol, asyncio.Transport):
         if name == "sslcontext":
             return self._ctx
         return self._t.get_extra_info(name, default) if self._t else default
-
-    def pause_reading(self) -> None:
-        if self._t is not None:
-            self._t.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self._t is not None:
-            self._t.resume_reading()
-
-    def is_reading(self) -> bool:
-        return bool(self._t and self._t.is_reading())
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if self._t is not None:
-            self._t.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_size(self) -> int:
-        return self._t.get_write_buffer_size() if self._t else 0
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        assert isinstance(protocol, asyncio.Protocol)
-        self._app = protocol
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._app  # type: ignore[return-value]
