@@ -25,7 +25,10 @@ def test_rounded_decimal_columns_are_reported_not_fixed(make_db, server_factory)
     raw.execute("CREATE TABLE old_money (amount DECIMAL(20,2))")
     raw.execute("INSERT INTO old_money VALUES ('12345678901234567.89')")
     raw.commit()
+    (stored,) = raw.execute("SELECT amount FROM old_money").fetchone()  # what the file holds
     raw.close()
+    exact = Decimal("12345678901234567.89")
+    assert Decimal(str(stored)) != exact  # NUMERIC affinity rounded it on the way in
     r = _check(db)
     assert r.returncode == 1 and "old_money.amount: 1 value(s)" in r.stdout, r.stdout
     server: ServerProcess = server_factory(db)
@@ -34,7 +37,7 @@ def test_rounded_decimal_columns_are_reported_not_fixed(make_db, server_factory)
         conn.execute("CREATE TABLE new_money (amount DECIMAL(20,2))")
         conn.execute("INSERT INTO new_money VALUES (?)", (Decimal("12345678901234567.89"),))
         conn.commit()
-        assert conn.execute("SELECT amount FROM old_money").fetchone() == (
-            Decimal("12345678901234568"),)  # as stored: not silently "fixed"
+        (served,) = conn.execute("SELECT amount FROM old_money").fetchone()
+        assert served == Decimal(str(stored)) and served != exact  # as stored, not "fixed"
     r = _check(db)
     assert "new_money" not in r.stdout and "old_money" in r.stdout

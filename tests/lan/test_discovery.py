@@ -175,10 +175,18 @@ def _mdns_sockets(pid: int, prefix: tuple[str, ...] = ()) -> list[str]:
     return [line for line in out.stdout.splitlines() if f"pid={pid}," in line and ":5353" in line]
 
 
+def _wait_for_log(s: ServerProcess, line: str, timeout: float = 10) -> None:
+    """The server's decision about publication is logged as it starts (in the background)."""
+    deadline = time.monotonic() + timeout
+    while line not in s.log():
+        assert time.monotonic() < deadline, f"not logged in {timeout} s: {line}\n{s.log()}"
+        time.sleep(0.05)
+
+
 def test_loopback_server_publishes_nothing(make_db, server_factory) -> None:
     s = server_factory(make_db(name="Hidden"))  # on 127.0.0.1: "auto" publishes nothing
-    time.sleep(1.5)  # the publication starts in the background
-    assert "announced on the LAN" not in s.log()
+    _wait_for_log(s, "not announced on the LAN (listening on loopback only)")
+    assert "announced on the LAN as" not in s.log()
     assert _mdns_sockets(s.pid) == []  # not even a multicast DNS socket on the host
 
 
@@ -187,8 +195,8 @@ def test_publication_can_be_switched_off(make_db, lan: LanPair) -> None:
     set_setting(db, "publish_on_lan", '"off"')
     s = ServerProcess(db, 0, ("--host", lan.addr_a), prefix=lan.prefix("a")).start()
     try:
-        time.sleep(1.5)
-        assert "announced on the LAN" not in s.log()
+        _wait_for_log(s, "not announced on the LAN (publish_on_lan is off)")
+        assert "announced on the LAN as" not in s.log()
         assert _mdns_sockets(s.pid, lan.prefix("a")) == []
     finally:
         s.stop()

@@ -33,8 +33,10 @@ async def start_publication(server: Server) -> None:
     background: probing the name on the LAN takes about a second, which the server's
     start does not wait for."""
     bound = [h for h, _ in server.addresses]
-    if not server.addresses or not wants_publication(server.settings.network.publish_on_lan,
-                                                     bound):
+    setting = server.settings.network.publish_on_lan
+    if not server.addresses or not wants_publication(setting, bound):
+        log.info("not announced on the LAN (%s)", "publish_on_lan is off" if setting == "off"
+                 else "listening on loopback only")
         return
     fp = server.tls.info.spki_sha256 if server.tls is not None else None
     pub = lan.Publisher(server.settings.network.publication_name, server.addresses[0][1],
