@@ -148,6 +148,9 @@ class Publisher:
             self._zc = None
 
 
+_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
+
+
 def _found(info: Any) -> Found | None:
     props = {(k.decode() if isinstance(k, bytes) else k):
              (v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
@@ -156,9 +159,11 @@ def _found(info: Any) -> Found | None:
         return None
     name = props.get("name") or info.name.removesuffix("." + SERVICE_TYPE)
     addresses = sorted(info.parsed_scoped_addresses(), key=lambda a: ":" in a)  # IPv4 first
+    fp = props.get("fp")
     return Found(name=str(name), addresses=tuple(addresses),
                  port=int(info.port), encrypted=props.get("enc") == "1",
-                 fingerprint=props.get("fp") or None)
+                 # Anyone may announce: a fingerprint that is not one is not repeated.
+                 fingerprint=fp if isinstance(fp, str) and _FINGERPRINT.fullmatch(fp) else None)
 
 
 class _Listener:  # a zeroconf ServiceListener (duck-typed: zeroconf imports lazily)

@@ -85,9 +85,10 @@ def test_servers_lists_encrypted_and_plain_with_markers(lan: LanPair, published)
     assert found["Stock"]["port"] == plain.port
     assert _mdns_sockets(sales.pid, lan.prefix("a"))  # what the loopback test looks for
     text = _in_b(lan, "-m", "casemate", "servers", "--timeout", "4").stdout
-    assert re.search(rf"Sales\s+{re.escape(lan.addr_a)}\s+{sales.port}\s+encrypted\s+sha256:",
-                     text), text
-    assert re.search(rf"Stock\s+{re.escape(lan.addr_a)}\s+{plain.port}\s+PLAIN", text), text
+    sep = r"\s*\|\s*"  # the table's column separator
+    assert re.search(rf"Sales{sep}{re.escape(lan.addr_a)}{sep}{sales.port}{sep}encrypted{sep}"
+                     r"sha256:", text), text
+    assert re.search(rf"Stock{sep}{re.escape(lan.addr_a)}{sep}{plain.port}{sep}PLAIN", text), text
     # A new key (cert rotate + reload): the announcement follows it.
     old = _key(sales)
     subprocess.run([sys.executable, "-m", "casemate", "cert", str(sales.db), "rotate"],

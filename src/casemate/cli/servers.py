@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 
 import click
 
 from .. import lan
+from .tables import render
+
+# What a stranger on the LAN announces is shown, not obeyed: every control character
+# (newlines too: a name must not draw a fake row) and the bidirectional-text controls
+# (which reorder what the reader sees) are written as escapes.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def shown(text: str) -> str:
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}" if ord(m.group()) > 0xff
+                       else f"\\x{ord(m.group()):02x}", text)
 
 
 @click.command()
@@ -19,6 +31,7 @@ def servers(as_json: bool, timeout: float) -> None:
     \b
     Columns: publication name, address, port, encryption marker, key fingerprint.
     The fingerprint is what the server announces: a hint to compare, never trust.
+    Anyone on the LAN can announce: control characters in names are shown escaped.
     Connect with casemate.connect(publication="NAME") or casemate://user@NAME.local.
     """
     try:
@@ -32,7 +45,6 @@ def servers(as_json: bool, timeout: float) -> None:
     if not found:
         click.echo(f"No Casemate server announced itself within {timeout:g} s.")
         return
-    for f in found:
-        marker = "encrypted" if f.encrypted else "PLAIN"
-        click.echo(f"{f.name:<24} {f.address:<24} {f.port:<6} {marker:<10} "
-                   f"{f.fingerprint or '-'}")
+    rows = [(shown(f.name), f.address, f.port, "encrypted" if f.encrypted else "PLAIN",
+             shown(f.fingerprint) if f.fingerprint else "-") for f in found]
+    click.echo(render(["name", "address", "port", "connections", "key fingerprint"], rows))
