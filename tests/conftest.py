@@ -102,6 +102,16 @@ def set_setting(db: Path, key: str, value: str) -> None:
     p.write_text(text)
 
 
+def items_for_clerks(admin: Any) -> None:
+    """Where the rights tests start: table items with one row (1, 'apple') and a group
+    clerks that may SELECT from it (``admin``: an admin's connection)."""
+    admin.execute("CREATE TABLE items (id integer PRIMARY KEY, name text)")
+    admin.execute("INSERT INTO items VALUES (1, 'apple')")
+    admin.commit()
+    admin.admin("group_add", name="clerks")
+    admin.admin("grant", group="clerks", table="items", privileges=["SELECT"])
+
+
 @pytest.fixture
 def make_db(tmp_path: Path):  # type: ignore[no-untyped-def]
     """Factory: a new database folder; ``encrypted=True`` switches encryption on."""

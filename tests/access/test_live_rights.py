@@ -18,7 +18,7 @@ import pytest
 
 import casemate
 from casemate.database import make_verifier
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, items_for_clerks
 
 PW = "live-rights-pw"
 METHODS = '''
@@ -67,11 +67,7 @@ def server(make_db, server_factory) -> ServerProcess:  # type: ignore[no-untyped
     (db / "Methods" / "tools.py").write_text(METHODS)
     s: ServerProcess = server_factory(db)
     with s.connect() as admin:
-        admin.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
-        admin.execute("INSERT INTO items VALUES (1, 'apple')")
-        admin.commit()
-        admin.admin("group_add", name="clerks")
-        admin.admin("grant", group="clerks", table="items", privileges=["SELECT"])
+        items_for_clerks(admin)
         admin.admin("grant", group="clerks", table="method:ping", privileges=["EXECUTE"])
         for name, group in (("boss", "admin"), ("bob", "readwrite"), ("clerk", "clerks")):
             add_user(admin, name, group)

@@ -18,6 +18,7 @@ import casemate
 from casemate.pgtest import PostgresServer
 from casemate.testing import ServerProcess
 from tests.access.test_live_rights import METHODS, add_user, ended, login, users
+from tests.conftest import items_for_clerks
 
 from .conftest import cli, init_folder
 
@@ -43,11 +44,7 @@ def pair(pg: PostgresServer, tmp_path_factory: pytest.TempPathFactory
             raise
     try:
         with a.connect() as admin:
-            admin.execute("CREATE TABLE items (id integer PRIMARY KEY, name text)")
-            admin.execute("INSERT INTO items VALUES (1, 'apple')")
-            admin.commit()
-            admin.admin("group_add", name="clerks")
-            admin.admin("grant", group="clerks", table="items", privileges=["SELECT"])
+            items_for_clerks(admin)
             admin.admin("grant", group="clerks", table="method:ping", privileges=["EXECUTE"])
         yield a, b
     finally:

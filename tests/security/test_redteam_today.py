@@ -24,7 +24,7 @@ import casemate
 from casemate.database import make_verifier
 from casemate.protocol import Message, Msg, ProtocolConnection, Role, encode_frame
 from tests.access.test_limits import next_message, raw_login
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, items_for_clerks
 from tests.web import prepare_web_db, web_url
 from tests.web.test_web_http import Web
 
@@ -285,11 +285,7 @@ def test_query_portal_of_wrong_type_ends_the_session(make_db, server_factory) ->
 def rights_server(make_db, server_factory) -> ServerProcess:  # type: ignore[no-untyped-def]
     s: ServerProcess = server_factory(make_db())
     with s.connect() as admin:
-        admin.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
-        admin.execute("INSERT INTO items VALUES (1, 'apple')")
-        admin.commit()
-        admin.admin("group_add", name="clerks")
-        admin.admin("grant", group="clerks", table="items", privileges=["SELECT"])
+        items_for_clerks(admin)
         add_user(admin, "clerk", "clerks")
         add_user(admin, "bob", "readwrite")
     return s
