@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -80,6 +81,8 @@ INLINE_PROGRESS_STEPS = 100
 # usual limit.
 INLINE_MAX_LENGTH = 16 * 1024
 _TOOBIG = 18  # SQLITE_TOOBIG
+# A statement that ends the transaction by committing it (past leading comments).
+_ENDS_TXN = re.compile(r"(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:COMMIT|END)\b", re.IGNORECASE | re.DOTALL)
 _INLINE = "inline"  # _Connection._stop: the event-loop cut-off passed
 _STOP = "stop"      # _Connection._stop: interrupt() was called
 
@@ -276,7 +279,10 @@ class _Connection(StorageConnection):
                               else converters_for(plan, raw.description), (sql, big))
             except sqlite3.DatabaseError as e:
                 if self._committed_before_stop(e, was_txn, changes):
-                    return self._done(changes)
+                    return self._done()
+                if was_txn and _ENDS_TXN.match(sql) and self._committed_anyway(e):
+                    self.note_transaction()
+                    return _Done(0, None)  # COMMIT/END sent as SQL: its stop came too late
                 raise _leaving(self._denied(e, was_txn)) from e
         except ENGINE_ERRORS as e:  # besides the above: a Warning, or _done() failing
             raise engine_error(e) from e
@@ -298,12 +304,24 @@ class _Connection(StorageConnection):
                 == sqlite3.SQLITE_INTERRUPT and not was_txn and not self._db.in_transaction
                 and self._db.total_changes != changes)
 
-    def _done(self, changes: int) -> StorageCursor:
+    def _committed_anyway(self, e: sqlite3.DatabaseError) -> bool:
+        """A stop reported by a COMMIT: SQLite's only progress check in a COMMIT comes after
+        the Halt that commits, so no transaction left means it committed (a COMMIT that
+        failed, e.g. busy, leaves the transaction open).  The stop is spent."""
+        if (self._stop is not None and getattr(e, "sqlite_errorcode", 0)
+                == sqlite3.SQLITE_INTERRUPT and not self._db.in_transaction):
+            self._stop = None
+            return True
+        return False
+
+    def _done(self) -> StorageCursor:
         """The statement finished and committed: report it so (never run it again)."""
         self._stop = None
         self._programs.forget()
-        rowid = self._db.execute("SELECT last_insert_rowid()").fetchone()[0]
-        return _Done(self._db.total_changes - changes, rowid)
+        # changes(): the rows of the statement itself, as its cursor would say (trigger
+        # rows are counted by total_changes only).
+        count, rowid = self._db.execute("SELECT changes(), last_insert_rowid()").fetchone()
+        return _Done(count, rowid)
 
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> int:
         self.policy.last_denied = ""
@@ -328,7 +346,8 @@ class _Connection(StorageConnection):
             try:
                 self._db.execute("COMMIT")
             except sqlite3.OperationalError as e:
-                raise self._denied(e) from e
+                if not self._committed_anyway(e):
+                    raise self._denied(e) from e
             self.note_transaction()
 
     def rollback(self) -> None:
