@@ -149,13 +149,26 @@ class Publisher:
 
 
 _FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
+MAX_SERVERS = 256  # announcements looked at in one listing
+RESOLVE_SECONDS = 2.0  # at most this long spent asking the announcers for their details
+
+
+def _text(v: Any) -> Any:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
 
 
 def _found(info: Any) -> Found | None:
-    props = {(k.decode() if isinstance(k, bytes) else k):
-             (v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
-             for k, v in (info.properties or {}).items()}
-    if info.port is None:
+    """One announcement as a :class:`Found`; None for one that cannot be used (anyone may
+    announce anything: a bad one is skipped, never fatal to the listing or a connect)."""
+    try:
+        return _parse(info)
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def _parse(info: Any) -> Found | None:
+    props = {_text(k): _text(v) for k, v in (info.properties or {}).items()}
+    if not info.port:
         return None
     name = props.get("name") or info.name.removesuffix("." + SERVICE_TYPE)
     addresses = sorted(info.parsed_scoped_addresses(), key=lambda a: ":" in a)  # IPv4 first
@@ -172,7 +185,7 @@ class _Listener:  # a zeroconf ServiceListener (duck-typed: zeroconf imports laz
         self.changed = threading.Event()
 
     def add_service(self, zc: Any, type_: str, name: str) -> None:
-        if name not in self.names:
+        if name not in self.names and len(self.names) < MAX_SERVERS:
             self.names.append(name)
         self.changed.set()
 
@@ -190,8 +203,9 @@ def _matches(name: str, publication: str) -> bool:
 
 
 def browse(timeout: float = 2.0, publication: str | None = None) -> list[Found]:
-    """The servers announcing themselves within ``timeout`` seconds, sorted by name.  With
-    ``publication``, returns as soon as that one is seen (a list of one, or empty).
+    """The servers announcing themselves within ``timeout`` seconds (plus at most
+    RESOLVE_SECONDS to ask them for their details), sorted by name.  With
+    ``publication``, returns as soon as that one is seen (the servers announcing it).
     Raises OSError when no multicast socket can be opened."""
     from zeroconf import ServiceBrowser, Zeroconf
     zc = Zeroconf()
@@ -209,8 +223,14 @@ def browse(timeout: float = 2.0, publication: str | None = None) -> list[Found]:
         if publication is not None:
             names = [n for n in names if _matches(n, publication)]
         out = []
-        for n in names:
-            info = zc.get_service_info(SERVICE_TYPE, n, timeout=1000)
+        # Names that are announced but never answer for must not stall the listing: one
+        # deadline for all the look-ups, and at most MAX_SERVERS names looked at.
+        deadline = time.monotonic() + RESOLVE_SECONDS
+        for n in names[:MAX_SERVERS]:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            info = zc.get_service_info(SERVICE_TYPE, n, timeout=min(1000, left_ms))
             if info is not None and (f := _found(info)) is not None:
                 out.append(f)
         return sorted(out, key=lambda f: f.name.lower())
@@ -218,9 +238,17 @@ def browse(timeout: float = 2.0, publication: str | None = None) -> list[Found]:
         zc.close()
 
 
+class Ambiguous(LookupError):
+    """More than one server announces the same publication name."""
+
+
 def find(publication: str, timeout: float = 3.0) -> Found | None:
-    """The server announcing ``publication`` (case-insensitive), or None."""
+    """The server announcing ``publication`` (case-insensitive), or None; Ambiguous when
+    servers at different addresses announce it (one of them is not the right one, and
+    nothing in an announcement tells which)."""
     found = browse(timeout, publication)
+    if len({(f.address, f.port) for f in found}) > 1:
+        raise Ambiguous(", ".join(f"{f.address}:{f.port}" for f in found))
     return found[0] if found else None
 
 

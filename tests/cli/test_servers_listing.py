@@ -34,3 +34,28 @@ def test_announced_names_cannot_drive_the_terminal(monkeypatch: pytest.MonkeyPat
 
 def test_no_server_found(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "No Casemate server announced itself" in _list(monkeypatch, [])
+
+
+def test_line_breaks_of_every_kind_and_the_column_bar_are_escaped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_row = "Sales\u2028 Payroll | 10.0.0.9 | 19812 | encrypted | sha256:cd\u2029\u200b"
+    out = _list(monkeypatch, [lan.Found(fake_row, ("10.0.0.5",), 19812, True, None)])
+    assert len(out.splitlines()) == 3, out  # header, rule, one server
+    assert "\\u2028" in out and "\\u2029" in out and "\\u200b" in out
+    assert out.splitlines()[2].count("|") == 4  # the table's own bars only
+
+
+def test_a_servers_error_text_is_shown_on_its_own_lines_only(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An error's message and hint come from the server, or whoever answered in its place."""
+    from casemate.cli.connect import _exit
+    from casemate.errors import OperationalError
+
+    with pytest.raises(SystemExit):
+        _exit(OperationalError("bad\x1b]0;owned\x07\r\nerror: password expired", "28P01",
+                               "visit\u202e http://evil.example"))
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
+    assert err.splitlines() == [
+        "error: [28P01] bad\\x1b]0;owned\\x07\\x0d\\x0aerror: password expired",
+        "Hint: visit\\u202e http://evil.example"]

@@ -16,6 +16,7 @@ import click
 
 from ..client.params import login_user
 from ..errors import Codes, Error
+from .tables import one_line
 
 if TYPE_CHECKING:
     from ..dbapi import Connection
@@ -51,12 +52,15 @@ def cli_connect(url: str, **kw: Any) -> Connection:
 
 
 def _exit(e: Error) -> NoReturn:
-    text = e.message
+    # The message and hint may come from the server (or from whoever answered in its
+    # place): shown on one line each, with control characters escaped.
+    message, hint = one_line(e.message), one_line(e.hint) if e.hint else None
+    text = message
     if e.code == Codes.NO_PASSWORD:
         text += ("\nHint: run the command on a terminal to be asked for it, put it in the URL "
                  "(casemate://USER:PASSWORD@HOST), set CASEMATE_PASSWORD, or add a line "
                  "HOST:PORT:USER:PASSWORD to the passwords file (see 'casemate shell --help')")
-    elif e.code or e.hint:
-        text = str(e)
+    elif e.code or hint:
+        text = (f"[{e.code}] " if e.code else "") + message + (f"\nHint: {hint}" if hint else "")
     click.echo(f"error: {text}", err=True)
     sys.exit(2)

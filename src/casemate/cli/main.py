@@ -406,12 +406,18 @@ def trust_list() -> None:
 
 
 @trust.command("forget")
-@click.argument("server")
-def trust_forget(server: str) -> None:
-    """Forget SERVER (host:port), to accept its new key or mode at the next connect."""
-    if not KnownServers().forget(server):
-        fail(f"{server} is not in {KnownServers().path}")
-    click.echo(f"Forgot {server}; the next connection records it afresh (after a "
+@click.argument("servers", nargs=-1, required=True)
+def trust_forget(servers: tuple[str, ...]) -> None:
+    """Forget SERVERS (host:port, or lan:NAME for a server found by its publication
+    name), to accept a new key or mode at the next connect."""
+    known = KnownServers()
+    forgot = [s for s in servers if known.forget(s)]
+    for s in servers:
+        if s not in forgot:
+            click.echo(f"{s} is not in {known.path}", err=True)
+    if not forgot:
+        fail("nothing forgotten")
+    click.echo(f"Forgot {', '.join(forgot)}; the next connection records it afresh (after a "
                "successful login).")
 
 

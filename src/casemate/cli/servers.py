@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import json
-import re
 
 import click
 
 from .. import lan
-from .tables import render
-
-# What a stranger on the LAN announces is shown, not obeyed: every control character
-# (newlines too: a name must not draw a fake row) and the bidirectional-text controls
-# (which reorder what the reader sees) are written as escapes.
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+from .tables import one_line, render
 
 
 def shown(text: str) -> str:
-    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}" if ord(m.group()) > 0xff
-                       else f"\\x{ord(m.group()):02x}", text)
+    """What a stranger on the LAN announced, shown and not obeyed: one line (tables.one_line),
+    and no column bar of its own, so a name can draw neither a fake row nor a fake column."""
+    return one_line(text, also="|")
 
 
 @click.command()

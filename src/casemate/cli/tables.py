@@ -13,6 +13,7 @@ import decimal
 import re
 import shutil
 import sys
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,8 +22,8 @@ from wcwidth import wcswidth
 
 from ..units import human_bytes, human_duration, human_time
 
-__all__ = ["cell", "printable", "render", "expanded", "human_bytes", "human_duration", "human_time",
-           "terminal_width"]
+__all__ = ["cell", "one_line", "printable", "render", "expanded", "human_bytes", "human_duration",
+           "human_time", "terminal_width"]
 
 _NUMBERS = (int, float, decimal.Decimal)
 
@@ -45,6 +46,26 @@ def printable(text: str) -> str:
     if "\t" in text:
         text = "\n".join(ln.expandtabs(8) for ln in text.split("\n"))
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+# Control and format characters (escapes, line breaks of every kind, bidirectional-text
+# controls, invisible joiners), private and unassigned code points.
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn"})
+
+
+def one_line(text: str, also: str = "") -> str:
+    """Text someone else wrote (a server's error, a LAN announcement) as one line that
+    cannot drive the terminal, draw lines of its own or reorder what is around it: the
+    characters above, and those in ``also``, written as ``\\xNN``/``\\uNNNN``."""
+    out = []
+    for ch in text:
+        if ch in also or unicodedata.category(ch) in _ESCAPED_CATEGORIES:
+            o = ord(ch)
+            out.append(f"\\x{o:02x}" if o <= 0xFF else f"\\u{o:04x}" if o <= 0xFFFF
+                       else f"\\U{o:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def cell(v: Any, null: str = "", escape: bool = True) -> str:

@@ -45,7 +45,8 @@ class ConnectPlan:
 
     def __init__(self, params: ConnectParams) -> None:
         self.params = params
-        self.known = KnownServers().get(params.server_key)
+        known = KnownServers()
+        self.known = next(filter(None, map(known.get, params.trust_keys)), None)
         self.attempts = plan_attempts(params, self.known)
         self.tls_failure = ""
         self._later: list[str] = []

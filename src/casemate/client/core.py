@@ -84,12 +84,16 @@ def downgrade_error(params: ConnectParams, known: KnownServer | None, why: str) 
             "an attacker who strips encryption causes this; so can a server switched to "
             "plaintext, or an older server refusing this address in plaintext. Do not drop "
             "the pin on this message alone: only if the server's administrator confirms that "
-            f"encryption was switched off, run: casemate trust forget {key}")
+            f"encryption was switched off, run: {_forget(params)}")
     return SecurityError(
         f"{key} did not complete a TLS handshake ({why}) and this connection requires "
         "encryption", Codes.NOT_ENCRYPTED,
         "switch on encrypt_client_server_connections on the server, or connect without "
         "encryption='required' / tls_ca")
+
+
+def _forget(params: ConnectParams) -> str:
+    return "casemate trust forget " + " ".join(params.trust_keys)
 
 
 def check_server_key(params: ConnectParams, known: KnownServer | None, der_cert: bytes,
@@ -146,7 +150,7 @@ def _successor(params: ConnectParams, pin: str, fp: str, sslobj: object) -> str:
         f"expected {pin}, got {fp}, not endorsed by the pinned key.{why} This can be a "
         "man-in-the-middle attack; nothing was sent", Codes.NOT_ENCRYPTED,
         f"compare {fp} with the key fingerprint the administrator's 'casemate cert DIR show' "
-        f"prints; if they match, run: casemate trust forget {params.server_key}")
+        f"prints; if they match, run: {_forget(params)}")
 
 
 def raise_error(m: Message) -> None:
@@ -170,10 +174,11 @@ def explain_login_failure(err: Error, security: Security) -> None:
 def record_trust(params: ConnectParams, security: Security) -> None:
     """After a successful login: remember the server's mode (and key, if encrypted)."""
     known = KnownServers()
-    if security.encrypted:
-        known.record(params.server_key, "encrypted", security.fingerprint)
-    else:
-        known.record(params.server_key, PLAIN, None)
+    for key in params.trust_keys:
+        if security.encrypted:
+            known.record(key, "encrypted", security.fingerprint)
+        else:
+            known.record(key, PLAIN, None)
 
 
 # -- requests ----------------------------------------------------------------

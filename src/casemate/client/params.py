@@ -10,7 +10,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from ..errors import Codes, InterfaceError, OperationalError, PasswordsFileWarning
 from ..settings import DEFAULT_PORT
@@ -85,12 +85,23 @@ class ConnectParams:
     keepalive: float = 30.0
     statement_timeout: float | None = None  # seconds (0 = none); None: the server's default
     announced_fingerprint: str | None = None  # from the LAN announcement: a hint, never trust
+    lan_name: str | None = None  # the publication asked for, when the LAN gave the address
 
     @property
     def server_key(self) -> str:
         """``host:port`` as recorded in known_servers (IPv6 in brackets)."""
         h = self.host.lower()
         return f"[{h}]:{self.port}" if ":" in h else f"{h}:{self.port}"
+
+    @property
+    def trust_keys(self) -> tuple[str, ...]:
+        """Where this server's mode and key are pinned in known_servers, first one first.
+        A server found by its publication name is pinned under that name too: whoever
+        announces the name later, from whatever address, must show the same key (the
+        announced address alone would make every impostor a first contact)."""
+        if self.lan_name is None:
+            return (self.server_key,)
+        return (f"lan:{quote(self.lan_name.lower(), safe='')}", self.server_key)
 
 
 def _split_escaped(line: str) -> list[str]:
@@ -238,9 +249,9 @@ def parse_params(dsn: str | None = None, **kw: Any) -> ConnectParams:
     opts = _env_defaults(opts)
     host = opts.get("host") or "localhost"
     port = _number(opts, "port", int, DEFAULT_PORT, 1, 65535)
-    announced = None
+    announced = lan_name = None
     if opts.get("publication") or host.lower().endswith(".local"):
-        host, port, announced = _from_lan(
+        host, port, announced, lan_name = _from_lan(
             opts.get("publication"), host, port if opts.get("port") else None,
             _number(opts, "connect_timeout", float, 10.0, 0.001, 86400))
     user = opts.get("user") or "admin"
@@ -273,7 +284,7 @@ def parse_params(dsn: str | None = None, **kw: Any) -> ConnectParams:
         keepalive=_keepalive(opts.get("keepalive", 30.0)),
         statement_timeout=(_number(opts, "statement_timeout", float, 0, 0, 10**9)
                            if opts.get("statement_timeout") is not None else None),
-        announced_fingerprint=announced,
+        announced_fingerprint=announced, lan_name=lan_name,
     )
 
 
@@ -295,16 +306,23 @@ def looks_up_lan(dsn: str | None, kw: dict[str, Any]) -> bool:
 
 
 def _from_lan(publication: str | None, host: str, port: Any,
-              timeout: float) -> tuple[str, int, str | None]:
+              timeout: float) -> tuple[str, int, str | None, str | None]:
     """``publication=`` or a ``NAME.local`` host: the address, port and announced key of
-    the server announcing NAME on the LAN.  A ``.local`` host no server announces is
-    left to the system's resolver; an unknown ``publication=`` raises OperationalError."""
+    the server announcing NAME on the LAN, and NAME (None when no server announced it).
+    A ``.local`` host no server announces is left to the system's resolver; an unknown
+    ``publication=`` raises OperationalError."""
     from .. import lan
     name = publication or host[: -len(".local")]
     try:
         # An explicit publication is worth a longer listen; a .local host may be an
         # ordinary mDNS host name, which then waits this long before the system resolver.
         found = lan.find(name, min(timeout, 3.0 if publication else 1.5))
+    except lan.Ambiguous as e:
+        raise OperationalError(
+            f"several servers announce {name!r} on the LAN ({e}): one of them is not the "
+            "one you mean", Codes.CANNOT_CONNECT,
+            "ask the administrator for the server's address and connect to it by address, "
+            "or give each server its own network.publication_name") from None
     except OSError as e:
         if publication:
             raise OperationalError(f"cannot look for {publication!r} on the LAN: {e}",
@@ -316,8 +334,8 @@ def _from_lan(publication: str | None, host: str, port: Any,
                 f"no server announcing the publication {publication!r} was found on the LAN",
                 Codes.CANNOT_CONNECT, "check that the server runs with publish_on_lan on and "
                 "that this computer is on the same network segment (casemate servers lists them)")
-        return host, int(port or DEFAULT_PORT), None
-    return found.address, int(port or found.port), found.fingerprint
+        return host, int(port or DEFAULT_PORT), None, None
+    return found.address, int(port or found.port), found.fingerprint, name
 
 
 def client_hello(params: ConnectParams) -> dict[str, Any]:
