@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import time
 from decimal import Decimal
 
 import pytest
 
 import casemate
-from tests.conftest import ADMIN_PASSWORD
+from tests.conftest import ADMIN_PASSWORD, set_setting
 
 # -- module level (no server) ------------------------------------------------
 
@@ -344,3 +345,29 @@ def test_bad_parameters_are_interface_errors() -> None:
         casemate.connect(host="127.0.0.1", password="x", colour="blue")
     with pytest.raises(casemate.InterfaceError):
         casemate.connect(host="127.0.0.1", password="x", encryption="maybe")
+
+
+def test_a_cursor_that_reconnected_reads_only_its_own_rows(make_db, server_factory) -> None:  # type: ignore[no-untyped-def]
+    """execute() that reconnects on the way (the server ended the idle session) opens its
+    result on the new link; the next execute() drops it there, so the rows of the first
+    result never come in front of the second's (found by review: they did)."""
+    db = make_db()
+    set_setting(db, "idle_timeout_seconds", "1")
+    server = server_factory(db)
+    with casemate.connect(server.url) as setup:
+        setup.execute("CREATE TABLE big (x INTEGER)")
+        setup.cursor().executemany("INSERT INTO big VALUES (?)", [(i,) for i in range(10000)])
+        setup.commit()
+    conn = casemate.connect(server.url)
+    conn.autocommit = True
+    cur = conn.cursor()
+    generation = conn.generation
+    deadline = time.monotonic() + 10
+    while conn._channel.poll_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)  # until the server has ended the idle session
+    cur.execute("SELECT x FROM big ORDER BY x")  # reconnects on the way
+    assert conn.generation == generation + 1
+    assert cur.fetchone() == (0,)  # a result left open, more batches on the server
+    cur.execute("SELECT 'new'")
+    assert cur.fetchall() == [("new",)]
+    conn.close()

@@ -259,6 +259,9 @@ class Cursor(CursorAttrs):
     def _run(self, step: Step) -> Any:
         self._send(step)
         self.connection._wait(step[0])
+        # Sending may have reconnected (a new link, a new generation): the result opened
+        # now lives on that link, and the next _reset must see it as this link's.
+        self._state.generation = self.connection.generation
         return step[0]
 
     def _reset(self) -> None:
