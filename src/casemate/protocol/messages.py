@@ -13,10 +13,11 @@ value; ``COMMIT``, ``ROLLBACK``, ``SYNC`` and ``TERMINATE`` carry ``nil``.
 
 ``decode`` turns a body as :class:`~.core.ProtocolConnection` decoded it (arrays are
 tuples) into the declared type, and raises what the server has always raised for a
-malformed one (``ProtocolError 08P01`` "malformed QUERY message"...).  The request
-types take a fast path when every field already has its type (one C call), so the
-typed bodies cost no CPU per request: ``docs/architecture.md`` gives the measurements
-that chose NamedTuples over ``msgspec.Struct``.
+malformed one (``ProtocolError 08P01`` "malformed QUERY message"...).  ``Query``
+(the request of every statement) takes a fast path when every field already has its
+type (one C call); the other request types check their fields one by one, a few hundred
+nanoseconds: ``docs/architecture.md`` gives the measurements that chose NamedTuples over
+``msgspec.Struct``.
 
 :data:`BODIES` maps every :class:`~.core.Msg` to its body type; ``docs/protocol.md``
 documents each (``tests/protocol/test_messages_documented.py``).
