@@ -166,12 +166,16 @@ class Runner:
             # pays for each): a short call, run in the event loop, that meets no lock.
             try:
                 return self.inline(conn, key, fn, *args)
-            except (TooLong, Busy):
-                pass  # nothing ran: as below (a thread, or a wait for the lock)
+            except TooLong:
+                pass  # nothing ran: as below, in a thread
+            except Busy as e:  # nothing ran, and it met the lock: wait before trying again
+                return await self.retrying(lambda: self.call(fn, *args, key=key), busy=e)
         return await self.retrying(lambda: self.call(fn, *args, key=key))
 
-    async def retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Await ``attempt()``, again while it raises Busy, up to the busy timeout.
+    async def retrying(self, attempt: Callable[[], Awaitable[T]],
+                       busy: Busy | None = None) -> T:
+        """Await ``attempt()``, again while it raises Busy, up to the busy timeout (with
+        ``busy``, a first attempt already met the lock: wait before the next).
 
         The wait happens here, in the event loop, so a blocked writer never holds a
         worker thread that the lock's holder needs to commit.
@@ -181,16 +185,20 @@ class Runner:
         delay = 0.05
         waited = False
         while True:
-            try:
-                return await attempt()
-            except Busy as e:
+            if busy is None:
+                try:
+                    return await attempt()
+                except Busy as e:
+                    busy = e
+            else:
+                met, busy = busy, None
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise Error(
                         f"database is busy: waited more than {timeout:g} s for the write lock "
                         "that other sessions' transactions hold", Codes.BUSY,
                         "roll back and retry the transaction, or raise "
-                        "storage.busy_timeout_seconds") from e
+                        "storage.busy_timeout_seconds") from met
                 # Woken (in turn) when a session's transaction ends; the timeout covers
                 # writers in other processes (a backup) and lost wake-ups.
                 await self.server.wait_lock_released(min(delay * (0.5 + random.random()), left),
