@@ -281,8 +281,7 @@ async def on_call(s: Session, body: Any) -> None:
                     f"{s.group} method:{name} EXECUTE")
     if portal in s.portals:
         s.portals.pop(portal).close()
-    s.statements += 1
-    s.server.statements += 1
+    _count_statement(s)
     ctx = MethodContext(conn, s.user, s.group, s.id)
     holder: dict[str, int] = {}
     limit = s.server.settings.methods.time_limit_seconds
@@ -337,8 +336,7 @@ async def on_execute_many(s: Session, body: Any) -> None:
     sql, seq, begin = em.sql, em.param_sets, em.begin
     _check_statement(s, sql)
     conn = await s.lease.get()
-    s.statements += 1
-    s.server.statements += 1
+    _count_statement(s)
     # Writes in a thread (see _may_cut): a write stopped part-way undoes the transaction,
     # and one stopped after its commit must not run again.
     first = seq[0] if seq and isinstance(seq[0], tuple) else ()

@@ -11,12 +11,11 @@ from typing import Any, NamedTuple
 
 from ..errors import Codes, Error
 from ..protocol import codec
-from ..protocol.messages import batch_size
 from ..storage import Busy, Interrupted, StorageConnection, StorageCursor, StorageError
 from ..storage.access import PermissionDenied
 from ..storage.base import TYPE_NAMES, type_code
 
-__all__ = ["REPORTED", "Batch", "Closed", "batch_size", "execute_first", "execute_many", "fetch_batch",
+__all__ = ["REPORTED", "Batch", "Closed", "execute_first", "execute_many", "fetch_batch",
            "storage_error"]
 
 # A row batch stops growing at ~1 MiB or at the client's row count, whichever
