@@ -13,7 +13,7 @@ from ..errors import Codes, Error
 from ..protocol import codec
 from ..storage import Busy, Interrupted, StorageConnection, StorageCursor, StorageError
 from ..storage.access import PermissionDenied
-from ..storage.base import TYPE_NAMES, type_code
+from ..storage.base import TYPE_NAMES
 
 __all__ = ["REPORTED", "Batch", "Closed", "execute_first", "execute_many", "fetch_batch",
            "storage_error"]
@@ -40,6 +40,9 @@ def fetch_batch(cur: StorageCursor, max_rows: int, describe: bool = True) -> Bat
     """Pull up to ``max_rows`` rows (or ~1 MiB) from ``cur``; with ``describe``, each
     column's type code, from the first row's value, else (NULL, no rows) from the
     statement's declared types."""
+    done = cur.pack(max_rows, BATCH_BYTES, describe)  # the compiled row path, if any
+    if done is not None:
+        return Batch(done.body, done.rows, done.more, _types(cur, done.types, describe))
     chunks: list[bytes] = []
     total = n = 0
     first: list[Any] = []
@@ -52,7 +55,7 @@ def fetch_batch(cur: StorageCursor, max_rows: int, describe: bool = True) -> Bat
         rows = cur.fetch(want)
         if rows:
             if not first:
-                first = list(rows[0])
+                first = [type(v) for v in rows[0]]
             packed = codec.pack(rows)
             chunks.append(packed)
             total += len(packed)
@@ -63,9 +66,11 @@ def fetch_batch(cur: StorageCursor, max_rows: int, describe: bool = True) -> Bat
 
 
 def _types(cur: StorageCursor, first: list[Any], describe: bool) -> list[str | None]:
+    """The type codes of the first row's values (``first``: their Python types)."""
     if not describe:
         return []
-    types = [None if v is None else TYPE_NAMES.get(type(v)) or type_code(v) for v in first]
+    types = [None if t is type(None) or t is None else TYPE_NAMES.get(t, t.__name__)
+             for t in first]
     if types and None not in types:
         return types
     declared = cur.declared_types()

@@ -18,13 +18,13 @@ import uuid
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..protocol.codec import Json
 from .access import Policy
 
 __all__ = ["BUILTIN_GROUPS", "Busy", "Interrupted", "TooLong", "StorageError", "UserRecord", "StorageCursor",
-           "StorageConnection", "Backend", "TYPE_NAMES", "type_code"]
+           "Packed", "StorageConnection", "Backend", "TYPE_NAMES", "type_code"]
 
 # The type codes of cursor.description (docs/protocol.md, docs/types.md), by Python type.
 TYPE_NAMES = {int: "integer", float: "float", str: "text", bytes: "bytes", bool: "bool",
@@ -89,6 +89,15 @@ class UserRecord:
     created: str = ""
 
 
+class Packed(NamedTuple):
+    """Rows a cursor encoded itself (:meth:`StorageCursor.pack`)."""
+
+    body: bytes  # a msgpack array of row arrays (any number of them), as a ROWS body holds
+    rows: int
+    more: bool  # the statement may have more rows
+    types: list[type | None]  # the Python types of the first row's values ([] unless asked)
+
+
 class StorageCursor(abc.ABC):
     """The result of one statement; rows are pulled in batches, never all at once."""
 
@@ -103,6 +112,12 @@ class StorageCursor(abc.ABC):
     @abc.abstractmethod
     def fetch(self, n: int) -> list[tuple[Any, ...]]:
         """Up to ``n`` more rows; fewer (possibly none) when the result is exhausted."""
+
+    def pack(self, max_rows: int, max_bytes: int, describe: bool) -> Packed | None:
+        """Up to ``max_rows`` rows (stopping after the one that passes ``max_bytes``),
+        already encoded, where the backend can do that without Python objects; None: it
+        cannot, use :meth:`fetch`."""
+        return None
 
     def declared_types(self) -> list[str | None]:
         """Each result column's type code as the statement declares it (a table column's

@@ -33,10 +33,11 @@ from .base import (
     TooLong,
     UserRecord,
 )
-from .sqlite_cursor import _Cursor, _Done, _leaving, _out_of_memory
+from .sqlite_cursor import _Cursor, _Done, _leaving, _out_of_memory, _Packed
 from .sqlite_ddl import rewrite_ddl, type_error
 from .sqlite_errors import ENGINE_ERRORS, engine_boundary, engine_error, translates_itself
 from .sqlite_programs import Programs, is_explain
+from .sqlite_rows import open_statement, statement_cache, usable_on
 from .sqlite_system import UserStore
 from .sqlite_typer import ResultTyper, converters_for
 from .sqlite_types import big_ints, install, register_types, rounded_decimal_columns
@@ -117,6 +118,10 @@ class _Connection(StorageConnection):
         self._lost = False  # an interrupted write took the open transaction with it
         self._length = 0  # the usual SQLITE_LIMIT_LENGTH while a call runs in the event loop
         self._db.set_progress_handler(self._progress, PROGRESS_STEPS)
+        # Read-only statements' rows go from SQLite to msgpack in compiled code where it
+        # was built (sqlite_rows.py); all else, and everywhere else, through sqlite3.
+        self._compiled = usable_on(self._db, str(path))
+        self._stmts = statement_cache() if self._compiled else None
 
     # -- stopping a running statement (cancel, statement timeout, event-loop cut-off) --
     def _progress(self) -> int:
@@ -274,9 +279,15 @@ class _Connection(StorageConnection):
                 elif is_explain(sql):
                     self._programs.fresh_schema()  # a cached EXPLAIN never notices a change by itself
                 plan = self._typer.plan(sql, params)  # before the statement runs: ResultTyper
-                raw = self._db.execute(sql, big := big_ints(params))
-                cur = _Cursor(raw, self, None if plan is None
-                              else converters_for(plan, raw.description), (sql, big))
+                big = big_ints(params)
+                st = (open_statement(self._db, self._stmts, sql, big)  # compiled path?
+                      if plan is None and self._stmts is not None else None)
+                if st is not None:
+                    cur: StorageCursor = _Packed(st, self, (sql, big))
+                else:
+                    raw = self._db.execute(sql, big)
+                    cur = _Cursor(raw, self, None if plan is None
+                                  else converters_for(plan, raw.description), (sql, big))
             except sqlite3.DatabaseError as e:
                 if self._committed_before_stop(e, was_txn, changes):
                     return self._done()
@@ -365,6 +376,8 @@ class _Connection(StorageConnection):
         self._db.execute(f'RELEASE "{name}"')
 
     def close(self) -> None:
+        if self._stmts is not None:
+            self._stmts.close()
         self._db.close()
 
 

@@ -9,14 +9,14 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .base import StorageCursor, StorageError, type_code
+from .base import Packed, StorageCursor, StorageError, type_code
 from .sqlite_errors import ENGINE_ERRORS, engine_boundary, engine_error, translates_itself
 from .sqlite_typer import convert_rows
 
 if TYPE_CHECKING:
     from .sqlite import _Connection
 
-__all__ = ["_Cursor", "_Done"]
+__all__ = ["_Cursor", "_Done", "_Packed"]
 
 
 def _leaving(e: BaseException) -> BaseException:
@@ -33,7 +33,21 @@ def _out_of_memory() -> StorageError:
                         "select fewer or smaller values at once")
 
 
-class _Cursor(StorageCursor):
+class _Declared(StorageCursor):
+    _conn: _Connection
+    _statement: tuple[str, Sequence[Any]]
+
+    def declared_types(self) -> list[str | None]:
+        width = len(self.description or ())
+        sql, params = self._statement
+        try:
+            found = self._conn._typer.declared(sql, params, type_code) if sql else None
+        except sqlite3.OperationalError as e:  # stopped: as a fetch would be
+            raise self._conn._denied(e) from e
+        return found if found is not None and len(found) == width else [None] * width
+
+
+class _Cursor(_Declared):
     @translates_itself  # reads attributes only: nothing of SQLite's can fail here
     def __init__(self, cur: sqlite3.Cursor, conn: _Connection,
                  conv: list[tuple[int, Callable[[Any], Any]]] | None = None,
@@ -61,21 +75,54 @@ class _Cursor(StorageCursor):
             return convert_rows(rows, self._conv)
         return rows
 
-    def declared_types(self) -> list[str | None]:
-        width = len(self.description or ())
-        sql, params = self._statement
-        try:
-            found = self._conn._typer.declared(sql, params, type_code) if sql else None
-        except sqlite3.OperationalError as e:  # stopped: as a fetch would be
-            raise self._conn._denied(e) from e
-        return found if found is not None and len(found) == width else [None] * width
-
     @translates_itself
     def close(self) -> None:
         try:
             self._cur.close()
         except ENGINE_ERRORS as e:
             raise engine_error(e) from e
+
+
+class _Packed(_Declared):
+    """A read-only statement run by the compiled row path (sqlite_rows.py): its rows go
+    from SQLite into msgpack without Python objects (``pack``); ``fetch`` gives tuples,
+    as ``_Cursor`` does, for the callers that want values."""
+
+    @translates_itself  # reads attributes only
+    def __init__(self, st: Any, conn: _Connection, statement: tuple[str, Sequence[Any]]) -> None:
+        self._st = st
+        self._conn = conn
+        self._statement = statement
+        self.description = [(c[0], None) for c in st.description]
+        self.rowcount = -1
+        self.lastrowid = st.lastrowid
+
+    @translates_itself
+    def fetch(self, n: int) -> list[tuple[Any, ...]]:
+        try:
+            return self._st.rows(n)  # type: ignore[no-any-return]
+        except Exception as e:
+            raise self._failed(e) from e
+
+    @translates_itself
+    def pack(self, max_rows: int, max_bytes: int, describe: bool) -> Packed:
+        try:
+            types = self._st.first_types() if describe else []
+            body, n, more = self._st.pack(max_rows, max_bytes)
+        except Exception as e:
+            raise self._failed(e) from e
+        return Packed(body, n, more, types)
+
+    def _failed(self, e: Exception) -> BaseException:
+        if isinstance(e, MemoryError):
+            return _out_of_memory()
+        if isinstance(e, sqlite3.OperationalError | sqlite3.DataError):
+            return _leaving(self._conn._denied(e))
+        return engine_error(e) if isinstance(e, ENGINE_ERRORS) else e
+
+    @translates_itself  # finalizing cannot fail
+    def close(self) -> None:
+        self._st.close()
 
 
 class _Done(StorageCursor):
@@ -96,3 +143,4 @@ class _Done(StorageCursor):
 
 # SQLite's exceptions leave it as StorageError (sqlite_errors.py).
 engine_boundary(_Cursor)
+engine_boundary(_Packed)
