@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import threading
 import time
@@ -13,6 +14,7 @@ import pytest
 
 import casemate
 from casemate.server.inline import MAX_KEY_TEXT, MAX_KEYS, CostModel
+from casemate.storage import sqlite_rows
 from tests.conftest import set_setting
 
 SLOW = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) "
@@ -151,7 +153,11 @@ def test_event_loop_setting(make_db, server_factory, choice: str) -> None:  # ty
     with server.connect() as c:
         assert c.execute("SELECT 41 + 1").fetchone() == (42,)
         assert status(c)["event_loop"] == choice
-    assert f"event loop: {choice}" in (db / "Logs" / "server.log").read_text()
+        # the server says which row path it runs: compiled unless the pure one is forced
+        assert status(c)["row_path"] == sqlite_rows.ROW_PATH
+    assert sqlite_rows.ROW_PATH == "compiled" or os.environ.get("CASEMATE_PURE")
+    assert f"event loop: {choice}; row path: {sqlite_rows.ROW_PATH}" in (
+        db / "Logs" / "server.log").read_text()
 
 
 def test_uvloop_asked_but_missing(monkeypatch: pytest.MonkeyPatch) -> None:

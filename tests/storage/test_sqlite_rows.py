@@ -258,3 +258,63 @@ def test_a_fetch_after_the_connection_closed_is_an_error_not_a_crash(tmp_path: P
     with pytest.raises((StorageError, sqlite3.ProgrammingError)):
         fetch_batch(cur, 10)
     cur.close()
+
+
+@needs_compiled
+@pytest.mark.parametrize("changes", [
+    ("ALTER TABLE c DROP COLUMN z", "ALTER TABLE c DROP COLUMN y"),
+    ("ALTER TABLE c ADD COLUMN w", "ALTER TABLE c ADD COLUMN v"),
+    ("ALTER TABLE c RENAME COLUMN y TO yy", "ALTER TABLE c RENAME COLUMN x TO xx"),
+    ("DROP VIEW cv", "CREATE VIEW cv AS SELECT z FROM c")])
+def test_a_cached_statement_takes_its_columns_after_the_schema_changed(
+        pair: tuple[StorageConnection, StorageConnection], changes: tuple[str, str]) -> None:
+    # Found by attack: the cached statement's old column count was kept (SELECT * after
+    # DROP COLUMN read a column that no longer existed and crashed the server).
+    fast, pure = pair
+    fast.execute("CREATE TABLE c (x, y, z)", ())
+    fast.execute("INSERT INTO c VALUES (1, 2, 3)", ())
+    fast.execute("CREATE VIEW cv AS SELECT * FROM c", ())
+    sql = "SELECT * FROM c" if "VIEW" not in changes[0] else "SELECT * FROM c, cv"
+    fast.execute(sql, ()).close()  # cached with its columns of now
+    # a schema change by another connection, then one by its own
+    for who, change in zip((pure, fast), changes, strict=True):
+        who.execute(change, ())
+        if "DROP VIEW" in change:
+            with pytest.raises(StorageError, match="no such table: cv"):
+                fast.execute(sql, ())
+            continue
+        got = fetch_batch(fast.execute(sql, ()), 100)
+        ref = fetch_batch(pure.execute(sql, ()), 100)
+        assert _rows(got.body) == _rows(ref.body) and got.types == ref.types
+        cur = fast.execute(sql, ())
+        assert cur.description == pure.execute(sql, ()).description
+        cur.close()
+
+
+@needs_compiled
+@pytest.mark.parametrize("sql", ["SELECT 1;;", "PRAGMA user_version;;", "SELECT 1\x00",
+                                 "SELECT 1\x00; DROP TABLE t", "SELECT 1; SELECT 2"])
+def test_what_sqlite3_refuses_the_compiled_path_refuses(
+        pair: tuple[StorageConnection, StorageConnection], sql: str) -> None:
+    # Found by attack: the tail was skipped over ";" and SQLite stopped reading at a NUL.
+    fast, pure = pair
+    assert _error_of(fast, sql) == _error_of(pure, sql)
+
+
+@needs_compiled
+def test_closing_a_statement_while_another_thread_reads_it(tmp_path: Path) -> None:
+    # Found by attack: close() from another thread during pack() freed the statement the
+    # reading thread was stepping without the GIL (a crash).  Now the close waits.
+    c = _open(tmp_path, True)
+    cur = c.execute("WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r "
+                    "WHERE i < 3000000) SELECT i, zeroblob(100) FROM r", ())
+    assert isinstance(cur, _Packed)
+    closer = threading.Timer(0.05, cur.close)
+    closer.start()
+    with pytest.raises(StorageError, match="closed while its rows were read"):
+        for _ in range(500):
+            if not fetch_batch(cur, 100_000).more:
+                break
+    closer.join()
+    assert c.execute("SELECT 6 * 7", ()).fetch(1) == [(42,)]
+    c.close()

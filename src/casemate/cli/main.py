@@ -201,7 +201,8 @@ async def _run(server: object) -> None:
     server.prepare()
     await server.start()
     loop = asyncio.get_running_loop()
-    logging.getLogger("casemate.server").info("event loop: %s", server.event_loop)
+    logging.getLogger("casemate.server").info("event loop: %s; row path: %s", server.event_loop,
+                                              server.backend.row_path)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, server.request_stop)
     for h, p in server.addresses:

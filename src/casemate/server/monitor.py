@@ -54,6 +54,7 @@ def status(server: Server) -> dict[str, Any]:
         "data_bytes": server.backend.data_size(),
         "storage": server.backend.name,
         "event_loop": server.event_loop,
+        "row_path": server.backend.row_path,
         "storage_calls_in_event_loop": server.cost.inline_calls,
         "storage_calls_in_threads": server.cost.thread_calls,
     }

@@ -347,6 +347,8 @@ cdef class Statement:
     cdef int _bad_col
     cdef Cache _cache  # where the statement goes back to when closed
     cdef str _sql
+    cdef bint _busy  # being stepped without the GIL: close() waits for the step to end
+    cdef bint _close_pending
 
     def __dealloc__(self):
         if self._st != NULL:
@@ -357,6 +359,9 @@ cdef class Statement:
         """Give the statement back to its cache, reset, or finalize it (idempotent)."""
         cdef sqlite3_stmt *st = self._st
         if st == NULL:
+            return
+        if self._busy:  # another thread steps it: it finalizes it when done
+            self._close_pending = True
             return
         self._st = NULL
         self._has_row = 0
@@ -375,8 +380,11 @@ cdef class Statement:
 
     def _first_step(self):
         cdef int rc
+        cdef sqlite3_stmt *st = self._st
+        self._busy = True
         with nogil:
-            rc = _step(self._st)
+            rc = _step(st)
+        self._end_busy()
         if rc == SQLITE_ROW:
             self._has_row = 1
         elif rc == SQLITE_DONE:
@@ -423,6 +431,7 @@ cdef class Statement:
         if o.buf == NULL:
             raise MemoryError()
         o.len = start  # room for the two array headers, written last
+        self._busy = True
         try:
             with nogil:
                 while True:
@@ -473,6 +482,7 @@ cdef class Statement:
                         break
                     if n >= max_rows or o.len - start >= max_bytes:
                         break
+            self._end_busy()
             if stop == _NOMEM:
                 raise MemoryError()
             if stop == _BADTEXT:
@@ -487,13 +497,24 @@ cdef class Statement:
             memcpy(o.buf + start, <const char*>hdr, len(hdr))
             return PyBytes_FromStringAndSize(o.buf + start, o.len - start), n, bool(self._has_row)
         finally:
+            self._busy = False
             free(o.buf)
+
+    cdef _end_busy(self):
+        # The step is over; a close() that came from another thread meanwhile happens now.
+        self._busy = False
+        if self._close_pending:
+            self._close_pending = False
+            self._sql = None  # finalized: its connection may be closing
+            self.close()
+            raise _make_error(21, 21, "the statement was closed while its rows were read")
 
     def rows(self, Py_ssize_t max_rows):
         """Up to ``max_rows`` rows as tuples of Python values (what sqlite3 would give)."""
         cdef list out = []
         cdef int rc, i, t, nb
         cdef const char *data
+        cdef sqlite3_stmt *st
         if self._st == NULL:
             return out
         self._conn.total_changes
@@ -519,8 +540,11 @@ cdef class Statement:
                 else:
                     row.append(None)
             out.append(tuple(row))
+            st = self._st
+            self._busy = True
             with nogil:
-                rc = _step(self._st)
+                rc = _step(st)
+            self._end_busy()
             if rc == SQLITE_DONE:
                 self._has_row = 0
                 _reset(self._st)
@@ -656,9 +680,11 @@ def open_statement(object conn, Cache cache, str sql, tuple params, dict convert
     s._conn = conn
     s._cache = cache
     s._sql = sql
-    s._ncol = _column_count(st)
     s.lastrowid = _last_insert_rowid(db)  # what sqlite3's cursor says after a SELECT
     s._first_step()
+    # The columns after the first step: a cached statement SQLite had to prepare again
+    # there (the schema changed) may have others now.
+    s._ncol = _column_count(st)
     # After the first step: a statement SQLite prepared again (the schema changed) may
     # now have a column whose declared type picks a converter.
     if _needs_converter(st, s._ncol, converters):
@@ -678,6 +704,9 @@ cdef sqlite3_stmt *_prepared(sqlite3 *db, str sql, bint *ineligible):
     cdef sqlite3_stmt *st = NULL
     cdef const char *tail = NULL
     cdef bytes b
+    if "\x00" in sql:  # sqlite3 refuses it; SQLite would stop reading there
+        ineligible[0] = True
+        return NULL
     try:
         b = sql.encode("utf-8")
     except UnicodeEncodeError:
@@ -686,8 +715,8 @@ cdef sqlite3_stmt *_prepared(sqlite3 *db, str sql, bint *ineligible):
         if st != NULL:
             _finalize(st)
         return NULL
-    while tail[0] in (b' ', b'\t', b'\n', b'\r', b'\f', b';'):  # nothing after it
-        tail += 1
+    while tail[0] in (b' ', b'\t', b'\n', b'\r', b'\f'):  # nothing after it (sqlite3
+        tail += 1  # decides about comments and empty statements there, and refuses them)
     if (tail[0] != 0 or _column_count(st) == 0 or not _readonly(st) or _isexplain(st)):
         _finalize(st)
         ineligible[0] = True

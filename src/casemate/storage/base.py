@@ -246,6 +246,9 @@ class Backend(abc.ABC):
     # True when calls are CPU work in this process (SQLite): short ones may then run in
     # the event loop.  A backend that waits on the network keeps every call in a thread.
     inline_calls = False
+    # How result rows become wire bytes: "compiled" (SQLite, storage/_sqlite_rows.pyx) or
+    # the driver's Python objects packed by msgpack; logged at start, in `casemate status`.
+    row_path = "driver rows packed by msgpack"
 
     def initialize(self) -> None:  # noqa: B027 - optional hook; SQLite needs nothing more
         """Create what the backend needs in a new database (``casemate init``)."""

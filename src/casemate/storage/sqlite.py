@@ -37,7 +37,7 @@ from .sqlite_cursor import _Cursor, _Done, _leaving, _out_of_memory, _Packed
 from .sqlite_ddl import rewrite_ddl, type_error
 from .sqlite_errors import ENGINE_ERRORS, engine_boundary, engine_error, translates_itself
 from .sqlite_programs import Programs, is_explain
-from .sqlite_rows import open_statement, statement_cache, usable_on
+from .sqlite_rows import ROW_PATH, open_statement, statement_cache, usable_on
 from .sqlite_system import UserStore
 from .sqlite_typer import ResultTyper, converters_for
 from .sqlite_types import big_ints, install, register_types, rounded_decimal_columns
@@ -384,6 +384,7 @@ class _Connection(StorageConnection):
 class SQLiteBackend(Backend):
     name = "sqlite"
     inline_calls = True
+    row_path = ROW_PATH
 
     def __init__(self, data_dir: Path, busy_timeout: float = 5.0, mmap_bytes: int = 0,
                  limits: LimitsSettings | None = None) -> None:

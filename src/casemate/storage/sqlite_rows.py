@@ -16,7 +16,7 @@ import sqlite3
 import sys
 from typing import Any
 
-__all__ = ["COMPILED", "WHY_PURE", "engine_exception", "open_statement", "statement_cache",
+__all__ = ["COMPILED", "ROW_PATH", "WHY_PURE", "engine_exception", "open_statement", "statement_cache",
            "usable_on"]
 
 # CPython versions whose pysqlite_Connection starts with its sqlite3* handle (checked).
@@ -69,6 +69,7 @@ def _load() -> tuple[Any, str]:
 
 _compiled, WHY_PURE = _load()
 COMPILED = _compiled is not None
+ROW_PATH = "compiled" if COMPILED else f"pure Python: {WHY_PURE}"
 
 
 def usable_on(db: sqlite3.Connection, filename: str) -> bool:
