@@ -28,8 +28,10 @@ class ServerProcess:
     """A real ``casemate serve`` process on a free port."""
 
     def __init__(self, db: Path, port: int = 0, extra: tuple[str, ...] = (),
-                 password: str = ADMIN_PASSWORD, prefix: tuple[str, ...] = ()) -> None:
+                 password: str = ADMIN_PASSWORD, prefix: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.db = db
+        self.env = env or {}  # added to this process's environment (CASEMATE_PURE, ...)
         self.password = password
         self.prefix = prefix  # e.g. ("taskset", "-c", "0") to pin the server
         self.port = port
@@ -41,7 +43,7 @@ class ServerProcess:
         cmd = [*self.prefix, sys.executable, "-m", "casemate", "serve", str(self.db), "--port",
                str(self.port), *self.extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         while time.monotonic() < deadline:
