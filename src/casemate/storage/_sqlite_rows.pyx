@@ -57,6 +57,13 @@ ctypedef const char *(*f_db_str)(sqlite3*) noexcept nogil
 ctypedef int (*f_db_int)(sqlite3*) noexcept nogil
 ctypedef const char *(*f_db_filename)(sqlite3*, const char*) noexcept nogil
 ctypedef int64_t (*f_db_i64)(sqlite3*) noexcept nogil
+ctypedef void *(*f_col_val)(sqlite3_stmt*, int) noexcept nogil
+ctypedef int (*f_val_int)(void*) noexcept nogil
+ctypedef int64_t (*f_val_i64)(void*) noexcept nogil
+ctypedef double (*f_val_dbl)(void*) noexcept nogil
+ctypedef const void *(*f_val_ptr)(void*) noexcept nogil
+ctypedef void *(*f_db_mutex)(sqlite3*) noexcept nogil
+ctypedef void (*f_mutex)(void*) noexcept nogil
 
 cdef f_prepare _prepare
 cdef f_stmt_int _step, _finalize, _reset, _clear_bindings, _column_count, _readonly
@@ -74,6 +81,13 @@ cdef f_db_str _errmsg
 cdef f_db_int _errcode, _extended_errcode, _total_changes, _get_autocommit
 cdef f_db_filename _db_filename
 cdef f_db_i64 _last_insert_rowid
+cdef f_col_val _column_value
+cdef f_val_int _value_type, _value_bytes
+cdef f_val_i64 _value_int64
+cdef f_val_dbl _value_double
+cdef f_val_ptr _value_text, _value_blob
+cdef f_db_mutex _db_mutex
+cdef f_mutex _mutex_enter, _mutex_leave
 
 # SQLITE_TRANSIENT: SQLite copies a bound value (the Python object may go away).
 cdef void *TRANSIENT = <void*>-1
@@ -93,6 +107,8 @@ def _load(str path):
     global _column_double, _column_blob, _column_text, _column_name, _column_decltype
     global _bind_int64, _bind_double, _bind_text, _bind_blob, _bind_null, _errmsg, _errcode
     global _extended_errcode, _total_changes, _get_autocommit, _db_filename, _last_insert_rowid
+    global _column_value, _value_type, _value_bytes, _value_int64, _value_double, _value_text
+    global _value_blob, _db_mutex, _mutex_enter, _mutex_leave
     cdef bytes p = path.encode()
     cdef void *lib = dlopen(p, RTLD_NOW | RTLD_NOLOAD)  # already loaded: the same SQLite
     if lib == NULL:
@@ -126,6 +142,16 @@ def _load(str path):
     _get_autocommit = <f_db_int>_sym(lib, b"sqlite3_get_autocommit")
     _db_filename = <f_db_filename>_sym(lib, b"sqlite3_db_filename")
     _last_insert_rowid = <f_db_i64>_sym(lib, b"sqlite3_last_insert_rowid")
+    _column_value = <f_col_val>_sym(lib, b"sqlite3_column_value")
+    _value_type = <f_val_int>_sym(lib, b"sqlite3_value_type")
+    _value_bytes = <f_val_int>_sym(lib, b"sqlite3_value_bytes")
+    _value_int64 = <f_val_i64>_sym(lib, b"sqlite3_value_int64")
+    _value_double = <f_val_dbl>_sym(lib, b"sqlite3_value_double")
+    _value_text = <f_val_ptr>_sym(lib, b"sqlite3_value_text")
+    _value_blob = <f_val_ptr>_sym(lib, b"sqlite3_value_blob")
+    _db_mutex = <f_db_mutex>_sym(lib, b"sqlite3_db_mutex")
+    _mutex_enter = <f_mutex>_sym(lib, b"sqlite3_mutex_enter")
+    _mutex_leave = <f_mutex>_sym(lib, b"sqlite3_mutex_leave")
 
 
 cdef inline sqlite3 *_raw_handle(object conn) noexcept:
@@ -421,6 +447,8 @@ cdef class Statement:
         cdef sqlite3_stmt *st = self._st
         cdef int ncol = self._ncol
         cdef const char *data
+        cdef void *v
+        cdef void *mutex = _db_mutex(self._db)
         if st == NULL or not self._has_row:
             return b"\x90", 0, False  # no rows: an empty array, as the pure path sends
         if max_rows <= 0:
@@ -438,15 +466,19 @@ cdef class Statement:
                     if _array_header(&o, ncol):
                         stop = _NOMEM
                         break
+                    # The row's values read under the connection's mutex, taken once
+                    # (each sqlite3_column_* call would lock and unlock it again).
+                    _mutex_enter(mutex)
                     for i in range(ncol):
-                        t = _column_type(st, i)
+                        v = _column_value(st, i)
+                        t = _value_type(v)
                         if t == SQLITE_INTEGER:
-                            rc = _int(&o, _column_int64(st, i))
+                            rc = _int(&o, _value_int64(v))
                         elif t == SQLITE_FLOAT:
-                            rc = _double(&o, _column_double(st, i))
+                            rc = _double(&o, _value_double(v))
                         elif t == SQLITE_TEXT:
-                            data = _column_text(st, i)
-                            nb = _column_bytes(st, i)
+                            data = <const char*>_value_text(v)
+                            nb = _value_bytes(v)
                             if data == NULL and nb:
                                 rc = -1
                             elif _bad_utf8(<const unsigned char*>data, nb) >= 0:
@@ -456,8 +488,8 @@ cdef class Statement:
                             else:
                                 rc = _raw(&o, data, nb, 1)
                         elif t == SQLITE_BLOB:
-                            data = <const char*>_column_blob(st, i)
-                            nb = _column_bytes(st, i)
+                            data = <const char*>_value_blob(v)
+                            nb = _value_bytes(v)
                             rc = -1 if data == NULL and nb else _raw(&o, data, nb, 0)
                         else:
                             if o.cap - o.len < 1 and _grow(&o, 1):
@@ -469,6 +501,7 @@ cdef class Statement:
                         if rc:
                             stop = _NOMEM
                             break
+                    _mutex_leave(mutex)
                     if stop != _FULL:
                         break
                     n += 1
