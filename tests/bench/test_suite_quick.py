@@ -80,6 +80,8 @@ def test_every_target_gets_a_verdict(quick: tuple[str, Path]) -> None:
                          r"(met|MISSED by \d+%)", out), t.text
     assert re.search(r"resumed-session connect time vs plain connect: \d+\.\d\dx "
                      r"\(target ≤ 1\.5x\): (met|MISSED)", out)
+    assert re.search(r"128 concurrent clients, p99 latency: [\d,.]+ ms against [\d,.]+ ms "
+                     r"\(target ≤ PostgreSQL's\): (met|MISSED by \d+%)", out)
     assert f"{IDLE:,} idle encrypted Casemate sessions:" in out
 
 
