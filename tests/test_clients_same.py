@@ -8,6 +8,7 @@ between the two clients is a test failure.
 from __future__ import annotations
 
 import asyncio
+import time
 import inspect
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -315,3 +316,31 @@ def test_resumable_session_does_not_pass_a_mitm(client: Client, tls_server: Serv
         relay.wait_idle()
         attacked = relay.flows[n:]
         assert attacked and all(bytes(f.c2s) == b"" for f in attacked)  # nothing was sent
+
+
+def test_rows_that_arrived_before_the_server_died_come_before_the_error(
+        client: Client, plain_server: ServerProcess) -> None:
+    # The next batch had already arrived when the server died, so sending the FETCH after
+    # it failed: the error was raised with those 2,000 rows still buffered, and the next
+    # fetchone() returned them as if nothing had happened (found by a flaky test).  Now
+    # the rows come first, in order, then the lost connection, and no row after it.
+    conn = client.connect(plain_server.url)
+    cur = conn.cursor()
+    cur.execute("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+                "WHERE x < 1000000) SELECT x FROM c")
+    assert [cur.fetchone()[0] for _ in range(10_000)] == list(range(1, 10_001))
+    time.sleep(0.3)  # the prefetched batch is here
+    plain_server.kill()
+    seen: list[int] = []
+    with pytest.raises(casemate.OperationalError) as e:
+        for row in cur:
+            seen.append(row[0])
+    assert e.value.code == "08006", e.value
+    assert seen == list(range(10_001, 10_001 + len(seen)))  # no gap, no repeat
+    assert len(seen) < 1_000_000 - 10_000  # (not the whole result)
+    for _ in range(2):  # the blocking link reports the loss again; asyncio's is closed
+        with pytest.raises(casemate.OperationalError if client.kind == "blocking"
+                           else casemate.InterfaceError):
+            cur.fetchone()
+    if client.kind == "blocking":
+        conn.close()

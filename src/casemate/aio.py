@@ -39,7 +39,7 @@ from .client.cursor import DEFAULT_BATCH_ROWS, CursorAttrs, CursorState, Step
 from .client.params import ConnectParams, looks_up_lan, parse_params
 from .client.risk import warn_uncommitted
 from .client.status import command_status
-from .errors import Error, InterfaceError
+from .errors import Error, InterfaceError, OperationalError
 from .protocol import Msg
 
 __all__ = ["connect", "create_pool", "AsyncConnection", "AsyncCursor", "AsyncPool", "Transaction"]
@@ -241,7 +241,10 @@ class AsyncCursor(CursorAttrs):
         self._check()
         while (p := self._state.next_batch()) is not None:
             await self.connection._wait(p)
-            await self._send(self._state.after(p))
+            try:
+                await self._send(self._state.after(p))
+            except OperationalError as e:  # lost: the rows that came are read first
+                self._state.send_failed(e)
         return bool(self._state.rows)
 
     async def fetchone(self) -> tuple[Any, ...] | None:

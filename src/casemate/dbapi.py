@@ -18,7 +18,7 @@ from .client.cursor import CursorAttrs, CursorState, Step
 from .client.link import BlockingLink
 from .client.params import ConnectParams, Security, parse_params
 from .client.risk import warn_uncommitted
-from .errors import Error, InterfaceError
+from .errors import Error, InterfaceError, OperationalError
 from .protocol import Msg
 from .protocol.messages import Admin
 
@@ -294,7 +294,10 @@ class Cursor(CursorAttrs):
         self._check()
         while (p := self._state.next_batch()) is not None:
             self.connection._wait(p)
-            self._send(self._state.after(p))
+            try:
+                self._send(self._state.after(p))
+            except OperationalError as e:  # lost: the rows that came are read first
+                self._state.send_failed(e)
         return bool(self._state.rows)
 
     def fetchone(self) -> tuple[Any, ...] | None:

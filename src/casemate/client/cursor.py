@@ -15,7 +15,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any, Generic, TypeVar, cast
 
-from ..errors import InterfaceError, ProgrammingError
+from ..errors import Error, InterfaceError, ProgrammingError
 from ..protocol import Msg
 from ..protocol.messages import Call, ClosePortal, ExecuteMany, Fetch, Query
 from .core import ExecRequest, Request, SimpleRequest
@@ -156,6 +156,17 @@ class CursorState:
         if req.description is None:
             self.rowcount = req.rowcount
         return None
+
+    def send_failed(self, e: Error) -> None:
+        """Sending the FETCH of the next batch failed (the connection is lost): the rows
+        already here are read first, and that FETCH carries the error to whoever waits
+        for it next; with no row left, ``e`` is raised at once."""
+        p = self.prefetch
+        if not self.rows or p is None:
+            raise e
+        if not p.done:
+            p.error, p.done = e, True
+        self.suspended = False  # the portal died with the connection: nothing to close
 
     def close_portal(self, generation: int) -> Step | None:
         """The CLOSE_PORTAL for a result still open on this connection, if there is one
