@@ -8,8 +8,8 @@ between the two clients is a test failure.
 from __future__ import annotations
 
 import asyncio
-import time
 import inspect
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
