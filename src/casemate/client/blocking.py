@@ -106,14 +106,7 @@ class TLSSocket:
         while True:
             if self._in.pending or obj.pending():
                 with self._lock:
-                    try:
-                        n = cast(int, obj.read(len(buf), buf))  # with a buffer: a count
-                    except ssl.SSLWantReadError:
-                        n = -1  # an incomplete record: read more
-                    except ssl.SSLZeroReturnError:
-                        return 0  # close_notify
-                    if self._out.pending:  # a post-handshake reply (key update)
-                        self.raw.sendall(self._out.read())
+                    n = self._decrypt(buf)
                 if n >= 0:
                     return n
             rb = _rbuf
@@ -121,6 +114,28 @@ class TLSSocket:
             if not got:
                 return 0
             self._in.write(rb.raw_view[:got])
+
+    def _decrypt(self, buf: bytearray) -> int:
+        """Every complete record received so far, decrypted into ``buf`` (as many as fit:
+        a batch of rows spans several 16 KiB records, and each return is a trip through
+        the caller's Python); -1 if no record is complete yet, 0 at close_notify."""
+        obj, size, total = self.obj, len(buf), 0
+        while total < size:
+            try:
+                # with a buffer: a count (SSL_read gives one record per call)
+                n = cast(int, obj.read(size - total, memoryview(buf)[total:] if total else buf))
+            except ssl.SSLWantReadError:
+                break  # an incomplete record: what came so far, or read more
+            except ssl.SSLZeroReturnError:  # close_notify: the end, after what came before
+                return total
+            if not n:
+                break
+            total += n
+            if not self._in.pending and not obj.pending():
+                break
+        if self._out.pending:  # a post-handshake reply (key update)
+            self.raw.sendall(self._out.read())
+        return total or -1
 
     def recv(self, n: int) -> bytes:
         buf = bytearray(n)
