@@ -406,8 +406,9 @@ cdef class Statement:
 
     def _first_step(self):
         cdef int rc
-        cdef sqlite3_stmt *st = self._st
+        cdef sqlite3_stmt *st
         self._busy = True
+        st = self._st
         with nogil:
             rc = _step(st)
         self._end_busy()
@@ -459,7 +460,8 @@ cdef class Statement:
         if o.buf == NULL:
             raise MemoryError()
         o.len = start  # room for the two array headers, written last
-        self._busy = True
+        self._busy = True  # (set while holding the GIL, before the statement is read)
+        st = self._st
         try:
             with nogil:
                 while True:
@@ -573,8 +575,8 @@ cdef class Statement:
                 else:
                     row.append(None)
             out.append(tuple(row))
-            st = self._st
             self._busy = True
+            st = self._st
             with nogil:
                 rc = _step(st)
             self._end_busy()
