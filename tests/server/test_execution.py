@@ -282,6 +282,30 @@ def test_cancel_stops_pipelined_requests_but_not_later_ones(plain_server: Server
     asyncio.run(main())
 
 
+def test_cancel_stops_a_queued_request_that_would_run_in_the_event_loop(
+        plain_server: ServerProcess) -> None:
+    # A short statement the cost model runs in the event loop, queued behind a long one
+    # and covered by the CANCEL, ran anyway (only the worker-thread path checked).
+    async def main() -> None:
+        conn = await casemate.aio.connect(plain_server.url)
+        for _ in range(20):  # now known to be short: it runs in the event loop
+            assert await conn.fetch("SELECT 41 + 1") == [(42,)]
+        first = asyncio.ensure_future(conn.fetch(ENDLESS))
+        second = asyncio.ensure_future(conn.fetch("SELECT 41 + 1"))  # queued behind it
+        await asyncio.sleep(0.3)
+        conn.cancel()
+        for t in (first, second):
+            with pytest.raises(casemate.OperationalError) as e:
+                await t
+            assert e.value.code == CANCELED
+        assert await conn.fetch("SELECT 41 + 1") == [(42,)]  # sent after: runs
+        await conn.close()
+    asyncio.run(main())
+    with plain_server.connect() as c:
+        columns, rows = c.admin_table("status")
+    assert dict(zip(columns, rows[0], strict=True))["storage_calls_in_event_loop"] > 0
+
+
 def test_cancel_from_asyncio(plain_server: ServerProcess) -> None:
     async def main() -> None:
         conn = await casemate.aio.connect(plain_server.url)

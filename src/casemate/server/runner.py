@@ -86,6 +86,10 @@ class Runner:
     def inline(self, conn: StorageConnection, key: Hashable | None, fn: Callable[..., T],
                *args: Any) -> T:
         """Run in the event loop, stopped (TooLong) past the cost model's cut-off."""
+        # A request the CANCEL covered, or of a session already ended, does not start here
+        # either (_in_thread checks the same for the worker-thread path).
+        if self.cancel_seq >= self.s.seq or self.s.closed:
+            raise self._stop_error("cancel" if not self.s.closed else self.s.end_reason)
         cost = self.server.cost
         conn.arm(cost.cutoff)
         try:
