@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
@@ -149,3 +150,13 @@ def summary(values: list[float], scale: float, fmt: str) -> str:
     if len(values) == 1:
         return fmt.format(med)
     return f"{fmt.format(med)} ({fmt.format(lo)}–{fmt.format(hi)})"
+
+
+def interleaved_args(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options of the interleaved, pinned benchmarks: --quick, --rounds, --no-pin."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--quick", action="store_true", help="small sizes (seconds, for tests)")
+    p.add_argument("--rounds", type=int, help="rounds of interleaved measurements")
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="do not pin the servers and the client to one CPU")
+    return p

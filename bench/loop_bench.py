@@ -13,7 +13,6 @@ CPU by default.  The table gives medians, spreads and the ratio uvloop/asyncio.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import platform
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from ._common import (
     choose_cpu,
+    interleaved_args,
     pin_client,
     pin_note,
     set_setting,
@@ -148,12 +148,7 @@ def write_docs(lines: list[str], path: Path = DOCS) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.loop_bench",
-                                description="The server on asyncio's loop against uvloop.")
-    p.add_argument("--quick", action="store_true", help="small sizes (seconds, for tests)")
-    p.add_argument("--rounds", type=int, help="rounds of interleaved measurements")
-    p.add_argument("--no-pin", dest="pin", action="store_false",
-                   help="do not pin the servers and the client to one CPU")
+    p = interleaved_args("python -m bench.loop_bench", "The server on asyncio's loop against uvloop.")
     p.add_argument("--write-docs", action="store_true", help=f"write the table into {DOCS}")
     args = p.parse_args(argv)
     try:

@@ -15,7 +15,6 @@ The numbers go into docs/benchmarks.md by hand (section "The compiled row path")
 
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import statistics
@@ -26,7 +25,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ._common import choose_cpu, pin_client, pin_note, set_setting, summary, taskset_prefix
+from ._common import (
+    choose_cpu,
+    interleaved_args,
+    pin_client,
+    pin_note,
+    set_setting,
+    summary,
+    taskset_prefix,
+)
 from .tls_bench import Target, bulk, load_table, lookups, payload_size
 
 BUILDS = ("compiled", "pure")
@@ -102,13 +109,8 @@ def report(samples: dict[tuple[str, str], list[float]]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.rowpath_bench",
-                                description="Compiled versus pure-Python row path (encrypted).")
-    p.add_argument("--quick", action="store_true", help="small sizes (seconds, for tests)")
-    p.add_argument("--rounds", type=int, help="rounds of interleaved measurements")
-    p.add_argument("--no-pin", dest="pin", action="store_false",
-                   help="do not pin the servers and the client to one CPU")
-    args = p.parse_args(argv)
+    args = interleaved_args("python -m bench.rowpath_bench",
+                            "Compiled versus pure-Python row path (encrypted).").parse_args(argv)
     sizes = dict(QUICK if args.quick else FULL)
     if args.rounds:
         sizes["rounds"] = args.rounds

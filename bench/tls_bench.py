@@ -48,6 +48,7 @@ from ._common import (
     Meter,
     choose_cpu,
     cpu_model,
+    interleaved_args,
     pin_client,
     pin_note,
     process_cpu,
@@ -381,12 +382,7 @@ def write_docs(lines: list[str], path: Path = DOCS) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.tls_bench",
-                                description="Plain versus encrypted Casemate benchmark.")
-    p.add_argument("--quick", action="store_true", help="small sizes (seconds, for tests)")
-    p.add_argument("--rounds", type=int, help="rounds of interleaved measurements")
-    p.add_argument("--no-pin", dest="pin", action="store_false",
-                   help="do not pin the servers and the client to one CPU")
+    p = interleaved_args("python -m bench.tls_bench", "Plain versus encrypted Casemate benchmark.")
     p.add_argument("--write-docs", action="store_true", help=f"write the table into {DOCS}")
     return p.parse_args(argv)
 

@@ -265,6 +265,13 @@ def test_a_late_cancel_never_stops_the_next_statement(plain_server: ServerProces
     assert conn.execute(BOUNDED, (200_000,)).fetchall() == [(200_000,)]
 
 
+async def _all_cancelled(*requests: asyncio.Future[object]) -> None:
+    for t in requests:
+        with pytest.raises(casemate.OperationalError) as e:
+            await t
+        assert e.value.code == CANCELED
+
+
 def test_cancel_stops_pipelined_requests_but_not_later_ones(plain_server: ServerProcess
                                                              ) -> None:
     async def main() -> None:
@@ -273,10 +280,7 @@ def test_cancel_stops_pipelined_requests_but_not_later_ones(plain_server: Server
         second = asyncio.ensure_future(conn.fetch(ENDLESS))  # queued behind the first
         await asyncio.sleep(0.3)
         conn.cancel()
-        for t in (first, second):
-            with pytest.raises(casemate.OperationalError) as e:
-                await t
-            assert e.value.code == CANCELED
+        await _all_cancelled(first, second)
         assert await conn.fetch(BOUNDED, (100_000,)) == [(100_000,)]  # sent after: runs
         await conn.close()
     asyncio.run(main())
@@ -294,10 +298,7 @@ def test_cancel_stops_a_queued_request_that_would_run_in_the_event_loop(
         second = asyncio.ensure_future(conn.fetch("SELECT 41 + 1"))  # queued behind it
         await asyncio.sleep(0.3)
         conn.cancel()
-        for t in (first, second):
-            with pytest.raises(casemate.OperationalError) as e:
-                await t
-            assert e.value.code == CANCELED
+        await _all_cancelled(first, second)
         assert await conn.fetch("SELECT 41 + 1") == [(42,)]  # sent after: runs
         await conn.close()
     asyncio.run(main())
