@@ -76,6 +76,12 @@ class AsyncConnection(AsyncLink):
     def closed(self) -> bool:
         return self._writer is None
 
+    @property
+    def lost(self) -> Error | None:
+        """Why the connection is gone, if the server or the network ended it (None while
+        it is open, or after close())."""
+        return self._broken if self._writer is None else None
+
     async def set_autocommit(self, value: bool) -> None:
         """Switch autocommit as the DB-API's setter does: switching it on commits an open
         transaction first, so no statement is left in limbo (setting the attribute

@@ -144,6 +144,12 @@ class Connection(BlockingLink):
     def closed(self) -> bool:
         return self._chan is None
 
+    @property
+    def lost(self) -> None:
+        """Always None: a lost link stays this connection's (it reports the loss, or
+        reconnects) until close(), after which the connection is closed, not lost."""
+        return None
+
     # -- PEP 249 ------------------------------------------------------------
     def cursor(self) -> Cursor:
         if self._chan is None:
