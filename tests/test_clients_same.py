@@ -8,6 +8,7 @@ between the two clients is a test failure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from collections.abc import Callable, Iterator
@@ -318,29 +319,80 @@ def test_resumable_session_does_not_pass_a_mitm(client: Client, tls_server: Serv
         assert attacked and all(bytes(f.c2s) == b"" for f in attacked)  # nothing was sent
 
 
-def test_rows_that_arrived_before_the_server_died_come_before_the_error(
-        client: Client, plain_server: ServerProcess) -> None:
-    # The next batch had already arrived when the server died, so sending the FETCH after
-    # it failed: the error was raised with those 2,000 rows still buffered, and the next
-    # fetchone() returned them as if nothing had happened (found by a flaky test).  Now
-    # the rows come first, in order, then the lost connection, and no row after it.
-    conn = client.connect(plain_server.url)
+def _kill_after_prefetch(client: Client, server: ServerProcess, autocommit: bool) -> tuple[Any, Any]:
+    """A connection reading a long result when its server dies just after the next batch
+    arrived (so it is sending the FETCH after that which fails)."""
+    conn = client.connect(server.url)
+    conn.autocommit = autocommit
     cur = conn.cursor()
     cur.execute("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
                 "WHERE x < 1000000) SELECT x FROM c")
     assert [cur.fetchone()[0] for _ in range(10_000)] == list(range(1, 10_001))
     time.sleep(0.3)  # the prefetched batch is here
-    plain_server.kill()
+    server.kill()
+    return conn, cur
+
+
+def test_rows_that_arrived_before_the_server_died_come_before_the_error(
+        client: Client, plain_server: ServerProcess) -> None:
+    # Sending the FETCH after the last batch that arrived failed: the error was raised
+    # with those rows still buffered, and the next fetchone() returned them as if nothing
+    # had happened (found by a flaky test).  In autocommit (no transaction to lose) the
+    # rows come first, in order, then the lost connection at every call.
+    conn, cur = _kill_after_prefetch(client, plain_server, autocommit=True)
     seen: list[int] = []
     with pytest.raises(casemate.OperationalError) as e:
         for row in cur:
             seen.append(row[0])
     assert e.value.code == "08006", e.value
-    assert seen == list(range(10_001, 10_001 + len(seen)))  # no gap, no repeat
+    assert seen and seen == list(range(10_001, 10_001 + len(seen)))  # no gap, no repeat
     assert len(seen) < 1_000_000 - 10_000  # (not the whole result)
     for _ in range(2):  # every later call reports the same loss (both clients)
         with pytest.raises(casemate.OperationalError) as again:
             cur.fetchone()
         assert again.value.code == "08006"
-    if client.kind == "blocking":
+    with contextlib.suppress(casemate.Error):
         conn.close()
+
+
+def test_a_lost_transaction_is_reported_before_any_row_after_it(
+        client: Client, make_db: Any, server_factory: Any) -> None:
+    # Found by attack: with the rows read first, the "transaction rolled back" report
+    # waited behind them, and a commit() in between went to a new session (the server
+    # restarted, reconnect on) and returned OK with the INSERT gone.
+    db = make_db()
+    server = server_factory(db)
+    setup = client.connect(server.url)
+    setup.autocommit = True
+    setup.cursor().execute("CREATE TABLE t (x INTEGER)")
+    setup.close()
+    conn = client.connect(server.url, reconnect_attempts=3)
+    conn.autocommit = False
+    conn.cursor().execute("INSERT INTO t VALUES (1)")
+    cur = conn.cursor()
+    cur.execute("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+                "WHERE x < 1000000) SELECT x FROM c")
+    assert [cur.fetchone()[0] for _ in range(10_000)] == list(range(1, 10_001))
+    time.sleep(0.3)
+    port = server.port
+    server.kill()
+    again = ServerProcess(db, port=port).start()
+    try:
+        seen: list[int] = []
+        with pytest.raises(casemate.OperationalError) as e:
+            for _ in range(1_000_000):  # the rows that arrived before the loss was known
+                seen.append(cur.fetchone()[0])
+        assert seen == list(range(10_001, 10_001 + len(seen)))
+        assert e.value.code == "08006" and "rolled back" in e.value.message
+        with pytest.raises(casemate.OperationalError):
+            cur.fetchone()  # no row of the lost transaction's result after that
+        with pytest.raises(casemate.OperationalError):
+            conn.commit()  # never "committed" on a new session
+        check = client.connect(again.url)
+        rows = check.execute("SELECT count(*) FROM t").fetchall()
+        assert rows == [(0,)]  # the INSERT went with the transaction, as reported
+        check.close()
+    finally:
+        with contextlib.suppress(casemate.Error):
+            conn.close()
+        again.stop()

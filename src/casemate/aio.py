@@ -259,8 +259,11 @@ class AsyncCursor(CursorAttrs):
     async def fetchmany(self, size: int | None = None) -> list[tuple[Any, ...]]:
         n = self.arraysize if size is None else size
         out: list[tuple[Any, ...]] = []
-        while len(out) < n and await self._fill():
-            self._state.take(out, n)
+        try:
+            while len(out) < n and await self._fill():
+                self._state.take(out, n)
+        except OperationalError as e:  # rows taken before a lost connection come first
+            return self._state.taken_before(out, e)
         return out
 
     async def fetchall(self) -> list[tuple[Any, ...]]:

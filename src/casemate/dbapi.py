@@ -312,8 +312,11 @@ class Cursor(CursorAttrs):
     def fetchmany(self, size: int | None = None) -> list[tuple[Any, ...]]:
         n = self.arraysize if size is None else size
         out: list[tuple[Any, ...]] = []
-        while len(out) < n and self._fill():
-            self._state.take(out, n)
+        try:
+            while len(out) < n and self._fill():
+                self._state.take(out, n)
+        except OperationalError as e:  # rows taken before a lost connection come first
+            return self._state.taken_before(out, e)
         return out
 
     def fetchall(self) -> list[tuple[Any, ...]]:

@@ -80,6 +80,10 @@ class DataError(DatabaseError):
 class OperationalError(DatabaseError):
     """The connection or the server could not do its work (lost connection, busy, shutdown...)."""
 
+    # For a lost connection (08006/08007): whether a transaction, or a request that may
+    # have committed, went with it.  Set by the client core; False for other errors.
+    transaction_lost = False
+
 
 class IntegrityError(DatabaseError):
     """A constraint was violated."""

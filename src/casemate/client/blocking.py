@@ -65,6 +65,8 @@ class TLSSocket:
         # The SSL object is used by the reading thread and by a cancel from another thread:
         # one at a time (OpenSSL's rule), and records go out in the order they were made.
         self._lock = threading.Lock()
+        self._ended = False  # close_notify came: the end of the stream, once the rest is read
+        self._failed: BaseException | None = None  # met after bytes that were returned first
 
     @classmethod
     def handshake(cls, sock: socket.socket, ctx: ssl.SSLContext, hostname: str,
@@ -104,11 +106,15 @@ class TLSSocket:
         """Decrypted bytes into ``buf``; 0 at the end of the stream."""
         obj = self.obj
         while True:
+            if self._failed is not None:
+                raise self._failed
             if self._in.pending or obj.pending():
                 with self._lock:
                     n = self._decrypt(buf)
                 if n >= 0:
                     return n
+            if self._ended:
+                return 0
             rb = _rbuf
             got = self.raw.recv_into(rb.raw)
             if not got:
@@ -118,18 +124,27 @@ class TLSSocket:
     def _decrypt(self, buf: bytearray) -> int:
         """Every complete record received so far, decrypted into ``buf`` (as many as fit:
         a batch of rows spans several 16 KiB records, and each return is a trip through
-        the caller's Python); -1 if no record is complete yet, 0 at close_notify."""
+        the caller's Python); -1 if no record is complete yet, 0 at close_notify.  Bytes
+        decrypted before close_notify or a bad record are returned first; the end or the
+        error comes with the next call."""
         obj, size, total = self.obj, len(buf), 0
         while total < size:
             try:
-                # with a buffer: a count (SSL_read gives one record per call)
+                # with a buffer: a count (SSL_read gives one record per call; 0 once
+                # close_notify has come)
                 n = cast(int, obj.read(size - total, memoryview(buf)[total:] if total else buf))
             except ssl.SSLWantReadError:
                 break  # an incomplete record: what came so far, or read more
-            except ssl.SSLZeroReturnError:  # close_notify: the end, after what came before
-                return total
-            if not n:
+            except ssl.SSLZeroReturnError:
+                n = 0
+            except ssl.SSLError as e:
+                if not total:
+                    raise
+                self._failed = e
                 break
+            if not n:  # close_notify: the end, after what came before it
+                self._ended = True
+                return total
             total += n
             if not self._in.pending and not obj.pending():
                 break

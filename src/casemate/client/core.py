@@ -356,12 +356,16 @@ class ClientCore:
         for req in self.pending:
             what = commit_risk(req.sent, self.autocommit_portals)
             if what:
-                return OperationalError(
+                unknown = OperationalError(
                     f"connection to the server lost ({reason}) after {what} was sent and "
                     "before its reply: the client cannot know whether it was committed",
                     Codes.TRANSACTION_RESOLUTION_UNKNOWN,
                     "reconnect and check whether its changes are there before running it again")
+                unknown.transaction_lost = True
+                return unknown
         txn = (" The open transaction was rolled back by the server; nothing of it was "
                "committed.") if self.in_transaction else ""
-        return OperationalError(f"connection to the server lost ({reason}).{txn}",
+        lost = OperationalError(f"connection to the server lost ({reason}).{txn}",
                                 Codes.CONNECTION_FAILURE)
+        lost.transaction_lost = self.in_transaction
+        return lost

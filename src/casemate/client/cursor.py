@@ -15,7 +15,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any, Generic, TypeVar, cast
 
-from ..errors import Error, InterfaceError, ProgrammingError
+from ..errors import Error, InterfaceError, OperationalError, ProgrammingError
 from ..protocol import Msg
 from ..protocol.messages import Call, ClosePortal, ExecuteMany, Fetch, Query
 from .core import ExecRequest, Request, SimpleRequest
@@ -170,15 +170,27 @@ class CursorState:
         return None
 
     def send_failed(self, e: Error) -> None:
-        """Sending the FETCH of the next batch failed (the connection is lost): the rows
-        already here are read first, and that FETCH carries the error to whoever waits
-        for it next; with no row left, ``e`` is raised at once."""
+        """Sending the FETCH of the next batch failed (the connection is lost).  That FETCH
+        carries ``e`` to every later wait for the next batch.  The rows already here are
+        read first when nothing else was lost; when a transaction (or a request that may
+        have committed) went with the connection, ``e`` is raised now and the rows are
+        dropped: the program must learn it before it commits anything."""
         p = self.prefetch
-        if not self.rows or p is None:
-            raise e
-        if not p.done:
+        if p is not None and not p.done:
             p.error, p.done = e, True
         self.suspended = False  # the portal died with the connection: nothing to close
+        if not self.rows or getattr(e, "transaction_lost", True):
+            self.rows.clear()
+            raise e
+
+    @staticmethod
+    def taken_before(out: list[tuple[Any, ...]], e: OperationalError) -> list[tuple[Any, ...]]:
+        """fetchmany() met ``e`` after taking ``out``: those rows are returned and the next
+        call raises ``e`` (the FETCH keeps it), unless a transaction went with the
+        connection.  (fetchall() raises at once: a part must not pass for the whole.)"""
+        if not out or e.transaction_lost:
+            raise e
+        return out
 
     def close_portal(self, generation: int) -> Step | None:
         """The CLOSE_PORTAL for a result still open on this connection, if there is one

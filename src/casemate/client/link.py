@@ -50,6 +50,9 @@ class BlockingLink:
     def _send(self, req: Request, msg: Msg, body: Any) -> None:
         chan = self._channel
         if not chan.core.pending and not chan.poll_alive():
+            if msg is Msg.FETCH:  # its result died with the link: no reconnecting for it
+                assert chan.broken is not None  # (and a lost transaction stays to report)
+                raise chan.broken
             chan = self._recover(chan)
         chan.send(chan.core.request(req, msg, body))
 
