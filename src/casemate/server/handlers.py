@@ -181,7 +181,8 @@ async def on_query(s: Session, body: Any) -> None:
     q = Query.decode(body)
     _check_statement(s, q.sql)
     if q.portal in s.portals:
-        await s.runner.call(s.portals.pop(q.portal).close, key=s.runner.key("close"))
+        await s.runner.call(s.portals.pop(q.portal).close, key=s.runner.key("close"),
+                            cleanup=True)
     if _session_statement(s, q.sql):
         return
     _check_portals(s)
@@ -327,7 +328,8 @@ async def on_fetch(s: Session, body: Any) -> None:
 async def on_close_portal(s: Session, body: Any) -> None:
     cur = s.portals.pop(ClosePortal.decode(body).portal, None)
     if cur is not None:
-        await s.runner.call(cur.close, key=s.runner.key("close"))
+        await s.runner.call(cur.close, key=s.runner.key("close"),
+                            cleanup=True)
     complete(s)
 
 
@@ -395,7 +397,8 @@ async def on_admin(s: Session, body: Any) -> None:
 
 async def _close_portals(s: Session) -> None:
     for cur in s.portals.values():
-        await s.runner.call(cur.close, key=s.runner.key("close"))
+        await s.runner.call(cur.close, key=s.runner.key("close"),
+                            cleanup=True)
     s.portals.clear()
 
 

@@ -70,25 +70,26 @@ class Runner:
         self.cancel_seq = 0  # the client cancelled every request up to this one
 
     async def call(self, fn: Callable[..., T], *args: Any, key: Hashable | None = None,
-                   holder: dict[str, int] | None = None) -> T:
+                   holder: dict[str, int] | None = None, cleanup: bool = False) -> T:
         """Run a blocking storage call: directly, when calls of kind ``key`` have been seen
         to be short (``server.inline``) and this one stays short, otherwise in a worker
         thread, where a cancel or the statement timeout stops it (``holder``: a server
-        method's thread, stopped with it)."""
+        method's thread, stopped with it).  ``cleanup``: closing a cursor, which a cancel
+        or the session's end must not prevent (it would hold its snapshot until collected)."""
         conn = self.s.storage
         if conn is not None and self.server.cost.inline(key):
             try:
-                return self.inline(conn, key, fn, *args)
+                return self.inline(conn, key, fn, *args, cleanup=cleanup)
             except TooLong:
                 pass  # stopped at the cut-off and undone: run it again in a thread
-        return await self._in_thread(conn, key, holder, fn, *args)
+        return await self._in_thread(conn, key, holder, fn, *args, cleanup=cleanup)
 
     def inline(self, conn: StorageConnection, key: Hashable | None, fn: Callable[..., T],
-               *args: Any) -> T:
-        """Run in the event loop, stopped (TooLong) past the cost model's cut-off."""
+               *args: Any, cleanup: bool = False) -> T:
+        """Run in the event loop, stopped (TooLong) past the cut-off of the cost model."""
         # A request the CANCEL covered, or of a session already ended, does not start here
         # either (_in_thread checks the same for the worker-thread path).
-        if self.cancel_seq >= self.s.seq or self.s.closed:
+        if not cleanup and (self.cancel_seq >= self.s.seq or self.s.closed):
             raise self._stop_error("cancel" if not self.s.closed else self.s.end_reason)
         cost = self.server.cost
         conn.arm(cost.cutoff)
@@ -102,16 +103,17 @@ class Runner:
             conn.disarm()
 
     async def _in_thread(self, conn: StorageConnection | None, key: Hashable | None,
-                         holder: dict[str, int] | None, fn: Callable[..., T], *args: Any) -> T:
+                         holder: dict[str, int] | None, fn: Callable[..., T], *args: Any,
+                         cleanup: bool = False) -> T:
         cost = self.server.cost
         loop = asyncio.get_running_loop()
         cost.thread_calls += 1
         work = (fn, *args) if key is None else (cost.timed, key, fn, *args)
         if conn is None:  # no statement runs without a storage connection
             return await loop.run_in_executor(self.server.executor, *work)
-        if self.s.closed:  # dropped, disconnected, shut down: start nothing more
+        if self.s.closed and not cleanup:  # dropped, disconnected, shut down: start nothing
             raise self._stop_error(self.s.end_reason)
-        if self.cancel_seq >= self.s.seq:
+        if self.cancel_seq >= self.s.seq and not cleanup:
             raise self._stop_error("cancel")
         conn.arm()
         run = self.running = _Running(conn, holder)
