@@ -23,10 +23,6 @@ from .core import ExecRequest, Request, SimpleRequest
 __all__ = ["CursorState", "Step", "CursorAttrs", "DEFAULT_BATCH_ROWS", "EXECUTEMANY_CHUNK", "RESULT_COLUMN"]
 
 DEFAULT_BATCH_ROWS = 2000
-# A result read on and on asks for larger batches, doubling up to this many rows (the
-# server also stops a batch at about 1 MiB): fewer round trips for a bulk read, and a
-# short read still costs one small batch.
-MAX_BATCH_ROWS = 16_000
 EXECUTEMANY_CHUNK = 2000
 RESULT_COLUMN = "__result__"  # a server method's single-value result (see server/calls.py)
 _portal_ids = itertools.count(1)
@@ -88,7 +84,6 @@ class CursorState:
         self.portal = next(_portal_ids)
         self.generation = generation  # the connection's, when the result was opened
         self.prefetch: ExecRequest | None = None
-        self.fetch_rows = 0  # the next FETCH's batch (grows while the result is read)
         self.suspended = False  # a result is open on the server and no FETCH is in flight
         self.closed = False
         self.scalar = False
@@ -162,9 +157,7 @@ class CursorState:
         if req.suspended:
             self.suspended = True  # until the caller has sent the FETCH
             self.prefetch = ExecRequest(self._sink)
-            self.fetch_rows = min(max(self.fetch_rows, self.batch) * 2,
-                                  max(MAX_BATCH_ROWS, self.batch))
-            return self.prefetch, Msg.FETCH, Fetch(self.portal, self.fetch_rows)
+            return self.prefetch, Msg.FETCH, Fetch(self.portal, self.batch)
         if req.description is None:
             self.rowcount = req.rowcount
         return None
@@ -208,7 +201,6 @@ class CursorState:
         self.rows.clear()
         self.description = None
         self.rowcount = -1
-        self.fetch_rows = 0  # the next FETCH's batch (grows while the result is read)
 
     def take(self, out: list[tuple[Any, ...]], n: int | None) -> None:
         """Move up to ``n`` (all if None) buffered rows to ``out``."""
