@@ -344,13 +344,15 @@ def test_rows_that_arrived_before_the_server_died_come_before_the_error(
     with pytest.raises(casemate.OperationalError) as e:
         for row in cur:
             seen.append(row[0])
-    assert e.value.code == "08006", e.value
+    # 08007 when the FETCH had gone out before the loss was seen (an autocommit
+    # statement's FETCH may commit): the asyncio client's write does not fail at once.
+    assert e.value.code in ("08006", "08007"), e.value
     assert seen and seen == list(range(10_001, 10_001 + len(seen)))  # no gap, no repeat
     assert len(seen) < 1_000_000 - 10_000  # (not the whole result)
     for _ in range(2):  # every later call reports the same loss (both clients)
         with pytest.raises(casemate.OperationalError) as again:
             cur.fetchone()
-        assert again.value.code == "08006"
+        assert again.value.code == e.value.code
     with contextlib.suppress(casemate.Error):
         conn.close()
 
