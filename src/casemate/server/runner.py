@@ -109,11 +109,11 @@ class Runner:
         loop = asyncio.get_running_loop()
         cost.thread_calls += 1
         work = (fn, *args) if key is None else (cost.timed, key, fn, *args)
-        if conn is None:  # no statement runs without a storage connection
+        if conn is None or cleanup:  # no statement runs: nothing a stop could end
             return await loop.run_in_executor(self.server.executor, *work)
-        if self.s.closed and not cleanup:  # dropped, disconnected, shut down: start nothing
+        if self.s.closed:  # dropped, disconnected, shut down: start nothing more
             raise self._stop_error(self.s.end_reason)
-        if self.cancel_seq >= self.s.seq and not cleanup:
+        if self.cancel_seq >= self.s.seq:
             raise self._stop_error("cancel")
         conn.arm()
         run = self.running = _Running(conn, holder)
