@@ -793,7 +793,9 @@ cdef int _bind(sqlite3_stmt *st, int i, object v) except -2:
     if v is None:
         return _bind_null(st, i)
     if t is int:
-        return _bind_int64(st, i, <int64_t>v)  # big_ints() refused those beyond 64 bits
+        if not -9223372036854775808 <= v <= 9223372036854775807:
+            return -1  # (big_ints() refuses it before; sqlite3 would say why)
+        return _bind_int64(st, i, <int64_t>v)
     if t is float:
         return _bind_double(st, i, <double>v)
     if t is str:
