@@ -1,8 +1,9 @@
-"""Builds the compiled row path (casemate.storage._sqlite_rows) where a C compiler exists.
+"""Builds the compiled parts where a C compiler exists: the row path
+(casemate.storage._sqlite_rows) and the protocol core (casemate.protocol._core).
 
 Everything else is in pyproject.toml.  Without a compiler (or if the build fails for any
-other reason) the install goes on with the pure-Python row path, which is the reference:
-it says so in one line, and `casemate serve` logs which path it runs.
+other reason) the install goes on with the pure-Python twins, which are the reference:
+it says so in one line, and `casemate serve` logs which ones it runs.
 """
 
 import os
@@ -11,24 +12,27 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-NOTICE = ("casemate: the compiled row path was not built ({}); installing the pure-Python "
-          "one (same results, slower bulk fetch)")
+NOTICE = ("casemate: the compiled parts were not built ({}); installing the pure-Python "
+          "ones (same results, slower)")
 
 
 class OptionalBuildExt(build_ext):
     """build_ext that never fails the install: a failed build leaves the pure path."""
 
     def run(self) -> None:
+        self.failures: list[str] = []
         try:
             super().run()
         except Exception as e:  # no compiler, no Cython, ...
-            print(NOTICE.format(e), file=sys.stderr)
+            self.failures.append(str(e))
+        if self.failures:  # one line, however many extensions failed
+            print(NOTICE.format("; ".join(dict.fromkeys(self.failures))), file=sys.stderr)
 
     def build_extension(self, ext: Extension) -> None:
         try:
             super().build_extension(ext)
         except Exception as e:
-            print(NOTICE.format(e), file=sys.stderr)
+            self.failures.append(str(e))
 
 
 def extensions() -> list[Extension]:
@@ -40,10 +44,12 @@ def extensions() -> list[Extension]:
     except ImportError as e:
         print(NOTICE.format(e), file=sys.stderr)
         return []
-    ext = Extension("casemate.storage._sqlite_rows", ["src/casemate/storage/_sqlite_rows.pyx"],
-                    extra_compile_args=["-O2"])
+    exts = [Extension("casemate.storage._sqlite_rows", ["src/casemate/storage/_sqlite_rows.pyx"],
+                      extra_compile_args=["-O2"]),
+            Extension("casemate.protocol._core", ["src/casemate/protocol/_core.pyx"],
+                      extra_compile_args=["-O2"])]
     try:
-        return cythonize([ext], quiet=True, language_level=3)  # type: ignore[no-any-return]
+        return cythonize(exts, quiet=True, language_level=3)  # type: ignore[no-any-return]
     except Exception as e:
         print(NOTICE.format(e), file=sys.stderr)
         return []

@@ -1,6 +1,7 @@
 """``pip install .`` where no C compiler exists still installs, with the pure-Python row
-path and a one-line notice (issue 16); with a compiler the extension is built (the test
-suite itself runs on such an install: tests/storage/test_sqlite_rows.py checks it)."""
+path and protocol core and a one-line notice (issue 16); with a compiler the extensions are
+built (the test suite itself runs on such an install: tests/storage/test_sqlite_rows.py and
+tests/protocol/test_core_twins.py check it)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_install_without_a_compiler_falls_back_to_pure_python(tmp_path: Path) -> None:
     src = tmp_path / "src"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-        ".git", "build", "*.so", "_sqlite_rows.c", "__pycache__", "*.egg-info", ".*cache"))
+        ".git", "build", "*.so", "_sqlite_rows.c", "_core.c", "__pycache__", "*.egg-info", ".*cache"))
     venv = tmp_path / "venv"
     # The venv sees this environment's packages (pip and the dependencies); the build
     # requirements (setuptools, Cython) come as for any install; its own install of
@@ -31,12 +32,14 @@ def test_install_without_a_compiler_falls_back_to_pure_python(tmp_path: Path) ->
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     notices = [line for line in (r.stdout + r.stderr).splitlines()
-               if "casemate: the compiled row path was not built" in line]
-    assert notices and "installing the pure-Python one" in notices[0]
+               if "casemate: the compiled parts were not built" in line]
+    assert len(notices) == 1 and "installing the pure-Python ones" in notices[0], notices
     r = subprocess.run([str(py), "-c", "import casemate.storage.sqlite_rows as m; "
-                        "print(m.__file__); print(m.ROW_PATH)"], env=env, cwd=tmp_path,
-                       capture_output=True, text=True, timeout=60)
+                        "import casemate.protocol.core as c; "
+                        "print(m.__file__); print(m.ROW_PATH); print(c.PROTOCOL_CORE)"],
+                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    where, path = r.stdout.splitlines()
+    where, path, core = r.stdout.splitlines()
     assert where.startswith(str(venv))  # the install under test, not this checkout
     assert path.startswith("pure Python: not built")
+    assert core.startswith("pure Python: not built")

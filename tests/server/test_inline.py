@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import casemate
+from casemate.protocol.core import PROTOCOL_CORE
 from casemate.server.inline import MAX_KEY_TEXT, MAX_KEYS, CostModel
 from casemate.storage import sqlite_rows
 from tests.conftest import set_setting
@@ -155,9 +156,11 @@ def test_event_loop_setting(make_db, server_factory, choice: str) -> None:  # ty
         assert status(c)["event_loop"] == choice
         # the server says which row path it runs: compiled unless the pure one is forced
         assert status(c)["row_path"] == sqlite_rows.ROW_PATH
+        assert status(c)["protocol_core"] == PROTOCOL_CORE  # the same for the protocol core
     assert sqlite_rows.ROW_PATH == "compiled" or os.environ.get("CASEMATE_PURE")
-    assert f"event loop: {choice}; row path: {sqlite_rows.ROW_PATH}" in (
-        db / "Logs" / "server.log").read_text()
+    assert PROTOCOL_CORE == "compiled" or os.environ.get("CASEMATE_PURE")
+    assert (f"event loop: {choice}; row path: {sqlite_rows.ROW_PATH}; protocol core: "
+            f"{PROTOCOL_CORE}") in (db / "Logs" / "server.log").read_text()
 
 
 def test_uvloop_asked_but_missing(monkeypatch: pytest.MonkeyPatch) -> None:

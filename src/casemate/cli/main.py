@@ -24,6 +24,7 @@ from ..database import (
     make_verifier,
 )
 from ..errors import Error
+from ..protocol.core import PROTOCOL_CORE
 from ..settings import Settings, SettingsError
 from ..storage import StorageError
 from .connect import PORT, cli_connect
@@ -201,8 +202,9 @@ async def _run(server: object) -> None:
     server.prepare()
     await server.start()
     loop = asyncio.get_running_loop()
-    logging.getLogger("casemate.server").info("event loop: %s; row path: %s", server.event_loop,
-                                              server.backend.row_path)
+    logging.getLogger("casemate.server").info(
+        "event loop: %s; row path: %s; protocol core: %s", server.event_loop,
+        server.backend.row_path, PROTOCOL_CORE)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, server.request_stop)
     for h, p in server.addresses:

@@ -53,6 +53,7 @@ def status(url: str, as_json: bool) -> None:
               ("Data size", f"{human_bytes(st['data_bytes'])} ({st['storage']})"),
               ("Event loop", st.get("event_loop", "?")),
               ("Row path", st.get("row_path", "?")),
+              ("Protocol core", st.get("protocol_core", "?")),
               ("Storage calls", f"{st.get('storage_calls_in_event_loop', 0)} in the event loop, "
                                 f"{st.get('storage_calls_in_threads', 0)} in worker threads")]
     for k, v in lines:

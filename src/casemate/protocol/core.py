@@ -27,6 +27,7 @@ after it, however late it arrives.
 from __future__ import annotations
 
 import enum
+import os
 import struct
 from typing import Any, NamedTuple
 
@@ -279,3 +280,19 @@ class ProtocolConnection:
                 "connection closed in the middle of a message", Codes.CONNECTION_FAILURE
             )
         return NEED_DATA
+
+
+# The twin of the class above, as typed compiled code (_core.pyx), where pip built it:
+# same methods, bytes and errors; this module's class stays the reference, and what
+# CASEMATE_PURE=1 runs.
+PureProtocolConnection = ProtocolConnection
+PROTOCOL_CORE = "pure Python: CASEMATE_PURE is set"
+if os.environ.get("CASEMATE_PURE", "") in ("", "0"):
+    try:
+        from . import _core  # type: ignore[attr-defined]
+    except ImportError as _e:
+        PROTOCOL_CORE = f"pure Python: not built ({_e})"
+    else:
+        _core.configure(globals())
+        ProtocolConnection = _core.ProtocolConnection  # type: ignore[misc]
+        PROTOCOL_CORE = "compiled"

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Codes, Error
+from ..protocol.core import PROTOCOL_CORE
 
 if TYPE_CHECKING:
     from .app import Server
@@ -55,6 +56,7 @@ def status(server: Server) -> dict[str, Any]:
         "storage": server.backend.name,
         "event_loop": server.event_loop,
         "row_path": server.backend.row_path,
+        "protocol_core": PROTOCOL_CORE,
         "storage_calls_in_event_loop": server.cost.inline_calls,
         "storage_calls_in_threads": server.cost.thread_calls,
     }

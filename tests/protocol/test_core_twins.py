@@ -1,0 +1,121 @@
+"""The compiled protocol core (_core.pyx) against its pure-Python reference (core.py):
+the same bytes out, the same messages in, the same errors, the same states, for any
+stream of bytes however it arrives."""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from casemate.errors import ProtocolError
+from casemate.protocol import codec, core
+from casemate.protocol.core import NEED_DATA, Msg, Role
+
+from .test_properties import LOGIN, chunked, values
+
+Pure = core.PureProtocolConnection
+Compiled = core.ProtocolConnection
+FORCED_PURE = os.environ.get("CASEMATE_PURE", "") not in ("", "0")
+needs_compiled = pytest.mark.skipif(core.PROTOCOL_CORE != "compiled",
+                                    reason=core.PROTOCOL_CORE)
+SETTINGS = settings(max_examples=300, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning")
+
+
+def test_compiled_core_is_built_unless_forced() -> None:
+    """CI tests the compiled build: a build that silently failed must not pass for it."""
+    assert (core.PROTOCOL_CORE == "compiled") is not FORCED_PURE, core.PROTOCOL_CORE
+    assert (Compiled is not Pure) is not FORCED_PURE
+
+
+def _state(pc: Any) -> tuple[Any, ...]:
+    return (pc.client_state, pc.server_state, pc.requests, pc.buffered, pc.eof, pc.max_frame,
+            pc.max_send)
+
+
+def _run(cls: Any, role: Role, chunks: list[bytes], max_frame: int) -> list[Any]:
+    """What a connection makes of the chunks: each event or error, and its state after."""
+    pc = cls(role, max_frame=max_frame)
+    out: list[Any] = []
+    try:
+        for chunk in [*chunks, b""]:
+            pc.receive_data(chunk)
+            while (ev := pc.next_event()) is not NEED_DATA:
+                out.append((ev.type, codec.pack(ev.body), type(ev).__name__))
+            out.append(_state(pc))
+    except ProtocolError as e:
+        out.append(("error", e.message, e.code, e.hint, _state(pc)))
+    return out
+
+
+frame_types = st.sampled_from([m.value for m in Msg] + [b"?", b"\x00"])
+frames = st.one_of(
+    st.builds(lambda t, v: t + struct.pack(">I", len(p := codec.pack(v))) + p, frame_types,
+              values),
+    st.builds(lambda t, b, d: t + struct.pack(">I", max(len(b) + d, 0)) + b, frame_types,
+              st.binary(max_size=40), st.sampled_from([0, -1, 1, 300])),
+    st.binary(max_size=30),
+)
+streams = st.builds(lambda login, parts: (LOGIN if login else b"") + b"".join(parts),
+                    st.booleans(), st.lists(frames, max_size=8))
+
+
+@needs_compiled
+@SETTINGS
+@given(data=streams, cuts=st.lists(st.integers(min_value=0, max_value=10**6), max_size=12),
+       role=st.sampled_from(list(Role)), max_frame=st.sampled_from([64, 256, 2**20]))
+def test_same_messages_errors_and_states_for_any_stream(data: bytes, cuts: list[int],
+                                                        role: Role, max_frame: int) -> None:
+    chunks = chunked(data, cuts)
+    assert _run(Compiled, role, chunks, max_frame) == _run(Pure, role, chunks, max_frame)
+
+
+def test_large_frames_decode_the_same() -> None:
+    """Frames above the compiled core's copy limit are decoded in place, as core.py does."""
+    body = [("x" * 1000, i, b"\x00" * 100) for i in range(200)]  # ~230 kB
+    for cls in (Pure, Compiled):
+        client, server = cls(Role.CLIENT), cls(Role.SERVER)
+        server.receive_data(LOGIN)
+        while server.next_event() is not NEED_DATA:
+            pass
+        for m, b in ((Msg.HELLO_OK, {}), (Msg.SASL_CHALLENGE, "c"), (Msg.AUTH_OK, {})):
+            client.receive_data(server.send(m, b))
+        client.receive_data(server.send(Msg.ROWS, [body]))
+        events = []
+        while (ev := client.next_event()) is not NEED_DATA:
+            events.append(ev)
+        assert [e.type for e in events] == [Msg.HELLO_OK, Msg.SASL_CHALLENGE, Msg.AUTH_OK,
+                                            Msg.ROWS]
+        assert events[-1].body == (tuple(body),)
+
+
+sendable = st.sampled_from([Msg.HELLO, Msg.QUERY, Msg.NOTICE, Msg.ERROR, Msg.RESULT, Msg.CANCEL,
+                            Msg.TERMINATE, Msg.HELLO_OK, Msg.ROWS])
+
+
+@needs_compiled
+@SETTINGS
+@given(steps=st.lists(st.tuples(sendable, values, st.booleans()), max_size=10),
+       role=st.sampled_from(list(Role)), max_send=st.sampled_from([None, 16, 1000]))
+def test_same_bytes_and_states_for_what_is_sent(steps: list[tuple[Msg, Any, bool]], role: Role,
+                                               max_send: int | None) -> None:
+    def run(cls: Any) -> list[Any]:
+        pc = cls(role, max_send=max_send)
+        out: list[Any] = []
+        for msg, body, packed in steps:
+            try:
+                out.append(pc.send_packed(msg, codec.pack(body)) if packed else pc.send(msg, body))
+            except ProtocolError as e:
+                out.append(("error", e.message, e.code, e.hint))
+            except (TypeError, ValueError) as e:  # values the codec refuses
+                out.append((type(e), str(e)))
+            out.append(_state(pc))
+        return out
+    assert run(Compiled) == run(Pure)
