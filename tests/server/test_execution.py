@@ -248,6 +248,30 @@ def test_cancel_from_another_thread(plain_server: ServerProcess) -> None:
     assert e.value.code == CANCELED
 
 
+def test_cancel_stops_a_statement_cut_off_in_the_event_loop(plain_server: ServerProcess
+                                                            ) -> None:
+    """A statement the cost model has learned to run in the event loop, given a huge bound:
+    cut off there, it runs again in a thread, and a cancel still reaches it (the request
+    keeps its number across the two attempts: handlers.query_now gives it back)."""
+    conn = plain_server.connect()
+    conn.execute("SET statement_timeout = '10s'")  # a cancel that missed: failed, not hung
+    counting = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) "
+                "SELECT count(*) FROM c")
+    for _ in range(5):  # short: learned as an event-loop call
+        assert conn.execute(counting, (10,)).fetchall() == [(10,)]
+    threading.Timer(0.5, conn.cancel).start()
+    assert expect_canceled_args(conn, counting, (10**12,)) < 5
+    assert conn.execute("SELECT 1").fetchall() == [(1,)]
+
+
+def expect_canceled_args(conn: casemate.Connection, sql: str, args: tuple[int, ...]) -> float:
+    t0 = time.monotonic()
+    with pytest.raises(casemate.OperationalError) as e:
+        conn.execute(sql, args).fetchall()
+    assert e.value.code == CANCELED and "user request" in e.value.message, e.value
+    return time.monotonic() - t0
+
+
 def test_cancel_over_tls(tls_server: ServerProcess) -> None:
     conn = tls_server.connect()
     threading.Timer(0.3, conn.cancel).start()

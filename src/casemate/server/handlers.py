@@ -23,7 +23,7 @@ from ..errors import Codes, Error, ProtocolError
 from ..methods import MethodContext
 from ..protocol import Message, Msg
 from ..protocol.messages import Admin, Call, ClosePortal, Complete, ExecuteMany, Fetch, Query, Result
-from ..storage import Busy, StorageConnection, StorageCursor, StorageError
+from ..storage import Busy, StorageConnection, StorageCursor, StorageError, TooLong
 from ..storage.access import PermissionDenied
 from .calls import IterCursor, guarded, method_error, run_method
 from .monitor import SERVER_COMMANDS
@@ -141,6 +141,8 @@ def serve_now(s: Session, m: Message) -> bool:
     if s.closed or m.type is Msg.TERMINATE:
         return False
     s.last_active = time.monotonic()  # a request that waits is no idle session to end
+    if m.type is Msg.QUERY and query_now(s, m.body):
+        return True
     coro = handle(s, m)
     try:
         waits_for = coro.send(None)
@@ -194,6 +196,50 @@ async def on_query(s: Session, body: Any) -> None:
     result = await s.runner.call_retrying(execute_first, conn, q.sql, q.params, q.begin,
                                           q.batch_rows, key=key)
     _query_done(s, q.portal, q.sql, conn, result)
+
+
+def query_now(s: Session, body: Any) -> bool:
+    """A QUERY's common case served in one synchronous call, without the coroutines of
+    :func:`handle`, :func:`on_query` and the runner: the rights are current, no cursor is
+    open, no session statement, and the cost model runs the statement in the event loop.
+    The same checks and the same calls as that path, in the same order.  False, with nothing
+    sent, run or counted: the general path serves the request (it also takes the
+    statement stopped at the cut-off, or met by the write lock, which undid nothing)."""
+    server = s.server
+    if s.portals or not server.rights.current(s):
+        return False
+    q = Query.decode(body)  # a malformed body: ProtocolError, which ends the session either way
+    sql = q.sql
+    if (len(sql) > server.settings.limits.max_statement_bytes // 4 or sql[:1].isspace()
+            or sql[:3].upper() in _SET_OR_SHOW):
+        return False  # _check_statement's and _session_statement's cases
+    conn = s.storage
+    if conn is None:
+        if server.cost.limit <= 0:
+            return False  # PostgreSQL: a connection is acquired in a thread
+        try:
+            conn = s.storage = s.lease.acquire_now()
+        except REPORTED:
+            return False  # reported by the general path, which tries again
+    key = s.runner.key(sql, q.begin or conn.in_transaction)
+    if not server.cost.inline(key) or not _may_cut(s, conn, sql, q.params):
+        return False
+    s.seq += 1
+    try:
+        result = s.runner.inline(conn, key, execute_first, conn, sql, q.params, q.begin,
+                                 q.batch_rows)
+    except (TooLong, Busy):
+        s.seq -= 1  # nothing ran: the general path runs it again (in a thread, or waits)
+        return False
+    except REPORTED as e:
+        _count_statement(s)
+        _failed(s, e)
+    else:
+        _count_statement(s)
+        _query_done(s, q.portal, sql, conn, result)
+    s.lease.maybe_release()
+    s.last_active = time.monotonic()
+    return True
 
 
 def _may_cut(s: Session, conn: StorageConnection, sql: str, params: tuple[Any, ...]) -> bool:
