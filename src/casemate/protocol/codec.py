@@ -183,13 +183,19 @@ def unpack_wrapped(data: bytes | memoryview) -> Any:
     return _unpack(data, _ext_hook_wrapped)
 
 
+# What a malformed value raises inside msgpack.unpackb, worded as ValueError by _unpack (and
+# by the compiled protocol core, which calls msgpack itself).
+MALFORMED = (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, UnicodeDecodeError)
+# InvalidOperation (an ArithmeticError): a DECIMAL extension that is not a number.
+MALFORMED_TOO = (ValueError, TypeError, OverflowError, InvalidOperation)
+
+
 def _unpack(data: bytes | memoryview, hook: Any) -> Any:
     try:
         return msgpack.unpackb(
             data, ext_hook=hook, raw=False, use_list=False, strict_map_key=False
         )
-    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, UnicodeDecodeError) as e:
+    except MALFORMED as e:
         raise ValueError(f"malformed value: {str(e) or type(e).__name__}") from e
-    except (ValueError, TypeError, OverflowError, InvalidOperation) as e:
-        # InvalidOperation (an ArithmeticError): a DECIMAL extension that is not a number.
+    except MALFORMED_TOO as e:
         raise ValueError(f"malformed value: {str(e) or type(e).__name__}") from e
