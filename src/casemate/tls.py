@@ -19,6 +19,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -42,6 +43,7 @@ __all__ = [
     "cert_fingerprint",
     "channel_binding_data",
     "default_sans",
+    "record_layer",
 ]
 
 ALPN = "casemate/1"
@@ -419,6 +421,14 @@ def _load_chain(ctx: ssl.SSLContext, key_path: Path, cert_path: Path, extra: byt
         served = Path(d) / "served-chain.pem"
         served.write_bytes(cert_path.read_bytes().rstrip(b"\n") + b"\n" + extra)
         ctx.load_cert_chain(str(served), str(key_path))
+
+
+def record_layer(sslobj: ssl.SSLObject) -> Any:
+    """The C object behind an ``ssl.SSLObject``, whose ``read``, ``write`` and ``pending``
+    the wrapper only passes on (ssl.py, 3.7-3.14): called once or twice per message on
+    the request path, the wrapper's own Python frames are spared.  The wrapper itself
+    where a Python has no such attribute."""
+    return getattr(sslobj, "_sslobj", sslobj)
 
 
 def peer_chain(sslobj: object) -> list[bytes]:

@@ -60,6 +60,7 @@ class TLSSocket:
                  outgoing: ssl.MemoryBIO) -> None:
         self.raw = sock
         self.obj = obj
+        self._rec = tls.record_layer(obj)  # read, write, pending without the wrapper's frames
         self._in = incoming
         self._out = outgoing
         # The SSL object is used by the reading thread and by a cancel from another thread:
@@ -99,16 +100,16 @@ class TLSSocket:
 
     def sendall(self, data: bytes) -> None:
         with self._lock:
-            self.obj.write(data)
+            self._rec.write(data)
             self.raw.sendall(self._out.read())
 
     def recv_into(self, buf: bytearray) -> int:
         """Decrypted bytes into ``buf``; 0 at the end of the stream."""
-        obj = self.obj
+        rec = self._rec
         while True:
             if self._failed is not None:
                 raise self._failed
-            if self._in.pending or obj.pending():
+            if self._in.pending or rec.pending():
                 with self._lock:
                     n = self._decrypt(buf)
                 if n >= 0:
@@ -127,12 +128,12 @@ class TLSSocket:
         the caller's Python); -1 if no record is complete yet, 0 at close_notify.  Bytes
         decrypted before close_notify or a bad record are returned first; the end or the
         error comes with the next call."""
-        obj, size, total = self.obj, len(buf), 0
+        rec, size, total = self._rec, len(buf), 0
         while total < size:
             try:
                 # with a buffer: a count (SSL_read gives one record per call; 0 once
                 # close_notify has come)
-                n = cast(int, obj.read(size - total, memoryview(buf)[total:] if total else buf))
+                n = cast(int, rec.read(size - total, memoryview(buf)[total:] if total else buf))
             except ssl.SSLWantReadError:
                 break  # an incomplete record: what came so far, or read more
             except ssl.SSLZeroReturnError:
@@ -146,7 +147,7 @@ class TLSSocket:
                 self._ended = True
                 return total
             total += n
-            if not self._in.pending and not obj.pending():
+            if not self._in.pending and not rec.pending():
                 break
         if self._out.pending:  # a post-handshake reply (key update)
             self.raw.sendall(self._out.read())
@@ -158,7 +159,7 @@ class TLSSocket:
         return bytes(buf[:k])
 
     def pending(self) -> int:
-        return self.obj.pending() or self._in.pending
+        return self._rec.pending() or self._in.pending
 
     @property
     def session(self) -> ssl.SSLSession | None:

@@ -18,6 +18,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, cast
 
+from ..tls import record_layer
+
 __all__ = ["TLSServerProtocol"]
 
 log = logging.getLogger("casemate.server")
@@ -100,6 +102,7 @@ class TLSServerProtocol(_PassThrough):
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         self._obj: ssl.SSLObject | None = None
+        self._rec: Any = None  # its record layer: read, write, pending (tls.record_layer)
         self._closing = False
         self._timer: asyncio.TimerHandle | None = None
 
@@ -108,6 +111,7 @@ class TLSServerProtocol(_PassThrough):
         transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
         self._t = transport
         self._obj = self._ctx.wrap_bio(self._in, self._out, server_side=True)
+        self._rec = record_layer(self._obj)
         self._timer = asyncio.get_running_loop().call_at(self._deadline, self._too_slow)
 
     def _too_slow(self) -> None:
@@ -147,10 +151,10 @@ class TLSServerProtocol(_PassThrough):
 
     def _decrypt(self) -> None:
         assert self._obj is not None and self._app is not None
-        scratch = _scratch
+        scratch, rec = _scratch, self._rec
         while not self._closing:
             try:
-                n = cast(int, self._obj.read(READ_CHUNK, scratch.buf))  # with a buffer: a count
+                n = cast(int, rec.read(READ_CHUNK, scratch.buf))  # with a buffer: a count
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:  # close_notify: the client ended TLS cleanly
@@ -164,7 +168,7 @@ class TLSServerProtocol(_PassThrough):
             if not n:
                 break
             self._app.data_received(scratch.view[:n])  # type: ignore[arg-type]  # copied at once
-            if not self._in.pending and not self._obj.pending():
+            if not self._in.pending and not rec.pending():
                 break  # all taken: spare the read that would only raise SSLWantReadError
         self._flush()  # post-handshake messages (session tickets, key updates)
 
@@ -188,11 +192,12 @@ class TLSServerProtocol(_PassThrough):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or self._obj is None:
             return
-        n = self._obj.write(data)
+        rec = self._rec
+        n = rec.write(data)
         if n < len(data):  # SSLObject.write may take less than all on some builds
             view = memoryview(data)[n:]
             while view:
-                view = view[self._obj.write(view):]
+                view = view[rec.write(view):]
         self._flush()
 
     def close(self) -> None:
