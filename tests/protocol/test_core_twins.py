@@ -119,3 +119,39 @@ def test_same_bytes_and_states_for_what_is_sent(steps: list[tuple[Msg, Any, bool
             out.append(_state(pc))
         return out
     assert run(Compiled) == run(Pure)
+
+
+columns = st.lists(st.tuples(st.text(max_size=12), st.none()), max_size=6)
+type_codes = st.lists(st.one_of(st.none(), st.sampled_from(["text", "integer", "real", "blob"])),
+                      max_size=8)
+
+
+@needs_compiled
+@SETTINGS
+@given(cols=columns, types=type_codes, rows=st.lists(st.tuples(values), max_size=3),
+       rowcount=st.integers(min_value=-1, max_value=2**40),
+       lastrowid=st.none() | st.integers(min_value=0, max_value=2**40),
+       in_txn=st.booleans(), ready=st.booleans())
+def test_the_same_result_frame(cols: list[Any], types: list[Any], rows: list[Any], rowcount: int,
+                               lastrowid: int | None, in_txn: bool, ready: bool) -> None:
+    """The RESULT reply, built in one piece by the compiled core, is the frame that
+    messages.Result.pack and send_packed make (and a RESULT before login is refused alike)."""
+    from casemate.protocol.messages import Result
+
+    packed = codec.pack_array_of_packed([codec.pack(rows)])
+
+    def run(cls: Any) -> Any:
+        pc = cls(Role.SERVER)
+        if ready:
+            pc.client_state = pc.server_state = core.State.READY
+        try:
+            return pc.send_result(cols, types, packed, rowcount, lastrowid, in_txn), _state(pc)
+        except ProtocolError as e:
+            return ("error", e.message, e.code), _state(pc)
+
+    got = run(Compiled)
+    assert got == run(Pure)
+    if ready:
+        described = [(c[0], t) for c, t in zip(cols, types or [None] * len(cols), strict=False)]
+        assert got[0] == core.encode_frame(Msg.RESULT, None)[:1] + struct.pack(
+            ">I", len(body := Result.pack(described, packed, rowcount, lastrowid, in_txn))) + body

@@ -18,7 +18,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.string cimport memcpy
 
 # Filled in by configure() (core.py's own objects, so both paths share them).
-cdef object Msg_NOTICE, Msg_TERMINATE, Msg_CANCEL
+cdef object Msg_NOTICE, Msg_TERMINATE, Msg_CANCEL, Msg_RESULT
 cdef object S_HELLO, S_READY, S_CLOSED
 cdef dict CLIENT_T, SERVER_T
 cdef list BY_BYTE  # 256 entries: the message type for a type byte, or None
@@ -36,11 +36,12 @@ DEF HEADER = 5
 
 def configure(ns):
     """Take core.py's message types, states, tables, errors and codec (called once)."""
-    global Msg_NOTICE, Msg_TERMINATE, Msg_CANCEL, S_HELLO, S_READY, S_CLOSED, CLIENT_T, SERVER_T
+    global Msg_NOTICE, Msg_TERMINATE, Msg_CANCEL, Msg_RESULT, S_HELLO, S_READY, S_CLOSED, CLIENT_T, SERVER_T
     global BY_BYTE, ProtocolError_, Codes_, NEED, Message_, ROLE_CLIENT, ROLE_SERVER
     global pack_, unpack_, unpack_wrapped_
     Msg = ns["Msg"]
     Msg_NOTICE, Msg_TERMINATE, Msg_CANCEL = Msg.NOTICE, Msg.TERMINATE, Msg.CANCEL
+    Msg_RESULT = Msg.RESULT
     S_HELLO, S_READY, S_CLOSED = ns["State"].HELLO, ns["State"].READY, ns["State"].CLOSED
     CLIENT_T, SERVER_T = ns["CLIENT_TRANSITIONS"], ns["SERVER_TRANSITIONS"]
     BY_BYTE = [None] * 256
@@ -121,6 +122,36 @@ cdef class ProtocolConnection:
         """Like :meth:`send`, for a body that is already msgpack-encoded (row batches)."""
         self._advance(msg, self._client)
         return _frame(msg, payload if type(payload) is bytes else bytes(payload))
+
+    def send_result(self, columns, types, packed_rows, rowcount, lastrowid, in_transaction):
+        """A whole small result in one RESULT frame, as core.py's twin builds it through
+        messages.Result.pack: [description, rows, completion], the rows already packed."""
+        cdef Py_ssize_t i, ncols = len(columns)
+        cdef list described = [None] * ncols
+        cdef bint typed = bool(types)
+        if typed and len(types) < ncols:
+            ncols = len(types)  # (zip's length, as in the twin)
+            described = described[:ncols]
+        for i in range(ncols):
+            described[i] = (columns[i][0], types[i] if typed else None)
+        cdef bytes desc = pack_(described)
+        cdef bytes rows = packed_rows if type(packed_rows) is bytes else bytes(packed_rows)
+        cdef bytes comp = pack_((rowcount, lastrowid, in_transaction))
+        cdef Py_ssize_t nd = len(desc), nr = len(rows), nc = len(comp)
+        cdef Py_ssize_t n = 1 + nd + nr + nc
+        self._advance(Msg_RESULT, self._client)
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, n + HEADER)
+        cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
+        p[0] = <unsigned char>PyBytes_AS_STRING(<bytes>Msg_RESULT)[0]
+        p[1] = (n >> 24) & 0xFF
+        p[2] = (n >> 16) & 0xFF
+        p[3] = (n >> 8) & 0xFF
+        p[4] = n & 0xFF
+        p[5] = 0x93  # a msgpack array of three
+        memcpy(p + 6, PyBytes_AS_STRING(desc), nd)
+        memcpy(p + 6 + nd, PyBytes_AS_STRING(rows), nr)
+        memcpy(p + 6 + nd + nr, PyBytes_AS_STRING(comp), nc)
+        return out
 
     cdef int _advance(self, object msg, bint sender_is_client) except -1:
         cdef dict row

@@ -149,6 +149,18 @@ SERVER_TRANSITIONS: dict[State, dict[Msg, State]] = {
 }
 
 
+_RESULT_HEADER = codec.array_header(3)
+
+
+def result_body(description: Any, packed_rows: bytes, rowcount: int, lastrowid: int | None,
+                in_transaction: bool) -> bytes:
+    """The body of a RESULT (``messages.Result``) from rows already packed (no copy of them
+    but the join); the completion's fields are packed as the ``Complete`` they are, without
+    building one (the hot path of every small query)."""
+    return b"".join((_RESULT_HEADER, codec.pack(description), packed_rows,
+                     codec.pack((rowcount, lastrowid, in_transaction))))
+
+
 def encode_frame(msg: Msg, body: Any) -> bytes:
     """Return the bytes of one frame (no state checks; see :meth:`ProtocolConnection.send`)."""
     payload = codec.pack(body)
@@ -192,6 +204,16 @@ class ProtocolConnection:
         """Like :meth:`send`, for a body that is already msgpack-encoded (row batches)."""
         self._advance(msg, sender_is_client=self.role is Role.CLIENT)
         return _HEADER.pack(msg, len(payload)) + payload
+
+    def send_result(self, columns: Any, types: Any, packed_rows: bytes, rowcount: int,
+                    lastrowid: int | None, in_transaction: bool) -> bytes:
+        """A whole small result in one RESULT frame (``messages.Result``): ``columns`` is
+        the cursor's description (each column's name first), ``types`` each column's type
+        code (empty: none known), ``packed_rows`` a ROWS body already packed."""
+        described = [(c[0], t) for c, t in zip(columns, types or [None] * len(columns),
+                                                 strict=False)]
+        return self.send_packed(Msg.RESULT, result_body(described, packed_rows, rowcount,
+                                                         lastrowid, in_transaction))
 
     def _advance(self, msg: Msg, sender_is_client: bool) -> None:
         if msg is Msg.NOTICE and not sender_is_client:

@@ -30,8 +30,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple, NewType
 
 from ..errors import Codes, ProtocolError
-from . import codec
-from .core import Msg
+from .core import Msg, result_body
 
 __all__ = [
     "BODIES", "MAX_BATCH_ROWS", "batch_size",
@@ -43,7 +42,6 @@ __all__ = [
 
 MAX_BATCH_ROWS = 100_000
 _new = tuple.__new__  # a tuple as a NamedTuple, in C, with no per-field Python call
-_RESULT_HEADER = codec.array_header(3)
 
 
 def batch_size(v: Any) -> int:
@@ -309,11 +307,9 @@ class Result(NamedTuple):
     @staticmethod
     def pack(description: list[tuple[str, str | None]], packed_rows: bytes, rowcount: int,
              lastrowid: int | None, in_transaction: bool) -> bytes:
-        """The body, from rows already packed (no copy of them but the join); the
-        completion's fields are packed as the :class:`Complete` they are, without
-        building one (the hot path of every small query)."""
-        return b"".join((_RESULT_HEADER, codec.pack(description), packed_rows,
-                         codec.pack((rowcount, lastrowid, in_transaction))))
+        """The body, from rows already packed (``core.result_body``, which the
+        protocol cores' ``send_result`` builds the RESULT frame with)."""
+        return result_body(description, packed_rows, rowcount, lastrowid, in_transaction)
 
 
 Suspended = NewType("Suspended", int)  # the portal whose result stays open

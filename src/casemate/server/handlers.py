@@ -22,7 +22,7 @@ from ..admin import run_admin_command
 from ..errors import Codes, Error, ProtocolError
 from ..methods import MethodContext
 from ..protocol import Message, Msg
-from ..protocol.messages import Admin, Call, ClosePortal, Complete, ExecuteMany, Fetch, Query, Result
+from ..protocol.messages import Admin, Call, ClosePortal, Complete, ExecuteMany, Fetch, Query
 from ..storage import Busy, StorageConnection, StorageCursor, StorageError, TooLong
 from ..storage.access import PermissionDenied
 from .calls import IterCursor, guarded, method_error, run_method
@@ -297,14 +297,13 @@ def _send_result(s: Session, portal: int, cur: StorageCursor,
     body, more = first.body, first.more
     if describe:
         desc = cur.description or ()
-        types = first.types or [None] * len(desc)
-        described = [(d[0], t) for d, t in zip(desc, types, strict=False)]
         if not more and s.result_frames:  # the whole result: one frame
             in_txn = s.storage is not None and s.storage.in_transaction
-            s.write(s.proto.send_packed(Msg.RESULT, Result.pack(
-                described, body, cur.rowcount, cur.lastrowid, in_txn)))
+            s.write(s.proto.send_result(desc, first.types, body, cur.rowcount, cur.lastrowid,
+                                        in_txn))
             return
-        s.send(Msg.DESCRIPTION, described)
+        types = first.types or [None] * len(desc)
+        s.send(Msg.DESCRIPTION, [(d[0], t) for d, t in zip(desc, types, strict=False)])
     s.write(s.proto.send_packed(Msg.ROWS, body))
     if more:
         s.portals[portal] = cur
