@@ -155,3 +155,27 @@ def test_the_same_result_frame(cols: list[Any], types: list[Any], rows: list[Any
         described = [(c[0], t) for c, t in zip(cols, types or [None] * len(cols), strict=False)]
         assert got[0] == core.encode_frame(Msg.RESULT, None)[:1] + struct.pack(
             ">I", len(body := Result.pack(described, packed, rowcount, lastrowid, in_txn))) + body
+
+
+@needs_compiled
+def test_misuse_in_process_never_reads_outside_the_buffer() -> None:
+    """The compiled core reads its buffer through a C pointer: an instance made without
+    __init__, a buffer emptied from outside (it is readable) and a copy sharing the buffer
+    must not make it read memory it does not own (found by the attack round on the core)."""
+    import copy
+    import pickle
+
+    bare = Compiled.__new__(Compiled)  # no __init__: the buffer exists all the same
+    assert bare.next_event() is NEED_DATA and bare.buffered == 0
+    pc = Compiled(Role.CLIENT)
+    notice = b"N\x00\x00\x00\x01\xc0"
+    pc.receive_data(notice * 10)
+    for _ in range(5):
+        pc.next_event()
+    pc._buf.clear()  # behind its back
+    assert pc.buffered == 0 and pc.next_event() is NEED_DATA
+    pc.receive_data(notice)
+    assert pc.next_event() == (Msg.NOTICE, None)
+    for make_copy in (copy.copy, copy.deepcopy, pickle.dumps):
+        with pytest.raises(TypeError):
+            make_copy(pc)

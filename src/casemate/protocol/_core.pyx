@@ -13,6 +13,7 @@ and decoded by the same code on both paths.
 Selected by core.py at import unless ``CASEMATE_PURE`` is set.
 """
 
+cimport cython
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.string cimport memcpy
@@ -76,6 +77,7 @@ cdef inline bytes _frame(object msg, bytes payload):
     return out
 
 
+@cython.auto_pickle(False)  # a copy would share the buffer its twin compacts
 cdef class ProtocolConnection:
     """One end of a Casemate connection, with no I/O (see core.py's twin for the contract)."""
 
@@ -89,6 +91,18 @@ cdef class ProtocolConnection:
     cdef Py_ssize_t _pos
     cdef bint _eof
     cdef bint _client  # role is CLIENT
+
+    def __cinit__(self):
+        # Before any __init__ (or without one: __new__, a subclass that skips it), the
+        # buffer the C code reads through a pointer exists.
+        self._buf = bytearray()
+        self._pos = 0
+
+    def __copy__(self):
+        raise TypeError("a protocol connection cannot be copied")
+
+    def __deepcopy__(self, memo):
+        raise TypeError("a protocol connection cannot be copied")
 
     def __init__(self, role, max_frame=16 * 1024 * 1024, max_send=None):
         if ROLE_CLIENT is None:
@@ -199,7 +213,7 @@ cdef class ProtocolConnection:
     @property
     def buffered(self):
         """Bytes received but not yet turned into messages."""
-        return PyByteArray_GET_SIZE(self._buf) - self._pos
+        return max(PyByteArray_GET_SIZE(self._buf) - self._pos, 0)
 
     @property
     def eof(self):
@@ -211,7 +225,9 @@ cdef class ProtocolConnection:
         cdef Py_ssize_t avail = size - self._pos
         cdef unsigned char *p
         cdef Py_ssize_t length, start
-        if avail == 0:
+        if avail <= 0:
+            if avail < 0:  # the buffer was emptied from outside (it is readable): nothing left
+                self._pos = size
             return self._need_data()
         p = <unsigned char *>PyByteArray_AS_STRING(self._buf) + self._pos
         msg = BY_BYTE[p[0]]
