@@ -188,6 +188,20 @@ def test_wrong_arguments(server) -> None:  # type: ignore[no-untyped-def]
         assert e.value.code == "42883"
 
 
+def test_dict_argument_keys_must_be_text(server) -> None:  # type: ignore[no-untyped-def]
+    # The server takes no other map keys from a client (their hashes can be made to
+    # collide); the client says so before sending, and the connection goes on.
+    with server.connect() as conn:
+        for arg in ({1: "x"}, [{"ok": {(1, 2): None}}]):
+            with pytest.raises(casemate.ProgrammingError) as e:
+                conn.call("add_item", arg)
+            assert "keys of dicts sent to the server must be str" in str(e.value)
+        with pytest.raises(casemate.ProgrammingError) as e:
+            conn.call("add_item", {"text": 1})  # sent: the server checks the type
+        assert e.value.code == "42804"
+        assert conn.call("count_items") >= 0
+
+
 def test_raising_method_sends_type_and_message_only(server) -> None:  # type: ignore[no-untyped-def]
     with server.connect() as conn:
         with pytest.raises(casemate.DatabaseError) as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import msgpack
 import pytest
 
 from casemate.errors import Codes, ProtocolError
@@ -394,3 +395,82 @@ def test_send_packed_checks_the_state() -> None:
     with pytest.raises(ProtocolError) as ei:
         server.send_packed(Msg.ROWS, codec.pack(()))
     assert ei.value.code == Codes.PROTOCOL_VIOLATION
+
+
+# -- what a hostile peer can make decoding cost ------------------------------------------
+
+
+@pytest.mark.parametrize("key", [b"\x92\x01\x02", b"\x01", b"\xcb\x3f\xf8\x00\x00\x00\x00\x00\x00",
+                                 b"\xc3", b"\xc0"], ids=["array", "int", "float", "bool", "nil"])
+def test_the_server_takes_map_keys_of_text_or_bytes_only(key: bytes) -> None:
+    # Hashes of tuples and numbers can be computed by anyone: a map of thousands of keys
+    # with one hash took seconds of the event loop to decode.  Text and bytes hash with a
+    # per-process seed.
+    payload = b"\x81" + key + b"\x01"
+    server = ProtocolConnection(Role.SERVER)
+    server.receive_data(header(b"H", len(payload)) + payload)
+    with pytest.raises(ProtocolError) as ei:
+        server.next_event()
+    assert ei.value.code == Codes.PROTOCOL_VIOLATION
+    assert "not allowed for map key" in ei.value.message
+    # The client decodes what its server sends as before (a method may return such a dict).
+    client = ProtocolConnection(Role.CLIENT)
+    client.receive_data(header(b"h", len(payload)) + payload)
+    assert len(events(client)[0].body) == 1
+
+
+def test_the_server_takes_text_and_bytes_map_keys() -> None:
+    server = ProtocolConnection(Role.SERVER)
+    body = {"version": 1, b"raw": 2}
+    server.receive_data(encode_frame(Msg.HELLO, body))
+    assert events(server) == [Message(Msg.HELLO, body)]
+
+
+def test_json_nested_too_deep_is_a_protocol_error() -> None:
+    deep = msgpack.packb({"x": msgpack.ExtType(codec.EXT_JSON, b"[" * 100_000 + b"]" * 100_000)})
+    for role, type_byte in ((Role.SERVER, b"H"), (Role.CLIENT, b"h")):
+        conn = ProtocolConnection(role)
+        conn.receive_data(header(type_byte, len(deep)) + deep)
+        with pytest.raises(ProtocolError) as ei:  # not RecursionError: an internal error
+            conn.next_event()
+        assert ei.value.code == Codes.PROTOCOL_VIOLATION
+        assert "recursion" in ei.value.message
+
+
+def test_a_frame_is_decoded_as_received_when_python_code_runs_meanwhile() -> None:
+    # In-process misuse: a state object whose hash (taken while the frame is read) empties
+    # and refills the receive buffer.  The frame decoded is the one received, not memory
+    # the buffer has given back.
+    size = 3000
+    body = b"\xc5" + size.to_bytes(2, "big") + b"A" * size
+    frame = header(b"h", len(body)) + body
+    client = ProtocolConnection(Role.CLIENT)
+    client.receive_data(frame)
+
+    class Rewrites:
+        def __hash__(self) -> int:
+            client._buf[:] = b""  # type: ignore[attr-defined]
+            junk = [bytes([66 + i % 20]) * (size + 40) for i in range(200)]
+            client._buf.extend(frame)  # type: ignore[attr-defined]
+            del junk
+            return hash(State.HELLO)
+
+        def __eq__(self, other: object) -> bool:
+            return other is State.HELLO
+
+    client.server_state = Rewrites()  # type: ignore[assignment]
+    assert client.next_event().body == b"A" * size  # type: ignore[union-attr]
+
+
+def test_send_packed_refuses_what_a_frame_cannot_announce(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    # The 4-byte length would wrap past 4 GiB; the compiled core checks the same limit.
+    import casemate.protocol.core as core_module
+
+    if ProtocolConnection is not core_module.PureProtocolConnection:
+        pytest.skip("the compiled limit is a constant; a test of it would need 4 GiB")
+    _, server = pair()
+    monkeypatch.setattr(core_module, "FRAME_LIMIT", 10)
+    with pytest.raises(ProtocolError) as ei:
+        server.send_packed(Msg.ROWS, codec.pack(["x" * 20]))
+    assert ei.value.code == Codes.MESSAGE_TOO_LARGE

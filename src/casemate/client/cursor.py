@@ -125,6 +125,7 @@ class CursorState:
         return ExecRequest(self._sink), Msg.QUERY, Query(self.portal, sql, args, begin, self.batch)
 
     def call(self, name: str, args: Sequence[Any], kwargs: dict[str, Any], begin: bool) -> Step:
+        _check_keys((args, kwargs))
         return ExecRequest(self._sink), Msg.CALL, Call(self.portal, name, tuple(args), kwargs,
                                                        begin, self.batch)
 
@@ -211,3 +212,18 @@ class CursorState:
             rows.clear()
         else:
             out.extend([rows.popleft() for _ in range(k)])
+
+
+def _check_keys(value: Any) -> None:
+    """Refuse, before sending, a dict whose keys are not text or bytes: the server takes no
+    other map keys from a client (their hashes can be chosen to collide: codec.unpack_wrapped)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str | bytes):
+                raise ProgrammingError(
+                    f"cannot send a dict with a {type(k).__name__} key ({k!r:.40}): "
+                    "keys of dicts sent to the server must be str")
+            _check_keys(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _check_keys(v)

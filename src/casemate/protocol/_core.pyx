@@ -23,7 +23,7 @@ cdef object Msg_NOTICE, Msg_TERMINATE, Msg_CANCEL, Msg_RESULT
 cdef object S_HELLO, S_READY, S_CLOSED
 cdef dict CLIENT_T, SERVER_T
 cdef list BY_BYTE  # 256 entries: the message type for a type byte, or None
-cdef object ProtocolError_, Codes_, NEED, Message_, ROLE_CLIENT, ROLE_SERVER
+cdef object ProtocolError_, Codes_, NEED, Message_, ROLE_CLIENT, ROLE_SERVER, too_large_
 cdef object pack_, unpack_, unpack_wrapped_
 cdef object unpackb, hook_, hook_wrapped_, wrap_error  # msgpack.unpackb, codec's ext hooks
 cdef tuple AS_MALFORMED, AS_MALFORMED_TOO  # the exceptions codec._unpack words as ValueError
@@ -33,12 +33,13 @@ cdef object tuple_new = tuple.__new__
 # larger ones (row batches) are decoded in place through a memoryview, as core.py does.
 DEF COPY_LIMIT = 65536
 DEF HEADER = 5
+DEF FRAME_LIMIT = 0xFFFFFFFF  # core.FRAME_LIMIT
 
 
 def configure(ns):
     """Take core.py's message types, states, tables, errors and codec (called once)."""
     global Msg_NOTICE, Msg_TERMINATE, Msg_CANCEL, Msg_RESULT, S_HELLO, S_READY, S_CLOSED, CLIENT_T, SERVER_T
-    global BY_BYTE, ProtocolError_, Codes_, NEED, Message_, ROLE_CLIENT, ROLE_SERVER
+    global BY_BYTE, ProtocolError_, Codes_, NEED, Message_, ROLE_CLIENT, ROLE_SERVER, too_large_
     global pack_, unpack_, unpack_wrapped_
     Msg = ns["Msg"]
     Msg_NOTICE, Msg_TERMINATE, Msg_CANCEL = Msg.NOTICE, Msg.TERMINATE, Msg.CANCEL
@@ -49,6 +50,7 @@ def configure(ns):
     for m in Msg:
         BY_BYTE[m.value[0]] = m
     ProtocolError_, Codes_ = ns["ProtocolError"], ns["Codes"]
+    too_large_ = ns["too_large_for_a_frame"]
     NEED, Message_ = ns["NEED_DATA"], ns["Message"]
     ROLE_CLIENT, ROLE_SERVER = ns["Role"].CLIENT, ns["Role"].SERVER
     codec = ns["codec"]
@@ -64,6 +66,8 @@ def configure(ns):
 cdef inline bytes _frame(object msg, bytes payload):
     """Type byte + big-endian length + payload, in one new bytes object."""
     cdef Py_ssize_t n = len(payload)
+    if n > FRAME_LIMIT:  # (a send's own limit is lower; send_packed has none)
+        raise too_large_(n)
     cdef bytes out = PyBytes_FromStringAndSize(NULL, n + HEADER)
     cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
     if not isinstance(msg, bytes) or len(<bytes>msg) != 1:
@@ -153,6 +157,8 @@ cdef class ProtocolConnection:
         cdef bytes comp = pack_((rowcount, lastrowid, in_transaction))
         cdef Py_ssize_t nd = len(desc), nr = len(rows), nc = len(comp)
         cdef Py_ssize_t n = 1 + nd + nr + nc
+        if n > FRAME_LIMIT:
+            raise too_large_(n)
         self._advance(Msg_RESULT, self._client)
         cdef bytes out = PyBytes_FromStringAndSize(NULL, n + HEADER)
         cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
@@ -247,18 +253,21 @@ cdef class ProtocolConnection:
             return self._need_data()
         start = self._pos + HEADER
         self._pos = start + length
+        # A small frame is copied out before _advance: it may run Python code (a state's
+        # hash), which may resize the buffer that ``p`` points into.
+        small = PyBytes_FromStringAndSize(<char *>p + HEADER, length) \
+            if length <= COPY_LIMIT else None
         self._advance(msg, not self._client)
         hook = hook_ if self._client else hook_wrapped_
         try:
             try:
-                if length <= COPY_LIMIT:
-                    body = unpackb(PyBytes_FromStringAndSize(<char *>p + HEADER, length),
-                                   ext_hook=hook, raw=False, use_list=False,
-                                   strict_map_key=False)
+                if small is not None:
+                    body = unpackb(small, ext_hook=hook, raw=False, use_list=False,
+                                   strict_map_key=not self._client)
                 else:
                     with memoryview(self._buf) as view:
                         body = unpackb(view[start : start + length], ext_hook=hook, raw=False,
-                                       use_list=False, strict_map_key=False)
+                                       use_list=False, strict_map_key=not self._client)
             except AS_MALFORMED as e:  # (codec._unpack's wording, for the same message)
                 raise ValueError(f"malformed value: {str(e) or type(e).__name__}") from e
             except AS_MALFORMED_TOO as e:

@@ -175,25 +175,30 @@ def _ext_common(code: int, data: bytes) -> Any:
 
 def unpack(data: bytes | memoryview) -> Any:
     """Decode one value; arrays come back as tuples. Raises ValueError on malformed input."""
-    return _unpack(data, _ext_hook)
+    return _unpack(data, _ext_hook, False)
 
 
 def unpack_wrapped(data: bytes | memoryview) -> Any:
-    """:func:`unpack`, with JSON values as :class:`Json` (the server's view of parameters)."""
-    return _unpack(data, _ext_hook_wrapped)
+    """:func:`unpack`, with JSON values as :class:`Json`: the server's view of what a client
+    sends.  Map keys must be text or bytes there (``strict_map_key``): their hashes are
+    seeded per process, whereas tuples, numbers and the other types hash to values anyone
+    can compute, so a map of thousands of keys with one hash would take time quadratic in
+    its size to decode (one such frame of 447 KB held the event loop 12.7 s)."""
+    return _unpack(data, _ext_hook_wrapped, True)
 
 
 # What a malformed value raises inside msgpack.unpackb, worded as ValueError by _unpack (and
 # by the compiled protocol core, which calls msgpack itself).
 MALFORMED = (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, UnicodeDecodeError)
-# InvalidOperation (an ArithmeticError): a DECIMAL extension that is not a number.
-MALFORMED_TOO = (ValueError, TypeError, OverflowError, InvalidOperation)
+# InvalidOperation (an ArithmeticError): a DECIMAL extension that is not a number;
+# RecursionError: a JSON extension nested deeper than the interpreter's stack allows.
+MALFORMED_TOO = (ValueError, TypeError, OverflowError, InvalidOperation, RecursionError)
 
 
-def _unpack(data: bytes | memoryview, hook: Any) -> Any:
+def _unpack(data: bytes | memoryview, hook: Any, strict: bool) -> Any:
     try:
         return msgpack.unpackb(
-            data, ext_hook=hook, raw=False, use_list=False, strict_map_key=False
+            data, ext_hook=hook, raw=False, use_list=False, strict_map_key=strict
         )
     except MALFORMED as e:
         raise ValueError(f"malformed value: {str(e) or type(e).__name__}") from e

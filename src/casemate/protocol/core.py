@@ -51,6 +51,12 @@ PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 _HEADER = struct.Struct(">cI")
 HEADER_SIZE = _HEADER.size
+FRAME_LIMIT = 0xFFFFFFFF  # the largest body a frame's 4-byte length can announce
+
+
+def too_large_for_a_frame(n: int) -> ProtocolError:
+    return ProtocolError(f"message of {n} bytes exceeds the limit of {FRAME_LIMIT} bytes of "
+                         "a frame", Codes.MESSAGE_TOO_LARGE, "fetch large values in parts")
 
 
 class Role(enum.Enum):
@@ -202,6 +208,8 @@ class ProtocolConnection:
 
     def send_packed(self, msg: Msg, payload: bytes) -> bytes:
         """Like :meth:`send`, for a body that is already msgpack-encoded (row batches)."""
+        if len(payload) > FRAME_LIMIT:
+            raise too_large_for_a_frame(len(payload))
         self._advance(msg, sender_is_client=self.role is Role.CLIENT)
         return _HEADER.pack(msg, len(payload)) + payload
 

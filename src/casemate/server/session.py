@@ -45,9 +45,13 @@ T = TypeVar("T")
 # nobody unauthenticated makes the server buffer megabytes.  PostgreSQL caps its
 # startup packet at 10 kB.  Raised to limits.max_message_bytes once logged in.
 PRELOGIN_MAX_FRAME = 16 * 1024
-# Pause reading when this many requests wait: a pipelining client cannot make
-# us queue without limit (each request is itself bounded by the frame limit).
+# Pause reading when this many requests wait, or when the bytes received while requests
+# wait reach MAX_INBOX_BYTES: a pipelining client cannot make us queue without limit.
+# Bytes count as well as requests: each request is bounded by the frame limit, but a
+# decoded request can take many times its size in memory (msgpack's one-byte empty map
+# is a 64-byte dict), so 64 of the largest would be tens of gigabytes.
 MAX_INBOX = 64
+MAX_INBOX_BYTES = 1024 * 1024
 
 _ids = itertools.count(1)
 _RDN_NAMES = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
@@ -75,6 +79,7 @@ class Session(asyncio.Protocol):
         self._out: list[bytes] = []
         self.closed = False
         self.paused = False
+        self.inbox_bytes = 0  # received while requests waited in the inbox
         self.user = ""
         self.group = ""
         self.peer = ""
@@ -157,7 +162,9 @@ class Session(asyncio.Protocol):
         if self._out:
             self._flush()
         if self.inbox:
-            if len(self.inbox) >= MAX_INBOX and not self.paused:
+            self.inbox_bytes += len(data)
+            if (len(self.inbox) >= MAX_INBOX or self.inbox_bytes >= MAX_INBOX_BYTES) \
+                    and not self.paused:
                 self.paused = True
                 self.transport.pause_reading()  # type: ignore[union-attr]
             self.wakeup.set()
@@ -242,14 +249,18 @@ class Session(asyncio.Protocol):
                 raise Closed
             self.wakeup.clear()
             await self.wakeup.wait()
-        if self.paused and len(self.inbox) < MAX_INBOX // 2 and self.transport:
+        m = self.inbox.popleft()
+        if not self.inbox:
+            self.inbox_bytes = 0
+        if self.paused and len(self.inbox) < MAX_INBOX // 2 and self.transport \
+                and self.inbox_bytes < MAX_INBOX_BYTES:
             self.paused = False
             self.transport.resume_reading()
         # From the moment a request leaves the queue the task is busy with it: a request
         # arriving now must queue behind it, not be served at once in data_received
         # (its reply would overtake this one's).
         self.waiting = False
-        return self.inbox.popleft()
+        return m
 
 
     # -- main task --------------------------------------------------------

@@ -18,6 +18,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.ref cimport PyObject
 from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.limits cimport INT_MAX
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, strlen
 
@@ -606,7 +607,7 @@ cdef object _bad_text(Statement s, int col):
     cdef const char *data = _column_text(s._st, col)
     raw = (b"Could not decode to UTF-8 column '" + (name[:strlen(name)] if name != NULL else b"?")
            + b"' with text '" + (data[:strlen(data)] if data != NULL else b"") + b"'")
-    msg = raw[:4094].decode("ascii", "replace")
+    msg = raw[:_bad_text_cut].decode("ascii", "replace")
     err = _OperationalError(msg)
     s._sql = None
     s.close()
@@ -615,6 +616,7 @@ cdef object _bad_text(Statement s, int col):
 
 _OperationalError = None
 _make_error = None
+cdef Py_ssize_t _bad_text_cut = 4094  # what sqlite3 keeps of that message (configure)
 
 
 def _engine_error(code, ext, msg):
@@ -623,10 +625,25 @@ def _engine_error(code, ext, msg):
 
 def configure(operational_error, make_error, str library):
     """Set the exception types (from Python's sqlite3) and load SQLite's functions."""
-    global _OperationalError, _make_error
+    global _OperationalError, _make_error, _bad_text_cut
     _OperationalError = operational_error
     _make_error = make_error
     _load(library)
+    _bad_text_cut = _sqlite3_bad_text_cut()
+
+
+def _sqlite3_bad_text_cut():
+    """How much of the non-UTF-8 text error this Python's sqlite3 keeps (its buffer was
+    4 KiB, and is 200 bytes in 3.11.7): asked of sqlite3 itself, once."""
+    import sqlite3
+    db = sqlite3.connect(":memory:")
+    try:
+        db.execute("SELECT CAST(? AS TEXT)", (b"x" * 8192 + b"\xff",)).fetchall()
+    except sqlite3.OperationalError as e:
+        return len(str(e)) if len(str(e)) < 8192 else 2**62  # (not cut)
+    finally:
+        db.close()
+    return 4094
 
 
 @cython.no_gc  # holds only texts and numbers: never in a cycle, never cleared before dealloc
@@ -803,9 +820,13 @@ cdef int _bind(sqlite3_stmt *st, int i, object v) except -2:
             b = (<str>v).encode("utf-8")
         except UnicodeEncodeError:
             return -1
+        if len(b) > INT_MAX:  # the length is a C int: sqlite3 (the pure path) says why
+            return -1
         return _bind_text(st, i, <const char*>b, len(b), TRANSIENT)
     if t is bytes:
         p = <bytes>v
         n = len(<bytes>v)
+        if n > INT_MAX:
+            return -1
         return _bind_blob(st, i, p, n, TRANSIENT)
     return -1
