@@ -214,16 +214,20 @@ class CursorState:
             out.extend([rows.popleft() for _ in range(k)])
 
 
-def _check_keys(value: Any) -> None:
+def _check_keys(value: Any, depth: int = 0) -> None:
     """Refuse, before sending, a dict whose keys are not text or bytes: the server takes no
-    other map keys from a client (their hashes can be chosen to collide: codec.unpack_wrapped)."""
+    other map keys from a client (their hashes can be chosen to collide: codec.unpack_wrapped).
+    Deeper than msgpack nests (512), the packer refuses the value itself."""
+    if depth > 512:
+        return
+    depth += 1
     if isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str | bytes):
                 raise ProgrammingError(
                     f"cannot send a dict with a {type(k).__name__} key ({k!r:.40}): "
                     "keys of dicts sent to the server must be str")
-            _check_keys(v)
+            _check_keys(v, depth)
     elif isinstance(value, list | tuple):
         for v in value:
-            _check_keys(v)
+            _check_keys(v, depth)

@@ -241,7 +241,7 @@ class Session(asyncio.Protocol):
             # session has ended meanwhile: its storage call may still run in a worker
             # thread (stopped by close()), and the connection is given back only after it.
             self.waiting = False
-            return self.inbox.popleft()
+            return self._take()
         if self.closed:
             raise Closed  # messages still queued from a closed peer are not served
         while not self.inbox:
@@ -249,17 +249,22 @@ class Session(asyncio.Protocol):
                 raise Closed
             self.wakeup.clear()
             await self.wakeup.wait()
-        m = self.inbox.popleft()
-        if not self.inbox:
-            self.inbox_bytes = 0
-        if self.paused and len(self.inbox) < MAX_INBOX // 2 and self.transport \
-                and self.inbox_bytes < MAX_INBOX_BYTES:
-            self.paused = False
-            self.transport.resume_reading()
         # From the moment a request leaves the queue the task is busy with it: a request
         # arriving now must queue behind it, not be served at once in data_received
         # (its reply would overtake this one's).
         self.waiting = False
+        return self._take()
+
+    def _take(self) -> Message | Resumed:
+        """The next request from the inbox; reading resumes once few enough wait (also
+        after a Resumed: reading paused on bytes while only it waited must not stay off)."""
+        m = self.inbox.popleft()
+        if not self.inbox:
+            self.inbox_bytes = 0
+        if (self.paused and len(self.inbox) < MAX_INBOX // 2
+                and self.inbox_bytes < MAX_INBOX_BYTES and self.transport and not self.closed):
+            self.paused = False
+            self.transport.resume_reading()
         return m
 
 
