@@ -371,3 +371,22 @@ def test_a_cursor_that_reconnected_reads_only_its_own_rows(make_db, server_facto
     cur.execute("SELECT 'new'")
     assert cur.fetchall() == [("new",)]
     conn.close()
+
+
+def test_dict_parameters_need_text_keys(plain_server) -> None:  # type: ignore[no-untyped-def]
+    # The server refuses other map keys (their hashes can be made to collide) by ending
+    # the session; the client refuses them first, so the transaction and connection stay.
+    with plain_server.connect() as conn:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE dk (v JSON)")
+        cur.execute("INSERT INTO dk VALUES (?)", ({"a": 1},))
+        for bad in ({1: "a"}, [{"ok": {(1, 2): None}}]):
+            with pytest.raises(casemate.ProgrammingError) as e:
+                cur.execute("INSERT INTO dk VALUES (?)", (bad,))
+            assert "keys of dicts sent to the server must be str" in str(e.value)
+            with pytest.raises(casemate.ProgrammingError):
+                cur.executemany("INSERT INTO dk VALUES (?)", [({"b": 2},), (bad,)])
+        assert conn.in_transaction
+        cur.execute("SELECT v FROM dk")
+        assert cur.fetchall() == [({"a": 1},)]
+        conn.commit()

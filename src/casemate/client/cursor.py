@@ -11,12 +11,16 @@ So batch size, the result column of a server method, "no result set" and
 from __future__ import annotations
 
 import collections
+import datetime as dt
+import decimal
 import itertools
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any, Generic, TypeVar, cast
 
 from ..errors import Error, InterfaceError, OperationalError, ProgrammingError
 from ..protocol import Msg
+from ..protocol.codec import Json
 from ..protocol.messages import Call, ClosePortal, ExecuteMany, Fetch, Query
 from .core import ExecRequest, Request, SimpleRequest
 
@@ -122,6 +126,8 @@ class CursorState:
         if isinstance(params, dict):
             raise ProgrammingError("Casemate uses qmark parameters: pass a sequence, not a dict")
         args = tuple(params) if params is not None else ()
+        if not _FLAT.issuperset(map(type, args)):
+            _check_keys(args)
         return ExecRequest(self._sink), Msg.QUERY, Query(self.portal, sql, args, begin, self.batch)
 
     def call(self, name: str, args: Sequence[Any], kwargs: dict[str, Any], begin: bool) -> Step:
@@ -136,6 +142,8 @@ class CursorState:
         self.rowcount = 0
         it = iter(seq)
         while chunk := [tuple(p) for p in itertools.islice(it, EXECUTEMANY_CHUNK)]:
+            if not _FLAT.issuperset(map(type, itertools.chain.from_iterable(chunk))):
+                _check_keys(chunk)
             yield SimpleRequest(), Msg.EXECUTE_MANY, ExecuteMany(sql, chunk, begin)
 
     def add(self, req: SimpleRequest) -> None:
@@ -214,10 +222,16 @@ class CursorState:
             out.extend([rows.popleft() for _ in range(k)])
 
 
+# Parameter types that hold no dict (most rows): no need to look inside them.
+_FLAT = frozenset({int, str, float, bytes, bool, type(None), bytearray, memoryview,
+                   decimal.Decimal, dt.date, dt.time, dt.datetime, uuid.UUID, Json})
+
+
 def _check_keys(value: Any, depth: int = 0) -> None:
     """Refuse, before sending, a dict whose keys are not text or bytes: the server takes no
-    other map keys from a client (their hashes can be chosen to collide: codec.unpack_wrapped).
-    Deeper than msgpack nests (512), the packer refuses the value itself."""
+    other map keys from a client (their hashes can be chosen to collide: codec.unpack_wrapped),
+    and would end the session, and with it the transaction, over such a request.  Deeper
+    than msgpack nests (512), the packer refuses the value itself."""
     if depth > 512:
         return
     depth += 1
@@ -225,8 +239,8 @@ def _check_keys(value: Any, depth: int = 0) -> None:
         for k, v in value.items():
             if not isinstance(k, str | bytes):
                 raise ProgrammingError(
-                    f"cannot send a dict with a {type(k).__name__} key ({k!r:.40}): "
-                    "keys of dicts sent to the server must be str")
+                    f"cannot send a dict with the {type(k).__name__} key {k!r:.40}: "
+                    "keys of dicts sent to the server must be str (or bytes)")
             _check_keys(v, depth)
     elif isinstance(value, list | tuple):
         for v in value:
