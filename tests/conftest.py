@@ -69,6 +69,37 @@ def worst_wait_during(attacker_call: Callable[[], Any], victim: Any) -> Stall:
     return Stall(worst, took[0], n)
 
 
+class PeakRss:
+    """The largest resident size a process reaches while the ``with`` block runs, and its
+    growth over the size at the start (bytes)."""
+
+    def __init__(self, pid: int, every: float = 0.005) -> None:
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.every = every
+        self.base = self.peak = self.proc.memory_info().rss
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.every)
+
+    @property
+    def grown(self) -> int:
+        return self.peak - self.base
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def client_running(url: str, sql: str, **kw: Any) -> subprocess.Popen[str]:
     """A client process that connects and runs ``sql`` (endless: the test ends it)."""
     code = (f"import casemate; c = casemate.connect({url!r}, **{kw!r}); print('go', flush=True);"

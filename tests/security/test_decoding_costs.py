@@ -5,17 +5,11 @@ a slow one."""
 
 from __future__ import annotations
 
-import socket
 import struct
-import threading
-import time
-from collections.abc import Iterator
 
-import psutil
-import pytest
-
-from tests.conftest import ServerProcess
-from tests.security.test_redteam_today import no_internal_errors, query, raw, replies
+from tests.conftest import PeakRss, ServerProcess, worst_wait_during
+from tests.security.test_redteam_one_path import login, socks  # noqa: F401 - a fixture
+from tests.security.test_redteam_today import no_internal_errors, query, replies
 
 # Python's tuple hash (xxHash-based, CPython 3.8+) over two ints, inverted: pairs (a, b)
 # whose tuples all hash alike.  Text and bytes hash with a per-process seed instead.
@@ -49,12 +43,8 @@ def packed_map(keys: list[tuple[int, int]]) -> bytes:
     return b"".join(parts)
 
 
-@pytest.fixture
-def socks() -> Iterator[list[socket.socket]]:
-    opened: list[socket.socket] = []
-    yield opened
-    for s in opened:
-        s.close()
+def frame(type_byte: bytes, body: bytes) -> bytes:
+    return type_byte + struct.pack(">I", len(body)) + body
 
 
 def test_the_keys_chosen_collide() -> None:
@@ -63,74 +53,43 @@ def test_the_keys_chosen_collide() -> None:
 
 
 def test_a_map_of_colliding_keys_is_refused_without_holding_up_others(
-        make_db, server_factory, socks) -> None:  # type: ignore[no-untyped-def]
+        make_db, server_factory, socks) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     server: ServerProcess = server_factory(make_db())
-    sock, proto = raw(server, "admin")
-    socks.append(sock)
-    body = b"\x95\x00\xa8SELECT 1" + packed_map(colliding_pairs(30_000)) + b"\xc2\x64"
-    waits: list[float] = []
-    done = threading.Event()
+    sock, proto = login(server, socks)
+    # 0.7 MB: 30,000 keys; decoded, they took the event loop over ten seconds
+    attack = frame(b"Q", b"\x95\x00\xa8SELECT 1" + packed_map(colliding_pairs(30_000))
+                   + b"\xc2\x64")
+    got = []
 
-    def other_session() -> None:
-        with server.connect() as c:
-            cur = c.cursor()
-            while not done.is_set():
-                t0 = time.perf_counter()
-                cur.execute("SELECT 1")
-                cur.fetchall()
-                waits.append(time.perf_counter() - t0)
-                time.sleep(0.02)
-
-    probe = threading.Thread(target=other_session)
-    probe.start()
-    try:
-        time.sleep(0.3)
-        sock.sendall(b"Q" + struct.pack(">I", len(body)) + body)  # 0.7 MB: 30,000 keys
+    def send_and_read() -> None:
+        sock.sendall(attack)
         sock.settimeout(30)
-        got = replies(sock, proto, 1)
-        time.sleep(0.3)
-    finally:
-        done.set()
-        probe.join()
+        got.extend(replies(sock, proto, 1))
+
+    with server.connect() as victim:
+        stall = worst_wait_during(send_and_read, victim)
     assert got[-1].type.name == "ERROR" and got[-1].body["code"] == "08P01", got
     assert "not allowed for map key" in got[-1].body["message"]
-    # Decoded, these keys took the event loop over ten seconds (every session waited).
-    assert max(waits) < 2.0, waits
+    assert stall.worst < 2.0, stall  # every session waited while the keys were hashed
     no_internal_errors(server)
 
 
 def test_requests_queued_behind_a_slow_one_are_bounded_in_bytes(
-        make_db, server_factory, socks) -> None:  # type: ignore[no-untyped-def]
+        make_db, server_factory, socks) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     # Each request is 1 MB on the wire and about 70 MB decoded (an array of a million
     # empty maps); eight of them queued behind a slow statement were all decoded before.
     server: ServerProcess = server_factory(make_db())
-    proc = psutil.Process(server.pid)
-    sock, proto = raw(server, "admin")
-    socks.append(sock)
+    sock, proto = login(server, socks)
     n = 1_000_000
-    big = b"\x95\x00\xa8SELECT ?" + b"\x91\xdd" + struct.pack(">I", n) + b"\x80" * n + b"\xc2\x64"
+    big = frame(b"Q", b"\x95\x00\xa8SELECT ?" + b"\x91\xdd" + struct.pack(">I", n)
+                + b"\x80" * n + b"\xc2\x64")
     slow = query("WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r "
                  "WHERE i < 5000000) SELECT count(*) FROM r")
-    before = proc.memory_info().rss
-    peak = [before]
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
-            time.sleep(0.02)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        sock.sendall(slow + (b"Q" + struct.pack(">I", len(big)) + big) * 8)
+    with PeakRss(server.pid, every=0.02) as rss:
+        sock.sendall(slow + big * 8)
         sock.settimeout(60)
         got = replies(sock, proto, 9)
-    finally:
-        done.set()
-        watcher.join()
-    assert [m.type.name for m in got if m.type.name in ("RESULT", "ERROR")][0] == "RESULT"
-    assert sum(m.type.name == "ERROR" for m in got) == 8  # a tuple is no parameter
-    grown = peak[0] - before
-    assert grown < 300 * 1024 * 1024, f"server grew {grown / 2**20:.0f} MiB"
+    finals = [m.type.name for m in got if m.type.name in ("RESULT", "ERROR")]
+    assert finals == ["RESULT"] + ["ERROR"] * 8, finals  # a tuple is no parameter
+    assert rss.grown < 300 * 1024 * 1024, f"server grew {rss.grown / 2**20:.0f} MiB"
     no_internal_errors(server)

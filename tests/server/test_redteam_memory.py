@@ -8,14 +8,10 @@ beyond its byte budget.
 
 from __future__ import annotations
 
-import threading
-import time
-
-import psutil
-
 import casemate
 from casemate.database import make_verifier
 from casemate.testing import ServerProcess
+from tests.conftest import PeakRss
 
 BIG_ROWS = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) "
             "SELECT x, zeroblob(?) FROM c")
@@ -28,30 +24,17 @@ def test_large_rows_are_fetched_within_the_batch_budget(plain_server: ServerProc
                     verifier=[rec.salt, rec.stored_key, rec.server_key, rec.iterations])
     ro = casemate.connect(host="127.0.0.1", port=plain_server.port, user="ro",
                           password="ro-password-1")
-    assert plain_server.proc is not None
-    server = psutil.Process(plain_server.proc.pid)
-    base = server.memory_info().rss
-    peak = [base]
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], server.memory_info().rss)
-            time.sleep(0.005)
-    watcher = threading.Thread(target=watch)
-    watcher.start()
     try:
-        cur = ro.cursor()
-        cur.arraysize = 1000
-        cur.execute(BIG_ROWS, (30, 8_000_000))
-        seen = 0
-        while rows := cur.fetchmany(1000):
-            seen += len(rows)
-            assert all(len(r[1]) == 8_000_000 for r in rows)
+        with PeakRss(plain_server.pid) as rss:
+            cur = ro.cursor()
+            cur.arraysize = 1000
+            cur.execute(BIG_ROWS, (30, 8_000_000))
+            seen = 0
+            while rows := cur.fetchmany(1000):
+                seen += len(rows)
+                assert all(len(r[1]) == 8_000_000 for r in rows)
     finally:
-        done.set()
-        watcher.join()
         ro.close()
     assert seen == 30
-    grew = (peak[0] - base) / 2**20
+    grew = rss.grown / 2**20
     assert grew < 150, f"the server grew by {grew:.0f} MiB for 30 rows of 8 MB"
