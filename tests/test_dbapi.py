@@ -390,3 +390,21 @@ def test_dict_parameters_need_text_keys(plain_server) -> None:  # type: ignore[n
         cur.execute("SELECT v FROM dk")
         assert cur.fetchall() == [({"a": 1},)]
         conn.commit()
+
+
+def test_json_nested_deeper_than_python_decodes_comes_back_as_text(plain_server) -> None:  # type: ignore[no-untyped-def]
+    # SQLite's json_valid takes 999 levels; decoding them in the server raised
+    # RecursionError: an internal error that ended the session.
+    with plain_server.connect() as conn:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE deep (n INTEGER, v JSON)")
+        for n in (50, 999):
+            cur.execute("INSERT INTO deep VALUES (?, ?)", (n, "[" * n + "]" * n))
+        cur.execute("SELECT v FROM deep ORDER BY n")
+        shallow, deep = (r[0] for r in cur.fetchall())
+        assert isinstance(shallow, list)
+        assert deep == "[" * 999 + "]" * 999
+        cur.execute("SELECT 1")
+        assert cur.fetchall() == [(1,)]
+        conn.rollback()
+    assert "internal error" not in plain_server.log()

@@ -63,11 +63,13 @@ __all__ = ["install", "rewrite_ddl", "type_error", "ResultTyper", "converters_fo
 # -- values SQLite has no type for, and values it cannot store ----------------------------
 def _lenient(parse: Any) -> Any:
     """A converter that hands back the stored text when it is not in the expected format
-    (a column's declared type does not guarantee its contents in SQLite)."""
+    (a column's declared type does not guarantee its contents in SQLite), or cannot be
+    decoded: JSON nested deeper than Python's recursion limit (SQLite's ``json_valid``
+    accepts up to 1,000 levels), which ended the session with an internal error."""
     def convert(b: bytes) -> Any:
         try:
             return parse(b)
-        except (ValueError, ArithmeticError):
+        except (ValueError, ArithmeticError, RecursionError):
             return b.decode(errors="replace")
     return convert
 
