@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tracemalloc
 from collections.abc import Iterator
 from decimal import Decimal
@@ -189,3 +190,57 @@ def test_transaction_blocks_and_pools_on_both_backends(server: ServerProcess) ->
     asyncio.run(main())
     with ConnectionPool(server.url, max_size=2) as pool, pool.connection() as c:
         assert c.execute("SELECT v FROM txb").fetchall() == [("z",)]
+
+
+def test_a_json_parameter_too_deep_to_decode_fails_its_statement_only(
+        server: ServerProcess) -> None:
+    # The server's JSON decoder stops at about 900 levels; a client with a higher recursion
+    # limit can send deeper.  That used to be a malformed message: the session ended and
+    # its transaction with it.  Now the statement fails (22000) and the transaction goes on.
+    depth = 3000
+    value: list[object] = []
+    for _ in range(depth - 1):
+        value = [value]
+    deep = casemate.Json(value)
+    limit = sys.getrecursionlimit()
+    with server.connect() as conn:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE deepj (id INTEGER, v " +
+                    ("JSONB" if conn.backend == "postgresql" else "JSON") + ")")
+        conn.commit()
+        cur.execute("INSERT INTO deepj VALUES (1, ?)", (casemate.Json([1]),))
+        sys.setrecursionlimit(depth + 1000)
+        try:
+            with pytest.raises(casemate.DataError) as e:
+                cur.execute("INSERT INTO deepj VALUES (2, ?)", (deep,))
+        finally:
+            sys.setrecursionlimit(limit)
+        assert e.value.code == "22000"
+        assert "nested deeper than the server can decode" in e.value.message
+        if conn.backend == "postgresql":
+            conn.rollback()  # PostgreSQL's rule: a failed statement ends the transaction
+            cur.execute("INSERT INTO deepj VALUES (1, ?)", (casemate.Json([1]),))
+        conn.commit()
+        cur.execute("SELECT id, v FROM deepj")
+        assert cur.fetchall() == [(1, [1])]
+    assert "internal error" not in server.log()
+
+
+def test_stored_json_too_deep_to_decode_comes_back_as_text(server: ServerProcess) -> None:
+    # PostgreSQL's jsonb takes thousands of levels; reading 999 of them raised
+    # RecursionError in the server's loader: an internal error that ended the session.
+    pg_json = "CAST(? AS jsonb)"
+    with server.connect() as conn:
+        cur = conn.cursor()
+        pg = conn.backend == "postgresql"
+        cur.execute(f"CREATE TABLE deepr (n INTEGER, v {'JSONB' if pg else 'JSON'})")
+        for n in (50, 999):
+            cur.execute(f"INSERT INTO deepr VALUES (?, {pg_json if pg else '?'})",
+                        (n, "[" * n + "]" * n))
+        cur.execute("SELECT v FROM deepr ORDER BY n")
+        shallow, deep = (r[0] for r in cur.fetchall())
+        assert isinstance(shallow, list)
+        assert deep == "[" * 999 + "]" * 999
+        assert conn.in_transaction  # the session and its transaction went on
+        conn.rollback()
+    assert "internal server error" not in server.log()

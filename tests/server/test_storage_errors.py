@@ -11,6 +11,7 @@ savepoint, user store), then through a real server process.
 from __future__ import annotations
 
 import sqlite3
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,15 @@ def insert_or_code(db, n: int) -> str:
 @method
 def insert(db, n: int) -> None:
     db.execute("INSERT INTO p VALUES (?)", (n,))
+
+
+@method
+def depth(db, doc) -> int:
+    """How deep a casemate.Json argument is (reading .obj decodes it)."""
+    d, v = 0, doc.obj
+    while isinstance(v, list) and v:
+        d, v = d + 1, v[0]
+    return d
 '''
 
 
@@ -226,3 +236,22 @@ def test_every_public_method_translates_sqlite_errors() -> None:
                 continue
             assert hasattr(fn, "__wrapped__") or getattr(
                 fn, "__casemate_translates__", False), f"{cls.__name__}.{name}"
+
+
+def test_a_json_argument_too_deep_to_decode_fails_the_call_only(server: ServerProcess) -> None:
+    value: list[object] = []
+    for _ in range(2999):
+        value = [value]
+    limit = sys.getrecursionlimit()
+    with server.connect() as conn:
+        assert conn.call("depth", casemate.Json([[[]]])) == 2
+        conn.execute("INSERT INTO p VALUES (77)")
+        sys.setrecursionlimit(4000)
+        try:
+            with pytest.raises(casemate.Error) as e:
+                conn.call("depth", casemate.Json(value))
+        finally:
+            sys.setrecursionlimit(limit)
+        assert "nested deeper than the server can decode" in e.value.message
+        assert conn.call("depth", casemate.Json([[]])) == 1  # the session goes on
+        conn.rollback()

@@ -283,6 +283,9 @@ class ClientCore:
             raise
         except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
             raise InterfaceError(f"cannot send this parameter: {e}") from None
+        except RecursionError:  # json.dumps of a casemate.Json, or msgpack, past the limit
+            raise InterfaceError("cannot send this parameter: it is nested deeper than "
+                                 "Python encodes (the recursion limit)") from None
         req.sent = (msg, body)
         req.seq = self.proto.requests
         self.pending.append(req)

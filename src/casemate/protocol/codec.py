@@ -52,23 +52,45 @@ class Json:
     PostgreSQL a bare list is an array).
     """
 
-    __slots__ = ("obj",)
+    __slots__ = ("_obj", "_too_deep")
 
     def __init__(self, obj: Any) -> None:
-        self.obj = obj
+        self._obj = obj
+        self._too_deep = 0  # > 0: a received JSON text of this many bytes, not decodable
+
+    @classmethod
+    def too_deep(cls, size: int) -> Json:
+        """What the server makes of a JSON parameter nested deeper than it can decode: a
+        value that fails the statement (or method) using it with a clear error, instead of
+        a malformed message that would end the session and its transaction."""
+        j = cls(None)
+        j._too_deep = size
+        return j
+
+    @property
+    def obj(self) -> Any:
+        """The Python value (ValueError for a parameter nested too deep to decode)."""
+        if self._too_deep:
+            raise ValueError(f"a JSON parameter of {self._too_deep} bytes is nested deeper "
+                             "than the server can decode (about 900 levels); flatten it, "
+                             "or send it as text")
+        return self._obj
 
     def dumps(self) -> str:
         """The JSON text (NaN and infinities refused: JSON has none)."""
         return json.dumps(self.obj, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Json) and other.obj == self.obj
+        return (isinstance(other, Json) and not self._too_deep and not other._too_deep
+                and other._obj == self._obj)
 
     def __hash__(self) -> int:
-        return hash(self.dumps())
+        return hash(self._too_deep) if self._too_deep else hash(self.dumps())
 
     def __repr__(self) -> str:
-        return f"Json({self.obj!r})"
+        if self._too_deep:
+            return f"Json(<{self._too_deep} bytes of JSON nested too deep to decode>)"
+        return f"Json({self._obj!r})"
 
 _INT64_MIN = -(2**63)
 _UINT64_MAX = 2**64 - 1
@@ -145,15 +167,26 @@ def pack_array_of_packed(items: list[bytes]) -> bytes:
     return array_header(len(items)) + b"".join(items)
 
 
+# A JSON value nested deeper than this Python decodes (its C decoder counts each level
+# against the recursion limit: about 900 levels in the server's event loop) is no malformed
+# message: a client gets its text (as SQLite's reads give a stored value that does not
+# decode), and the server a Json.too_deep that fails only the statement using it.
+
 def _ext_hook(code: int, data: bytes) -> Any:
     if code == EXT_JSON:
-        return json.loads(data)
+        try:
+            return json.loads(data)
+        except RecursionError:
+            return data.decode()
     return _ext_common(code, data)
 
 
 def _ext_hook_wrapped(code: int, data: bytes) -> Any:
     if code == EXT_JSON:
-        return Json(json.loads(data))
+        try:
+            return Json(json.loads(data))
+        except RecursionError:
+            return Json.too_deep(len(data))
     return _ext_common(code, data)
 
 

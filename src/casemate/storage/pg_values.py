@@ -7,7 +7,7 @@ Part of the PostgreSQL backend (:mod:`casemate.storage.postgresql`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -58,16 +58,24 @@ def _param(v: Any) -> Any:
     return v
 
 
-class _JsonLoader(JsonLoader):
-    """json values come back wrapped, so they travel as JSON (a list is no array)."""
+def _wrapped_json(load: Callable[[Any], Any], data: Any) -> Any:
+    """json and jsonb values come back wrapped, so they travel as JSON (a list is no array);
+    one nested deeper than Python decodes (PostgreSQL takes thousands of levels, Python
+    about 900) as its text, as on SQLite, not as an internal error that ended the session."""
+    try:
+        return Json(load(data))
+    except RecursionError:
+        return bytes(data).decode()
 
+
+class _JsonLoader(JsonLoader):
     def load(self, data: Any) -> Any:
-        return Json(super().load(data))
+        return _wrapped_json(super().load, data)
 
 
 class _JsonbLoader(JsonbLoader):
     def load(self, data: Any) -> Any:
-        return Json(super().load(data))
+        return _wrapped_json(super().load, data)
 
 
 def _client_loaders(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
