@@ -264,3 +264,18 @@ def test_which_statements_count_as_changes(sql: str, writes: bool) -> None:
     from casemate.client.risk import may_write
     from casemate.protocol import Msg
     assert may_write((Msg.QUERY, (1, sql, (), True, 100))) is writes
+
+
+def test_verdicts_are_remembered_within_bounds() -> None:
+    from casemate.client import risk
+    from casemate.protocol import Msg
+    from casemate.protocol.messages import Query
+    risk._VERDICTS.clear()
+    for i in range(risk._VERDICT_MAX + 10):
+        sql = f"SELECT {i}" if i % 2 else f"UPDATE t SET a = {i}"
+        assert risk.may_write((Msg.QUERY, Query(1, sql, (), True, 100))) is (i % 2 == 0)
+        assert risk.may_write((Msg.QUERY, Query(1, sql, (), True, 100))) is (i % 2 == 0)
+    assert 0 < len(risk._VERDICTS) <= risk._VERDICT_MAX
+    long = "SELECT 1 -- " + "x" * risk._VERDICT_MAX_TEXT
+    assert risk.may_write((Msg.QUERY, Query(1, long, (), True, 100))) is False
+    assert long not in risk._VERDICTS

@@ -49,13 +49,33 @@ def warn_uncommitted(stacklevel: int) -> None:
 
 def may_write(sent: tuple[Msg, Any] | None) -> bool:
     """Whether a request may have changed data (a guess on the side of caution; a
-    ``SELECT`` that calls a writing function is not seen)."""
+    ``SELECT`` that calls a writing function is not seen).  Asked after every request
+    answered in a transaction: the verdict on a statement's text is remembered."""
     if sent is None:
         return False
-    msg, body = sent[0], typed(*sent)
+    body = sent[1]
+    if type(body) is not Query:
+        body = typed(*sent)
     if isinstance(body, Query):
-        return not isinstance(body.sql, str) or _sql_may_write(body.sql)
-    return msg in (Msg.EXECUTE_MANY, Msg.CALL)
+        sql = body.sql
+        if not isinstance(sql, str):
+            return True
+        verdict = _VERDICTS.get(sql)
+        if verdict is None:
+            verdict = _sql_may_write(sql)
+            if len(sql) <= _VERDICT_MAX_TEXT:
+                if len(_VERDICTS) >= _VERDICT_MAX:
+                    _VERDICTS.clear()
+                _VERDICTS[sql] = verdict
+        return verdict
+    return sent[0] in (Msg.EXECUTE_MANY, Msg.CALL)
+
+
+# Verdicts of _sql_may_write by statement text (a program repeats a few statements):
+# bounded in count and in the length of the texts kept.
+_VERDICTS: dict[str, bool] = {}
+_VERDICT_MAX = 512
+_VERDICT_MAX_TEXT = 4096
 
 
 def _sql_may_write(sql: str) -> bool:
