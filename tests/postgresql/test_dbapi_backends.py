@@ -244,3 +244,45 @@ def test_stored_json_too_deep_to_decode_comes_back_as_text(server: ServerProcess
         assert conn.in_transaction  # the session and its transaction went on
         conn.rollback()
     assert "internal server error" not in server.log()
+
+
+def _nested_dict(depth: int) -> dict[str, object]:
+    value: dict[str, object] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+def test_json_values_deeper_than_the_server_encodes_fail_their_statement_only(
+        server: ServerProcess) -> None:
+    # Decoded by the protocol, refused later: a dict parameter 990 levels deep (msgpack takes
+    # it; json.dumps of it, binding it, met the recursion limit: an internal error that ended
+    # the session), and stored JSON too deep to decode typed by a parameter beside it.
+    with server.connect() as conn:
+        cur = conn.cursor()
+        pg = conn.backend == "postgresql"
+        cur.execute(f"CREATE TABLE deepw (id INTEGER, v {'JSONB' if pg else 'JSON'})")
+        cur.execute("INSERT INTO deepw VALUES (1, ?)", ({"in": casemate.Json([1, {"b": 2}])},))
+        conn.commit()
+        cur.execute("SELECT v FROM deepw")
+        assert cur.fetchall() == [({"in": [1, {"b": 2}]},)]  # a Json inside a dict: its value
+        with pytest.raises(casemate.DataError) as e:
+            cur.execute("INSERT INTO deepw VALUES (2, ?)", (_nested_dict(990),))
+        assert "nested deeper than the server can encode" in e.value.message
+        if pg:
+            conn.rollback()
+        text = "[" * 999 + "]" * 999
+        cur.execute(f"INSERT INTO deepw VALUES (3, {'CAST(? AS jsonb)' if pg else '?'})", (text,))
+        cur.execute("SELECT ? UNION ALL SELECT v FROM deepw WHERE id = 3",
+                    ({"p": 1} if not pg else casemate.Json({"p": 1}),))
+        assert cur.fetchall() == [({"p": 1},), (text,)]
+        conn.rollback()
+    assert "internal server error" not in server.log()
+
+
+def test_admin_arguments_must_not_be_json(server: ServerProcess) -> None:
+    with server.connect() as conn:
+        with pytest.raises(casemate.ProgrammingError) as e:
+            conn.admin("group_add", name=casemate.Json(["x"]))
+        assert "must be text, a number or a list, not JSON" in e.value.message
+        assert all("Json" not in str(r) for r in conn.admin("group_list"))

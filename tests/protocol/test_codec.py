@@ -149,3 +149,29 @@ def test_unsupported_types_raise_type_error(value: Any) -> None:
 def test_garbage_raises_value_error(data: bytes) -> None:
     with pytest.raises(ValueError, match=r"malformed value: \S"):
         codec.unpack(data)
+
+
+def _nested_list(depth: int) -> list[object]:
+    value: list[object] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_json_too_deep_to_encode_is_a_value_error_and_shows_in_errors() -> None:
+    deep = codec.Json(_nested_list(5000))
+    with pytest.raises(ValueError, match="nested deeper than the server can encode"):
+        deep.dumps()
+    assert repr(deep) == "Json(<nested too deep to show>)"  # not RecursionError
+    assert codec.dumps_json({"a": codec.Json([1, 2])}) == '{"a":[1,2]}'
+    with pytest.raises(TypeError, match="set is not JSON serializable"):
+        codec.dumps_json({"a": {1}})
+
+
+def test_json_read_from_storage_is_sent_as_stored() -> None:
+    j = codec.Json.read(b'[1e400, {"b": 1,  "b": 2}]')
+    assert j.obj == [float("inf"), {"b": 2}]
+    assert j.dumps() == '[1e400, {"b": 1,  "b": 2}]'  # not encoded again (it could not be)
+    assert codec.unpack(codec.pack([j])) == ([float("inf"), {"b": 2}],)
+    with pytest.raises(ValueError):
+        codec.Json.read("[1,")

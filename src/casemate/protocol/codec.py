@@ -33,6 +33,7 @@ import msgpack
 
 __all__ = [
     "pack", "unpack", "unpack_wrapped", "pack_array_of_packed", "array_header", "Json",
+    "dumps_json", "TOO_DEEP",
     "EXT_BIGINT", "EXT_DECIMAL", "EXT_DATE", "EXT_TIME", "EXT_DATETIME", "EXT_UUID", "EXT_JSON",
 ]
 
@@ -52,11 +53,12 @@ class Json:
     PostgreSQL a bare list is an array).
     """
 
-    __slots__ = ("_obj", "_too_deep")
+    __slots__ = ("_obj", "_too_deep", "_text")
 
     def __init__(self, obj: Any) -> None:
         self._obj = obj
         self._too_deep = 0  # > 0: a received JSON text of this many bytes, not decodable
+        self._text: str | None = None  # the text it was read from, sent as it was stored
 
     @classmethod
     def too_deep(cls, size: int) -> Json:
@@ -67,18 +69,27 @@ class Json:
         j._too_deep = size
         return j
 
+    @classmethod
+    def read(cls, text: str | bytes) -> Json:
+        """A JSON value read from storage: decoded (json.loads's errors), and sent on as the
+        text it was stored as, instead of that text encoded again."""
+        j = cls(json.loads(text))
+        j._text = text if isinstance(text, str) else text.decode()
+        return j
+
     @property
     def obj(self) -> Any:
         """The Python value (ValueError for a parameter nested too deep to decode)."""
         if self._too_deep:
-            raise ValueError(f"a JSON parameter of {self._too_deep} bytes is nested deeper "
-                             "than the server can decode (about 900 levels); flatten it, "
-                             "or send it as text")
+            raise ValueError(f"a JSON parameter of {self._too_deep} bytes is {TOO_DEEP} "
+                             "(about 900 levels); flatten it, or send it as text")
         return self._obj
 
     def dumps(self) -> str:
         """The JSON text (NaN and infinities refused: JSON has none)."""
-        return json.dumps(self.obj, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+        if self._text is not None:
+            return self._text
+        return dumps_json(self.obj)
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, Json) and not self._too_deep and not other._too_deep
@@ -90,7 +101,32 @@ class Json:
     def __repr__(self) -> str:
         if self._too_deep:
             return f"Json(<{self._too_deep} bytes of JSON nested too deep to decode>)"
-        return f"Json({self._obj!r})"
+        try:
+            return f"Json({self._obj!r})"
+        except RecursionError:  # (in an error message, say: it must not become another)
+            return "Json(<nested too deep to show>)"
+
+
+TOO_DEEP = "nested deeper than the server can decode"
+
+
+def dumps_json(obj: Any) -> str:
+    """``obj`` as JSON text, as stored and sent: compact, NaN and infinities refused, a
+    :class:`Json` inside a dict or list standing for its value; ValueError for a value
+    nested deeper than the recursion limit lets this Python encode."""
+    try:
+        return json.dumps(obj, allow_nan=False, separators=(",", ":"), ensure_ascii=False,
+                          default=_json_inside)
+    except RecursionError:
+        raise ValueError("a JSON value is nested deeper than the server can encode (about "
+                         "900 levels); flatten it, or send it as text") from None
+
+
+def _json_inside(value: Any) -> Any:
+    if isinstance(value, Json):
+        return value.obj
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
 
 _INT64_MIN = -(2**63)
 _UINT64_MAX = 2**64 - 1

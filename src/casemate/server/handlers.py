@@ -22,6 +22,7 @@ from ..admin import run_admin_command
 from ..errors import Codes, Error, ProtocolError
 from ..methods import MethodContext
 from ..protocol import Message, Msg
+from ..protocol.codec import Json
 from ..protocol.messages import Admin, Call, ClosePortal, Complete, ExecuteMany, Fetch, Query
 from ..storage import Busy, StorageConnection, StorageCursor, StorageError, TooLong
 from ..storage.access import PermissionDenied
@@ -425,6 +426,9 @@ async def on_admin(s: Session, body: Any) -> None:
                                 address=s.peer_ip, detail=f"admin command {command}")
         raise Error(f"admin command {command!r} needs the admin group; user {s.user!r} "
                     f"is in {s.group!r}", Codes.INSUFFICIENT_PRIVILEGE)
+    if bad := next((k for k, v in args.items() if isinstance(v, Json | dict)), None):
+        raise Error(f"admin command {command!r}: argument {bad!r} must be text, a number "
+                    "or a list, not JSON", Codes.PROGRAMMING)
     if command in SERVER_COMMANDS:
         # In the event loop: these touch the session registry and its transports.
         columns, rows = s.server.admin_command(s, command, args)

@@ -99,12 +99,17 @@ def storage_error(e: BaseException) -> Error:
                      "64 bits" in msg else Codes.DATA)
     if isinstance(e, TypeError):
         return Error(f"malformed request: {msg}", Codes.PROTOCOL_VIOLATION)
+    if isinstance(e, RecursionError):
+        return Error("a value is nested deeper than the server can handle (Python's recursion "
+                     "limit, about 900 levels)", Codes.DATA, "flatten it, or send it as text")
     return Error(f"internal error: {type(e).__name__}: {msg}", Codes.INTERNAL)
 
 
 # Request failures reported to the client as errors (the session goes on).
+# RecursionError: a value nested deeper than Python's recursion limit lets some step take
+# (encoding a JSON parameter, say) fails its request, not the session.
 REPORTED = (Error, StorageError, PermissionDenied, Busy, Interrupted, ValueError, TypeError,
-             ArithmeticError)
+             ArithmeticError, RecursionError)
 
 
 def execute_first(conn: StorageConnection, sql: str, params: tuple[Any, ...], begin: bool,

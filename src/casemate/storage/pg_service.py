@@ -17,14 +17,13 @@ from typing import Any
 import psycopg
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.types.json import JsonbDumper
 from psycopg.types.string import TextLoader
 
 from ..settings import StorageSettings
 from .base import StorageError
 from .pg_errors import _NO_SCHEMA_HINT, _UNAVAILABLE_HINT, _connect_error, _error, log
 from .pg_pool import _Pool
-from .pg_values import _TEXT_TYPES, _Float8Dumper, _NumericDumper
+from .pg_values import _TEXT_TYPES, _DictDumper, _Float8Dumper, _NumericDumper
 
 
 def check_dsn(dsn: str) -> None:
@@ -112,7 +111,7 @@ class _Service:
                 conn.adapters.register_loader(t, TextLoader)
             except psycopg.Error:
                 pass
-        conn.adapters.register_dumper(dict, JsonbDumper)
+        conn.adapters.register_dumper(dict, _DictDumper)
         conn.adapters.register_dumper(float, _Float8Dumper)
         conn.adapters.register_dumper(Decimal, _NumericDumper)
         return conn

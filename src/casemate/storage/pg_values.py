@@ -7,14 +7,14 @@ Part of the PostgreSQL backend (:mod:`casemate.storage.postgresql`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb, JsonbLoader, JsonLoader
+from psycopg.types.json import Jsonb, JsonbDumper, JsonbLoader, JsonLoader
 from psycopg.types.numeric import DecimalDumper, FloatDumper
 
-from ..protocol.codec import Json
+from ..protocol.codec import Json, dumps_json
 
 # Values psycopg would load as Python types the Casemate wire format has no
 # encoding for: they arrive as PostgreSQL's text form instead.
@@ -54,28 +54,40 @@ def _param(v: Any) -> Any:
     if isinstance(v, tuple | list):  # the wire's arrays arrive as tuples: PostgreSQL arrays
         return [_param(x) for x in v]
     if isinstance(v, Json):  # casemate.Json(...): jsonb, whatever the value inside
-        return Jsonb(v.obj)
+        return Jsonb(v, dumps=Json.dumps)  # (its text, as SQLite stores it)
     return v
 
 
-def _wrapped_json(load: Callable[[Any], Any], data: Any) -> Any:
-    """json and jsonb values come back wrapped, so they travel as JSON (a list is no array);
-    one nested deeper than Python decodes (PostgreSQL takes thousands of levels, Python
-    about 900) as its text, as on SQLite, not as an internal error that ended the session."""
+class _DictDumper(JsonbDumper):
+    """A dict parameter: jsonb, encoded as a casemate.Json is (a Json inside it stands for
+    its value; nested too deep: ValueError, the statement's error)."""
+
+    def __init__(self, cls: type, context: Any = None) -> None:
+        super().__init__(cls, context)
+        self.dumps = dumps_json
+
+
+def _wrapped_json(data: Any) -> Any:
+    """json and jsonb values come back wrapped, so they travel as JSON (a list is no array),
+    and are sent on as PostgreSQL gave their text; one Python cannot decode (nested deeper
+    than its recursion limit allows, about 900 levels where PostgreSQL takes thousands, or a
+    number of more digits than it converts) as that text, as on SQLite, not as an error
+    that failed the query or ended the session."""
+    text = bytes(data)
     try:
-        return Json(load(data))
-    except RecursionError:
-        return bytes(data).decode()
+        return Json.read(text)
+    except (RecursionError, ValueError):
+        return text.decode()
 
 
 class _JsonLoader(JsonLoader):
     def load(self, data: Any) -> Any:
-        return _wrapped_json(super().load, data)
+        return _wrapped_json(data)
 
 
 class _JsonbLoader(JsonbLoader):
     def load(self, data: Any) -> Any:
-        return _wrapped_json(super().load, data)
+        return _wrapped_json(data)
 
 
 def _client_loaders(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import re
 import sqlite3
 import uuid
@@ -58,7 +57,7 @@ def _as_uuid(v: Any) -> Any:
 
 
 def _as_json(v: Any) -> Any:
-    return Json(json.loads(v)) if isinstance(v, str) else v
+    return Json.read(v) if isinstance(v, str) else v
 
 
 _READERS: dict[type, Callable[[Any], Any]] = {
@@ -71,8 +70,10 @@ def _lenient(read: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def convert(v: Any) -> Any:
         try:
             return read(v)
-        except (ValueError, ArithmeticError):
-            return v  # not in the expected form (COALESCE(?, other_column)): as stored
+        except (ValueError, ArithmeticError, RecursionError):
+            # not in the expected form (COALESCE(?, other_column)), or JSON nested deeper
+            # than Python decodes: as stored
+            return v
     return convert
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
 import re
 import sqlite3
 import uuid
@@ -85,15 +84,16 @@ def register_types() -> None:
     sqlite3.register_adapter(Json, Json.dumps)
     sqlite3.register_adapter(dict, lambda v: Json(v).dumps())
     conv_dt = lambda b: dt.datetime.fromisoformat(b.decode())  # noqa: E731
-    for name, parse in {
+    parsers: dict[str, Callable[[bytes], Any]] = {
         "DATE": lambda b: dt.date.fromisoformat(b.decode()),
         "TIME": lambda b: dt.time.fromisoformat(b.decode()),
         "DATETIME": conv_dt, "TIMESTAMP": conv_dt, "TIMESTAMPTZ": conv_dt,
         "DECIMAL": lambda b: Decimal(b.decode()), "NUMERIC": lambda b: Decimal(b.decode()),
         "BOOLEAN": lambda b: b not in (b"0", b""), "BOOL": lambda b: b not in (b"0", b""),
         "UUID": lambda b: uuid.UUID(b.decode()),
-        "JSON": lambda b: Json(json.loads(b)), "JSONB": lambda b: Json(json.loads(b)),
-    }.items():
+        "JSON": Json.read, "JSONB": Json.read,
+    }
+    for name, parse in parsers.items():
         sqlite3.register_converter(name, _lenient(parse))
 
 
