@@ -172,6 +172,8 @@ def test_json_read_from_storage_is_sent_as_stored() -> None:
     j = codec.Json.read(b'[1e400, {"b": 1,  "b": 2}]')
     assert j.obj == [float("inf"), {"b": 2}]
     assert j.dumps() == '[1e400, {"b": 1,  "b": 2}]'  # not encoded again (it could not be)
+    k = codec.Json.read(" [1, 2] ")
+    assert k == codec.Json([1, 2]) and hash(k) == hash(codec.Json([1, 2]))
     assert codec.unpack(codec.pack([j])) == ([float("inf"), {"b": 2}],)
     with pytest.raises(ValueError):
         codec.Json.read("[1,")

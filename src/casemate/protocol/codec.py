@@ -96,7 +96,13 @@ class Json:
                 and other._obj == self._obj)
 
     def __hash__(self) -> int:
-        return hash(self._too_deep) if self._too_deep else hash(self.dumps())
+        # (of the value, as __eq__ compares: not of a text read, which may differ in form)
+        if self._too_deep:
+            return hash(self._too_deep)
+        try:
+            return hash(dumps_json(self._obj))
+        except ValueError:  # infinities read from storage, or nested too deep
+            return hash(type(self._obj))
 
     def __repr__(self) -> str:
         if self._too_deep:
