@@ -392,6 +392,29 @@ def test_dict_parameters_need_text_keys(plain_server) -> None:  # type: ignore[n
         conn.commit()
 
 
+def test_a_parameter_nested_deeper_than_the_server_decodes_is_refused_before_sending(
+        plain_server) -> None:  # type: ignore[no-untyped-def]
+    # msgpack nests 1,024 levels, the request's arrays included: a dict of 1,022 levels was
+    # sent, and the server ended the session (and its transaction) over it.
+    deep: dict[str, object] = {}
+    for _ in range(1021):
+        deep = {"a": deep}
+    with plain_server.connect() as conn:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE nest (v JSON)")
+        cur.execute("INSERT INTO nest VALUES (?)", ({"a": 1},))
+        for call in (lambda: cur.execute("INSERT INTO nest VALUES (?)", (deep,)),
+                     lambda: cur.executemany("INSERT INTO nest VALUES (?)", [(deep,)]),
+                     lambda: cur.execute("SELECT ?", ([[deep]],))):
+            with pytest.raises(casemate.ProgrammingError) as e:
+                call()
+            assert "nested deeper than 1000 levels" in str(e.value)
+        assert conn.in_transaction
+        cur.execute("SELECT count(*) FROM nest")
+        assert cur.fetchall() == [(1,)]
+        conn.rollback()
+
+
 def test_json_nested_deeper_than_python_decodes_comes_back_as_text(plain_server) -> None:  # type: ignore[no-untyped-def]
     # SQLite's json_valid takes 999 levels; decoding them in the server raised
     # RecursionError: an internal error that ended the session.

@@ -227,21 +227,32 @@ _FLAT = frozenset({int, str, float, bytes, bool, type(None), bytearray, memoryvi
                    decimal.Decimal, dt.date, dt.time, dt.datetime, uuid.UUID, Json})
 
 
-def _check_keys(value: Any, depth: int = 0) -> None:
+# Deepest nesting of a parameter: the server decodes msgpack up to 1,024 levels, the
+# request's own arrays included, and would end the session over a deeper one.
+MAX_NESTING = 1000
+
+
+def _check_keys(value: Any) -> None:
     """Refuse, before sending, a dict whose keys are not text or bytes: the server takes no
     other map keys from a client (their hashes can be chosen to collide: codec.unpack_wrapped),
-    and would end the session, and with it the transaction, over such a request.  Deeper
-    than msgpack nests (512), the packer refuses the value itself."""
-    if depth > 512:
-        return
-    depth += 1
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str | bytes):
-                raise ProgrammingError(
-                    f"cannot send a dict with the {type(k).__name__} key {k!r:.40}: "
-                    "keys of dicts sent to the server must be str (or bytes)")
-            _check_keys(v, depth)
-    elif isinstance(value, list | tuple):
-        for v in value:
-            _check_keys(v, depth)
+    and would end the session, and with it the transaction, over such a request; and a
+    value nested deeper than :data:`MAX_NESTING` (walked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            for k in v:
+                if not isinstance(k, str | bytes):
+                    raise ProgrammingError(
+                        f"cannot send a dict with the {type(k).__name__} key {k!r:.40}: "
+                        "keys of dicts sent to the server must be str (or bytes)")
+            items: Any = v.values()
+        elif isinstance(v, list | tuple):
+            items = v
+        else:
+            continue
+        if depth >= MAX_NESTING:
+            raise ProgrammingError(f"cannot send a parameter nested deeper than {MAX_NESTING} "
+                                   "levels (lists, tuples and dicts); flatten it, or send it "
+                                   "as text")
+        stack.extend((x, depth + 1) for x in items)
