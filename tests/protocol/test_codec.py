@@ -170,10 +170,16 @@ def test_json_too_deep_to_encode_is_a_value_error_and_shows_in_errors() -> None:
 
 def test_json_read_from_storage_is_sent_as_stored() -> None:
     j = codec.Json.read(b'[1e400, {"b": 1,  "b": 2}]')
-    assert j.obj == [float("inf"), {"b": 2}]
     assert j.dumps() == '[1e400, {"b": 1,  "b": 2}]'  # not encoded again (it could not be)
+    assert codec.unpack(codec.pack([j])) == ([float("inf"), {"b": 2}],)
+    assert j == codec.Json([float("inf"), {"b": 2}])
+    assert j.obj == [float("inf"), {"b": 2}]
+    with pytest.raises(ValueError, match="Out of range"):
+        j.dumps()  # its value handed out, its text forgotten: JSON has no infinity
+    edited = codec.Json.read('{"n": 1}')
+    edited.obj["n"] += 1  # (a server method editing a document it read)
+    assert edited.dumps() == '{"n":2}'
     k = codec.Json.read(" [1, 2] ")
     assert k == codec.Json([1, 2]) and hash(k) == hash(codec.Json([1, 2]))
-    assert codec.unpack(codec.pack([j])) == ([float("inf"), {"b": 2}],)
     with pytest.raises(ValueError):
         codec.Json.read("[1,")

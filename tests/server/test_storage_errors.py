@@ -138,6 +138,17 @@ def insert(db, n: int) -> None:
 
 
 @method
+def bump(db) -> str:
+    """Read a JSON document, edit it, write it back: what is stored is the edited one."""
+    db.execute("CREATE TABLE IF NOT EXISTS docs (id INTEGER PRIMARY KEY, d JSON)")
+    db.execute("INSERT OR REPLACE INTO docs VALUES (1, ?)", ({"n": 1},))
+    (doc,) = db.execute("SELECT d FROM docs WHERE id = 1").fetchone()
+    doc.obj["n"] += 1
+    db.execute("UPDATE docs SET d = ? WHERE id = 1", (doc,))
+    return db.execute("SELECT CAST(d AS TEXT) FROM docs WHERE id = 1").fetchone()[0]
+
+
+@method
 def depth(db, doc) -> int:
     """How deep a casemate.Json argument is (reading .obj decodes it)."""
     d, v = 0, doc.obj
@@ -254,4 +265,11 @@ def test_a_json_argument_too_deep_to_decode_fails_the_call_only(server: ServerPr
             sys.setrecursionlimit(limit)
         assert "nested deeper than the server can decode" in e.value.message
         assert conn.call("depth", casemate.Json([[]])) == 1  # the session goes on
+        conn.rollback()
+
+
+def test_a_method_that_edits_a_json_document_it_read_stores_the_edit(
+        server: ServerProcess) -> None:
+    with server.connect() as conn:
+        assert conn.call("bump") == '{"n":2}'  # not the text it read
         conn.rollback()

@@ -79,10 +79,14 @@ class Json:
 
     @property
     def obj(self) -> Any:
-        """The Python value (ValueError for a parameter nested too deep to decode)."""
+        """The Python value (ValueError for a parameter nested too deep to decode).  A value
+        read from storage forgets its text here: whoever holds the value may change it (a
+        server method that reads a document, edits it and writes it back), and
+        :meth:`dumps` must then encode what it has become."""
         if self._too_deep:
             raise ValueError(f"a JSON parameter of {self._too_deep} bytes is {TOO_DEEP} "
                              "(about 900 levels); flatten it, or send it as text")
+        self._text = None
         return self._obj
 
     def dumps(self) -> str:
