@@ -268,7 +268,7 @@ def test_json_values_deeper_than_the_server_encodes_fail_their_statement_only(
         assert cur.fetchall() == [({"in": [1, {"b": 2}]},)]  # a Json inside a dict: its value
         with pytest.raises(casemate.DataError) as e:
             cur.execute("INSERT INTO deepw VALUES (2, ?)", (_nested_dict(990),))
-        assert "nested deeper than the server can encode" in e.value.message
+        assert "nested deeper than Python can encode" in e.value.message
         if pg:
             conn.rollback()
         text = "[" * 999 + "]" * 999

@@ -160,7 +160,7 @@ def _nested_list(depth: int) -> list[object]:
 
 def test_json_too_deep_to_encode_is_a_value_error_and_shows_in_errors() -> None:
     deep = codec.Json(_nested_list(5000))
-    with pytest.raises(ValueError, match="nested deeper than the server can encode"):
+    with pytest.raises(ValueError, match="nested deeper than Python can encode"):
         deep.dumps()
     assert repr(deep) == "Json(<nested too deep to show>)"  # not RecursionError
     assert codec.dumps_json({"a": codec.Json([1, 2])}) == '{"a":[1,2]}'

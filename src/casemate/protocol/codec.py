@@ -128,8 +128,9 @@ def dumps_json(obj: Any) -> str:
         return json.dumps(obj, allow_nan=False, separators=(",", ":"), ensure_ascii=False,
                           default=_json_inside)
     except RecursionError:
-        raise ValueError("a JSON value is nested deeper than the server can encode (about "
-                         "900 levels); flatten it, or send it as text") from None
+        raise ValueError("a JSON value is nested deeper than Python can encode (its "
+                         "recursion limit: about 900 levels); flatten it, or send it as "
+                         "text") from None
 
 
 def _json_inside(value: Any) -> Any:
