@@ -1,0 +1,36 @@
+"""The server A/B runs end to end in quick mode.
+
+No speed is asserted; what is asserted is that both servers ran every workload (a row
+per figure with both medians and a paired difference), that each says which code it
+runs, and that a base that is not a source tree is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_run_measures_both_servers_on_every_workload() -> None:
+    r = subprocess.run([sys.executable, "-m", "bench.ab", "--base-src", str(ROOT / "src"),
+                        "--quick", "--clients", "8"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"(?m)^  head: .*row path: ", r.stdout), r.stdout
+    assert re.search(r"(?m)^  base: .*row path: ", r.stdout), r.stdout
+    rows = re.findall(r"(?m)^\| (lookups|writes|mix) \| ([^|]+) \| ([\d,.]+) .*\| "
+                      r"(\d+\.\d{3})x \| ([+-]\d+\.\d\d) \|$", r.stdout)
+    assert {w for w, *_ in rows} == {"lookups", "writes", "mix"}, r.stdout
+    assert len(rows) == 9, r.stdout
+    assert all(float(ratio) > 0 for *_, ratio, _ in rows)
+
+
+def test_a_base_that_is_no_source_tree_is_refused(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "bench.ab", "--base-src", str(tmp_path),
+                        "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "no casemate package there" in r.stderr
