@@ -77,7 +77,7 @@ def _wrapped_json(data: Any) -> Any:
     try:
         return Json.read(text)
     except (RecursionError, ValueError):
-        return text.decode()
+        return text.decode(errors="replace")
 
 
 class _JsonLoader(JsonLoader):
