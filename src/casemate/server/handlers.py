@@ -426,7 +426,8 @@ async def on_admin(s: Session, body: Any) -> None:
                                 address=s.peer_ip, detail=f"admin command {command}")
         raise Error(f"admin command {command!r} needs the admin group; user {s.user!r} "
                     f"is in {s.group!r}", Codes.INSUFFICIENT_PRIVILEGE)
-    if bad := next((k for k, v in args.items() if isinstance(v, Json | dict)), None):
+    if bad := next((k for k, v in args.items() if isinstance(v, Json | dict) or (
+            isinstance(v, tuple | list) and any(isinstance(x, Json | dict) for x in v))), None):
         raise Error(f"admin command {command!r}: argument {bad!r} must be text, a number "
                     "or a list, not JSON", Codes.PROGRAMMING)
     if command in SERVER_COMMANDS:
