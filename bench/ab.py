@@ -37,11 +37,18 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ._common import Meter, choose_cpu, pin_client, pin_note, taskset_prefix
+from ._common import (
+    Meter,
+    choose_cpu,
+    interleaved_args,
+    pin_client,
+    pin_note,
+    taskset_prefix,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = ("lookups", "writes", "mix")
@@ -69,8 +76,11 @@ def base_tree(rev: str | None, src: Path | None) -> Iterator[Path]:
     assert rev is not None
     tmp = Path(tempfile.mkdtemp(prefix="casemate-ab-"))
     tree = tmp / "tree"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev],
-                   check=True, capture_output=True, text=True)
+    r = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SystemExit(f"cannot check out {rev!r}: {r.stderr.strip()}")
     try:
         r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
                            cwd=tree, capture_output=True, text=True)
@@ -193,7 +203,7 @@ def report(results: dict[str, Any]) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.ab", description=(
+    p = interleaved_args("python -m bench.ab", (
         "Two versions of the Casemate server side by side, interleaved and pinned: this "
         "tree (head) against a git revision or another source tree (base)."))
     which = p.add_mutually_exclusive_group(required=True)
@@ -204,11 +214,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workloads", default="lookups,writes,mix",
                    help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)")
     p.add_argument("--clients", type=int, default=128, help="threads of the mix (default 128)")
-    p.add_argument("--rounds", type=int, help="interleaved rounds (default 8; quick 2)")
     p.add_argument("--plain", action="store_true", help="plain TCP (default: encrypted)")
-    p.add_argument("--quick", action="store_true", help="small sizes (seconds, for tests)")
-    p.add_argument("--no-pin", dest="pin", action="store_false",
-                   help="do not pin the servers and the client to one CPU")
     return p.parse_args(argv)
 
 
@@ -216,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.rounds:
-        sizes = Sizes(args.rounds, sizes.rows, sizes.ops, sizes.mix_seconds)
+        sizes = replace(sizes, rounds=args.rounds)
+    if args.clients < 1:
+        raise SystemExit("--clients must be at least 1")
     if args.base_src is not None and not (args.base_src / "casemate").is_dir():
         raise SystemExit(f"{args.base_src}: no casemate package there (give the src directory)")
     started = time.time()

@@ -34,3 +34,11 @@ def test_a_base_that_is_no_source_tree_is_refused(tmp_path: Path) -> None:
                         "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert "no casemate package there" in r.stderr
+
+
+def test_a_revision_git_does_not_know_is_refused() -> None:
+    r = subprocess.run([sys.executable, "-m", "bench.ab", "--base", "no-such-revision-x",
+                        "--quick", "--workloads", "lookups"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode != 0
+    assert "cannot check out 'no-such-revision-x'" in r.stderr

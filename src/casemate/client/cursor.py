@@ -127,11 +127,11 @@ class CursorState:
             raise ProgrammingError("Casemate uses qmark parameters: pass a sequence, not a dict")
         args = tuple(params) if params is not None else ()
         if not _FLAT.issuperset(map(type, args)):
-            _check_keys(args)
+            _check_sendable(args)
         return ExecRequest(self._sink), Msg.QUERY, Query(self.portal, sql, args, begin, self.batch)
 
     def call(self, name: str, args: Sequence[Any], kwargs: dict[str, Any], begin: bool) -> Step:
-        _check_keys((args, kwargs))
+        _check_sendable((args, kwargs))
         return ExecRequest(self._sink), Msg.CALL, Call(self.portal, name, tuple(args), kwargs,
                                                        begin, self.batch)
 
@@ -143,7 +143,7 @@ class CursorState:
         it = iter(seq)
         while chunk := [tuple(p) for p in itertools.islice(it, EXECUTEMANY_CHUNK)]:
             if not _FLAT.issuperset(map(type, itertools.chain.from_iterable(chunk))):
-                _check_keys(chunk)
+                _check_sendable(chunk)
             yield SimpleRequest(), Msg.EXECUTE_MANY, ExecuteMany(sql, chunk, begin)
 
     def add(self, req: SimpleRequest) -> None:
@@ -232,7 +232,7 @@ _FLAT = frozenset({int, str, float, bytes, bool, type(None), bytearray, memoryvi
 MAX_NESTING = 1000
 
 
-def _check_keys(value: Any) -> None:
+def _check_sendable(value: Any) -> None:
     """Refuse, before sending, a dict whose keys are not text or bytes: the server takes no
     other map keys from a client (their hashes can be chosen to collide: codec.unpack_wrapped),
     and would end the session, and with it the transaction, over such a request; and a
