@@ -35,6 +35,7 @@ from .results import (
     execute_first,
     execute_many,
     fetch_batch,
+    packed_batch,
     storage_error,
 )
 
@@ -227,8 +228,13 @@ def query_now(s: Session, body: Any) -> bool:
         return False
     s.seq += 1
     try:
-        result = s.runner.inline(conn, key, execute_first, conn, sql, q.params, q.begin,
-                                 q.batch_rows)
+        # The fast lane first (a statement that writes nothing, on a connection that can):
+        # the same checks, stops and reply with fewer layers; else the general inline call.
+        done = (s.runner.read_now(conn, key, sql, q.params, q.batch_rows)
+                if not q.begin or conn.in_transaction else None)
+        result = ((done[0], packed_batch(*done)) if done is not None else
+                  s.runner.inline(conn, key, execute_first, conn, sql, q.params, q.begin,
+                                  q.batch_rows))
     except (TooLong, Busy):
         s.seq -= 1  # nothing ran: the general path runs it again (in a thread, or waits)
         return False

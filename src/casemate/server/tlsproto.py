@@ -154,7 +154,7 @@ class TLSServerProtocol(_PassThrough):
         scratch, rec = _scratch, self._rec
         while not self._closing:
             try:
-                n = cast(int, rec.read(READ_CHUNK, scratch.buf))  # with a buffer: a count
+                n: int = rec.read(READ_CHUNK, scratch.buf)  # with a buffer: a count (not cast())
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:  # close_notify: the client ended TLS cleanly
