@@ -190,3 +190,24 @@ def test_a_stop_at_the_cut_off_is_too_long(
         a.disarm()
     assert time.monotonic() - t0 < 2
     assert lane(a, "SELECT 2", ()) is not None  # nothing left behind
+
+
+@needs_compiled
+def test_a_stop_while_the_plan_reads_the_schema_again_is_too_long(
+        pair: tuple[StorageConnection, StorageConnection]) -> None:
+    """A typed statement's plan is made again after another connection changed the schema;
+    reading the schema then runs under the cut-off: a stop there is TooLong (a thread
+    next), as in execute(), never SQLite's raw "interrupted" (helper-37: that ended the
+    session with an internal error)."""
+    a, b = pair
+    sql = "SELECT id, name FROM t WHERE d > ?"
+    assert lane(a, sql, (Decimal("1.5"),)) is None  # typed: declined, its plan cached
+    for i in range(300):  # a schema that takes SQLite more than a few steps to read
+        b.execute(f"CREATE TABLE filler{i} (x INTEGER, y TEXT)", ())
+    a.arm(1e-9)  # every progress check from now on stops
+    try:
+        with pytest.raises(TooLong):
+            a.read_now(sql, (Decimal("1.5"),), 1000, BATCH_BYTES)
+    finally:
+        a.disarm()
+    assert lane(a, "SELECT 3", ()) is not None  # the connection goes on

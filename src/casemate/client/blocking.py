@@ -11,7 +11,7 @@ import select
 import socket
 import ssl
 import threading
-from typing import Any, cast
+from typing import Any
 
 from .. import tls
 from ..errors import Codes, Error, OperationalError, SecurityError
@@ -132,8 +132,8 @@ class TLSSocket:
         while total < size:
             try:
                 # with a buffer: a count (SSL_read gives one record per call; 0 once
-                # close_notify has come)
-                n = cast(int, rec.read(size - total, memoryview(buf)[total:] if total else buf))
+                # close_notify has come); annotated, not cast(): a call per read
+                n: int = rec.read(size - total, memoryview(buf)[total:] if total else buf)
             except ssl.SSLWantReadError:
                 break  # an incomplete record: what came so far, or read more
             except ssl.SSLZeroReturnError:

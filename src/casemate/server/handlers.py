@@ -35,7 +35,6 @@ from .results import (
     execute_first,
     execute_many,
     fetch_batch,
-    packed_batch,
     storage_error,
 )
 
@@ -232,9 +231,8 @@ def query_now(s: Session, body: Any) -> bool:
         # the same checks, stops and reply with fewer layers; else the general inline call.
         done = (s.runner.read_now(conn, key, sql, q.params, q.batch_rows)
                 if not q.begin or conn.in_transaction else None)
-        result = ((done[0], packed_batch(*done)) if done is not None else
-                  s.runner.inline(conn, key, execute_first, conn, sql, q.params, q.begin,
-                                  q.batch_rows))
+        result = done if done is not None else s.runner.inline(
+            conn, key, execute_first, conn, sql, q.params, q.begin, q.batch_rows)
     except (TooLong, Busy):
         s.seq -= 1  # nothing ran: the general path runs it again (in a thread, or waits)
         return False

@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..errors import Codes, Error
 from ..protocol.messages import decode_cancel
 from ..storage import Busy, Interrupted, StorageConnection, StorageCursor, TooLong
-from ..storage.base import Packed
 from .calls import stop_method
-from .results import BATCH_BYTES, Closed
+from .results import BATCH_BYTES, Batch, Closed, packed_batch
 
 if TYPE_CHECKING:
     from .session import Session
@@ -104,7 +103,7 @@ class Runner:
             conn.disarm()
 
     def read_now(self, conn: StorageConnection, key: Hashable, sql: str,
-                 params: tuple[Any, ...], max_rows: int) -> tuple[StorageCursor, Packed] | None:
+                 params: tuple[Any, ...], max_rows: int) -> tuple[StorageCursor, Batch] | None:
         """:meth:`inline` for the fast lane (:meth:`StorageConnection.read_now`): the
         same stops, cut-off and cost accounting, without the layers of a general call.
         None where the lane does not take the statement: nothing ran, nothing counted."""
@@ -114,7 +113,14 @@ class Runner:
         conn.arm(cost.cutoff)
         t0 = time.perf_counter()
         try:
-            done = conn.read_now(sql, params, max_rows, BATCH_BYTES)
+            read = conn.read_now(sql, params, max_rows, BATCH_BYTES)
+            done = None
+            if read is not None:
+                try:  # the column types too: NULLs ask the schema, under the cut-off
+                    done = read[0], packed_batch(*read)
+                except BaseException:
+                    read[0].close()
+                    raise
         except BaseException as e:
             cost.inline_calls += 1
             cost.record(key, time.perf_counter() - t0)

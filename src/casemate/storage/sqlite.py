@@ -315,13 +315,17 @@ class _Connection(StorageConnection):
         # else to do: no per-table program, no EXPLAIN, no DDL rewrite, no typed result.
         # Each failure leaves here as it leaves them; the caller knows it writes nothing.
         if (self._lost or self._stmts is None or self.policy.per_table or is_explain(sql)
-                or rewrite_ddl(sql) is not sql or self._typer.plan(sql, params) is not None):
+                or rewrite_ddl(sql) is not sql):
             return None
         self.policy.last_denied = ""
         was_txn = self._db.in_transaction
-        big = big_ints(params)
         try:
             try:
+                # In here, as in execute(): the plan may read the schema again, which the
+                # cut-off can stop (TooLong, then a thread), as it can stop the statement.
+                if self._typer.plan(sql, params) is not None:
+                    return None
+                big = big_ints(params)
                 st = open_statement(self._db, self._stmts, sql, big)
             except sqlite3.DatabaseError as e:
                 raise _leaving(self._denied(e, was_txn)) from e
