@@ -215,6 +215,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)")
     p.add_argument("--clients", type=int, default=128, help="threads of the mix (default 128)")
     p.add_argument("--plain", action="store_true", help="plain TCP (default: encrypted)")
+    p.add_argument("--ops", type=int, help=f"lookups or writes per round (default "
+                   f"{FULL.ops}; CPU is read in 10 ms ticks: more ops, finer figures)")
     return p.parse_args(argv)
 
 
@@ -223,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     if args.rounds:
         sizes = replace(sizes, rounds=args.rounds)
+    if args.ops is not None:
+        if args.ops < 1:
+            raise SystemExit("--ops must be at least 1")
+        sizes = replace(sizes, ops=args.ops)
     if args.clients < 1:
         raise SystemExit("--clients must be at least 1")
     if args.base_src is not None and not (args.base_src / "casemate").is_dir():

@@ -42,3 +42,11 @@ def test_a_revision_git_does_not_know_is_refused() -> None:
                        text=True, timeout=120)
     assert r.returncode != 0
     assert "cannot check out 'no-such-revision-x'" in r.stderr
+
+
+def test_ops_below_one_is_refused() -> None:
+    r = subprocess.run([sys.executable, "-m", "bench.ab", "--base-src", str(ROOT / "src"),
+                        "--quick", "--ops", "0"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode != 0
+    assert "--ops must be at least 1" in r.stderr

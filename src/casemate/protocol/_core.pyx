@@ -25,6 +25,7 @@ cdef dict CLIENT_T, SERVER_T
 cdef list BY_BYTE  # 256 entries: the message type for a type byte, or None
 cdef object ProtocolError_, Codes_, NEED, Message_, ROLE_CLIENT, ROLE_SERVER, too_large_
 cdef object pack_, unpack_, unpack_wrapped_
+cdef object packers_  # codec._packers: one msgpack Packer per thread
 cdef object unpackb, hook_, hook_wrapped_, wrap_error  # msgpack.unpackb, codec's ext hooks
 cdef tuple AS_MALFORMED, AS_MALFORMED_TOO  # the exceptions codec._unpack words as ValueError
 cdef object tuple_new = tuple.__new__
@@ -34,6 +35,15 @@ cdef object tuple_new = tuple.__new__
 DEF COPY_LIMIT = 65536
 DEF HEADER = 5
 DEF FRAME_LIMIT = 0xFFFFFFFF  # core.FRAME_LIMIT
+
+
+cdef inline bytes _pack(object value):
+    """codec.pack without its Python frame: the thread's Packer, and codec.pack itself for
+    what that refuses (integers past 64 bits)."""
+    try:
+        return packers_.pack(value)
+    except OverflowError:
+        return pack_(value)
 
 
 def configure(ns):
@@ -55,6 +65,8 @@ def configure(ns):
     ROLE_CLIENT, ROLE_SERVER = ns["Role"].CLIENT, ns["Role"].SERVER
     codec = ns["codec"]
     pack_, unpack_, unpack_wrapped_ = codec.pack, codec.unpack, codec.unpack_wrapped
+    global packers_
+    packers_ = codec._packers
     # Decoding calls msgpack directly, as codec._unpack does (one Python frame fewer per
     # message); the twin test holds the two to the same values and error messages.
     global unpackb, hook_, hook_wrapped_, AS_MALFORMED, AS_MALFORMED_TOO
@@ -152,9 +164,9 @@ cdef class ProtocolConnection:
             described = described[:ncols]
         for i in range(ncols):
             described[i] = (columns[i][0], types[i] if typed else None)
-        cdef bytes desc = pack_(described)
+        cdef bytes desc = _pack(described)
         cdef bytes rows = packed_rows if type(packed_rows) is bytes else bytes(packed_rows)
-        cdef bytes comp = pack_((rowcount, lastrowid, in_transaction))
+        cdef bytes comp = _pack((rowcount, lastrowid, in_transaction))
         cdef Py_ssize_t nd = len(desc), nr = len(rows), nc = len(comp)
         cdef Py_ssize_t n = 1 + nd + nr + nc
         if n > FRAME_LIMIT:

@@ -222,17 +222,14 @@ def query_now(s: Session, body: Any) -> bool:
             conn = s.storage = s.lease.acquire_now()
         except REPORTED:
             return False  # reported by the general path, which tries again
-    key = s.runner.key(sql, q.begin or conn.in_transaction)
-    if not server.cost.inline(key) or not _may_cut(s, conn, sql, q.params):
+    cost = server.cost  # (Runner.key's, without the call)
+    key = cost.key(sql, q.begin or conn.in_transaction)
+    if not cost.inline(key) or not _may_cut(s, conn, sql, q.params):
         return False
     s.seq += 1
     try:
-        # The fast lane first (a statement that writes nothing, on a connection that can):
-        # the same checks, stops and reply with fewer layers; else the general inline call.
-        done = (s.runner.read_now(conn, key, sql, q.params, q.batch_rows)
-                if not q.begin or conn.in_transaction else None)
-        result = done if done is not None else s.runner.inline(
-            conn, key, execute_first, conn, sql, q.params, q.begin, q.batch_rows)
+        result = s.runner.inline(conn, key, execute_first, conn, sql, q.params, q.begin,
+                                 q.batch_rows)
     except (TooLong, Busy):
         s.seq -= 1  # nothing ran: the general path runs it again (in a thread, or waits)
         return False
@@ -254,7 +251,7 @@ def _may_cut(s: Session, conn: StorageConnection, sql: str, params: tuple[Any, .
     the session's open cursors with it; and SQLite may report the stop of an autocommit
     write after its own commit (its last progress check comes after the Halt that
     commits), so running it again would write it twice (seen under load: rows doubled)."""
-    return conn.inlinable(sql, params) and conn.read_only(sql, params)
+    return conn.may_cut(sql, params)
 
 
 def _session_statement(s: Session, sql: str) -> bool:

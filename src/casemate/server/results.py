@@ -13,9 +13,9 @@ from ..errors import Codes, Error
 from ..protocol import codec
 from ..storage import Busy, Interrupted, StorageConnection, StorageCursor, StorageError
 from ..storage.access import PermissionDenied
-from ..storage.base import TYPE_NAMES, Packed
+from ..storage.base import TYPE_NAMES
 
-__all__ = ["REPORTED", "Batch", "Closed", "execute_first", "execute_many", "fetch_batch", "packed_batch",
+__all__ = ["REPORTED", "Batch", "Closed", "execute_first", "execute_many", "fetch_batch",
            "storage_error"]
 
 # A row batch stops growing at ~1 MiB or at the client's row count, whichever
@@ -42,7 +42,7 @@ def fetch_batch(cur: StorageCursor, max_rows: int, describe: bool = True) -> Bat
     statement's declared types."""
     done = cur.pack(max_rows, BATCH_BYTES, describe)  # the compiled row path, if any
     if done is not None:
-        return packed_batch(cur, done, describe)
+        return Batch(done.body, done.rows, done.more, _types(cur, done.types, describe))
     chunks: list[bytes] = []
     total = n = 0
     first: list[Any] = []
@@ -63,11 +63,6 @@ def fetch_batch(cur: StorageCursor, max_rows: int, describe: bool = True) -> Bat
         if not rows or (len(rows) < want and not cur.short_fetches):
             return Batch(codec.pack_array_of_packed(chunks), n, False, _types(cur, first, describe))
     return Batch(codec.pack_array_of_packed(chunks), n, True, _types(cur, first, describe))
-
-
-def packed_batch(cur: StorageCursor, done: Packed, describe: bool = True) -> Batch:
-    """The batch of rows ``cur.pack`` (or a fast lane's read) packed."""
-    return Batch(done.body, done.rows, done.more, _types(cur, done.types, describe))
 
 
 def _types(cur: StorageCursor, first: list[Any], describe: bool) -> list[str | None]:

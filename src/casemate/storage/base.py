@@ -207,16 +207,6 @@ class StorageConnection(abc.ABC):
         changed (SQLite keeps its inline limits until a call runs in a thread)."""
         self.arm()
 
-    def read_now(self, sql: str, params: Sequence[Any], max_rows: int, max_bytes: int
-                 ) -> tuple[StorageCursor, Packed] | None:
-        """The server's fast lane: run ``sql``, known to write nothing, and pack its first
-        rows as :meth:`execute` then :meth:`StorageCursor.pack` would, with fewer layers;
-        None, with nothing run or changed that a caller sees, where this backend cannot (a
-        failure is None too: the caller runs the statement again the usual way, which
-        reports it).  Called between :meth:`arm` and :meth:`disarm`; a stop at the
-        cut-off raises :class:`TooLong`."""
-        return None
-
     def read_only(self, sql: str, params: Sequence[Any]) -> bool:
         """Whether ``sql`` writes nothing (False when unknown).  Stopping a statement that
         writes can undo more than the statement (SQLite: the whole transaction, and the
@@ -229,6 +219,11 @@ class StorageConnection(abc.ABC):
         stop it in time (False when unknown): one call of a function quadratic in its
         arguments (LIKE, instr) is a single step nothing can interrupt."""
         return False
+
+    def may_cut(self, sql: str, params: Sequence[Any]) -> bool:
+        """:meth:`inlinable` and :meth:`read_only`: ``sql`` may run in the event loop,
+        where it is stopped at the cut-off and run again."""
+        return self.inlinable(sql, params) and self.read_only(sql, params)
 
     @abc.abstractmethod
     def set_policy(self, policy: Policy) -> None:

@@ -27,7 +27,6 @@ from .base import (
     Backend,
     Busy,
     Interrupted,
-    Packed,
     StorageConnection,
     StorageCursor,
     StorageError,
@@ -156,6 +155,7 @@ class _Connection(StorageConnection):
         except ENGINE_ERRORS as e:
             raise engine_error(e) from e
 
+    @translates_itself  # sets two attributes: nothing of SQLite's runs
     def disarm(self) -> None:
         # The inline value limit and progress interval stay for the next call in the event
         # loop (most calls are: five fewer calls into SQLite per request); arm() puts the
@@ -174,6 +174,10 @@ class _Connection(StorageConnection):
     @translates_itself
     def inlinable(self, sql: str, params: Sequence[Any]) -> bool:
         return self._programs.facts(sql, params)[1]
+
+    @translates_itself
+    def may_cut(self, sql: str, params: Sequence[Any]) -> bool:
+        return self._programs.facts(sql, params) == (True, True)  # (one lookup, not two)
 
     def _stopped(self, was_txn: bool) -> Exception:
         why, self._stop = self._stop, None
@@ -307,47 +311,6 @@ class _Connection(StorageConnection):
         elif not self._db.in_transaction:  # a COMMIT or ROLLBACK sent as SQL
             self.note_transaction()
         return cur
-
-    @translates_itself
-    def read_now(self, sql: str, params: Sequence[Any], max_rows: int, max_bytes: int
-                 ) -> tuple[StorageCursor, Packed] | None:
-        # execute() then pack(), for the case the compiled row path takes with nothing
-        # else to do: no per-table program, no EXPLAIN, no DDL rewrite, no typed result.
-        # Each failure leaves here as it leaves them; the caller knows it writes nothing.
-        if (self._lost or self._stmts is None or self.policy.per_table or is_explain(sql)
-                or rewrite_ddl(sql) is not sql):
-            return None
-        self.policy.last_denied = ""
-        was_txn = self._db.in_transaction
-        try:
-            try:
-                # In here, as in execute(): the plan may read the schema again, which the
-                # cut-off can stop (TooLong, then a thread), as it can stop the statement.
-                if self._typer.plan(sql, params) is not None:
-                    return None
-                big = big_ints(params)
-                st = open_statement(self._db, self._stmts, sql, big)
-            except sqlite3.DatabaseError as e:
-                raise _leaving(self._denied(e, was_txn)) from e
-        except ENGINE_ERRORS as e:
-            raise engine_error(e) from e
-        except MemoryError as e:
-            raise _out_of_memory() from e
-        if st is None:
-            return None  # (nothing written: execute() runs it through sqlite3)
-        cur = _Packed(st, self, (sql, big))
-        try:
-            packed = cur.pack(max_rows, max_bytes, True)
-        except BaseException:
-            cur.close()
-            raise
-        if self._programs.schema_changed:
-            self._programs.forget()
-        if self.txn_since is None or self.write_since is None:
-            self.note_transaction(sql)
-        elif not self._db.in_transaction:
-            self.note_transaction()
-        return cur, packed
 
     def _committed_before_stop(self, e: sqlite3.DatabaseError, was_txn: bool,
                                changes: int) -> bool:
