@@ -40,14 +40,15 @@ def _state(pc: Any) -> tuple[Any, ...]:
             pc.max_send)
 
 
-def _run(cls: Any, role: Role, chunks: list[bytes], max_frame: int) -> list[Any]:
+def _run(cls: Any, role: Role, chunks: list[bytes], max_frame: int, decode_up_to: int = 0
+         ) -> list[Any]:
     """What a connection makes of the chunks: each event or error, and its state after."""
     pc = cls(role, max_frame=max_frame)
     out: list[Any] = []
     try:
         for chunk in [*chunks, b""]:
             pc.receive_data(chunk)
-            while (ev := pc.next_event()) is not NEED_DATA:
+            while (ev := pc.next_event(decode_up_to)) is not NEED_DATA:
                 out.append((ev.type, codec.pack(ev.body), type(ev).__name__))
             out.append(_state(pc))
     except ProtocolError as e:
@@ -70,11 +71,15 @@ streams = st.builds(lambda login, parts: (LOGIN if login else b"") + b"".join(pa
 @needs_compiled
 @SETTINGS
 @given(data=streams, cuts=st.lists(st.integers(min_value=0, max_value=10**6), max_size=12),
-       role=st.sampled_from(list(Role)), max_frame=st.sampled_from([64, 256, 2**20]))
+       role=st.sampled_from(list(Role)), max_frame=st.sampled_from([64, 256, 2**20]),
+       decode_up_to=st.sampled_from([0, 0, 1, 8, 300]))
 def test_same_messages_errors_and_states_for_any_stream(data: bytes, cuts: list[int],
-                                                        role: Role, max_frame: int) -> None:
+                                                        role: Role, max_frame: int,
+                                                        decode_up_to: int) -> None:
+    """... and the same raw frames (bodies longer than ``decode_up_to``, left encoded)."""
     chunks = chunked(data, cuts)
-    assert _run(Compiled, role, chunks, max_frame) == _run(Pure, role, chunks, max_frame)
+    assert _run(Compiled, role, chunks, max_frame, decode_up_to) == \
+        _run(Pure, role, chunks, max_frame, decode_up_to)
 
 
 def test_large_frames_decode_the_same() -> None:
@@ -179,3 +184,39 @@ def test_misuse_in_process_never_reads_outside_the_buffer() -> None:
     for make_copy in (copy.copy, copy.deepcopy, pickle.dumps):
         with pytest.raises(TypeError):
             make_copy(pc)
+
+
+@SETTINGS
+@given(value=values, wrapped=st.booleans(), size=st.sampled_from([1, 2, 7, 64, 10**6]),
+       edits=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=3),
+       cut=st.one_of(st.none(), st.integers(min_value=0)), tail=st.sampled_from([b"", b"\x01"]))
+def test_decoding_in_slices_gives_what_unpack_gives(value: Any, wrapped: bool, size: int,
+                                                    edits: list[tuple[int, int]],
+                                                    cut: int | None, tail: bytes) -> None:
+    """codec.Decoding, which the server uses for large messages a slice per turn of its
+    event loop, against unpack/unpack_wrapped: the same value, or the same error, for
+    valid bytes and for bytes edited, cut short or followed by more."""
+    data = bytearray(codec.pack(value))
+    for at, byte in edits:
+        data[at % len(data)] = byte
+    if cut is not None:
+        data = data[:max(1, cut % (len(data) + 1))]
+    raw = bytes(data) + tail
+
+    def at_once() -> Any:
+        return (codec.unpack_wrapped if wrapped else codec.unpack)(raw)
+
+    def in_slices() -> Any:
+        d = codec.Decoding(raw, wrapped)
+        while True:
+            done, got = d.step(size)
+            if done:
+                assert d.left == 0
+                return got
+
+    def outcome(f: Any) -> Any:
+        try:
+            return "value", codec.pack(f())
+        except ValueError as e:
+            return "error", str(e)
+    assert outcome(in_slices) == outcome(at_once)

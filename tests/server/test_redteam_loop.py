@@ -9,9 +9,14 @@ make one step last seconds.
 
 from __future__ import annotations
 
+import socket
+
+import msgpack
 import pytest
 
+from casemate.protocol import Msg, encode_frame
 from casemate.testing import ServerProcess
+from tests.access.test_limits import raw_login
 from tests.conftest import worst_wait_during
 
 A = "printf('%.*c', ?, 'a')"
@@ -97,3 +102,82 @@ def test_a_view_redefined_to_match_patterns_leaves_the_event_loop(plain_server: 
     assert worst < 0.1, f"another session waited {worst * 1000:.0f} ms behind the view"
     for c in (admin, attacker, victim):
         c.close()
+
+
+def _one_frame(sock: socket.socket) -> tuple[bytes, bytes]:
+    """(type byte, body) of the next frame the server sends."""
+    data = b""
+    while len(data) < 5 or len(data) < 5 + int.from_bytes(data[1:5], "big"):
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        data += chunk
+    return data[:1], data[5:5 + int.from_bytes(data[1:5], "big")]
+
+
+def test_a_large_message_of_small_values_cannot_stall_other_sessions(
+        plain_server: ServerProcess) -> None:
+    """One QUERY of seven million one-element arrays (14 MB, under the 16 MiB limit):
+    decoded at once it held the event loop, and every other session, for the whole of its
+    decoding (a 16 MiB message of small nested values: 3-5 s).  Decoded a slice per turn
+    of the loop (session.DECODE_SLICE), other sessions are served between slices; the
+    large request is still answered, and its session goes on."""
+    sock, _ = raw_login(plain_server)
+    victim = plain_server.connect()
+    victim.autocommit = True
+    for _ in range(20):
+        victim.execute("SELECT 1").fetchall()
+    frame = encode_frame(Msg.QUERY, (1, "SELECT ?", (((0,),) * 7_000_000,), False, 100))
+    reply: list[tuple[bytes, bytes]] = []
+
+    def attack() -> None:
+        sock.sendall(frame)
+        reply.append(_one_frame(sock))
+    try:
+        worst, took, n = worst_wait_during(attack, victim)
+        assert took > 0.3, f"the large request took {took:.2f} s: too short to mean anything"
+        # Decoded at once: 805 ms of 1.00 s, 4 queries meanwhile.  Sliced, what is left is
+        # Python's own work on seven million objects that no slice can split (a full
+        # garbage collection among them, freeing them): 334 ms of 1.92 s, 194 queries.
+        assert n >= 20 and worst < took / 2, (
+            f"another session waited {worst * 1000:.0f} ms behind one large message "
+            f"({took:.2f} s, {n} queries meanwhile)")
+        kind, body = reply[0]
+        assert kind == b"E"  # a list of arrays is no SQL value: the statement fails...
+        assert msgpack.unpackb(body)["code"] != "08P01", body[:200]  # ...not the session
+        sock.sendall(encode_frame(Msg.QUERY, (2, "SELECT 7", (), False, 100)))
+        assert _one_frame(sock)[0] == Msg.RESULT.value  # the same session answers again
+    finally:
+        sock.close()
+        victim.close()
+
+
+def test_large_messages_take_turns_and_a_vanished_sender_passes_its_turn(
+        plain_server: ServerProcess) -> None:
+    """Large messages of several sessions decode one at a time (each partly built value
+    can reach many times its message's size), in turn; a session that sends one and
+    disconnects before it is decoded does not hold up the next; all the while other
+    sessions are served."""
+    gone, _ = raw_login(plain_server)
+    senders = [raw_login(plain_server)[0] for _ in range(2)]
+    victim = plain_server.connect()
+    victim.autocommit = True
+    frame = encode_frame(Msg.QUERY, (1, "SELECT ?", (((0,),) * 3_000_000,), False, 100))
+    replies: list[bytes] = []
+
+    def attack() -> None:
+        gone.sendall(frame)
+        gone.close()  # before its message is decoded
+        for s in senders:
+            s.sendall(frame)
+        replies.extend(_one_frame(s)[0] for s in senders)
+    try:
+        _, took, n = worst_wait_during(attack, victim)
+        assert replies == [b"E", b"E"], replies  # both decoded, in turn, and answered
+        assert n >= 10, f"{n} queries of another session in {took:.2f} s"
+        for i, s in enumerate(senders):
+            s.sendall(encode_frame(Msg.QUERY, (2, f"SELECT {i}", (), False, 100)))
+            assert _one_frame(s)[0] == Msg.RESULT.value
+    finally:
+        for s in senders:
+            s.close()
+        victim.close()

@@ -23,7 +23,7 @@ cdef object Msg_NOTICE, Msg_TERMINATE, Msg_CANCEL, Msg_RESULT
 cdef object S_HELLO, S_READY, S_CLOSED
 cdef dict CLIENT_T, SERVER_T
 cdef list BY_BYTE  # 256 entries: the message type for a type byte, or None
-cdef object ProtocolError_, Codes_, NEED, Message_, ROLE_CLIENT, ROLE_SERVER, too_large_
+cdef object ProtocolError_, Codes_, NEED, Message_, RawFrame_, ROLE_CLIENT, ROLE_SERVER, too_large_
 cdef object pack_, unpack_, unpack_wrapped_
 cdef object packers_  # codec._packers: one msgpack Packer per thread
 cdef object unpackb, hook_, hook_wrapped_, wrap_error  # msgpack.unpackb, codec's ext hooks
@@ -62,6 +62,8 @@ def configure(ns):
     ProtocolError_, Codes_ = ns["ProtocolError"], ns["Codes"]
     too_large_ = ns["too_large_for_a_frame"]
     NEED, Message_ = ns["NEED_DATA"], ns["Message"]
+    global RawFrame_
+    RawFrame_ = ns["RawFrame"]
     ROLE_CLIENT, ROLE_SERVER = ns["Role"].CLIENT, ns["Role"].SERVER
     codec = ns["codec"]
     pack_, unpack_, unpack_wrapped_ = codec.pack, codec.unpack, codec.unpack_wrapped
@@ -237,8 +239,9 @@ cdef class ProtocolConnection:
     def eof(self):
         return self._eof
 
-    def next_event(self):
-        """Return the next complete message, or NEED_DATA. Raises ProtocolError."""
+    def next_event(self, Py_ssize_t decode_up_to=0):
+        """Return the next complete message, or NEED_DATA. Raises ProtocolError.  With
+        ``decode_up_to``, a message whose body is longer comes as a RawFrame."""
         cdef Py_ssize_t size = PyByteArray_GET_SIZE(self._buf)
         cdef Py_ssize_t avail = size - self._pos
         cdef unsigned char *p
@@ -265,6 +268,10 @@ cdef class ProtocolConnection:
             return self._need_data()
         start = self._pos + HEADER
         self._pos = start + length
+        if 0 < decode_up_to < length:
+            raw = PyBytes_FromStringAndSize(<char *>p + HEADER, length)
+            self._advance(msg, not self._client)
+            return tuple_new(RawFrame_, (msg, raw))
         # A small frame is copied out before _advance: it may run Python code (a state's
         # hash), which may resize the buffer that ``p`` points into.
         small = PyBytes_FromStringAndSize(<char *>p + HEADER, length) \

@@ -275,6 +275,54 @@ MALFORMED = (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, Unicode
 MALFORMED_TOO = (ValueError, TypeError, OverflowError, InvalidOperation, RecursionError)
 
 
+class Decoding:
+    """One value decoded a slice at a time: what :func:`unpack_wrapped` (``wrapped``) or
+    :func:`unpack` returns for ``data``, or the ValueError it raises, over as many calls
+    of :meth:`step` as the value has slices.  The server decodes a large message so, one
+    slice per turn of its event loop: decoding 16 MiB of small nested values at once held
+    the loop, and every other session, for seconds."""
+
+    def __init__(self, data: bytes, wrapped: bool) -> None:
+        self._data = data
+        self._pos = 0
+        # msgpack's streaming decoder keeps a value it has begun between feeds; its limits
+        # (longest string, array, map) default to max_buffer_size, as unpackb's to the
+        # length of what it decodes: the same values are refused.
+        self._u = msgpack.Unpacker(ext_hook=_ext_hook_wrapped if wrapped else _ext_hook,
+                                   raw=False, use_list=False, strict_map_key=wrapped,
+                                   max_buffer_size=max(len(data), 1))
+
+    @property
+    def left(self) -> int:
+        """Bytes not yet fed to the decoder."""
+        return len(self._data) - self._pos
+
+    def step(self, size: int) -> tuple[bool, Any]:
+        """Decode up to ``size`` more bytes: (True, the value) once it is complete, else
+        (False, None).  Raises ValueError as :func:`unpack` does for the same data."""
+        try:
+            return self._step(size)
+        except MALFORMED as e:
+            raise ValueError(f"malformed value: {str(e) or type(e).__name__}") from e
+        except MALFORMED_TOO as e:
+            raise ValueError(f"malformed value: {str(e) or type(e).__name__}") from e
+
+    def _step(self, size: int) -> tuple[bool, Any]:
+        data, end = self._data, min(self._pos + max(size, 1), len(self._data))
+        with memoryview(data) as view:
+            self._u.feed(view[self._pos:end])
+        self._pos = end
+        try:
+            value = self._u.unpack()
+        except msgpack.OutOfData:
+            if end < len(data):
+                return False, None
+            raise ValueError("Unpack failed: incomplete input") from None  # (unpackb's words)
+        if end < len(data) or self._u.tell() < len(data):
+            raise msgpack.ExtraData(value, b"")  # bytes after the value, as unpackb says
+        return True, value
+
+
 def _unpack(data: bytes | memoryview, hook: Any, strict: bool) -> Any:
     try:
         return msgpack.unpackb(

@@ -42,6 +42,7 @@ __all__ = [
     "Message",
     "NEED_DATA",
     "ProtocolConnection",
+    "RawFrame",
     "encode_frame",
 ]
 
@@ -106,6 +107,15 @@ _BY_BYTE: dict[int, Msg] = {m.value[0]: m for m in Msg}
 class Message(NamedTuple):
     type: Msg
     body: Any
+
+
+class RawFrame(NamedTuple):
+    """A message whose body is left encoded, for the caller to decode a slice at a time
+    (``next_event(decode_up_to=...)``; codec.Decoding): a large body decoded at once would
+    hold the server's event loop for the whole of it."""
+
+    type: Msg
+    body: bytes
 
 
 class _NeedData:
@@ -270,8 +280,9 @@ class ProtocolConnection:
     def eof(self) -> bool:
         return self._eof
 
-    def next_event(self) -> Message | _NeedData:
-        """Return the next complete message, or NEED_DATA. Raises ProtocolError."""
+    def next_event(self, decode_up_to: int = 0) -> Message | RawFrame | _NeedData:
+        """Return the next complete message, or NEED_DATA. Raises ProtocolError.  With
+        ``decode_up_to``, a message whose body is longer comes as a :class:`RawFrame`."""
         avail = len(self._buf) - self._pos
         if avail == 0:
             return self._need_data()
@@ -292,6 +303,10 @@ class ProtocolConnection:
             return self._need_data()
         start = self._pos + HEADER_SIZE
         self._pos = start + length
+        if 0 < decode_up_to < length:
+            body = bytes(self._buf[start : start + length])
+            self._advance(msg, sender_is_client=self.role is Role.SERVER)
+            return RawFrame(msg, body)
         self._advance(msg, sender_is_client=self.role is Role.SERVER)
         try:
             # Decoded in place: the values decoded are copies, and the view is released

@@ -140,6 +140,7 @@ class Server:
         self._lock_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.statements = 0
         self.bytes_in = self.bytes_out = 0  # protocol bytes of all sessions (history.py)
+        self.large_decodes: collections.deque[Session] = collections.deque()
         self.started = time.time()
         self._started_mono = time.monotonic()
         self._rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=40)

@@ -10,6 +10,7 @@ shape (a ``typing.Protocol``); a test server for a session needs only these.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -71,6 +72,9 @@ class SessionHost(Protocol):
     statements: int
     bytes_in: int
     bytes_out: int
+    # Sessions with a large message to decode, in turn: the first decodes, a slice per
+    # turn of the event loop; the others wait (session.Session._decode_slice).
+    large_decodes: collections.deque[Session]
 
     # -- the session's life
     def admission_error(self, session: Session) -> Error | None:

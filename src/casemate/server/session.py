@@ -18,7 +18,8 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..errors import Codes, Error, ProtocolError
-from ..protocol import NEED_DATA, Message, Msg, ProtocolConnection, Role
+from ..protocol import NEED_DATA, Message, Msg, ProtocolConnection, RawFrame, Role
+from ..protocol.codec import Decoding
 from ..protocol.messages import ErrorBody, Notice
 from ..storage import StorageConnection, StorageCursor
 from ..storage.access import Policy
@@ -52,6 +53,12 @@ PRELOGIN_MAX_FRAME = 16 * 1024
 # is a 64-byte dict), so 64 of the largest would be tens of gigabytes.
 MAX_INBOX = 64
 MAX_INBOX_BYTES = 1024 * 1024
+# A message body longer than DECODE_AT_ONCE is decoded DECODE_SLICE bytes per turn of
+# the event loop (codec.Decoding), the session reading nothing more meanwhile: one
+# slice of small nested values takes milliseconds, where a whole 16 MiB message held
+# the loop, and every other session, for 3-5 s.
+DECODE_AT_ONCE = 256 * 1024
+DECODE_SLICE = 64 * 1024
 
 _ids = itertools.count(1)
 _RDN_NAMES = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
@@ -80,6 +87,7 @@ class Session(asyncio.Protocol):
         self.closed = False
         self.paused = False
         self.inbox_bytes = 0  # received while requests waited in the inbox
+        self._decoding: tuple[Msg, Decoding] | None = None  # a large message, a slice a turn
         self.user = ""
         self.group = ""
         self.peer = ""
@@ -140,16 +148,37 @@ class Session(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.server.bytes_in += len(data)
         self.proto.receive_data(data)
+        if self._decoding is None:  # (else what came waits behind the message decoded)
+            self._take_messages(None, len(data))
+
+    def _take_messages(self, first: Message | None, received: int) -> None:
+        """Serve or queue ``first`` and every complete message buffered after it, up to a
+        large one, whose decoding then starts (:meth:`_decode_slice`)."""
         self._holding = True
         try:
-            while (ev := self.proto.next_event()) is not NEED_DATA:
+            ev: Message | RawFrame | object = first
+            if ev is None:
+                ev = self.proto.next_event(DECODE_AT_ONCE)
+            while ev is not NEED_DATA:
+                if type(ev) is RawFrame:
+                    self._decoding = ev.type, Decoding(ev.body, wrapped=True)
+                    if self.transport is not None:
+                        self.transport.pause_reading()  # until it is decoded
+                    # One large message decodes at a time, server-wide: sessions decoding
+                    # side by side would each hold a partly built value, up to ~70 times
+                    # its message's size, at once.
+                    turns = self.server.large_decodes
+                    turns.append(self)
+                    if len(turns) == 1:
+                        asyncio.get_running_loop().call_soon(self._decode_slice)
+                    break
                 assert isinstance(ev, Message)
                 if ev.type is Msg.CANCEL:  # out of band: never queued behind the request
                     self.runner.on_cancel(ev.body)
-                    continue
-                if (self.inbox or not self.waiting or not self.can_write.is_set()
+                elif (self.inbox or not self.waiting or not self.can_write.is_set()
                         or not serve_now(self, ev)):
                     self.inbox.append(ev)
+                ev = self.proto.next_event(DECODE_AT_ONCE)
         except ProtocolError as e:
             self.fatal(e)
             return
@@ -162,12 +191,52 @@ class Session(asyncio.Protocol):
         if self._out:
             self._flush()
         if self.inbox:
-            self.inbox_bytes += len(data)
+            self.inbox_bytes += received
             if (len(self.inbox) >= MAX_INBOX or self.inbox_bytes >= MAX_INBOX_BYTES) \
                     and not self.paused:
                 self.paused = True
                 self.transport.pause_reading()  # type: ignore[union-attr]
             self.wakeup.set()
+
+    def _decode_slice(self) -> None:
+        """One turn of the event loop's worth of the large message being decoded; once it
+        is whole, it is served or queued as if it had just arrived, then what came after,
+        and the next session waiting to decode one takes its turn."""
+        if self._decoding is None or self.closed:
+            self._decoding = None
+            self._next_decode()
+            return
+        msg, decoding = self._decoding
+        try:
+            done, body = decoding.step(DECODE_SLICE)
+        except ValueError as e:  # the words of ProtocolConnection.next_event
+            self._decoding = None
+            self._next_decode()
+            self.fatal(ProtocolError(f"malformed {msg.name} message: {e}",
+                                     Codes.PROTOCOL_VIOLATION))
+            return
+        except Exception:  # a bug must not take the server down with it
+            self._decoding = None
+            self._next_decode()
+            log.exception("session %s: internal error", self.id)
+            self.fatal(Error("internal server error", Codes.INTERNAL))
+            return
+        if not done:
+            asyncio.get_running_loop().call_soon(self._decode_slice)
+            return
+        self._decoding = None
+        self._next_decode()
+        if self.transport is not None and not self.paused and not self.closed:
+            self.transport.resume_reading()
+        self._take_messages(Message(msg, body), 0)
+
+    def _next_decode(self) -> None:
+        """This session's turn at decoding is over: the next waiting session's begins."""
+        turns = self.server.large_decodes
+        if turns and turns[0] is self:
+            turns.popleft()
+            if turns:
+                asyncio.get_running_loop().call_soon(turns[0]._decode_slice)
 
     def eof_received(self) -> bool | None:
         return None
