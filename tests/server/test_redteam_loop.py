@@ -9,7 +9,9 @@ make one step last seconds.
 
 from __future__ import annotations
 
+import collections
 import socket
+from types import SimpleNamespace
 
 import msgpack
 import pytest
@@ -180,3 +182,41 @@ def test_large_messages_take_turns_and_a_vanished_sender_passes_its_turn(
         for s in senders:
             s.close()
         victim.close()
+
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pause_reading(self) -> None:
+        self.calls.append("pause")
+
+    def resume_reading(self) -> None:
+        self.calls.append("resume")
+
+
+def test_nothing_more_is_read_while_a_large_message_waits_its_turn() -> None:
+    """helper-38's attack: a session's large message waited behind others' to be decoded,
+    reading paused; its inbox, filled over its limit in the same chunk, drained meanwhile,
+    and the inbox's own resume of reading let the client stream gigabytes into a buffer
+    no frame limit checked (3 GB in 15 s).  Reading stays off until the message is
+    decoded, whatever else would resume it, and bytes that come anyway pause it again."""
+    from casemate.protocol import Message
+    from casemate.protocol.codec import Decoding
+    from casemate.server.session import Session
+
+    s = Session.__new__(Session)  # the state these two paths read, and nothing else
+    t = _Transport()
+    s.transport = t  # type: ignore[assignment]
+    s.closed, s.paused, s.inbox_bytes = False, True, 2 << 20
+    s.inbox = collections.deque([Message(Msg.QUERY, (1, "SELECT 1", (), False, 100))] * 2)
+    s._decoding = (Msg.QUERY, Decoding(b"\x90", wrapped=True))
+    s._take()
+    s._take()  # the inbox is empty: on its own, reading would resume here
+    assert "resume" not in t.calls and not s.paused
+    s.server = SimpleNamespace(bytes_in=0)  # type: ignore[assignment]
+    s.proto = SimpleNamespace(receive_data=lambda data: None)  # type: ignore[assignment]
+    s.data_received(b"more")  # came anyway (the transport was resumed elsewhere)
+    assert t.calls == ["pause"]
+

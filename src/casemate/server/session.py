@@ -148,8 +148,13 @@ class Session(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.server.bytes_in += len(data)
         self.proto.receive_data(data)
-        if self._decoding is None:  # (else what came waits behind the message decoded)
+        if self._decoding is None:
             self._take_messages(None, len(data))
+        elif self.transport is not None:
+            # What comes while a large message waits or decodes waits behind it, and no
+            # more comes meanwhile: whatever resumed reading (helper-38 found the inbox's
+            # own resume did, and a client streamed gigabytes into the buffer).
+            self.transport.pause_reading()
 
     def _take_messages(self, first: Message | None, received: int) -> None:
         """Serve or queue ``first`` and every complete message buffered after it, up to a
@@ -333,7 +338,8 @@ class Session(asyncio.Protocol):
         if (self.paused and len(self.inbox) < MAX_INBOX // 2
                 and self.inbox_bytes < MAX_INBOX_BYTES and self.transport and not self.closed):
             self.paused = False
-            self.transport.resume_reading()
+            if self._decoding is None:  # (else reading resumes once it is decoded)
+                self.transport.resume_reading()
         return m
 
 
