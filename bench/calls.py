@@ -70,10 +70,6 @@ def serve_counted(out: str, args: list[str]) -> None:
     main()
 
 
-def _snapshot(counts: Counts) -> Counts:
-    return Counter(counts)
-
-
 def client_run(url: str, lookups: int, writes: int) -> dict[str, tuple[Counts, int]]:
     """Run the workloads, counting this process's calls per phase."""
     import casemate
@@ -97,7 +93,7 @@ def client_run(url: str, lookups: int, writes: int) -> dict[str, tuple[Counts, i
             cur.execute("SELECT name, qty FROM t WHERE id = ?", (k,))
             cur.fetchone()
         sys.setprofile(None)
-        phases["lookup"] = (_snapshot(counts), lookups)
+        phases["lookup"] = (Counter(counts), lookups)
         conn.commit()
         conn.autocommit = True
         for _ in range(50):
@@ -107,7 +103,7 @@ def client_run(url: str, lookups: int, writes: int) -> dict[str, tuple[Counts, i
         for k in keys[:writes]:
             cur.execute("UPDATE t SET qty = qty + 1 WHERE id = ?", (k,))
         sys.setprofile(None)
-        phases["write"] = (_snapshot(counts), writes)
+        phases["write"] = (Counter(counts), writes)
     return phases
 
 
@@ -121,8 +117,7 @@ def report(title: str, counts: Counts, n: int, top: int) -> list[str]:
     py, c = per_request(counts, n)
     lines = [f"{title}: {py:.1f} Python calls and {c:.1f} C calls per request"]
     for (where, name), v in counts.most_common(top):
-        lines.append(f"  {v / n:6.2f}  {name} ({where})" if where != "C" else
-                     f"  {v / n:6.2f}  {name} (C)")
+        lines.append(f"  {v / n:6.2f}  {name} ({where})")
     return lines
 
 

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import msgpack
 import pytest
 
-from casemate.protocol import Msg, encode_frame
+from casemate.protocol import Message, Msg, encode_frame
 from casemate.testing import ServerProcess
 from tests.access.test_limits import raw_login
 from tests.conftest import worst_wait_during
@@ -220,3 +220,61 @@ def test_nothing_more_is_read_while_a_large_message_waits_its_turn() -> None:
     s.data_received(b"more")  # came anyway (the transport was resumed elsewhere)
     assert t.calls == ["pause"]
 
+
+
+
+def test_large_messages_decode_one_at_a_time() -> None:
+    """Server-wide, one large message decodes at a time (each partly built value can reach
+    ~70 times its message's size: side by side, N sessions would hold N of them); the
+    next session's slices start only when the first's message is whole, and a session
+    closed while it waits passes its turn on."""
+    import asyncio
+
+    from casemate.protocol import NEED_DATA, RawFrame
+    from casemate.protocol.codec import pack
+    from casemate.server.session import DECODE_SLICE, Session
+
+    body = pack([[0]] * DECODE_SLICE)  # a few slices' worth
+    server = SimpleNamespace(large_decodes=collections.deque(), bytes_in=0)
+    slices: list[str] = []  # whose slice ran, in order
+    whole: list[str] = []   # whose message came out whole
+
+    def session(name: str) -> Session:
+        s = Session.__new__(Session)
+        s.server = server  # type: ignore[assignment]
+        s.transport = _Transport()  # type: ignore[assignment]
+        s.closed, s.paused, s.inbox_bytes, s._holding = False, False, 0, False
+        s.inbox, s._out, s._decoding = collections.deque(), [], None
+        frames = iter([RawFrame(Msg.QUERY, body)])
+        s.proto = SimpleNamespace(  # type: ignore[assignment]
+            next_event=lambda _n: next(frames, NEED_DATA))
+        real_slice, real_take = s._decode_slice, s._take_messages
+
+        def one_slice() -> None:
+            slices.append(name)
+            real_slice()
+
+        def take(first: Message | None, n: int) -> None:
+            if first is not None:
+                whole.append(name)
+            else:
+                real_take(first, n)
+        s._decode_slice = one_slice  # type: ignore[method-assign]
+        s._take_messages = take  # type: ignore[method-assign]
+        return s
+
+    async def run() -> None:
+        a, b, c = session("a"), session("b"), session("c")
+        for s in (a, b, c):
+            s._take_messages(None, 0)  # each has a large message to decode
+        assert list(server.large_decodes) == [a, b, c]
+        b.closed = True  # gone while it waits
+        for _ in range(10_000):
+            if not server.large_decodes:
+                break
+            await asyncio.sleep(0)
+        assert whole == ["a", "c"]
+        first_c = slices.index("c")
+        assert slices.count("a") > 2 and "a" not in slices[first_c:], slices  # not interleaved
+        assert slices.count("b") == 1 and b._decoding is None  # its turn passed on at once
+    asyncio.run(run())
