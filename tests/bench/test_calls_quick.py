@@ -2,8 +2,9 @@
 
 No count is asserted exactly (it changes with the code); what is asserted is that both
 sides were counted for both workloads, that a lookup on the server is served by the
-synchronous fast path (query_now and the runner's inline call: not a coroutine or a
-worker thread), and that a write goes through a worker thread, as the server is built.
+synchronous fast path and its lane (query_now and the storage's read_now: not the general
+inline call, a coroutine or a worker thread), and that a write goes through a worker
+thread, as the server is built.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def test_quick_run_counts_both_sides_of_both_workloads() -> None:
             assert head and float(head.group(1)) > 5, r.stdout
     lookup = _section(r.stdout, "server, encrypted lookup")
     assert re.search(r"(?m)^\s+1\.00  query_now \(handlers\.py\)$", lookup), lookup
-    assert re.search(r"(?m)^\s+1\.00  inline \(runner\.py\)$", lookup), lookup
+    assert re.search(r"(?m)^\s+1\.00  read_now \(sqlite\.py\)$", lookup), lookup
+    assert "execute_first" not in lookup
     assert "_in_thread" not in lookup
     assert "_in_thread (runner.py)" in _section(r.stdout, "server, encrypted autocommit write")
 

@@ -26,6 +26,7 @@ from ..protocol.codec import Json
 from ..protocol.messages import Admin, Call, ClosePortal, Complete, ExecuteMany, Fetch, Query
 from ..storage import Busy, StorageConnection, StorageCursor, StorageError, TooLong
 from ..storage.access import PermissionDenied
+from ..storage.base import LaneRead
 from .calls import IterCursor, guarded, method_error, run_method
 from .monitor import SERVER_COMMANDS
 from .results import (
@@ -228,8 +229,13 @@ def query_now(s: Session, body: Any) -> bool:
         return False
     s.seq += 1
     try:
-        result = s.runner.inline(conn, key, execute_first, conn, sql, q.params, q.begin,
-                                 q.batch_rows)
+        # The fast lane first (a statement that writes nothing, on a connection that can):
+        # the same checks, stops and reply in fewer steps; else the general inline call.
+        done = (s.runner.read_now(conn, key, sql, q.params, q.batch_rows)
+                if s.result_frames and (not q.begin or conn.in_transaction) else None)
+        if done is None:
+            result = s.runner.inline(conn, key, execute_first, conn, sql, q.params, q.begin,
+                                     q.batch_rows)
     except (TooLong, Busy):
         s.seq -= 1  # nothing ran: the general path runs it again (in a thread, or waits)
         return False
@@ -238,7 +244,10 @@ def query_now(s: Session, body: Any) -> bool:
         _failed(s, e)
     else:
         _count_statement(s)
-        _query_done(s, q.portal, sql, conn, result)
+        if done is not None:
+            _lane_done(s, q.portal, conn, done)
+        else:
+            _query_done(s, q.portal, sql, conn, result)
     s.lease.maybe_release()
     s.last_active = time.monotonic()
     return True
@@ -289,6 +298,20 @@ def _query_done(s: Session, portal: int, sql: str, conn: StorageConnection,
     _send_result(s, portal, cur, first, describe=True)
     if first is not None and portal not in s.portals:
         cur.close()  # exhausted: closing a finished cursor does no I/O
+
+
+def _lane_done(s: Session, portal: int, conn: StorageConnection, done: LaneRead) -> None:
+    """:func:`_query_done` for the fast lane's read (StorageConnection.read_now): the same
+    frames, from what it gives."""
+    cur, desc, types, body, rows, more, lastrowid = done
+    in_txn = conn.in_transaction
+    if not in_txn:
+        s.server.lock_released()
+    if more:  # the rest stays for FETCH: the general reply, with the cursor
+        _send_result(s, portal, cur, Batch(body, rows, True, types), describe=True)
+        return
+    s.write(s.proto.send_result(desc, types, body, -1, lastrowid, in_txn))
+    cur.close()
 
 
 def _send_result(s: Session, portal: int, cur: StorageCursor,

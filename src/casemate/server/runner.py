@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..errors import Codes, Error
 from ..protocol.messages import decode_cancel
 from ..storage import Busy, Interrupted, StorageConnection, TooLong
+from ..storage.base import LaneRead
 from .calls import stop_method
-from .results import Closed
+from .results import BATCH_BYTES, Closed
 
 if TYPE_CHECKING:
     from .session import Session
@@ -101,6 +102,32 @@ class Runner:
             raise
         finally:
             conn.disarm()
+
+    def read_now(self, conn: StorageConnection, key: Hashable, sql: str,
+                 params: tuple[Any, ...], max_rows: int) -> LaneRead | None:
+        """:meth:`inline` for the fast lane (:meth:`StorageConnection.read_now`): the
+        same stops, cut-off and cost accounting, without the layers of a general call.
+        None where the lane does not take the statement: nothing ran, nothing counted."""
+        if self.cancel_seq >= self.s.seq or self.s.closed:
+            return None  # (the general call reports why)
+        cost = self.server.cost
+        conn.arm(cost.cutoff)
+        t0 = time.perf_counter()
+        try:
+            done = conn.read_now(sql, params, max_rows, BATCH_BYTES)
+        except BaseException as e:
+            cost.inline_calls += 1
+            cost.record(key, time.perf_counter() - t0)
+            if isinstance(e, TooLong):
+                cost.cut_calls += 1
+                cost.record(key, cost.cutoff)  # as inline(): a thread next time
+            raise
+        finally:
+            conn.disarm()
+        if done is not None:
+            cost.inline_calls += 1
+            cost.record(key, time.perf_counter() - t0)
+        return done
 
     async def _in_thread(self, conn: StorageConnection | None, key: Hashable | None,
                          holder: dict[str, int] | None, fn: Callable[..., T], *args: Any,

@@ -24,7 +24,7 @@ from ..protocol.codec import Json
 from .access import Policy
 
 __all__ = ["BUILTIN_GROUPS", "Busy", "Interrupted", "TooLong", "StorageError", "UserRecord", "StorageCursor",
-           "Packed", "StorageConnection", "Backend", "TYPE_NAMES", "type_code"]
+           "LaneRead", "Packed", "StorageConnection", "Backend", "TYPE_NAMES", "type_code"]
 
 # The type codes of cursor.description (docs/protocol.md, docs/types.md), by Python type.
 TYPE_NAMES = {int: "integer", float: "float", str: "text", bytes: "bytes", bool: "bool",
@@ -87,6 +87,11 @@ class UserRecord:
     server_key: bytes
     iterations: int
     created: str = ""
+
+
+# What StorageConnection.read_now gives: (cursor, description, types, body, rows, more,
+# lastrowid).
+LaneRead = tuple[Any, Sequence[Any], list[Any], bytes, int, bool, Any]
 
 
 class Packed(NamedTuple):
@@ -206,6 +211,17 @@ class StorageConnection(abc.ABC):
         starts with :meth:`arm`, which a backend may leave to restore what an inline call
         changed (SQLite keeps its inline limits until a call runs in a thread)."""
         self.arm()
+
+    def read_now(self, sql: str, params: Sequence[Any], max_rows: int, max_bytes: int
+                 ) -> LaneRead | None:
+        """The server's fast lane: run ``sql``, known to write nothing, and pack its first
+        rows as :meth:`execute` then :meth:`StorageCursor.pack` would, in one call; None,
+        with nothing run or changed that a caller sees, where this backend does not (the
+        caller then runs it through :meth:`execute`).  Called between :meth:`arm` and
+        :meth:`disarm`; a stop at the cut-off raises :class:`TooLong`.  The result:
+        ``(cursor, description, types, body, rows, more, lastrowid)``: ``cursor`` has
+        ``close()``, and is a StorageCursor to keep for the next rows when ``more``."""
+        return None
 
     def read_only(self, sql: str, params: Sequence[Any]) -> bool:
         """Whether ``sql`` writes nothing (False when unknown).  Stopping a statement that

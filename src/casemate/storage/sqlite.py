@@ -24,22 +24,32 @@ from typing import Any
 from ..settings import LimitsSettings
 from .access import PermissionDenied, Policy
 from .base import (
+    _READS,
+    TYPE_NAMES,
     Backend,
     Busy,
     Interrupted,
+    LaneRead,
     StorageConnection,
     StorageCursor,
     StorageError,
     TooLong,
     UserRecord,
 )
-from .sqlite_cursor import _Cursor, _Done, _leaving, _out_of_memory, _Packed
+from .sqlite_cursor import _Cursor, _Done, _leaving, _out_of_memory, _Packed, packed_failure
 from .sqlite_ddl import rewrite_ddl, type_error
 from .sqlite_errors import ENGINE_ERRORS, engine_boundary, engine_error, translates_itself
 from .sqlite_programs import Programs, is_explain
-from .sqlite_rows import ROW_PATH, open_statement, statement_cache, usable_on
+from .sqlite_rows import (
+    CONVERTERS,
+    ROW_PATH,
+    open_compiled,
+    open_statement,
+    statement_cache,
+    usable_on,
+)
 from .sqlite_system import UserStore
-from .sqlite_typer import ResultTyper, converters_for
+from .sqlite_typer import TYPED_PARAMETER_TYPES, ResultTyper, converters_for, has_typed_result
 from .sqlite_types import big_ints, install, register_types, rounded_decimal_columns
 
 __all__ = ["SQLiteBackend", "DATA_FILE", "SYSTEM_FILE"]
@@ -54,6 +64,9 @@ register_types()
 _BUSY_SNAPSHOT = 517  # SQLITE_BUSY_SNAPSHOT (not exported by Python 3.11's sqlite3)
 _READONLY = 8  # SQLITE_READONLY: what query_only answers to a write lock
 DEFAULT_MAX_VALUE = 16 * 1024 * 1024  # limits.max_value_bytes
+_LANE_TEXTS = 512  # statement texts whose read_now facts a connection keeps
+# A result read through ResultTyper's plan when a parameter has one of these types.
+_TYPED_PARAMS = TYPED_PARAMETER_TYPES
 
 
 def _is_busy(e: sqlite3.OperationalError) -> bool:
@@ -122,6 +135,9 @@ class _Connection(StorageConnection):
         # was built (sqlite_rows.py); all else, and everywhere else, through sqlite3.
         self._compiled = usable_on(self._db, str(path))
         self._stmts = statement_cache() if self._compiled else None
+        # read_now's facts of a statement's text: whether the lane may take it (no EXPLAIN,
+        # no DDL rewrite, no decimal_* call) and whether it only reads (note_transaction).
+        self._lane: dict[str, tuple[bool, bool]] = {}
 
     # -- stopping a running statement (cancel, statement timeout, event-loop cut-off) --
     def _progress(self) -> int:
@@ -311,6 +327,84 @@ class _Connection(StorageConnection):
         elif not self._db.in_transaction:  # a COMMIT or ROLLBACK sent as SQL
             self.note_transaction()
         return cur
+
+    @translates_itself
+    def read_now(self, sql: str, params: Sequence[Any], max_rows: int, max_bytes: int
+                 ) -> LaneRead | None:
+        # execute() then pack() for the statements the compiled row path takes with
+        # nothing else to do, in one call: what execute() works out from the statement's
+        # text (EXPLAIN, a DDL rewrite, a typed result, whether it only reads) is kept per
+        # text, what depends on the parameters is checked on each call.  Declines (None,
+        # nothing run) the rest: per-table groups, a lost transaction, parameters that a
+        # typed result or an error of execute() would follow.  Runs between arm() and
+        # disarm(): the column types asked from the schema too.
+        facts = self._lane.get(sql)
+        if facts is None:
+            facts = self._lane_facts(sql)
+        if not facts[0] or self._lost or self.policy.per_table:
+            return None
+        for p in params:  # ResultTyper.plan's and big_ints' checks, in one pass
+            t = type(p)
+            if t is int:
+                if not -9223372036854775808 <= p <= 9223372036854775807:
+                    return None  # execute() reports it
+            elif t is float:
+                if p != p:
+                    return None  # a NaN: execute() reports it
+            elif t in _TYPED_PARAMS:
+                return None  # a typed result: execute() reads it through its plan
+        self.policy.last_denied = ""
+        db = self._db
+        try:
+            try:
+                st = open_compiled(db, self._stmts, sql,
+                                   params if type(params) is tuple else tuple(params),
+                                   CONVERTERS)
+            except sqlite3.DatabaseError as e:
+                raise _leaving(self._denied(e, db.in_transaction)) from e
+        except ENGINE_ERRORS as e:
+            raise engine_error(e) from e
+        except MemoryError as e:
+            raise _out_of_memory() from e
+        if st is None:
+            return None  # (nothing run: execute() runs it through sqlite3)
+        lastrowid = st.lastrowid
+        try:
+            try:
+                first = st.first_types()
+                body, n, more = st.pack(max_rows, max_bytes)
+            except Exception as e:
+                raise packed_failure(self, e) from e
+            names = TYPE_NAMES
+            types = [None if t is None else names.get(t, t.__name__) for t in first]
+            cur: Any = st
+            if more or not types or None in types:
+                cur = _Packed(st, self, (sql, params))
+                if not types or None in types:  # NULLs or no row: the declared types
+                    declared = cur.declared_types()
+                    types = declared if not types else [
+                        t if t is not None else d for t, d in zip(types, declared, strict=False)]
+        except BaseException:
+            st.close()
+            raise
+        if self._programs.schema_changed:
+            self._programs.forget()
+        if db.in_transaction:  # note_transaction(sql), without the call
+            if self.txn_since is None:
+                self.txn_since = time.time()
+            if self.write_since is None and not facts[1]:
+                self.write_since = time.time()
+        else:
+            self.txn_since = self.write_since = None
+        return cur, st.description, types, body, n, more, lastrowid
+
+    def _lane_facts(self, sql: str) -> tuple[bool, bool]:
+        facts = (self._stmts is not None and not is_explain(sql) and rewrite_ddl(sql) is sql
+                 and not has_typed_result(sql), bool(_READS.match(sql)))
+        if len(self._lane) >= _LANE_TEXTS:
+            self._lane.clear()
+        self._lane[sql] = facts
+        return facts
 
     def _committed_before_stop(self, e: sqlite3.DatabaseError, was_txn: bool,
                                changes: int) -> bool:

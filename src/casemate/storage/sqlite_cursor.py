@@ -16,7 +16,7 @@ from .sqlite_typer import convert_rows
 if TYPE_CHECKING:
     from .sqlite import _Connection
 
-__all__ = ["_Cursor", "_Done", "_Packed"]
+__all__ = ["_Cursor", "_Done", "_Packed", "packed_failure"]
 
 
 def _leaving(e: BaseException) -> BaseException:
@@ -114,15 +114,20 @@ class _Packed(_Declared):
         return Packed(body, n, more, types)
 
     def _failed(self, e: Exception) -> BaseException:
-        if isinstance(e, MemoryError):
-            return _out_of_memory()
-        if isinstance(e, sqlite3.OperationalError | sqlite3.DataError):
-            return _leaving(self._conn._denied(e))
-        return engine_error(e) if isinstance(e, ENGINE_ERRORS) else e
+        return packed_failure(self._conn, e)
 
     @translates_itself  # finalizing cannot fail
     def close(self) -> None:
         self._st.close()
+
+
+def packed_failure(conn: _Connection, e: Exception) -> BaseException:
+    """What a compiled statement's failure while it steps or packs leaves the backend as."""
+    if isinstance(e, MemoryError):
+        return _out_of_memory()
+    if isinstance(e, sqlite3.OperationalError | sqlite3.DataError):
+        return _leaving(conn._denied(e))
+    return engine_error(e) if isinstance(e, ENGINE_ERRORS) else e
 
 
 class _Done(StorageCursor):

@@ -16,8 +16,8 @@ import sqlite3
 import sys
 from typing import Any
 
-__all__ = ["COMPILED", "ROW_PATH", "WHY_PURE", "engine_exception", "open_statement", "statement_cache",
-           "usable_on"]
+__all__ = ["COMPILED", "CONVERTERS", "ROW_PATH", "WHY_PURE", "engine_exception", "open_compiled",
+           "open_statement", "statement_cache", "usable_on"]
 
 # CPython versions whose pysqlite_Connection starts with its sqlite3* handle (checked).
 _LAYOUT_VERSIONS = {(3, 11), (3, 12), (3, 13), (3, 14)}
@@ -70,6 +70,10 @@ def _load() -> tuple[Any, str]:
 _compiled, WHY_PURE = _load()
 COMPILED = _compiled is not None
 ROW_PATH = "compiled" if COMPILED else f"pure Python: {WHY_PURE}"
+# open_statement without its wrapper, for a caller that passes a tuple and CONVERTERS
+# (the server's fast lane: StorageConnection.read_now); None on the pure path.
+open_compiled: Any = _compiled.open_statement if COMPILED else None
+CONVERTERS = sqlite3.converters  # (one dict for the process: register_converter fills it)
 
 
 def usable_on(db: sqlite3.Connection, filename: str) -> bool:

@@ -253,6 +253,13 @@ def _typed(v: Any) -> type | None:
 
 _TYPED_TYPES = frozenset((*_READERS, dict))
 _DECIMAL_FUNCTION = re.compile(r"decimal\w*\s*\(", re.IGNORECASE)
+# The parameter types whose values a result may carry back typed (ResultTyper.plan).
+TYPED_PARAMETER_TYPES = _TYPED_TYPES
+
+
+def has_typed_result(sql: str) -> bool:
+    """Whether ``sql`` calls a decimal_* function, whose result ResultTyper types."""
+    return ("ecimal" in sql or "ECIMAL" in sql) and bool(_DECIMAL_FUNCTION.search(sql))
 
 
 Converters = list[tuple[int, Callable[[Any], Any]]]
@@ -285,7 +292,7 @@ class ResultTyper:
             if type(p) in _TYPED_TYPES:
                 break
         else:
-            if ("ecimal" not in sql and "ECIMAL" not in sql) or not _DECIMAL_FUNCTION.search(sql):
+            if not has_typed_result(sql):
                 return None
         if _WRITE_HEAD.match(sql) and "returning" not in sql.lower():
             return None  # a write without RETURNING has no result to read
