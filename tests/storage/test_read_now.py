@@ -261,3 +261,29 @@ def test_the_transaction_bookkeeping_of_a_read_and_of_a_write_before_it(
     a.commit()
     assert lane(a, "SELECT 3", ()) is not None
     assert (a.txn_since, a.write_since) == (None, None)
+
+
+@pytest.mark.parametrize("path", ["lane", "general"])
+def test_declared_types_from_a_schema_text_over_the_event_loops_value_size(
+        pair: tuple[StorageConnection, StorageConnection], path: str) -> None:
+    """helper-39: a table whose CREATE text is longer than the value size allowed in the
+    event loop (16 KiB): the declared types of a NULL column are read from that text,
+    which SQLite refused as too big; the DataError left the storage untranslated and the
+    session ended with XX000 (on both paths).  Now it is TooLong: a thread reads it."""
+    a, _ = pair
+    cols = ", ".join(f"column_with_a_rather_long_name_{i:04d} INTEGER" for i in range(300))
+    a.execute(f"CREATE TABLE wide (id INTEGER PRIMARY KEY, {cols})", ())
+    a.execute("INSERT INTO wide (id) VALUES (1)", ())
+    sql = "SELECT column_with_a_rather_long_name_0001 FROM wide WHERE id = ?"
+    with pytest.raises(TooLong):
+        if path == "lane":
+            lane(a, sql, (1,))
+        else:
+            general(a, sql, (1,))
+    a.arm()  # a worker thread: the usual value size
+    try:
+        cur, batch = execute_first(a, sql, (1,), False, 10)
+    finally:
+        a.disarm()
+    assert batch is not None and batch.types == ["integer"]
+    cur.close()

@@ -224,15 +224,16 @@ def query_now(s: Session, body: Any) -> bool:
         except REPORTED:
             return False  # reported by the general path, which tries again
     cost = server.cost  # (Runner.key's, without the call)
-    key = cost.key(sql, q.begin or conn.in_transaction)
-    if not cost.inline(key) or not _may_cut(s, conn, sql, q.params):
+    in_txn = conn.in_transaction
+    key = cost.key(sql, q.begin or in_txn)
+    if not cost.inline(key) or not conn.may_cut(sql, q.params):  # (_may_cut's, without the call)
         return False
     s.seq += 1
     try:
         # The fast lane first (a statement that writes nothing, on a connection that can):
         # the same checks, stops and reply in fewer steps; else the general inline call.
         done = (s.runner.read_now(conn, key, sql, q.params, q.batch_rows)
-                if s.result_frames and (not q.begin or conn.in_transaction) else None)
+                if s.result_frames and (in_txn or not q.begin) else None)
         if done is None:
             result = s.runner.inline(conn, key, execute_first, conn, sql, q.params, q.begin,
                                      q.batch_rows)

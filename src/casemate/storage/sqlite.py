@@ -65,6 +65,7 @@ _BUSY_SNAPSHOT = 517  # SQLITE_BUSY_SNAPSHOT (not exported by Python 3.11's sqli
 _READONLY = 8  # SQLITE_READONLY: what query_only answers to a write lock
 DEFAULT_MAX_VALUE = 16 * 1024 * 1024  # limits.max_value_bytes
 _LANE_TEXTS = 512  # statement texts whose read_now facts a connection keeps
+_TYPE_NAME = TYPE_NAMES.get  # a Python type's description code; None for None
 # A result read through ResultTyper's plan when a parameter has one of these types.
 _TYPED_PARAMS = TYPED_PARAMETER_TYPES
 
@@ -375,8 +376,8 @@ class _Connection(StorageConnection):
                 body, n, more = st.pack(max_rows, max_bytes)
             except Exception as e:
                 raise packed_failure(self, e) from e
-            names = TYPE_NAMES
-            types = [None if t is None else names.get(t, t.__name__) for t in first]
+            # (first_types gives int, float, str, bytes or None: TYPE_NAMES has them all)
+            types = list(map(_TYPE_NAME, first))
             cur: Any = st
             if more or not types or None in types:
                 cur = _Packed(st, self, (sql, params))
@@ -496,6 +497,9 @@ class SQLiteBackend(Backend):
         for f in (self.system_path, self.data_path):
             _create_private(f)
         self._users = UserStore(self.system_path)  # users, groups, grants (sqlite_system.py)
+        # Asked before every request (server/rights.py): the store's own method, not a call
+        # through ours (which stays, for the interface and the pure reading).
+        self.grants_version = self._users.grants_version  # type: ignore[method-assign]
         db = sqlite3.connect(self.data_path)
         try:
             db.execute("PRAGMA journal_mode=WAL")

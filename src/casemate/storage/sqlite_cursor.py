@@ -42,8 +42,10 @@ class _Declared(StorageCursor):
         sql, params = self._statement
         try:
             found = self._conn._typer.declared(sql, params, type_code) if sql else None
-        except sqlite3.OperationalError as e:  # stopped: as a fetch would be
-            raise self._conn._denied(e) from e
+        except (sqlite3.OperationalError, sqlite3.DataError) as e:  # as a fetch would be:
+            # stopped, or (DataError) a schema text over the event loop's value size
+            # (TooLong: a thread reads it)
+            raise _leaving(self._conn._denied(e)) from e
         return found if found is not None and len(found) == width else [None] * width
 
 
