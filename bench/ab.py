@@ -128,6 +128,13 @@ def sequential(s: Any, sql: str, ops: int, rows: int, seed: int, read: bool
     return {"rate": ops / m.wall, "server": m.server / ops, "client": m.client / ops}
 
 
+def _restore_home(old: str | None) -> None:
+    if old is None:
+        os.environ.pop("CASEMATE_HOME", None)
+    else:
+        os.environ["CASEMATE_HOME"] = old
+
+
 def run(args: argparse.Namespace, sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
     from .suite import casemate_system, load_data, mix
 
@@ -143,6 +150,11 @@ def run(args: argparse.Namespace, sizes: Sizes, log: Callable[[str], None]) -> d
         w: {"head": [], "base": []} for w in wanted}
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="casemate-ab-db-")))
+        # The throw-away servers' keys go to a throw-away CASEMATE_HOME: pinned in the
+        # user's own, a later run's server on a reused port was refused as another key.
+        old_home = os.environ.get("CASEMATE_HOME")
+        os.environ["CASEMATE_HOME"] = str(tmp / "client-home")
+        stack.callback(_restore_home, old_home)
         base_src = stack.enter_context(base_tree(args.base, args.base_src))
         servers = {"head": serve(stack, tmp, "head", ROOT / "src", not args.plain, cpu),
                    "base": serve(stack, tmp, "base", base_src, not args.plain, cpu)}

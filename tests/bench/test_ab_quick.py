@@ -7,6 +7,7 @@ runs, and that a base that is not a source tree is refused with a clear message.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -15,11 +16,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_quick_run_measures_both_servers_on_every_workload() -> None:
+def test_quick_run_measures_both_servers_on_every_workload(tmp_path: Path) -> None:
+    home = tmp_path / "home"  # the user's: the throw-away servers' keys must not land here
     r = subprocess.run([sys.executable, "-m", "bench.ab", "--base-src", str(ROOT / "src"),
                         "--quick", "--clients", "8"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)
+                       text=True, timeout=300, env={**os.environ, "CASEMATE_HOME": str(home)})
     assert r.returncode == 0, r.stdout + r.stderr
+    assert not (home / "known_servers").exists()
     assert re.search(r"(?m)^  head: .*row path: ", r.stdout), r.stdout
     assert re.search(r"(?m)^  base: .*row path: ", r.stdout), r.stdout
     rows = re.findall(r"(?m)^\| (lookups|writes|mix) \| ([^|]+) \| ([\d,.]+) .*\| "
