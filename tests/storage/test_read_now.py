@@ -240,7 +240,7 @@ def test_what_the_lane_keeps_per_text_is_bounded(
     a, _ = pair
     for i in range(2000):
         assert lane(a, f"SELECT {i}", ()) is not None
-    assert len(a._lane) <= 512  # type: ignore[attr-defined]
+    assert len(a._lane) <= 256  # type: ignore[attr-defined]
 
 
 @needs_compiled

@@ -64,7 +64,8 @@ register_types()
 _BUSY_SNAPSHOT = 517  # SQLITE_BUSY_SNAPSHOT (not exported by Python 3.11's sqlite3)
 _READONLY = 8  # SQLITE_READONLY: what query_only answers to a write lock
 DEFAULT_MAX_VALUE = 16 * 1024 * 1024  # limits.max_value_bytes
-_LANE_TEXTS = 512  # statement texts whose read_now facts a connection keeps
+# Statement texts (each under 4 KiB: the cost model's) whose read_now facts a connection keeps.
+_LANE_TEXTS = 256
 _TYPE_NAME = TYPE_NAMES.get  # a Python type's description code; None for None
 # A result read through ResultTyper's plan when a parameter has one of these types.
 _TYPED_PARAMS = TYPED_PARAMETER_TYPES
@@ -356,13 +357,14 @@ class _Connection(StorageConnection):
                 return None  # a typed result: execute() reads it through its plan
         self.policy.last_denied = ""
         db = self._db
+        was_txn = db.in_transaction
         try:
             try:
                 st = open_compiled(db, self._stmts, sql,
                                    params if type(params) is tuple else tuple(params),
                                    CONVERTERS)
             except sqlite3.DatabaseError as e:
-                raise _leaving(self._denied(e, db.in_transaction)) from e
+                raise _leaving(self._denied(e, was_txn)) from e
         except ENGINE_ERRORS as e:
             raise engine_error(e) from e
         except MemoryError as e:
