@@ -29,8 +29,9 @@ needs_compiled = pytest.mark.skipif(not sqlite_rows.COMPILED,
 @pytest.mark.skipif(not sqlite_rows.COMPILED, reason="the pure row path is forced (CASEMATE_PURE)")
 def test_the_column_types_of_an_empty_result_are_read_under_the_cut_off(tmp_path: Path) -> None:
     """A result whose first row cannot tell its column types (no row, a NULL) asks the
-    schema (EXPLAIN and table lookups): that too is stopped at the cut-off and left to a
-    thread.  helper-37 found the lane doing it after the cut-off was lifted: a short
+    schema (EXPLAIN and table lookups): in the event loop only what a thread worked out
+    and kept is read; anything else is TooLong at once and left to a thread.  helper-37
+    found the fifth stop's lane working them out after the cut-off was lifted: a short
     statement with new parameter types held the event loop for seconds."""
     conn = SQLiteBackend.create(tmp_path).connect()
     conn.set_policy(Policy("admin"))
@@ -39,6 +40,9 @@ def test_the_column_types_of_an_empty_result_are_read_under_the_cut_off(tmp_path
         f"a{i} AS NOT MATERIALIZED (SELECT * FROM a{i - 1} UNION ALL SELECT * FROM a{i - 1})"
         for i in range(1, 8)]
     sql = "WITH " + ", ".join(ctes) + " SELECT * FROM a7 WHERE ?1 AND ?2 AND 0"
+    conn.arm()  # a worker thread: the declared types are worked out there, and kept
+    execute_first(conn, sql, (1, 1), False, 1000)[0].close()
+    conn.disarm()
     conn.arm(60.0)  # the statement itself is short: no row, once prepared
     read = conn.read_now(sql, (1, 1), 1000, BATCH_BYTES)
     conn.disarm()
@@ -96,6 +100,11 @@ def test_the_lane_replies_with_the_general_paths_frames(
                  "(3, 'three', 3, 0.75)", ())
     if in_txn:
         conn.begin()
+    conn.arm()  # as a worker thread: the declared types of NULLs are worked out, kept
+    try:
+        execute_first(conn, sql, params, False, 2)[0].close()
+    finally:
+        conn.disarm()
     replies = []
     for use_lane in (True, False):
         s, out = _session(conn)

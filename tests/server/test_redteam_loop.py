@@ -278,3 +278,36 @@ def test_large_messages_decode_one_at_a_time() -> None:
         assert slices.count("a") > 2 and "a" not in slices[first_c:], slices  # not interleaved
         assert slices.count("b") == 1 and b._decoding is None  # its turn passed on at once
     asyncio.run(run())
+
+
+def _huge_program(levels: int, tag: str) -> str:
+    """Under 4 KiB of text (so the cost model keys it), a program SQLite takes long to
+    compile and to list with EXPLAIN, neither of which its progress handler can stop:
+    CTEs that are not materialized double it at every level (helper-39)."""
+    ctes = ["c0(x) AS NOT MATERIALIZED (SELECT x FROM t)"] + [
+        f"c{i}(x) AS NOT MATERIALIZED (SELECT x FROM c{i - 1} UNION ALL SELECT x FROM c{i - 1})"
+        for i in range(1, levels + 1)]
+    return (f"WITH {', '.join(ctes)} SELECT ?1 AS a, "
+            f"CASE WHEN 1 THEN 1 ELSE (SELECT count(*) FROM c{levels}) END AS b /*{tag}*/")
+
+
+def test_a_new_text_is_learnt_in_a_thread_not_in_the_event_loop(
+        plain_server: ServerProcess) -> None:
+    """Whether a statement may ever run in the event loop is learnt with an EXPLAIN; for
+    a text never seen that ran in the event loop before the statement went to its worker
+    thread, and another session waited most of the attack's time (helper-39: 0.4-0.9 s per
+    new text, a fresh comment each time).  Now the worker thread learns it."""
+    admin = plain_server.connect()
+    admin.autocommit = True
+    admin.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x INTEGER)")
+    admin.execute("INSERT INTO t VALUES (1, 1)")
+    attacker = plain_server.connect()
+    attacker.autocommit = True
+    for _ in range(20):
+        admin.execute("SELECT 1").fetchall()
+    sql = _huge_program(15, "first")
+    worst, took, _ = worst_wait_during(lambda: attacker.execute(sql, (1,)).fetchall(), admin)
+    assert took > 0.3, f"the attack took {took:.2f} s: too short to mean anything"
+    assert worst < 0.4 * took, f"another session waited {worst:.2f} s of the {took:.2f} s"
+    attacker.close()
+    admin.close()

@@ -193,11 +193,26 @@ async def on_query(s: Session, body: Any) -> None:
     conn = s.storage or await s.lease.get()
     _count_statement(s)
     key = s.runner.key(q.sql, q.begin or conn.in_transaction)
-    if key is not None and not _may_cut(s, conn, q.sql, q.params):
-        key = None  # a write in a transaction: never cut off, so never in the event loop
-    result = await s.runner.call_retrying(execute_first, conn, q.sql, q.params, q.begin,
+    run = execute_first
+    if key is not None:
+        if not s.server.cost.inline(key):
+            # Not yet seen to be short: a worker thread runs it, and learns there whether
+            # it may ever run in the event loop (an EXPLAIN, whose compiling SQLite never
+            # stops: helper-39 held the loop 0.4-0.9 s with each new text).
+            run = _learn_then_execute
+        elif not _may_cut(s, conn, q.sql, q.params):
+            key = None  # a write in a transaction: never cut off, so never in the event loop
+    result = await s.runner.call_retrying(run, conn, q.sql, q.params, q.begin,
                                           q.batch_rows, key=key)
     _query_done(s, q.portal, q.sql, conn, result)
+
+
+def _learn_then_execute(conn: StorageConnection, sql: str, params: tuple[Any, ...],
+                        begin: bool, batch: int) -> tuple[StorageCursor, Batch | None]:
+    """:func:`execute_first`, after working out (and keeping) whether ``sql`` may be cut
+    off, which the event loop asks before it ever runs it there (:func:`_may_cut`)."""
+    conn.may_cut(sql, params)
+    return execute_first(conn, sql, params, begin, batch)
 
 
 def query_now(s: Session, body: Any) -> bool:

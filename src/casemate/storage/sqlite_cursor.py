@@ -41,7 +41,8 @@ class _Declared(StorageCursor):
         width = len(self.description or ())
         sql, params = self._statement
         try:
-            found = self._conn._typer.declared(sql, params, type_code) if sql else None
+            found = self._conn._typer.declared(sql, params, type_code,
+                                               bool(self._conn._inline_until)) if sql else None
         except (sqlite3.OperationalError, sqlite3.DataError) as e:  # as a fetch would be:
             # stopped, or (DataError) a schema text over the event loop's value size
             # (TooLong: a thread reads it)

@@ -25,6 +25,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..protocol.codec import Json
+from .base import TooLong
 
 __all__ = ["ResultTyper", "Plan", "Converters", "converters_for", "convert_rows",
            "declared_code", "declared_types"]
@@ -313,14 +314,19 @@ class ResultTyper:
                 self._cache.popitem(last=False)
         return hit
 
-    def declared(self, sql: str, params: Sequence[Any], code: Callable[[Any], str | None]
-                 ) -> list[str | None] | None:
+    def declared(self, sql: str, params: Sequence[Any], code: Callable[[Any], str | None],
+                 in_loop: bool = False) -> list[str | None] | None:
         """:func:`declared_types` of ``sql``, cached like plans (by statement, parameter
-        types and schema version)."""
+        types and schema version).  ``in_loop``: asked in the event loop, where working
+        them out is refused (TooLong: a thread does it once, then they are cached): it
+        runs an EXPLAIN, whose compiling and listing SQLite never stops, and analyses the
+        listing in Python (helper-39: a statement under 4 KiB held the loop 0.6-1.3 s)."""
         version = self._db.execute("PRAGMA schema_version").fetchone()[0]
         text: str | bytes = sql if len(sql) <= 1024 else hashlib.blake2b(sql.encode()).digest()
         key = ("declared", text, tuple(code(p) for p in params), version)
         if key not in self._declared:
+            if in_loop:
+                raise TooLong("the declared column types are worked out in a thread")
             self._declared[key] = declared_types(self._db, sql, params, code)
             if len(self._declared) > self.CACHE:
                 self._declared.popitem(last=False)
