@@ -10,12 +10,14 @@ make one step last seconds.
 from __future__ import annotations
 
 import collections
+import contextlib
 import socket
 from types import SimpleNamespace
 
 import msgpack
 import pytest
 
+import casemate
 from casemate.protocol import Message, Msg, encode_frame
 from casemate.testing import ServerProcess
 from tests.access.test_limits import raw_login
@@ -307,6 +309,31 @@ def test_a_new_text_is_learnt_in_a_thread_not_in_the_event_loop(
         admin.execute("SELECT 1").fetchall()
     sql = _huge_program(15, "first")
     worst, took, _ = worst_wait_during(lambda: attacker.execute(sql, (1,)).fetchall(), admin)
+    assert took > 0.3, f"the attack took {took:.2f} s: too short to mean anything"
+    assert worst < 0.4 * took, f"another session waited {worst:.2f} s of the {took:.2f} s"
+    attacker.close()
+    admin.close()
+
+
+def test_a_new_text_sent_as_execute_many_is_learnt_in_a_thread(
+        plain_server: ServerProcess) -> None:
+    """The same attack through EXECUTE_MANY, which asked the same EXPLAIN in the event loop
+    before choosing where to run (here SQLite then refuses a statement that returns rows,
+    after the check)."""
+    admin = plain_server.connect()
+    admin.autocommit = True
+    admin.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x INTEGER)")
+    admin.execute("INSERT INTO t VALUES (1, 1)")
+    attacker = plain_server.connect()
+    attacker.autocommit = True
+    for _ in range(20):
+        admin.execute("SELECT 1").fetchall()
+    sql = _huge_program(15, "many")
+
+    def attack() -> None:
+        with contextlib.suppress(casemate.Error):
+            attacker.cursor().executemany(sql, [(1,), (2,)])
+    worst, took, _ = worst_wait_during(attack, admin)
     assert took > 0.3, f"the attack took {took:.2f} s: too short to mean anything"
     assert worst < 0.4 * took, f"another session waited {worst:.2f} s of the {took:.2f} s"
     attacker.close()

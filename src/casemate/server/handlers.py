@@ -16,7 +16,7 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..admin import run_admin_command
 from ..errors import Codes, Error, ProtocolError
@@ -38,6 +38,8 @@ from .results import (
     fetch_batch,
     storage_error,
 )
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from .session import Session
@@ -193,26 +195,27 @@ async def on_query(s: Session, body: Any) -> None:
     conn = s.storage or await s.lease.get()
     _count_statement(s)
     key = s.runner.key(q.sql, q.begin or conn.in_transaction)
-    run = execute_first
-    if key is not None:
-        if not s.server.cost.inline(key):
-            # Not yet seen to be short: a worker thread runs it, and learns there whether
-            # it may ever run in the event loop (an EXPLAIN, whose compiling SQLite never
-            # stops: helper-39 held the loop 0.4-0.9 s with each new text).
-            run = _learn_then_execute
-        elif not _may_cut(s, conn, q.sql, q.params):
+    cut = None if key is None else _may_cut(s, conn, q.sql, q.params)
+    if cut is None and key is not None:
+        # Not yet worked out: this run goes to a worker thread (not timed), which works it
+        # out for the next (an EXPLAIN, whose compiling SQLite never stops: helper-39 held
+        # the event loop 0.4-0.9 s with each new text).
+        result = await s.runner.call_retrying(_learning, execute_first, conn, q.sql, q.params,
+                                              conn, q.sql, q.params, q.begin, q.batch_rows)
+    else:
+        if not cut:
             key = None  # a write in a transaction: never cut off, so never in the event loop
-    result = await s.runner.call_retrying(run, conn, q.sql, q.params, q.begin,
-                                          q.batch_rows, key=key)
+        result = await s.runner.call_retrying(execute_first, conn, q.sql, q.params, q.begin,
+                                              q.batch_rows, key=key)
     _query_done(s, q.portal, q.sql, conn, result)
 
 
-def _learn_then_execute(conn: StorageConnection, sql: str, params: tuple[Any, ...],
-                        begin: bool, batch: int) -> tuple[StorageCursor, Batch | None]:
-    """:func:`execute_first`, after working out (and keeping) whether ``sql`` may be cut
-    off, which the event loop asks before it ever runs it there (:func:`_may_cut`)."""
+def _learning(fn: Callable[..., T], conn: StorageConnection, sql: str, params: Any,
+              *args: Any) -> T:
+    """In a worker thread: work out (and keep) whether ``sql`` may be cut off, which the
+    event loop only reads (:func:`_may_cut`), then ``fn(*args)``."""
     conn.may_cut(sql, params)
-    return execute_first(conn, sql, params, begin, batch)
+    return fn(*args)
 
 
 def query_now(s: Session, body: Any) -> bool:
@@ -241,7 +244,7 @@ def query_now(s: Session, body: Any) -> bool:
     cost = server.cost  # (Runner.key's, without the call)
     in_txn = conn.in_transaction
     key = cost.key(sql, q.begin or in_txn)
-    if not cost.inline(key) or not conn.may_cut(sql, q.params):  # (_may_cut's, without the call)
+    if not cost.inline(key) or not conn.may_cut(sql, q.params, False):  # (_may_cut's, no call)
         return False
     s.seq += 1
     try:
@@ -269,14 +272,15 @@ def query_now(s: Session, body: Any) -> bool:
     return True
 
 
-def _may_cut(s: Session, conn: StorageConnection, sql: str, params: tuple[Any, ...]) -> bool:
+def _may_cut(s: Session, conn: StorageConnection, sql: str, params: tuple[Any, ...]
+             ) -> bool | None:
     """Whether ``sql`` may run in the event loop, where it is stopped at the cut-off and
     run again: every step of it must be short (the cut-off falls between steps), and it
     must write nothing.  Stopping a write inside a transaction undoes the transaction and
     the session's open cursors with it; and SQLite may report the stop of an autocommit
     write after its own commit (its last progress check comes after the Halt that
     commits), so running it again would write it twice (seen under load: rows doubled)."""
-    return conn.may_cut(sql, params)
+    return conn.may_cut(sql, params, learn=False)  # (None: not yet worked out: see on_query)
 
 
 def _session_statement(s: Session, sql: str) -> bool:
@@ -428,9 +432,14 @@ async def on_execute_many(s: Session, body: Any) -> None:
     # Writes in a thread (see _may_cut): a write stopped part-way undoes the transaction,
     # and one stopped after its commit must not run again.
     first = seq[0] if seq and isinstance(seq[0], tuple) else ()
-    key = (None if conn.in_transaction or s.portals or not _may_cut(s, conn, sql, first)
-           else s.runner.key(sql, len(seq).bit_length(), begin))
-    n = await s.runner.call_retrying(execute_many, conn, sql, seq, begin, key=key)
+    cut = None if conn.in_transaction or s.portals else _may_cut(s, conn, sql, first)
+    if cut is None and not conn.in_transaction and not s.portals:
+        # not yet worked out: a worker thread does, as for a QUERY (on_query)
+        n = await s.runner.call_retrying(_learning, execute_many, conn, sql, first,
+                                         conn, sql, seq, begin)
+    else:
+        key = s.runner.key(sql, len(seq).bit_length(), begin) if cut else None
+        n = await s.runner.call_retrying(execute_many, conn, sql, seq, begin, key=key)
     if not conn.in_transaction:
         s.server.lock_released()
     complete(s, n, None)

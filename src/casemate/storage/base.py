@@ -236,9 +236,11 @@ class StorageConnection(abc.ABC):
         arguments (LIKE, instr) is a single step nothing can interrupt."""
         return False
 
-    def may_cut(self, sql: str, params: Sequence[Any]) -> bool:
+    def may_cut(self, sql: str, params: Sequence[Any], learn: bool = True) -> bool | None:
         """:meth:`inlinable` and :meth:`read_only`: ``sql`` may run in the event loop,
-        where it is stopped at the cut-off and run again."""
+        where it is stopped at the cut-off and run again.  ``learn=False`` (asked in the
+        event loop): None where working it out would take a step nothing can stop (SQLite:
+        compiling an EXPLAIN), which a worker thread then does with ``learn=True``."""
         return self.inlinable(sql, params) and self.read_only(sql, params)
 
     @abc.abstractmethod

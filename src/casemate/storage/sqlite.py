@@ -194,8 +194,9 @@ class _Connection(StorageConnection):
         return self._programs.facts(sql, params)[1]
 
     @translates_itself
-    def may_cut(self, sql: str, params: Sequence[Any]) -> bool:
-        return self._programs.facts(sql, params) == (True, True)  # (one lookup, not two)
+    def may_cut(self, sql: str, params: Sequence[Any], learn: bool = True) -> bool | None:
+        facts = self._programs.facts(sql, params, learn)
+        return None if facts is None else facts == (True, True)  # (one lookup, not two)
 
     def _stopped(self, was_txn: bool) -> Exception:
         why, self._stop = self._stop, None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
 from .access import Policy, authorizer_for, check_program, program_needs
 from .sqlite_types import big_ints
@@ -139,13 +139,24 @@ class Programs:
             self.schema_changed = False
             _facts.clear()  # another session may have read the old schema meanwhile
 
-    def facts(self, sql: str, params: Sequence[Any]) -> tuple[bool, bool]:
-        """(writes nothing, every step short) of ``sql``; (False, False) where SQLite fails."""
+    @overload
+    def facts(self, sql: str, params: Sequence[Any]) -> tuple[bool, bool]: ...
+    @overload
+    def facts(self, sql: str, params: Sequence[Any], learn: bool) -> tuple[bool, bool] | None: ...
+
+    def facts(self, sql: str, params: Sequence[Any], learn: bool = True
+              ) -> tuple[bool, bool] | None:
+        """(writes nothing, every step short) of ``sql``; (False, False) where SQLite fails.
+        ``learn=False`` (the event loop): None when not yet worked out, since the EXPLAIN
+        that works it out compiles the statement, which SQLite never stops (helper-39: a
+        crafted text under 4 KiB held the event loop 0.4-0.9 s)."""
         # EXPLAIN tells, as SQLite's own sqlite3_stmt_readonly() does (which Python does not
         # offer): a write Transaction opcode, VACUUM or a journal mode change; and which
         # functions the program calls, views and triggers included.
         facts = _facts.get(sql)
         if facts is None:
+            if not learn:
+                return None
             try:
                 self.fresh_schema()
                 ops = self._db.execute("EXPLAIN " + sql, big_ints(params)).fetchall()
