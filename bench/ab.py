@@ -1,9 +1,9 @@
-"""Two versions of the server, measured side by side: is a change worth keeping?
+"""Two versions of the server (or of the client), side by side: is a change worth keeping?
 
 Run from the repository root::
 
     python -m bench.ab --base REV [--workloads lookups,writes,mix] [--rounds N]
-                       [--plain] [--quick] [--no-pin]
+                       [--plain] [--quick] [--no-pin] [--side server|client]
     python -m bench.ab --base-src DIR ...   (an existing source tree instead of a revision)
 
 ``head`` is this tree's ``src``; ``base`` is revision REV checked out in a temporary
@@ -14,6 +14,12 @@ same kind of database (encrypted unless ``--plain``) with the same table, and in
 round every workload runs on both, in alternating order (head first in even rounds),
 so the machine's drift falls on both alike.  The client is this tree's code for both:
 only the server differs.
+
+With ``--side client`` it is the other way round: one server (this tree's) and two
+clients, head's and base's code, each round's workload run by a child process whose
+``PYTHONPATH`` picks the client's code (pinned to the same CPU; ``lookups`` and
+``writes`` only).  That is how a change to the client is judged: in the benchmarks the
+client shares the server's CPU, so its CPU per request is the other half of a lookup.
 
 Workloads: ``lookups`` (sequential primary-key lookups on one connection), ``writes``
 (sequential autocommit single-row updates), ``mix`` (``--clients`` threads, one
@@ -128,6 +134,44 @@ def sequential(s: Any, sql: str, ops: int, rows: int, seed: int, read: bool
     return {"rate": ops / m.wall, "server": m.server / ops, "client": m.client / ops}
 
 
+def client_round(src: Path, server: Any, workload: str, ops: int, rows: int, seed: int,
+                 cpu: int | None) -> dict[str, float]:
+    """One round of ``workload`` run by a child process on the client code in ``src``."""
+    import json
+
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
+    cmd = [*taskset_prefix(cpu), sys.executable, "-m", "bench.ab", "--client-run",
+           json.dumps([server.url, server.pid, workload, ops, rows, seed])]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    if r.returncode != 0:
+        raise SystemExit(f"the {workload} client on {src} failed:\n{r.stderr[-2000:]}")
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    if Path(out.pop("client_src")).resolve() != (src / "casemate").resolve():
+        raise SystemExit(f"the client child did not run the code in {src}")
+    return dict(out)
+
+
+def client_run(spec: str) -> None:
+    """The child of :func:`client_round`: run the workload, print its figures as JSON."""
+    import json
+
+    from ._common import process_cpu
+    from .suite import System
+
+    url, pid, workload, ops, rows, seed = json.loads(spec)
+    import casemate
+
+    s = System(workload, lambda: casemate.connect(url, program="bench"),
+               lambda: process_cpu(pid), "?", url)
+    out = sequential(s, READ if workload == "lookups" else WRITE, ops, rows, seed,
+                     workload == "lookups")
+    print(json.dumps({**out, "client_src": str(Path(casemate.__file__).parent)}))
+
+
+READ = "SELECT name, qty, price FROM t WHERE id = ?"
+WRITE = "UPDATE t SET qty = qty + 1 WHERE id = ?"
+
+
 def _restore_home(old: str | None) -> None:
     if old is None:
         os.environ.pop("CASEMATE_HOME", None)
@@ -140,12 +184,17 @@ def run(args: argparse.Namespace, sizes: Sizes, log: Callable[[str], None]) -> d
 
     cpu = choose_cpu(args.pin)
     pin_client(cpu)
-    log(f"CPU pinning: {pin_note(cpu, args.pin)}; the client is this tree's code")
+    clients = args.side == "client"
+    log(f"CPU pinning: {pin_note(cpu, args.pin)}; " + (
+        "the server is this tree's code, the clients head's and base's" if clients else
+        "the client is this tree's code"))
     wanted = [w for w in args.workloads.split(",") if w]
     unknown = set(wanted) - set(WORKLOADS)
     if unknown:
         raise SystemExit(f"unknown workload(s) {', '.join(sorted(unknown))}; "
                          f"choose from {', '.join(WORKLOADS)}")
+    if clients and "mix" in wanted:
+        raise SystemExit("--side client runs lookups and writes only: give --workloads")
     results: dict[str, dict[str, list[dict[str, float]]]] = {
         w: {"head": [], "base": []} for w in wanted}
     with ExitStack() as stack:
@@ -156,11 +205,18 @@ def run(args: argparse.Namespace, sizes: Sizes, log: Callable[[str], None]) -> d
         os.environ["CASEMATE_HOME"] = str(tmp / "client-home")
         stack.callback(_restore_home, old_home)
         base_src = stack.enter_context(base_tree(args.base, args.base_src))
-        servers = {"head": serve(stack, tmp, "head", ROOT / "src", not args.plain, cpu),
-                   "base": serve(stack, tmp, "base", base_src, not args.plain, cpu)}
+        srcs = {"head": ROOT / "src", "base": base_src}
+        if clients:  # one server, this tree's; the two clients run in child processes
+            one = serve(stack, tmp, "server", ROOT / "src", not args.plain, cpu)
+            servers = {"head": one, "base": one}
+        else:
+            servers = {k: serve(stack, tmp, k, src, not args.plain, cpu)
+                       for k, src in srcs.items()}
         systems = {k: casemate_system(k, v) for k, v in servers.items()}
         conns: dict[str, list[Any]] = {}
         for k, s in systems.items():
+            if clients and k == "base":
+                break  # the same server: loaded once
             load_data(s, sizes.rows)
             if "mix" in wanted:
                 conns[k] = []
@@ -169,8 +225,6 @@ def run(args: argparse.Namespace, sizes: Sizes, log: Callable[[str], None]) -> d
                     c.autocommit = True
                     conns[k].append(c)
                     stack.callback(c.close)
-        read = "SELECT name, qty, price FROM t WHERE id = ?"
-        write = "UPDATE t SET qty = qty + 1 WHERE id = ?"
         for r in range(sizes.rounds):
             order = ("head", "base") if r % 2 == 0 else ("base", "head")
             for w in wanted:
@@ -182,9 +236,12 @@ def run(args: argparse.Namespace, sizes: Sizes, log: Callable[[str], None]) -> d
                         results[w][k].append({"rate": out[f"mix{n}_rate"],
                                               "cpu": out[f"mix{n}_cpu"],
                                               "p99": out[f"mix{n}_p99"]})
+                    elif clients:
+                        results[w][k].append(client_round(srcs[k], servers[k], w, sizes.ops,
+                                                          sizes.rows, r, cpu))
                     else:
                         results[w][k].append(sequential(
-                            s, read if w == "lookups" else write, sizes.ops, sizes.rows,
+                            s, READ if w == "lookups" else WRITE, sizes.ops, sizes.rows,
                             r, w == "lookups"))
             log(f"round {r + 1}/{sizes.rounds} done")
     return results
@@ -228,12 +285,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)")
     p.add_argument("--clients", type=int, default=128, help="threads of the mix (default 128)")
     p.add_argument("--plain", action="store_true", help="plain TCP (default: encrypted)")
+    p.add_argument("--side", choices=("server", "client"), default="server",
+                   help="which side's code differs: server (default: two servers, this "
+                   "tree's client) or client (one server, this tree's; two clients, each "
+                   "round in a child process)")
+    p.add_argument("--client-run", help=argparse.SUPPRESS)
     p.add_argument("--ops", type=int, help=f"lookups or writes per round (default "
                    f"{FULL.ops}; CPU is read in 10 ms ticks: more ops, finer figures)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] == ["--client-run"]:
+        client_run(sys.argv[2])  # a child of --side client (no --base needed)
+        return 0
     args = parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.rounds:
@@ -247,8 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.base_src is not None and not (args.base_src / "casemate").is_dir():
         raise SystemExit(f"{args.base_src}: no casemate package there (give the src directory)")
     started = time.time()
-    print(f"bench.ab: head = {ROOT / 'src'}, base = {args.base or args.base_src}; "
-          f"{'plain' if args.plain else 'encrypted'}; {sizes.rounds} rounds", flush=True)
+    print(f"bench.ab: {args.side} side; head = {ROOT / 'src'}, base = "
+          f"{args.base or args.base_src}; {'plain' if args.plain else 'encrypted'}; "
+          f"{sizes.rounds} rounds", flush=True)
     results = run(args, sizes, lambda s: print(f"  {s}", flush=True))
     print("\n".join(["", *report(results)]))
     print(f"done in {time.time() - started:.0f} s (pid {os.getpid()})")

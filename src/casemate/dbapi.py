@@ -14,13 +14,20 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .client.core import ExecRequest
-from .client.cursor import CursorAttrs, CursorState, Step
+from .client.cursor import (
+    _FLAT,
+    DEFAULT_BATCH_ROWS,
+    CursorAttrs,
+    CursorState,
+    Step,
+    _check_sendable,
+)
 from .client.link import BlockingLink
 from .client.params import ConnectParams, Security, parse_params
 from .client.risk import warn_uncommitted
 from .errors import Error, InterfaceError, OperationalError
 from .protocol import Msg
-from .protocol.messages import Admin
+from .protocol.messages import Admin, Query, _new
 
 __all__ = [
     "apilevel", "threadsafety", "paramstyle", "connect", "Connection", "Cursor",
@@ -283,6 +290,35 @@ class Cursor(CursorAttrs):
         st.forget(conn.generation)
 
     def execute(self, operation: str, parameters: Sequence[Any] | None = None) -> Cursor:
+        # The lane: this cursor's last result is complete (nothing to close on the server
+        # or to wait for) and the channel idle: the general path's steps, without its
+        # layers (a lookup is mostly these layers on the client).  Any other case, and a
+        # channel that is not idle and up (``exchange`` sends nothing then), takes the
+        # general path, which the twin tests hold this one to.
+        st = self._state
+        conn = self.connection
+        chan = conn._chan
+        if (chan is not None and st.prefetch is None and not st.suspended and not st.closed
+                and not isinstance(parameters, dict)):
+            args = tuple(parameters) if parameters is not None else ()
+            if not _FLAT.issuperset(map(type, args)):
+                _check_sendable(args)
+            st.generation = conn.generation  # forget the last result (st.forget)
+            st.rows.clear()
+            st.description = None
+            st.rowcount = -1
+            req = ExecRequest(st.rows.extend)
+            body = _new(Query, (st.portal, operation, args, not conn._autocommit,
+                                max(st.arraysize, DEFAULT_BATCH_ROWS)))  # (st.query's)
+            if chan.exchange(req, Msg.QUERY, body):
+                step = st.executed(req)
+                if step is not None:  # a result left open: prefetch its next batch
+                    self._send(step)
+                return self
+        return self._execute(operation, parameters)
+
+    def _execute(self, operation: str, parameters: Sequence[Any] | None) -> Cursor:
+        """``execute``'s general path."""
         conn = self._check()
         step = self._state.query(operation, parameters, not conn.autocommit)
         self._reset()
@@ -307,7 +343,10 @@ class Cursor(CursorAttrs):
         return bool(self._state.rows)
 
     def fetchone(self) -> tuple[Any, ...] | None:
-        return self._state.rows.popleft() if self._fill() else None
+        rows = self._state.rows
+        if rows and not self._state.closed and self.connection._chan is not None:
+            return rows.popleft()  # buffered: what _fill checks holds
+        return rows.popleft() if self._fill() else None
 
     def fetchmany(self, size: int | None = None) -> list[tuple[Any, ...]]:
         n = self.arraysize if size is None else size

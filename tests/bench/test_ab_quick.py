@@ -56,3 +56,27 @@ def test_ops_below_one_is_refused() -> None:
                        timeout=60)
     assert r.returncode != 0
     assert "--ops must be at least 1" in r.stderr
+
+
+def test_quick_client_side_run_measures_both_clients(tmp_path: Path) -> None:
+    """--side client: one server, each round's workload run by a child process on the
+    head's and on the base's client code (the child says which code it ran)."""
+    home = tmp_path / "home"
+    r = subprocess.run([sys.executable, "-m", "bench.ab", "--base-src", str(ROOT / "src"),
+                        "--quick", "--side", "client", "--workloads", "lookups,writes"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "CASEMATE_HOME": str(home)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "client side" in r.stdout and "the clients head's and base's" in r.stdout
+    assert len(re.findall(r"(?m)^  (?:server): .*row path: ", r.stdout)) == 1, r.stdout
+    rows = re.findall(r"(?m)^\| (lookups|writes) \| ([^|]+) \| ([\d,.]+) .*\| "
+                      r"(\d+\.\d{3}x|–) \| ([+-]\d+\.\d\d) \|$", r.stdout)
+    assert len(rows) == 6, r.stdout
+
+
+def test_the_client_side_runs_no_mix() -> None:
+    r = subprocess.run([sys.executable, "-m", "bench.ab", "--base-src", str(ROOT / "src"),
+                        "--quick", "--side", "client"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode != 0
+    assert "--side client runs lookups and writes only" in r.stderr

@@ -16,9 +16,9 @@ from typing import Any
 from .. import tls
 from ..errors import Codes, Error, OperationalError, SecurityError
 from ..keepalive import enable_keepalive
-from ..protocol import NEED_DATA, Message
+from ..protocol import NEED_DATA, Message, Msg
 from .connecting import ConnectPlan, NotTLS, accept_server, tcp_error, verify_error
-from .core import TLS, ClientCore
+from .core import TLS, ClientCore, Request
 from .login import LoginResult, login_flow
 from .params import ConnectParams, Security
 
@@ -213,6 +213,47 @@ class Channel:
                 self.sock.sendall(data)
         except (OSError, ssl.SSLError) as e:
             raise self._lost(str(e)) from e
+
+    def exchange(self, req: Request, msg: Msg, body: Any) -> bool:
+        """Send one request and read until it is answered (raising its error, as
+        ``BlockingLink._wait`` does): the link's ``_send`` and ``_wait`` in one call, for a
+        channel that is up, idle (no request awaits its reply) and has nothing unread.
+
+        False, with nothing sent, when the channel is not so (broken, a request pending,
+        or the server wrote while it was idle: a notice, or its end): the caller then takes
+        the general path, which reads what came and reconnects or reports."""
+        core = self.core
+        poll = self._poll
+        tls_sock = self._tls_sock
+        if (self.broken is not None or core.pending or poll is None or poll.poll(0)
+                or (tls_sock is not None and (tls_sock._rec.pending() or tls_sock._in.pending))):
+            return False
+        data = core.request(req, msg, body)
+        sock = self.sock
+        try:
+            with self._send_lock:
+                sock.sendall(data)
+        except (OSError, ssl.SSLError) as e:
+            raise self._lost(str(e)) from e
+        proto = core.proto
+        rb = _rbuf
+        while not req.done:
+            ev = proto.next_event()
+            if ev is NEED_DATA:
+                try:
+                    n = sock.recv_into(rb.buf)
+                except (OSError, ssl.SSLError) as e:
+                    raise self._lost(str(e)) from e
+                if not n:
+                    raise self._lost("the server closed the connection")
+                proto.receive_data(rb.view[:n])
+            else:
+                core.dispatch(ev)  # type: ignore[arg-type]
+        while (ev := proto.next_event()) is not NEED_DATA:  # a notice that came after it
+            core.dispatch(ev)  # type: ignore[arg-type]
+        if req.error is not None:
+            raise req.error
+        return True
 
     def cancel(self) -> None:
         """Ask the server to stop the request this connection waits for (any thread)."""

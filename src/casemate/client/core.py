@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -41,8 +42,6 @@ from ..protocol.messages import (
     Fetch,
     Notice,
     Query,
-    Result,
-    decode_description,
     typed,
 )
 from .known import KnownServer, KnownServers
@@ -205,10 +204,11 @@ class Request:
 class SimpleRequest(Request):
     """A request answered by one COMPLETE (or ERROR)."""
 
-    def __init__(self) -> None:
-        self.rowcount = -1
-        self.lastrowid: int | None = None
-        self.in_transaction = False
+    # What the reply sets, with their values until it has (class attributes: a request is
+    # made per statement, and an ``__init__`` per class would be a call each).
+    rowcount = -1
+    lastrowid: int | None = None
+    in_transaction = False
 
     def on_message(self, m: Message) -> bool:
         if m.type is Msg.ERROR:
@@ -221,32 +221,57 @@ class SimpleRequest(Request):
         return True
 
 
+Description = tuple[tuple[Any, ...], ...]  # PEP 249's: (name, type_code, None x 5) per column
+
+# PEP 249 descriptions by DESCRIPTION body (a program reads a few result shapes again and
+# again): bounded in count and in the columns of a description kept.
+_DESCRIPTIONS: dict[Any, Description] = {}
+_DESCRIPTIONS_MAX = 256
+_DESCRIPTION_MAX_COLUMNS = 64
+
+
+def pep249_description(body: Any) -> Description:
+    """A DESCRIPTION body (``[[name, type code], ...]``) as PEP 249's ``description``."""
+    try:
+        return _DESCRIPTIONS[body]
+    except (KeyError, TypeError):  # (TypeError: a body decoded with a list in it)
+        pass
+    d = tuple([(str(c[0]), c[1], None, None, None, None, None) for c in body])
+    if len(d) <= _DESCRIPTION_MAX_COLUMNS and type(body) is tuple:
+        if len(_DESCRIPTIONS) >= _DESCRIPTIONS_MAX:
+            _DESCRIPTIONS.clear()
+        with contextlib.suppress(TypeError):
+            _DESCRIPTIONS[body] = d
+    return d
+
+
 class ExecRequest(SimpleRequest):
     """QUERY or FETCH: optional DESCRIPTION, ROWS, then SUSPENDED or COMPLETE."""
 
+    description: Description | None = None  # PEP 249's
+    suspended = False
+
     def __init__(self, sink: Callable[[list[Any]], None]) -> None:
-        super().__init__()
         self.sink = sink
-        self.description: list[tuple[str, str | None]] | None = None
-        self.suspended = False
 
     def on_message(self, m: Message) -> bool:
+        if m.type is Msg.RESULT:  # DESCRIPTION, ROWS and COMPLETE in one frame
+            desc, rows, c = m.body  # (as Result.decode takes it, without its objects)
+            self.description = pep249_description(desc)
+            for chunk in rows:
+                self.sink(chunk)
+            if type(c) is not tuple or len(c) != 3:
+                c = Complete.decode(c)
+            self.rowcount, self.lastrowid, self.in_transaction = c
+            self.done = True
+            return True
         if m.type is Msg.DESCRIPTION:
-            self.description = decode_description(m.body)
+            self.description = pep249_description(m.body)
             return False
         if m.type is Msg.ROWS:
             for chunk in m.body:
                 self.sink(chunk)
             return False
-        if m.type is Msg.RESULT:  # DESCRIPTION, ROWS and COMPLETE in one frame
-            r = Result.decode(m.body)
-            self.description = r.description
-            for chunk in r.rows:
-                self.sink(chunk)
-            c = r.completion
-            self.rowcount, self.lastrowid, self.in_transaction = c.rowcount, c.lastrowid, c.in_transaction
-            self.done = True
-            return True
         if m.type is Msg.SUSPENDED:
             self.suspended = True
             self.done = True

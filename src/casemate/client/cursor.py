@@ -155,7 +155,7 @@ class CursorState:
         desc = req.description
         if call or desc is not None:
             self.scalar = desc is not None and len(desc) == 1 and desc[0][0] == RESULT_COLUMN
-            self.description = tuple([(n, t, None, None, None, None, None) for n, t in desc or ()])
+            self.description = desc or ()
         else:
             self.rowcount, self.lastrowid = req.rowcount, req.lastrowid
         return step

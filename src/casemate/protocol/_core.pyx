@@ -139,7 +139,7 @@ cdef class ProtocolConnection:
     # -- outgoing ---------------------------------------------------------
     def send(self, msg, body=None):
         """Check that we may send ``msg`` now, advance our state, return its bytes."""
-        cdef bytes payload = pack_(body)
+        cdef bytes payload = _pack(body)  # (codec.pack without its frame)
         cdef Py_ssize_t n = len(payload)
         if n > self.max_send:
             raise ProtocolError_(
