@@ -17,13 +17,16 @@ only the server differs.
 
 With ``--side client`` it is the other way round: one server (this tree's) and two
 clients, head's and base's code, each round's workload run by a child process whose
-``PYTHONPATH`` picks the client's code (pinned to the same CPU; ``lookups`` and
-``writes`` only).  That is how a change to the client is judged: in the benchmarks the
-client shares the server's CPU, so its CPU per request is the other half of a lookup.
+``PYTHONPATH`` picks the client's code (pinned to the same CPU; not ``mix``).  That is
+how a change to the client is judged: in the benchmarks the client shares the server's
+CPU, so its CPU per request is the other half of a lookup.
 
 Workloads: ``lookups`` (sequential primary-key lookups on one connection), ``writes``
 (sequential autocommit single-row updates), ``mix`` (``--clients`` threads, one
-connection each, 80 % lookups and 20 % updates, as ``bench.suite``'s concurrent mix).
+connection each, 80 % lookups and 20 % updates, as ``bench.suite``'s concurrent mix),
+``connects`` (connect, log in, ``SELECT 1``, close, one after another, an encrypted one
+resuming the previous TLS session, as ``bench.suite``'s resumed connects; a thirtieth of
+``--ops`` of them, at least 20).  ``connects`` is not in the default list.
 Reported per workload: the median and range over rounds of the server's CPU per
 operation (``/proc``), of the client's and of the rate, and the median of the paired
 differences head - base of each figure, the one to judge a change by on a noisy machine
@@ -57,7 +60,7 @@ from ._common import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ("lookups", "writes", "mix")
+WORKLOADS = ("lookups", "writes", "mix", "connects")
 
 
 @dataclass(frozen=True)
@@ -163,13 +166,27 @@ def client_run(spec: str) -> None:
 
     s = System(workload, lambda: casemate.connect(url, program="bench"),
                lambda: process_cpu(pid), "?", url)
-    out = sequential(s, READ if workload == "lookups" else WRITE, ops, rows, seed,
-                     workload == "lookups")
+    if workload == "connects":
+        out = connects(s, ops)
+    else:
+        out = sequential(s, READ if workload == "lookups" else WRITE, ops, rows, seed,
+                         workload == "lookups")
     print(json.dumps({**out, "client_src": str(Path(casemate.__file__).parent)}))
 
 
 READ = "SELECT name, qty, price FROM t WHERE id = ?"
 WRITE = "UPDATE t SET qty = qty + 1 WHERE id = ?"
+
+
+def connects(s: Any, ops: int) -> dict[str, float]:
+    from .suite import connect_once
+
+    n = max(ops // 30, 20)
+    connect_once(s, False)  # a TLS session to resume
+    with Meter(s.server_cpu) as m:
+        for _ in range(n):
+            connect_once(s, False)
+    return {"rate": n / m.wall, "server": m.server / n, "client": m.client / n}
 
 
 def _restore_home(old: str | None) -> None:
@@ -194,7 +211,8 @@ def run(args: argparse.Namespace, sizes: Sizes, log: Callable[[str], None]) -> d
         raise SystemExit(f"unknown workload(s) {', '.join(sorted(unknown))}; "
                          f"choose from {', '.join(WORKLOADS)}")
     if clients and "mix" in wanted:
-        raise SystemExit("--side client runs lookups and writes only: give --workloads")
+        raise SystemExit("--side client runs no mix (one client process per round): "
+                         "give --workloads")
     results: dict[str, dict[str, list[dict[str, float]]]] = {
         w: {"head": [], "base": []} for w in wanted}
     with ExitStack() as stack:
@@ -236,6 +254,8 @@ def run(args: argparse.Namespace, sizes: Sizes, log: Callable[[str], None]) -> d
                         results[w][k].append({"rate": out[f"mix{n}_rate"],
                                               "cpu": out[f"mix{n}_cpu"],
                                               "p99": out[f"mix{n}_p99"]})
+                    elif w == "connects" and not clients:
+                        results[w][k].append(connects(s, sizes.ops))
                     elif clients:
                         results[w][k].append(client_round(srcs[k], servers[k], w, sizes.ops,
                                                           sizes.rows, r, cpu))
@@ -282,7 +302,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     which.add_argument("--base-src", metavar="DIR", type=Path,
                        help="the base version's source directory (the one holding casemate/)")
     p.add_argument("--workloads", default="lookups,writes,mix",
-                   help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)")
+                   help=f"comma-separated, from {', '.join(WORKLOADS)} (default: "
+                   "lookups,writes,mix)")
     p.add_argument("--clients", type=int, default=128, help="threads of the mix (default 128)")
     p.add_argument("--plain", action="store_true", help="plain TCP (default: encrypted)")
     p.add_argument("--side", choices=("server", "client"), default="server",

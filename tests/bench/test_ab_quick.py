@@ -63,15 +63,17 @@ def test_quick_client_side_run_measures_both_clients(tmp_path: Path) -> None:
     head's and on the base's client code (the child says which code it ran)."""
     home = tmp_path / "home"
     r = subprocess.run([sys.executable, "-m", "bench.ab", "--base-src", str(ROOT / "src"),
-                        "--quick", "--side", "client", "--workloads", "lookups,writes"],
+                        "--quick", "--side", "client", "--workloads",
+                        "lookups,writes,connects"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "CASEMATE_HOME": str(home)})
     assert r.returncode == 0, r.stdout + r.stderr
     assert "client side" in r.stdout and "the clients head's and base's" in r.stdout
     assert len(re.findall(r"(?m)^  (?:server): .*row path: ", r.stdout)) == 1, r.stdout
-    rows = re.findall(r"(?m)^\| (lookups|writes) \| ([^|]+) \| ([\d,.]+) .*\| "
+    rows = re.findall(r"(?m)^\| (lookups|writes|connects) \| ([^|]+) \| ([\d,.]+) .*\| "
                       r"(\d+\.\d{3}x|–) \| ([+-]\d+\.\d\d) \|$", r.stdout)
-    assert len(rows) == 6, r.stdout
+    assert {w for w, *_ in rows} == {"lookups", "writes", "connects"}, r.stdout
+    assert len(rows) == 9, r.stdout
 
 
 def test_the_client_side_runs_no_mix() -> None:
@@ -79,4 +81,4 @@ def test_the_client_side_runs_no_mix() -> None:
                         "--quick", "--side", "client"], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode != 0
-    assert "--side client runs lookups and writes only" in r.stderr
+    assert "--side client runs no mix" in r.stderr

@@ -94,8 +94,11 @@ class TLSSocket:
                     with contextlib.suppress(OSError):
                         sock.sendall(outgoing.read())
                 raise
-        if outgoing.pending:
-            sock.sendall(outgoing.read())
+        # What the handshake left to send (the client's Finished: TLS 1.3, or a resumed TLS
+        # 1.2 session) goes out with the first message, the login's HELLO (``sendall``
+        # sends all that is pending): one write and one wake-up of the server fewer per
+        # connect.  The client speaks first after the handshake, so nothing waits for it;
+        # a client that refuses the server's key closes without finishing the handshake.
         return cls(sock, obj, incoming, outgoing)
 
     def sendall(self, data: bytes) -> None:
