@@ -1,6 +1,7 @@
 """casemate.aio against real servers: same behaviour as the DB-API client."""
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -71,3 +72,32 @@ def test_aio_description_and_lastrowid(plain_server) -> None:  # type: ignore[no
         await conn.rollback()
         await conn.close()
     _run(main())
+
+
+def test_aio_connection_lost_with_a_request_in_flight_queues_no_more(plain_server) -> None:  # type: ignore[no-untyped-def]
+    """Every call after such a loss reports it, and no request is queued for a reply that
+    cannot come (the blocking client queued one more per call: helper-40;
+    tests/test_dbapi_lane.py)."""
+    admin = plain_server.connect()
+    admin.autocommit = True
+
+    async def main() -> None:
+        conn = await casemate.aio.connect(plain_server.url, reconnect_attempts=0,
+                                          program="victim")
+        cur = conn.cursor()
+        await cur.execute("SELECT 1")
+        cols, rows = admin.admin_table("sessions")
+        sid = next(r[cols.index("id")] for r in rows if r[cols.index("program")] == "victim")
+        asyncio.get_running_loop().call_later(
+            0.3, lambda: admin.admin("drop", session=sid))
+        with pytest.raises(casemate.OperationalError):
+            await cur.execute("WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 "
+                              "FROM r WHERE i < 3e7) SELECT count(*) FROM r")
+        for _ in range(3):
+            with pytest.raises(casemate.OperationalError):
+                await cur.execute("SELECT 2")
+        assert len(conn._core.pending) <= 1
+        with contextlib.suppress(casemate.Error):
+            await conn.close()
+    _run(main())
+    admin.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import select
+import threading
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -18,7 +19,9 @@ from typing import Any
 import pytest
 
 import casemate
+from casemate.client import core
 from casemate.client.blocking import Channel
+from casemate.protocol import Msg, encode_frame
 from casemate.testing import ServerProcess
 
 Step = tuple[Any, ...]
@@ -254,3 +257,74 @@ def test_fetchone_of_buffered_rows_checks_what_the_general_path_checks(
     conn.close()
     with pytest.raises(casemate.InterfaceError, match="connection is closed"):
         cur.fetchone()
+
+
+def test_a_shutdown_notice_read_with_a_reply_sends_the_next_request_nowhere(
+        server: ServerProcess) -> None:
+    """A notice that the server is ending the session (a drop, a shutdown, an idle
+    timeout), read in the same read as a reply while its end of file is still on the way:
+    the next request is not sent to that session; the general path reconnects (helper-40:
+    the lane sent it, and an autocommit statement that never ran was reported as perhaps
+    committed, 08007, and the connection stayed broken).  The notice is put where the
+    client reads it, as if it had come with the last reply."""
+    with server.connect() as conn:
+        conn.autocommit = True
+        cur = conn.cursor()
+        cur.execute("SELECT 1")
+        proto = conn._chan.core.proto
+        proto.receive_data(encode_frame(Msg.NOTICE, {"code": "57P02", "message": "dropped"}))
+        conn._chan.core.dispatch(proto.next_event())
+        assert conn._chan.core.shutdown_notice == "dropped"
+        cur.execute("SELECT 2")
+        assert cur.fetchone() == (2,) and conn.generation == 1  # a new session
+
+
+def test_parameters_given_as_an_iterator_reach_the_general_path_whole(
+        server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lane takes the parameters' values before it knows whether it serves the
+    request: when it declines, the general path gets those values, not the used-up
+    iterator (helper-40: 'Incorrect number of bindings ... 0 supplied')."""
+    monkeypatch.setattr(Channel, "exchange", lambda self, req, msg, body: False)
+    with server.connect() as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT ? + ?", (x for x in (1, 2)))
+        assert cur.fetchone() == (3,)
+
+
+def test_a_connection_lost_with_a_request_in_flight_queues_no_more(
+        server: ServerProcess) -> None:
+    """Every call after such a loss reports it, and no request is queued for a reply that
+    cannot come (helper-40: one more per call)."""
+    conn = server.connect(reconnect_attempts=0)
+    cur = conn.cursor()
+    cur.execute("SELECT 1")
+    admin = server.connect()
+    admin.autocommit = True
+    slow = ("WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 3e7) "
+            "SELECT count(*) FROM r")
+    threading.Timer(0.3, lambda: admin.admin("drop", session=conn.session_id)).start()
+    with pytest.raises(casemate.OperationalError):
+        cur.execute(slow)
+    for _ in range(3):
+        with pytest.raises(casemate.OperationalError):
+            cur.execute("SELECT 2")
+    assert len(conn._chan.core.pending) <= 1
+    admin.close()
+
+
+def test_descriptions_are_kept_only_when_small_and_of_text() -> None:
+    """The cache of PEP 249 descriptions keeps no long column names (SQLite names a column
+    by its expression) and no body that is not text (1, 1.0 and True are one key)."""
+    core._DESCRIPTIONS.clear()
+    small = (("id", "INTEGER"), ("name", None))
+    assert core.pep249_description(small) == (("id", "INTEGER", None, None, None, None, None),
+                                              ("name", None, None, None, None, None, None))
+    assert small in core._DESCRIPTIONS
+    long_name = (("x" * 100_000, "TEXT"),)
+    assert core.pep249_description(long_name)[0][0] == "x" * 100_000
+    assert long_name not in core._DESCRIPTIONS
+    assert core.pep249_description(((True, "integer"),)) == (
+        ("True", "integer", None, None, None, None, None),)
+    assert core.pep249_description(((1, "integer"),)) == (
+        ("1", "integer", None, None, None, None, None),)
+    assert len(core._DESCRIPTIONS) == 1

@@ -315,6 +315,7 @@ class Cursor(CursorAttrs):
                 if step is not None:  # a result left open: prefetch its next batch
                     self._send(step)
                 return self
+            parameters = args  # (an iterator of parameters is used up: pass what it gave)
         return self._execute(operation, parameters)
 
     def _execute(self, operation: str, parameters: Sequence[Any] | None) -> Cursor:

@@ -223,12 +223,14 @@ class Channel:
         channel that is up, idle (no request awaits its reply) and has nothing unread.
 
         False, with nothing sent, when the channel is not so (broken, a request pending,
-        or the server wrote while it was idle: a notice, or its end): the caller then takes
-        the general path, which reads what came and reconnects or reports."""
+        the server wrote while it was idle: a notice, or its end, or it said it is ending
+        the session in a notice read with an earlier reply): the caller then takes the
+        general path, which reads what came and reconnects or reports (``poll_alive``)."""
         core = self.core
         poll = self._poll
         tls_sock = self._tls_sock
-        if (self.broken is not None or core.pending or poll is None or poll.poll(0)
+        if (self.broken is not None or core.pending or core.shutdown_notice or poll is None
+                or poll.poll(0)
                 or (tls_sock is not None and (tls_sock._rec.pending() or tls_sock._in.pending))):
             return False
         data = core.request(req, msg, body)

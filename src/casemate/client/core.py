@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -224,10 +223,13 @@ class SimpleRequest(Request):
 Description = tuple[tuple[Any, ...], ...]  # PEP 249's: (name, type_code, None x 5) per column
 
 # PEP 249 descriptions by DESCRIPTION body (a program reads a few result shapes again and
-# again): bounded in count and in the columns of a description kept.
+# again): bounded in count, in the columns of a description kept and in their text (SQLite
+# names a column by its expression, which can be a long literal).  Only bodies of text
+# (names, type codes or None) are kept: as keys, 1, 1.0 and True are one.
 _DESCRIPTIONS: dict[Any, Description] = {}
 _DESCRIPTIONS_MAX = 256
 _DESCRIPTION_MAX_COLUMNS = 64
+_DESCRIPTION_MAX_TEXT = 4096
 
 
 def pep249_description(body: Any) -> Description:
@@ -237,12 +239,17 @@ def pep249_description(body: Any) -> Description:
     except (KeyError, TypeError):  # (TypeError: a body decoded with a list in it)
         pass
     d = tuple([(str(c[0]), c[1], None, None, None, None, None) for c in body])
-    if len(d) <= _DESCRIPTION_MAX_COLUMNS and type(body) is tuple:
+    if (type(body) is tuple and len(d) <= _DESCRIPTION_MAX_COLUMNS
+            and all(type(c) is tuple and type(c[0]) is str and type(c[1]) in _TEXT_OR_NONE
+                    for c in body)
+            and sum(len(c[0]) + len(c[1] or "") for c in body) <= _DESCRIPTION_MAX_TEXT):
         if len(_DESCRIPTIONS) >= _DESCRIPTIONS_MAX:
             _DESCRIPTIONS.clear()
-        with contextlib.suppress(TypeError):
-            _DESCRIPTIONS[body] = d
+        _DESCRIPTIONS[body] = d
     return d
+
+
+_TEXT_OR_NONE = (str, type(None))
 
 
 class ExecRequest(SimpleRequest):

@@ -49,6 +49,8 @@ class BlockingLink:
 
     def _send(self, req: Request, msg: Msg, body: Any) -> None:
         chan = self._channel
+        if chan.broken is not None and chan.core.pending:
+            raise chan.broken  # lost with a request in flight: as reported (nothing queued)
         if not chan.core.pending and not chan.poll_alive():
             if msg is Msg.FETCH:  # its result died with the link: no reconnecting for it
                 assert chan.broken is not None  # (and a lost transaction stays to report)
