@@ -294,8 +294,9 @@ def report(results: dict[str, Any]) -> list[str]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = interleaved_args("python -m bench.ab", (
-        "Two versions of the Casemate server side by side, interleaved and pinned: this "
-        "tree (head) against a git revision or another source tree (base)."))
+        "Two versions of the Casemate server (or, with --side client, of the client) side "
+        "by side, interleaved and pinned: this tree (head) against a git revision or "
+        "another source tree (base)."))
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--base", metavar="REV", help="git revision of the base version "
                        "(checked out in a temporary worktree, extensions built there)")
